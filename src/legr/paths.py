@@ -1,0 +1,42 @@
+"""Where legr finds shared data/weights and where it caches decoded datasets.
+
+Environment variables (all optional):
+- ``LEGR_DATA``: folder with datasets (default: ``./data``); the project's shared copy is ``../shared/data``.
+- ``LEGR_WEIGHTS``: folder with pretrained checkpoints (default: ``./weights``).
+- ``LEGR_CACHE``: folder for decoded dataset caches (default: ``~/.cache/legr``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("LEGR_DATA", "data")).expanduser()
+
+
+def weights_dir() -> Path:
+    return Path(os.environ.get("LEGR_WEIGHTS", "weights")).expanduser()
+
+
+def cache_dir() -> Path:
+    path = Path(os.environ.get("LEGR_CACHE", Path.home() / ".cache" / "legr")).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file + rename, so a killed writer never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))

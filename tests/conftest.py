@@ -1,0 +1,27 @@
+"""Test configuration: point legr at the project's shared real data and weights (../shared beside the checkout)."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LEGR_SHARED", ROOT.parent / "shared"))
+os.environ.setdefault("LEGR_DATA", str(SHARED / "data"))
+os.environ.setdefault("LEGR_WEIGHTS", str(SHARED / "weights"))
+os.environ.setdefault("LEGR_CACHE", str(ROOT / ".cache"))
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def shared_path(*parts: str) -> Path:
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared file missing: {path}")
+    return path
+
+
+@pytest.fixture
+def shared():
+    return shared_path
