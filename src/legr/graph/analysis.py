@@ -1,0 +1,208 @@
+"""Trace a model and find its channel groups: the sets of channels that must be removed together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from legr.errors import LegrError, UnsupportedModelError
+from legr.graph import handlers
+from legr.graph.channels import ChanMap, Layer, UnionFind
+from legr.graph.context import Patch, WalkContext
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, handlers.LEAF_MODULES) or super().is_leaf_module(m, qualname)
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """Symbolically trace ``model`` (its Python control flow is evaluated in its current train/eval mode)."""
+    tracer = _Tracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:  # fx raises many types; the user needs to know tracing is the problem
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedModelError(f"cannot trace {type(model).__name__} with torch.fx: {first}") from exc
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+@dataclass(frozen=True)
+class Group:
+    """Channels removed together. ``classes`` lists the group's channels (global class ids) in group order:
+    a plan's kept indices index this array. ``producers`` are the layers whose output filters create them."""
+
+    name: str
+    classes: np.ndarray
+    producers: tuple[str, ...]
+    prunable: bool
+    reason: str | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.classes)
+
+
+class ChannelGraph:
+    """Result of `analyze`: the traced module, its layers, channel classes and groups."""
+
+    def __init__(self, gm: fx.GraphModule, ctx: WalkContext, input_shape: tuple[int, ...]) -> None:
+        self.gm = gm
+        self.input_shape = input_shape
+        self.layers: dict[str, Layer] = ctx.layers
+        self.patches: list[Patch] = ctx.patches
+        roots = ctx.uf.roots()
+        _, self.class_of = np.unique(roots, return_inverse=True)  # element -> class
+        self.num_classes = int(self.class_of.max()) + 1 if len(self.class_of) else 0
+        fixed = {int(self.class_of[e]): reason for e, reason in sorted(ctx.fixed.items(), reverse=True)}
+        self.groups = self._build_groups(fixed)
+        self.group_by_name = {g.name: g for g in self.groups}
+        self.local_index = np.full(self.num_classes, -1, dtype=np.int64)
+        for g in self.groups:
+            self.local_index[g.classes] = np.arange(g.size)
+
+    def _build_groups(self, fixed: Mapping[int, str]) -> list[Group]:
+        producers = [layer for layer in self.layers.values() if layer.producer_ids is not None]
+        guf = UnionFind()
+        guf.add(self.num_classes)
+        for layer in producers:
+            cls = self.classes(layer.producer_ids)
+            for c in cls[1:].tolist():
+                guf.union(int(cls[0]), c)
+        members: dict[int, list[Layer]] = {}
+        for layer in producers:
+            members.setdefault(guf.find(int(self.classes(layer.producer_ids)[0])), []).append(layer)
+        groups = []
+        for layers in members.values():
+            widest = max(layers, key=lambda layer: len(np.unique(self.classes(layer.producer_ids))))
+            order = [widest] + [layer for layer in layers if layer is not widest]
+            classes = _unique_in_order(np.concatenate([self.classes(layer.producer_ids) for layer in order]))
+            reasons = [fixed[c] for c in classes.tolist() if c in fixed]
+            groups.append(
+                Group(layers[0].name, classes, tuple(layer.name for layer in layers), not reasons, reasons[0] if reasons else None)
+            )
+        return groups
+
+    # --- element / class helpers ----------------------------------------------------------------------------
+    def classes(self, ids: np.ndarray) -> np.ndarray:
+        return self.class_of[ids]
+
+    def prunable_groups(self) -> list[Group]:
+        return [g for g in self.groups if g.prunable]
+
+    def producer_positions(self, layer_name: str) -> np.ndarray:
+        """For each output filter of a producer layer, its index in its group."""
+        return self.local_index[self.classes(self.layers[layer_name].producer_ids)]
+
+    def group_of(self, layer_name: str) -> Group:
+        cls = int(self.classes(self.layers[layer_name].producer_ids)[0])
+        return next(g for g in self.groups if cls in set(g.classes.tolist()))
+
+    # --- plans <-> keep vectors -----------------------------------------------------------------------------
+    def keep_vector(self, keep: Mapping[str, Sequence[int]]) -> np.ndarray:
+        """1.0 for each kept class, 0.0 for each removed one, from ``{group name: kept indices}``."""
+        vec = np.ones(self.num_classes)
+        for name, kept in keep.items():
+            group = self.group_by_name.get(name)
+            if group is None:
+                raise LegrError(f"plan names unknown channel group '{name}' (the plan does not fit this model)")
+            kept = np.asarray(kept, dtype=np.int64)
+            if len(kept) == group.size and np.array_equal(np.sort(kept), np.arange(group.size)):
+                continue
+            if not group.prunable:
+                raise LegrError(f"plan prunes group '{name}', which cannot be pruned: {group.reason}")
+            if len(kept) == 0:
+                raise LegrError(f"plan keeps no channel of group '{name}'")
+            if kept.min() < 0 or kept.max() >= group.size or len(np.unique(kept)) != len(kept):
+                raise LegrError(f"plan for group '{name}' has invalid or repeated indices (group size {group.size})")
+            mask = np.zeros(group.size)
+            mask[kept] = 1.0
+            vec[group.classes] = mask
+        return vec
+
+    def keep_dict(self, vec: np.ndarray) -> dict[str, tuple[int, ...]]:
+        return {g.name: tuple(np.flatnonzero(vec[g.classes] > 0).tolist()) for g in self.prunable_groups()}
+
+    def kept_positions(self, ids: np.ndarray, vec: np.ndarray) -> np.ndarray:
+        return np.flatnonzero(vec[self.classes(ids)] > 0)
+
+    def summary_rows(self) -> Iterator[dict[str, Any]]:
+        for g in self.groups:
+            yield {"group": g.name, "channels": g.size, "producers": len(g.producers), "prunable": g.prunable,
+                   "reason": g.reason or ""}
+
+
+def _unique_in_order(values: np.ndarray) -> np.ndarray:
+    _, first = np.unique(values, return_index=True)
+    return values[np.sort(first)]
+
+
+def _tracked(ctx: WalkContext, node: fx.Node) -> bool:
+    found = []
+    fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(ctx.val(n)) or n)
+    return any(isinstance(v, ChanMap) or (isinstance(v, list) and v) for v in found)
+
+
+def _visit(ctx: WalkContext, node: fx.Node) -> Any:
+    if node.op == "placeholder":
+        shape = ctx.shape(node)
+        return ChanMap(1, ctx.new(shape[1], fixed="network input")) if shape and len(shape) >= 2 else None
+    if node.op == "get_attr":
+        return None
+    if node.op == "output":
+        fx.node.map_arg(node.args, lambda n: _fix_output(ctx, ctx.val(n)) or n)
+        return None
+    if node.op == "call_module":
+        handler = handlers.module_handler(ctx.module(node))
+    elif node.op == "call_function":
+        handler = handlers.FUNCTION_HANDLERS.get(node.target)
+    else:
+        handler = handlers.METHOD_HANDLERS.get(node.target)
+    if handler is None:
+        if not _tracked(ctx, node):
+            return None
+        ctx.refuse(node, "legr has no channel rule for it")
+    return handler(ctx, node)
+
+
+def _fix_output(ctx: WalkContext, value: Any) -> None:
+    if isinstance(value, ChanMap):
+        ctx.fix(value.ids, "network output")
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _fix_output(ctx, v)
+
+
+def analyze(model: nn.Module, input_shape: Sequence[int], batch_size: int = 2) -> ChannelGraph:
+    """Trace ``model`` in eval mode on a random input of shape ``(batch_size, *input_shape)`` and find its groups.
+
+    Raises `UnsupportedModelError` naming the module/op for anything whose channels cannot be followed; the model
+    itself is never modified (its train/eval mode is restored).
+    """
+    input_shape = tuple(int(s) for s in input_shape)
+    was_training = model.training
+    model.eval()
+    try:
+        gm = trace(model)
+        example = torch.randn(batch_size, *input_shape, device=_device_of(model))
+        try:
+            with torch.no_grad():
+                ShapeProp(gm).propagate(example)
+        except Exception as exc:
+            raise LegrError(f"forward pass on an input of shape {tuple(example.shape)} failed: {exc}") from exc
+        ctx = WalkContext(gm)
+        for node in gm.graph.nodes:
+            ctx.values[node] = _visit(ctx, node)
+        return ChannelGraph(gm, ctx, input_shape)
+    finally:
+        model.train(was_training)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")

@@ -1,0 +1,86 @@
+"""Channel bookkeeping used while walking a traced graph.
+
+Every channel of every tensor is an *element*; elements that must be removed together are merged in a union-find.
+A tensor value that carries channels is described by a `ChanMap`: which axis is the channel axis and, for each
+position along it, the element it holds. A `Layer` records how a module's parameters are tied to elements, which is
+all the surgery and the cost model need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class UnionFind:
+    """Union-find over integer elements with path halving; elements are created on demand with `add`."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+
+    def add(self, n: int) -> np.ndarray:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + n))
+        return np.arange(start, start + n, dtype=np.int64)
+
+    def find(self, x: int) -> int:
+        parent = self.parent
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def roots(self) -> np.ndarray:
+        return np.fromiter((self.find(i) for i in range(len(self.parent))), dtype=np.int64, count=len(self.parent))
+
+
+@dataclass
+class ChanMap:
+    """Channel axis of a tensor value and the element held at each position along it.
+
+    ``zero_safe`` is False when a removed (all-zero) channel would hold a non-zero value here (e.g. after a
+    sigmoid); such a value may only be multiplied with a zero-safe tensor before it reaches a layer.
+    """
+
+    axis: int
+    ids: np.ndarray
+    zero_safe: bool = True
+
+    def with_ids(self, ids: np.ndarray) -> "ChanMap":
+        return ChanMap(self.axis, ids, self.zero_safe)
+
+
+@dataclass
+class Tie:
+    """One dimension of one parameter/buffer whose positions hold elements.
+
+    role: "out" for a producer's output dim (weights that create the channel, biases, norm affine params and
+    running stats), "in" for a consumer's input dim.
+    """
+
+    param: str
+    dim: int
+    ids: np.ndarray
+    role: str
+
+
+@dataclass
+class Layer:
+    """A module call site: its parameter ties and its multiply-accumulate count as a function of kept widths.
+
+    MACs per image = ``macs_coef * prod(kept(ids) for ids in macs_dims)``; ``macs_dims`` lists the element arrays
+    whose kept counts multiply (e.g. [in, out] for a dense conv, [out] for a depthwise conv, [] if fixed).
+    """
+
+    name: str  # module qualified name
+    kind: str  # "conv", "linear", "norm", ...
+    ties: list[Tie] = field(default_factory=list)
+    macs_coef: float = 0.0
+    macs_dims: list[np.ndarray] = field(default_factory=list)
+    producer_ids: np.ndarray | None = None  # output elements this layer creates or scores (conv/linear/depthwise)

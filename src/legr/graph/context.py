@@ -1,0 +1,89 @@
+"""State shared by the op handlers while one traced graph is walked."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import fx
+
+from legr.errors import UnsupportedModelError
+from legr.graph.channels import ChanMap, Layer, UnionFind
+
+
+@dataclass
+class Patch:
+    """A literal argument of a graph node that depends on kept channels (e.g. the channel padding of F.pad).
+
+    ``rewrite(node, kept_count)`` updates the node in the pruned graph; ``kept_count(ids)`` counts kept elements.
+    """
+
+    node_name: str
+    rewrite: Callable[[fx.Node, Callable[[np.ndarray], int]], None]
+
+
+class WalkContext:
+    """Element store, recorded layers/patches and per-node values for one analysis."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        self.gm = gm
+        self.modules = dict(gm.named_modules())
+        self.uf = UnionFind()
+        self.fixed: dict[int, str] = {}
+        self.layers: dict[str, Layer] = {}
+        self.patches: list[Patch] = []
+        self.values: dict[fx.Node, Any] = {}
+
+    # --- elements -------------------------------------------------------------------------------------------
+    def new(self, n: int, fixed: str | None = None) -> np.ndarray:
+        ids = self.uf.add(n)
+        if fixed:
+            self.fix(ids, fixed)
+        return ids
+
+    def fix(self, ids: np.ndarray, reason: str) -> None:
+        for e in ids.tolist():
+            self.fixed.setdefault(e, reason)
+
+    def union(self, a: np.ndarray, b: np.ndarray) -> None:
+        for x, y in zip(a.tolist(), b.tolist()):
+            self.uf.union(x, y)
+
+    # --- values and shapes ----------------------------------------------------------------------------------
+    def val(self, arg: Any) -> Any:
+        return self.values.get(arg) if isinstance(arg, fx.Node) else None
+
+    @staticmethod
+    def shape(node: Any) -> tuple[int, ...] | None:
+        meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+        shape = getattr(meta, "shape", None)
+        return tuple(int(s) for s in shape) if shape is not None else None
+
+    def module(self, node: fx.Node) -> torch.nn.Module:
+        return self.modules[node.target]
+
+    def add_layer(self, node: fx.Node, layer: Layer) -> Layer:
+        if layer.name in self.layers:
+            self.refuse(node, "the module is called more than once (shared weights are not supported)")
+        self.layers[layer.name] = layer
+        return layer
+
+    @staticmethod
+    def describe(node: fx.Node, modules: dict[str, torch.nn.Module] | None = None) -> str:
+        if node.op == "call_module" and modules is not None:
+            return f"module '{node.target}' ({type(modules[node.target]).__name__})"
+        if node.op == "call_method":
+            return f"method '.{node.target}()' at node '{node.name}'"
+        target = getattr(node.target, "__name__", str(node.target))
+        return f"op '{target}' at node '{node.name}'"
+
+    def refuse(self, node: fx.Node, reason: str) -> None:
+        raise UnsupportedModelError(f"cannot prune through {self.describe(node, self.modules)}: {reason}")
+
+    def require_map(self, node: fx.Node, arg: Any) -> ChanMap:
+        value = self.val(arg)
+        if not isinstance(value, ChanMap):
+            self.refuse(node, "its input carries no tracked channels")
+        return value

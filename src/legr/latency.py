@@ -1,0 +1,135 @@
+"""Measured inference latency: eval mode, inference_mode, warm-up, fixed threads, median of timed forwards."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from legr.errors import LegrError
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    """Timing of one forward pass of a whole batch, in milliseconds. `median_ms` is the reported figure."""
+
+    median_ms: float
+    mean_ms: float
+    min_ms: float
+    max_ms: float
+    iqr_ms: float
+    repeats: int
+    batch_size: int
+    device: str
+    threads: int
+
+    @property
+    def per_image_ms(self) -> float:
+        """Median latency divided by the batch size."""
+        return self.median_ms / self.batch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON-ready), including `per_image_ms`."""
+        return {**asdict(self), "per_image_ms": self.per_image_ms}
+
+
+@contextmanager
+def fixed_threads(n: int | None) -> Iterator[int]:
+    """Run the block with `torch.set_num_threads(n)` (no change if None); restore the previous value after."""
+    previous = torch.get_num_threads()
+    if n is not None:
+        if n < 1:
+            raise ValueError(f"threads must be >= 1, got {n}")
+        torch.set_num_threads(n)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_latency(
+    model: nn.Module,
+    input_size: tuple[int, ...],
+    batch_size: int,
+    *,
+    device: str | torch.device = "cpu",
+    threads: int | None = None,
+    warmup: int = 5,
+    repeats: int = 20,
+    min_time_s: float = 0.0,
+) -> LatencyResult:
+    """Time `model` on a random `(batch_size, *input_size)` input; the model's mode and device are restored after.
+
+    Warm-up forwards are not timed; each repeat times one forward with `time.perf_counter` (synchronising
+    CUDA first). With `min_time_s > 0`, repeats continue until both `repeats` and `min_time_s` are reached.
+    """
+    if batch_size < 1 or repeats < 1 or warmup < 0 or min_time_s < 0:
+        raise ValueError("need batch_size >= 1, repeats >= 1, warmup >= 0, min_time_s >= 0")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LegrError("latency on 'cuda' requested but CUDA is not available")
+    first = next(model.parameters(), None)
+    home = first.device if first is not None else dev
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn((batch_size, *input_size), generator=gen, dtype=dtype).to(dev)
+    was_training = model.training
+    times: list[float] = []
+    try:
+        model.to(dev).eval()
+        with fixed_threads(threads) as n_threads, torch.inference_mode():
+            for _ in range(warmup):
+                model(x)
+            _sync(dev)
+            total = 0.0
+            while len(times) < repeats or total < min_time_s:
+                start = time.perf_counter()
+                model(x)
+                _sync(dev)
+                elapsed = time.perf_counter() - start
+                times.append(elapsed * 1e3)
+                total += elapsed
+    finally:
+        model.train(was_training)
+        model.to(home)
+    q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else (times[0],) * 3
+    return LatencyResult(
+        median_ms=statistics.median(times),
+        mean_ms=statistics.fmean(times),
+        min_ms=min(times),
+        max_ms=max(times),
+        iqr_ms=q3 - q1,
+        repeats=len(times),
+        batch_size=batch_size,
+        device=str(dev),
+        threads=n_threads,
+    )
+
+
+def measure_latencies(
+    model: nn.Module,
+    input_size: tuple[int, ...],
+    batch_sizes: Sequence[int] = (1, 64),
+    devices: Sequence[str | torch.device] | None = None,
+    **kw: Any,
+) -> dict[str, dict[int, LatencyResult]]:
+    """`measure_latency` for every device x batch size: `{"cpu": {1: LatencyResult, 64: ...}, "cuda": ...}`.
+
+    Devices default to `["cpu"]` plus `"cuda"` when CUDA is available.
+    """
+    if devices is None:
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return {
+        str(d): {b: measure_latency(model, input_size, b, device=d, **kw) for b in batch_sizes} for d in devices
+    }

@@ -1,0 +1,96 @@
+"""Apply a keep vector to a network: physically (a smaller module) or as masks (zeros, same shapes).
+
+The physical route slices every tied parameter/buffer of a deep copy of the analysed graph module, updates the
+module attributes (in/out channels, groups, features) and rewrites channel-dependent literals (e.g. the channel
+padding of an option-A shortcut). The result is an ordinary `torch.fx.GraphModule` whose parameter names match the
+original model's, so it trains, exports and saves like any module.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from legr.graph import ChannelGraph
+
+# After slicing, bring a module's attributes in line with its new parameter shapes.
+FIXUPS: dict[type, Callable[[nn.Module], None]] = {}
+
+
+def _fix_conv(m: nn.modules.conv._ConvNd) -> None:
+    if m.groups > 1 and m.groups == m.in_channels == m.out_channels:
+        m.groups = m.in_channels = m.out_channels = m.weight.shape[0]
+    else:
+        m.out_channels, m.in_channels = m.weight.shape[0], m.weight.shape[1] * m.groups
+
+
+def _fix_linear(m: nn.Linear) -> None:
+    m.out_features, m.in_features = m.weight.shape
+
+
+def _fix_norm(m: nn.modules.batchnorm._NormBase) -> None:
+    m.num_features = (m.running_mean if m.running_mean is not None else m.weight).shape[0]
+
+
+FIXUPS.update({nn.Conv1d: _fix_conv, nn.Conv2d: _fix_conv, nn.Conv3d: _fix_conv, nn.Linear: _fix_linear,
+               nn.BatchNorm1d: _fix_norm, nn.BatchNorm2d: _fix_norm, nn.BatchNorm3d: _fix_norm})
+
+
+def _fixup(module: nn.Module) -> None:
+    for cls in type(module).__mro__:
+        if cls in FIXUPS:
+            FIXUPS[cls](module)
+            return
+
+
+def prune(graph: ChannelGraph, keep: np.ndarray) -> fx.GraphModule:
+    """Return a physically smaller copy of ``graph.gm`` keeping the channels where ``keep`` is non-zero."""
+    gm = copy.deepcopy(graph.gm)
+    with torch.no_grad():
+        for layer in graph.layers.values():
+            module = gm.get_submodule(layer.name)
+            for param in {t.param for t in layer.ties}:
+                tensor = getattr(module, param)
+                new = tensor.detach()
+                for t in (t for t in layer.ties if t.param == param):
+                    index = torch.as_tensor(graph.kept_positions(t.ids, keep), device=new.device)
+                    new = new.index_select(t.dim, index)
+                if isinstance(tensor, nn.Parameter):
+                    setattr(module, param, nn.Parameter(new.clone(), requires_grad=tensor.requires_grad))
+                else:
+                    setattr(module, param, new.clone())
+            _fixup(module)
+    nodes = {n.name: n for n in gm.graph.nodes}
+    kept = lambda ids: int((keep[graph.classes(ids)] > 0).sum())  # noqa: E731
+    for patch in graph.patches:
+        patch.rewrite(nodes[patch.node_name], kept)
+    gm.recompile()
+    return gm
+
+
+def apply_masks_(module: nn.Module, graph: ChannelGraph, keep: np.ndarray) -> nn.Module:
+    """Zero, in place, every producer weight, bias and batch-norm affine/mean entry of removed channels.
+
+    ``module`` must have the parameter names of ``graph.gm`` (the original model, a copy of it, or graph.gm).
+    In eval mode the result computes what the physically pruned network computes.
+    """
+    with torch.no_grad():
+        for layer in graph.layers.values():
+            sub = module.get_submodule(layer.name)
+            for t in layer.ties:
+                if t.role != "out":
+                    continue
+                tensor = getattr(sub, t.param)
+                mask = torch.as_tensor(keep[graph.classes(t.ids)], dtype=tensor.dtype, device=tensor.device)
+                shape = [1] * tensor.dim()
+                shape[t.dim] = -1
+                tensor.mul_(mask.view(shape))
+    return module
+
+
+def masked_copy(graph: ChannelGraph, keep: np.ndarray) -> fx.GraphModule:
+    return apply_masks_(copy.deepcopy(graph.gm), graph, keep)
