@@ -24,7 +24,7 @@ def source_fingerprint(path: Path) -> str:
         st = path.stat()
         return f"{path}|{st.st_size}|{st.st_mtime_ns}"
     parts = [str(path)]
-    for dirpath, dirnames, filenames in os.walk(path):
+    for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
         dirnames.sort()
         for fname in sorted(filenames):
             st = os.stat(os.path.join(dirpath, fname))

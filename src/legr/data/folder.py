@@ -1,7 +1,8 @@
 """Read ImageFolder-style ``train/<class>/<image>`` + ``test/`` (or ``val/``) trees from a directory or an archive.
 
 Archives (.tar, .tar.gz/.tgz/.bz2/.xz, .zip) are read in one pass without extracting to disk. JPEGs are decoded by
-``torchvision.io.decode_jpeg`` (bit-identical to PIL, ~4x faster), everything else by PIL.
+``torchvision.io.decode_jpeg`` in batches (bit-identical to PIL here, ~3x faster), everything else by PIL.
+(decode_jpeg holds the GIL, so decoding threads would not overlap with reading: it is all sequential.)
 """
 
 from __future__ import annotations
@@ -9,9 +10,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
-import warnings
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -40,7 +39,7 @@ def _wanted(name: str) -> tuple[str, ...] | None:
 def iter_image_files(source: Path) -> Iterator[tuple[tuple[str, ...], bytes]]:
     """Yield (path parts, file bytes) of every ``<split>/<class>/<image>`` file in a directory or archive."""
     if source.is_dir():
-        for dirpath, dirnames, filenames in os.walk(source):
+        for dirpath, dirnames, filenames in os.walk(source, followlinks=True):
             dirnames.sort()
             for fname in filenames:
                 full = os.path.join(dirpath, fname)
@@ -67,36 +66,36 @@ def read_image_folders(source: Path, image_size: tuple[int, int] | None = None) 
     """Decode ``train/`` and ``test/`` (or ``val/``) ImageFolder trees into uint8 NCHW arrays + int64 labels.
 
     Classes are the sorted ``train/`` folder names; samples are ordered by (class, file name) like ImageFolder.
-    Images must share one size unless ``image_size`` (H, W) is given, then they are resized to it. Decoding runs in
-    worker threads while the files are still being read.
+    Images must share one size unless ``image_size`` (H, W) is given, then they are resized to it.
     """
     if not source.exists():
         raise DatasetError(f"{source}: no such file or directory")
-    groups: dict[tuple[str, ...], dict[str, list[tuple[str, str, int]]]] = {}
-    with _Decoder(source) as decoder:
-        try:
-            for parts, data in iter_image_files(source):
-                handle = decoder.add("/".join(parts), data)
-                groups.setdefault(parts[:-3], {}).setdefault(parts[-3], []).append((parts[-2], parts[-1], handle))
-        except (OSError, tarfile.TarError, zipfile.BadZipFile) as exc:
-            raise DatasetError(f"{source}: cannot read ({exc})") from None
-        images = decoder.results()
+    groups: dict[tuple[str, ...], dict[str, list[tuple[str, str, bytes]]]] = {}
+    try:
+        for parts, data in iter_image_files(source):
+            groups.setdefault(parts[:-3], {}).setdefault(parts[-3], []).append((parts[-2], parts[-1], data))
+    except (OSError, tarfile.TarError, zipfile.BadZipFile) as exc:
+        raise DatasetError(f"{source}: cannot read ({exc})") from None
     found = sorted((p for p, s in groups.items() if "train" in s and ("test" in s or "val" in s)), key=len)
     if not found:
         raise DatasetError(f"{source}: no train/<class>/<image> and test/ (or val/) ImageFolder subfolders found")
     splits = groups[found[0]]
-    train = sorted(splits["train"])
-    test = sorted(splits["test" if "test" in splits else "val"])
+    train = sorted(splits["train"], key=lambda item: item[:2])
+    test = sorted(splits["test" if "test" in splits else "val"], key=lambda item: item[:2])
     classes = sorted({c for c, _, _ in train})
     extra = sorted({c for c, _, _ in test} - set(classes))
     if extra:
         raise DatasetError(f"{source}: test classes {extra} have no train/ folder")
     index = {c: i for i, c in enumerate(classes)}
-    size = image_size or tuple(images[train[0][2]].shape[1:])
+    first = _decode_pil(source, f"train/{train[0][0]}/{train[0][1]}", train[0][2], None)
+    mode = "L" if first.shape[0] == 1 else "RGB"  # the first image decides, for all
+    size = image_size or tuple(first.shape[1:])
     arrays = {"classes": np.array(classes, dtype=str)}
     for split, items in (("train", train), ("test", test)):
         names = [f"{split}/{c}/{f}" for c, f, _ in items]
-        arrays[f"{split}_x"] = _stack(source, names, [images[h] for _, _, h in items], size, image_size is not None)
+        named = list(zip(names, (data for _, _, data in items)))
+        images = [img for i in range(0, len(named), 1024) for img in _decode_batch(source, named[i:i + 1024], mode)]
+        arrays[f"{split}_x"] = _stack(source, names, images, size, image_size is not None)
         arrays[f"{split}_y"] = np.array([index[c] for c, _, _ in items], dtype=np.int64)
     return arrays
 
@@ -116,42 +115,6 @@ def _stack(source: Path, names: list[str], images: list[torch.Tensor], size: tup
     return out.numpy()
 
 
-class _Decoder:
-    """Decode images in batches on worker threads (the decoders release the GIL) as they arrive."""
-
-    def __init__(self, source: Path, batch: int = 1024) -> None:
-        self.source, self.batch, self.mode = source, batch, ""
-        self.pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1))
-        self.futures: list = []
-        self.pending: list[tuple[str, bytes]] = []
-        self.count = 0
-
-    def __enter__(self) -> "_Decoder":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-    def add(self, name: str, data: bytes) -> int:
-        """Queue one image; returns its index in ``results()``."""
-        if not self.mode:  # the first image decides: grayscale -> 'L' for all, anything else -> 'RGB'
-            self.mode = "L" if _decode_pil(self.source, name, data, None).shape[0] == 1 else "RGB"
-        self.pending.append((name, data))
-        if len(self.pending) >= self.batch:
-            self._flush()
-        self.count += 1
-        return self.count - 1
-
-    def _flush(self) -> None:
-        if self.pending:
-            self.futures.append(self.pool.submit(_decode_batch, self.source, self.pending, self.mode))
-            self.pending = []
-
-    def results(self) -> list[torch.Tensor]:
-        self._flush()
-        return [img for future in self.futures for img in future.result()]
-
-
 def _decode_batch(source: Path, items: list[tuple[str, bytes]], mode: str) -> list[torch.Tensor]:
     """Decode (C, H, W) uint8 tensors: JPEGs in one torchvision call (bit-identical to PIL), the rest with PIL."""
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -160,10 +123,8 @@ def _decode_batch(source: Path, items: list[tuple[str, bytes]], mode: str) -> li
     jpegs = [i for i, (_, b) in enumerate(items) if b[:2] == b"\xff\xd8"]
     if jpegs:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                data = [torch.frombuffer(bytearray(items[i][1]), dtype=torch.uint8) for i in jpegs]
-                decoded = decode_jpeg(data, mode=ImageReadMode.GRAY if mode == "L" else ImageReadMode.RGB)
+            data = [torch.frombuffer(bytearray(items[i][1]), dtype=torch.uint8) for i in jpegs]
+            decoded = decode_jpeg(data, mode=ImageReadMode.GRAY if mode == "L" else ImageReadMode.RGB)
             for i, img in zip(jpegs, decoded):
                 out[i] = img
         except Exception:

@@ -189,20 +189,19 @@ def analyze(model: nn.Module, input_shape: Sequence[int], batch_size: int = 2) -
     model.eval()
     try:
         gm = trace(model)
-        example = torch.randn(batch_size, *input_shape, device=_device_of(model))
+        param = next(model.parameters(), None)
+        example = torch.randn(batch_size, *input_shape, dtype=getattr(param, "dtype", None), device=getattr(param, "device", None))
         try:
             with torch.no_grad():
                 ShapeProp(gm).propagate(example)
         except Exception as exc:
-            raise LegrError(f"forward pass on an input of shape {tuple(example.shape)} failed: {exc}") from exc
+            cause = str(exc.__cause__ or exc).strip().splitlines()
+            raise LegrError(
+                f"forward pass on an input of shape {tuple(example.shape)} failed: {cause[0] if cause else type(exc).__name__}"
+            ) from exc
         ctx = WalkContext(gm)
         for node in gm.graph.nodes:
             ctx.values[node] = _visit(ctx, node)
         return ChannelGraph(gm, ctx, input_shape)
     finally:
         model.train(was_training)
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")

@@ -1,0 +1,143 @@
+"""From channel scores and a MACs budget to a keep vector.
+
+Floors (the LeGR "safeguard"): every producer layer of N filters keeps at least
+``min(N, max(ceil(safeguard * N), min_channels))`` of them, so no layer is ever emptied.
+
+- `GlobalSolver` (LeGR, naive global ranking): remove the lowest-scored channels of the whole network, skipping
+  any whose removal would break a floor, until MACs <= target. The removal order does not depend on the target, so a
+  binary search over its prefix gives the exact answer: MACs <= target, and putting back the last removed channel
+  would exceed it.
+- `solve_uniform` (Li et al. 2017): every layer keeps the same fraction of its filters (the top-scored ones); the
+  fraction is the largest for which MACs <= target.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from legr.cost import CostModel
+from legr.errors import BudgetError
+from legr.graph import ChannelGraph
+
+
+@dataclass(frozen=True)
+class Floors:
+    safeguard: float = 0.1
+    min_channels: int = 2
+
+    def __call__(self, n: int) -> int:
+        return min(n, max(math.ceil(self.safeguard * n - 1e-9), self.min_channels))
+
+
+def _producer_dims(graph: ChannelGraph) -> list[np.ndarray]:
+    """Class ids of every distinct producer output dim of the prunable groups."""
+    dims, seen = [], set()
+    for group in graph.prunable_groups():
+        for name in group.producers:
+            cls = np.unique(graph.classes(graph.layers[name].producer_ids))
+            key = cls.tobytes()
+            if key not in seen:
+                seen.add(key)
+                dims.append(cls)
+    return dims
+
+
+def _class_scores(graph: ChannelGraph, scores: Mapping[str, np.ndarray]) -> np.ndarray:
+    out = np.full(graph.num_classes, np.nan)
+    for group in graph.prunable_groups():
+        out[group.classes] = scores[group.name]
+    return out
+
+
+class GlobalSolver:
+    """Exact global-threshold budget solver for one ranking (reusable across many targets)."""
+
+    def __init__(self, graph: ChannelGraph, cost: CostModel, scores: Mapping[str, np.ndarray], floors: Floors = Floors()):
+        self.graph, self.cost = graph, cost
+        class_score = _class_scores(graph, scores)
+        candidates = np.flatnonzero(~np.isnan(class_score))
+        order = candidates[np.argsort(class_score[candidates], kind="stable")]
+        dims = _producer_dims(graph)
+        remaining = np.array([len(d) for d in dims])
+        floor = np.array([floors(len(d)) for d in dims])
+        dims_of: dict[int, list[int]] = {}
+        for i, d in enumerate(dims):
+            for c in d.tolist():
+                dims_of.setdefault(c, []).append(i)
+        removal = []
+        for c in order.tolist():
+            ds = dims_of.get(c, [])
+            if all(remaining[i] > floor[i] for i in ds):
+                remaining[ds] -= 1
+                removal.append(c)
+        self.removal = np.array(removal, dtype=np.int64)
+        self.min_macs = self.macs_after(len(self.removal))
+
+    def keep_after(self, n: int) -> np.ndarray:
+        keep = np.ones(self.graph.num_classes)
+        keep[self.removal[:n]] = 0.0
+        return keep
+
+    def macs_after(self, n: int) -> float:
+        return self.cost.macs(self.keep_after(n))
+
+    def solve(self, target_macs: float) -> np.ndarray:
+        if target_macs < self.min_macs:
+            raise BudgetError(
+                f"target {target_macs / 1e6:.3f}M MACs is below the smallest reachable "
+                f"{self.min_macs / 1e6:.3f}M MACs ({self.min_macs / self.cost.base_macs:.1%} of the original) "
+                "with the current floors"
+            )
+        lo, hi = 0, len(self.removal)  # smallest n with macs_after(n) <= target lies in [lo, hi]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.macs_after(mid) <= target_macs:
+                hi = mid
+            else:
+                lo = mid + 1
+        return self.keep_after(lo)
+
+
+def uniform_keep(graph: ChannelGraph, scores: Mapping[str, np.ndarray], ratio: float, floors: Floors = Floors()) -> np.ndarray:
+    """Keep ``round(ratio * N)`` top-scored filters (at least the floor) in every producer layer.
+
+    Layers sharing channels (residual chains) are settled from the narrowest to the widest, each topping up the
+    channels already kept by narrower ones.
+    """
+    class_score = _class_scores(graph, scores)
+    keep = np.ones(graph.num_classes)
+    decided = np.zeros(graph.num_classes, dtype=bool)
+    for dim in sorted(_producer_dims(graph), key=len):
+        n = len(dim)
+        target = min(n, max(floors(n), int(round(ratio * n))))
+        open_ = dim[~decided[dim]]
+        need = max(0, target - int(keep[dim[decided[dim]]].sum()))
+        ranked = open_[np.argsort(-class_score[open_], kind="stable")]
+        keep[ranked[need:]] = 0.0
+        decided[dim] = True
+    return keep
+
+
+def solve_uniform(
+    graph: ChannelGraph, cost: CostModel, scores: Mapping[str, np.ndarray], target_macs: float,
+    floors: Floors = Floors(), tol: float = 1e-4,
+) -> tuple[np.ndarray, float]:
+    """Largest uniform keep ratio whose network fits ``target_macs``; returns (keep vector, ratio)."""
+    lowest = uniform_keep(graph, scores, 0.0, floors)
+    if cost.macs(lowest) > target_macs:
+        raise BudgetError(
+            f"target {target_macs / 1e6:.3f}M MACs is below the smallest uniform network "
+            f"({cost.macs(lowest) / 1e6:.3f}M MACs) with the current floors"
+        )
+    lo, hi = 0.0, 1.0
+    while hi - lo > tol:
+        mid = (lo + hi) / 2
+        if cost.macs(uniform_keep(graph, scores, mid, floors)) <= target_macs:
+            lo = mid
+        else:
+            hi = mid
+    return uniform_keep(graph, scores, lo, floors), lo

@@ -1,0 +1,52 @@
+"""Pruned networks as files: ``plan.json`` (which channels each group keeps + how to rebuild the source model) and
+``model.safetensors`` (the pruned weights). Loading rebuilds the source architecture from the model registry (or
+takes it from the caller), applies the plan physically and loads the weights; nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import fx, nn
+
+from legr.errors import LegrError
+from legr.graph import ChannelGraph, analyze
+from legr.models import build_model, load_checkpoint, save_state_dict
+from legr.plan import Plan
+from legr.surgery import prune
+
+PLAN_FILE, WEIGHTS_FILE = "plan.json", "model.safetensors"
+
+
+def save_pruned(directory: str | Path, module: nn.Module, plan: Plan) -> Path:
+    """Write the pruned ``module`` and its ``plan`` into ``directory`` (weights first, the plan last, both atomic:
+    a folder with a plan always has matching weights)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_state_dict({k: v.detach().contiguous() for k, v in module.state_dict().items()}, directory / WEIGHTS_FILE)
+    plan.save(directory / PLAN_FILE)
+    return directory
+
+
+def build_pruned(plan: Plan, base: nn.Module | None = None) -> tuple[fx.GraphModule, ChannelGraph]:
+    """The pruned architecture of ``plan`` (weights of ``base``, or random ones when the source is rebuilt)."""
+    source = plan.source
+    if base is None:
+        if "model" not in source:
+            raise LegrError("plan has no source model name; pass the unpruned model to load it")
+        base = build_model(source["model"], num_classes=source.get("num_classes"))
+    if "input_size" not in source:
+        raise LegrError("plan has no source input_size (C, H, W)")
+    graph = analyze(base, source["input_size"])
+    return prune(graph, plan.keep_vector(graph)), graph
+
+
+def load_pruned(directory: str | Path, base: nn.Module | None = None) -> tuple[fx.GraphModule, Plan]:
+    """Load a network saved by `save_pruned`; ``base`` is the unpruned model for architectures not in the registry."""
+    directory = Path(directory)
+    if not (directory / PLAN_FILE).is_file():
+        raise LegrError(f"no {PLAN_FILE} in {directory}: not a saved pruned network")
+    plan = Plan.load(directory / PLAN_FILE)
+    module, _ = build_pruned(plan, base)
+    load_checkpoint(module, directory / WEIGHTS_FILE)
+    return module, plan

@@ -1,0 +1,34 @@
+"""Shared test utilities."""
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every batch norm non-trivial statistics and affine parameters, so masked channels cannot hide."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.2)
+    return model
+
+
+def random_keep(graph, rng: np.random.Generator, min_keep: int = 1) -> np.ndarray:
+    """A random keep vector: each prunable group keeps a random non-empty subset of its channels."""
+    keep = np.ones(graph.num_classes)
+    for group in graph.prunable_groups():
+        k = int(rng.integers(min(min_keep, group.size), group.size + 1))
+        mask = np.zeros(group.size)
+        mask[rng.choice(group.size, k, replace=False)] = 1.0
+        keep[group.classes] = mask
+    # every producer layer must keep at least one filter for the network to stay connected
+    for layer in graph.layers.values():
+        if layer.producer_ids is not None and keep[graph.classes(layer.producer_ids)].sum() == 0:
+            keep[graph.classes(layer.producer_ids)[0]] = 1.0
+    return keep

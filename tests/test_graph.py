@@ -1,0 +1,142 @@
+"""The structural engine is never silently wrong: physically pruned == masked original, or a clear refusal."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from helpers import random_keep, randomize_norms
+from legr.errors import UnsupportedModelError
+from legr.graph import analyze
+from legr.models import build_model
+from legr.surgery import masked_copy, prune
+
+# (model name, input size): every CIFAR model of the zoo and the torchvision models the issue names
+EQUIVALENCE_MODELS = [
+    ("cifar_resnet20", 32), ("cifar_resnet56", 32), ("cifar_resnet20_b", 32), ("cifar_resnet56_b", 32),
+    ("cifar_vgg16_bn", 32), ("cifar_mobilenet_v2", 32),
+    ("resnet18", 64), ("resnet50", 64), ("mobilenet_v2", 64), ("mobilenet_v3_small", 64), ("efficientnet_b0", 64),
+    ("densenet121", 64), ("googlenet", 64), ("regnet_x_400mf", 64), ("vgg11_bn", 64),
+]
+
+
+def assert_equivalent(model: nn.Module, size: int, plans: int = 2, seed: int = 0) -> None:
+    """For random plans, the pruned model matches the masked original (float64, eval mode) and is smaller."""
+    model = randomize_norms(model).double().eval()
+    graph = analyze(model, (3, size, size))
+    assert graph.prunable_groups(), "nothing prunable was found"
+    x = torch.randn(2, 3, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        original = model(x)
+    rng = np.random.default_rng(seed)
+    for _ in range(plans):
+        keep = random_keep(graph, rng)
+        pruned, masked = prune(graph, keep).eval(), masked_copy(graph, keep).eval()
+        with torch.no_grad():
+            a, b = pruned(x), masked(x)
+        assert a.shape == b.shape == original.shape
+        scale = b.abs().max().item()
+        assert (a - b).abs().max().item() < 1e-4 and (a - b).abs().max().item() <= 1e-9 * max(1.0, scale)
+        assert not torch.allclose(b, original), "the plan did not change the network: the test would prove nothing"
+        assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
+    # the pruned model trains: forward + backward reach every parameter
+    pruned.train()
+    pruned(x).sum().backward()
+    assert all(p.grad is not None for p in pruned.parameters())
+
+
+@pytest.mark.parametrize("name,size", EQUIVALENCE_MODELS, ids=[m for m, _ in EQUIVALENCE_MODELS])
+def test_pruned_equals_masked(name, size):
+    torch.manual_seed(0)
+    assert_equivalent(build_model(name, num_classes=10), size)
+
+
+def test_option_a_resnet_is_one_residual_chain():
+    graph = analyze(build_model("cifar_resnet56"), (3, 32, 32))
+    chain = graph.group_by_name["conv1"]
+    # the stem + the 27 block conv2 layers share one group spanning the 64 stage-3 channels
+    assert chain.size == 64 and len(chain.producers) == 28 and chain.prunable
+    # stage-1 channel j is stage-3 channel j + 16 + 8 (two zero-padded shortcuts with offsets 8 and 16)
+    pos = graph.producer_positions("conv1")
+    assert pos.tolist() == list(range(24, 40))
+    assert graph.producer_positions("layer2.0.conv2").tolist() == list(range(16, 48))
+    assert graph.producer_positions("layer3.0.conv2").tolist() == list(range(64))
+    # 27 block-internal groups + the chain + the classifier (fixed: network output)
+    assert len(graph.groups) == 29 and not graph.group_by_name["linear"].prunable
+
+
+def test_pruned_option_a_resnet_has_consistent_classifier():
+    """Torch-Pruning 1.6.1 leaves the final Linear at 64 inputs here; we must shrink it with the chain."""
+    model = build_model("cifar_resnet20").eval()
+    graph = analyze(model, (3, 32, 32))
+    keep = np.ones(graph.num_classes)
+    chain = graph.group_by_name["conv1"]
+    keep[chain.classes[::2]] = 0.0  # drop every other channel of the chain
+    pruned = prune(graph, keep)
+    assert pruned.linear.in_features == 32
+    assert pruned.conv1.out_channels == 8 and pruned.get_submodule("layer3.0.conv2").out_channels == 32
+    assert pruned(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+class _ChannelsLast(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).permute(0, 2, 3, 1)).mean((1, 2))
+
+
+class _ChannelSlice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.conv2 = nn.Conv2d(4, 4, 3)
+
+    def forward(self, x):
+        return self.conv2(self.conv(x)[:, :4])
+
+
+class _Unknown(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+
+    def forward(self, x):
+        return torch.cumsum(self.conv(x), 1)
+
+
+@pytest.mark.parametrize(
+    "model,message",
+    [
+        (lambda: build_model("shufflenet_v2_x0_5", num_classes=10), "mixes the channel dimension"),
+        (_ChannelsLast, "moves the channel axis"),
+        (_ChannelSlice, "indexes the channel dimension"),
+        (_Unknown, "cumsum"),
+    ],
+    ids=["shufflenet", "permute", "slice", "unknown-op"],
+)
+def test_unsupported_ops_are_refused_before_anything_changes(model, message):
+    model = model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(UnsupportedModelError, match=message) as info:
+        analyze(model, (3, 32, 32))
+    assert "\n" not in str(info.value)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_sigmoid_feeding_a_layer_is_not_pruned():
+    """A removed channel after a sigmoid would carry 0.5, not 0: such channels must stay."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 6, 3), nn.Conv2d(6, 4, 3)
+
+        def forward(self, x):
+            return F.adaptive_avg_pool2d(self.b(torch.sigmoid(self.a(x))), 1).flatten(1)
+
+    graph = analyze(Net(), (3, 16, 16))
+    assert not graph.group_by_name["a"].prunable and "non-zero" in graph.group_by_name["a"].reason
