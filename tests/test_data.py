@@ -68,8 +68,8 @@ def test_register_dataset_custom():
     @register_dataset("test-tiny")
     def tiny(root, n: int = 4):
         x = torch.zeros(n, 1, 2, 2, dtype=torch.uint8)
-        return ImageData("test-tiny", x, torch.zeros(n, dtype=torch.long), x, torch.zeros(n, dtype=torch.long),
-                         ("a",), (0.5,), (0.5,))
+        return ImageData(x, torch.zeros(n, dtype=torch.long), x, torch.zeros(n, dtype=torch.long),
+                         ("a",), (0.5,), (0.5,), "test-tiny")
 
     try:
         assert len(load_dataset("test-tiny", n=3).train_x) == 3

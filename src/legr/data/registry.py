@@ -23,7 +23,6 @@ class ImageData:
     ``mean``/``std`` are per channel, for images scaled to [0, 1] floats (see ``legr.data.normalize``).
     """
 
-    name: str
     train_x: torch.Tensor
     train_y: torch.Tensor
     test_x: torch.Tensor
@@ -31,12 +30,14 @@ class ImageData:
     classes: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    name: str
 
     def __post_init__(self) -> None:
         for split in ("train", "test"):
             x, y = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
             if x.dtype != torch.uint8 or x.dim() != 4 or y.dtype != torch.int64 or len(x) != len(y):
-                raise ValueError(f"{self.name}: bad {split} tensors {tuple(x.shape)} {x.dtype} / {tuple(y.shape)} {y.dtype}")
+                raise ValueError(f"{self.name}: bad {split} tensors: x {tuple(x.shape)} {x.dtype}, "
+                                 f"y {tuple(y.shape)} {y.dtype} (want uint8 NCHW, int64, same length)")
         if len(self.mean) != self.train_x.shape[1] or len(self.std) != self.train_x.shape[1]:
             raise ValueError(f"{self.name}: mean/std need one value per channel ({self.train_x.shape[1]})")
 

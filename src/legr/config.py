@@ -1,0 +1,159 @@
+"""Run configuration: a validated schema for YAML files (unknown keys and wrong types are errors naming the key).
+
+Every default is the LeGR paper's where the paper has one. The CLI is the only reader of YAML; library code takes
+these typed objects or plain arguments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from legr.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    name: str = Field(description="registered model name (see `legr models`)")
+    weights: str | None = Field(None, description="checkpoint path, 'pretrained' for the registry's published "
+                                                  "weights, or null to train from scratch (see base_training)")
+    num_classes: int | None = Field(None, ge=1, description="default: the dataset's number of classes")
+
+
+class DataConfig(_Strict):
+    name: str = "digits"
+    root: str | None = Field(None, description="dataset folder/archive; default under $LEGR_DATA")
+    val_size: int = Field(5000, ge=0, description="images carved from the training data for search fitness")
+    split_seed: int = 0
+
+
+class FloorsConfig(_Strict):
+    safeguard: float = Field(0.1, ge=0.0, le=1.0, description="each layer keeps at least this fraction")
+    min_channels: int = Field(2, ge=1, description="... and at least this many channels")
+
+
+class TrainConfig(_Strict):
+    """SGD fine-tuning (paper: Nesterov, lr 0.01, momentum 0.9, wd 5e-4, batch 128, lr x0.2 at 30/60/80%)."""
+
+    epochs: int = Field(60, ge=0)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    nesterov: bool = True
+    batch_size: int = Field(128, ge=1)
+    milestones: tuple[float, ...] = (0.3, 0.6, 0.8)
+    gamma: float = Field(0.2, gt=0)
+    augment: bool = True
+    steps_per_epoch: int | None = Field(None, ge=1)
+
+
+class SearchConfig(_Strict):
+    """Regularized evolution of the per-layer affine transform (LeGR) or additive offset only (LCP)."""
+
+    method: Literal["legr", "lcp"] = "legr"
+    population: int = Field(64, ge=1)
+    sample: int = Field(16, ge=1)
+    evaluations: int = Field(400, ge=1)
+    mutate_fraction: float = Field(0.1, gt=0, le=1)
+    tau: int = Field(200, ge=0, description="fine-tune steps per candidate before measuring fitness")
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    batch_size: int = Field(128, ge=1)
+    fitness: Literal["loss", "accuracy"] = "loss"
+    target: float | None = Field(None, gt=0, le=1, description="MACs fraction searched at; default: lowest target")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SearchConfig":
+        if self.evaluations < self.population:
+            raise ValueError(f"evaluations ({self.evaluations}) must be >= population ({self.population})")
+        return self
+
+
+class EvalConfig(_Strict):
+    batch_size: int = Field(512, ge=1)
+    latency: bool = True
+    latency_batch_sizes: tuple[int, ...] = (1, 64)
+    latency_repeats: int = Field(20, ge=1)
+    latency_warmup: int = Field(5, ge=0)
+    threads: int | None = Field(None, ge=1, description="CPU threads for latency; default: all")
+
+
+class RunConfig(_Strict):
+    model: ModelConfig
+    data: DataConfig = DataConfig()
+    criterion: str = "l2sq"
+    floors: FloorsConfig = FloorsConfig()
+    base_training: TrainConfig = TrainConfig(epochs=0)
+    search: SearchConfig = SearchConfig()
+    targets: tuple[float, ...] = Field((0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), min_length=1)
+    finetune: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    seed: int = 0
+    device: str = Field("auto", description="'auto' (cuda when available), 'cpu' or 'cuda'")
+
+    @model_validator(mode="after")
+    def _check_targets(self) -> "RunConfig":
+        bad = [t for t in self.targets if not 0 < t <= 1]
+        if bad:
+            raise ValueError(f"targets must be MACs fractions in (0, 1], got {bad}")
+        return self
+
+    @property
+    def search_target(self) -> float:
+        return self.search.target or min(self.targets)
+
+
+def _explain(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "config"
+    if err["type"] == "extra_forbidden":
+        return f"unknown config key '{where}'"
+    if err["type"] == "missing":
+        return f"missing config key '{where}'"
+    return f"config key '{where}': {err['msg']}"
+
+
+def parse_config(data: Any, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Validate a mapping (e.g. parsed YAML), applying dotted ``overrides`` such as ``{"search.tau": 0}``."""
+    if not isinstance(data, dict):
+        raise ConfigError("config must be a mapping of keys to values")
+    data = _with_overrides(data, overrides or {})
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None
+
+
+def _with_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for dotted, value in overrides.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"config key '{dotted}': '{key}' is not a section")
+        node[leaf] = value
+    return data
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    return parse_config(data or {}, overrides)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,118 @@
+"""LeGR's learned global ranking: per-layer affine transforms of a filter criterion, stored as a JSON artifact.
+
+A channel's global score is ``sum over its producer layers l of (alpha_l * s_f + kappa_l)``, where ``s_f`` is the
+criterion score of the producing filter (squared L2 norm in the paper). With alpha = 1 and kappa = 0 everywhere this
+is the plain global ranking. One ranking serves every FLOPs budget: `Ranking.solver` cuts its bottom for any target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from legr.allocate import Floors, GlobalSolver
+from legr.cost import CostModel
+from legr.criteria import get_criterion, group_scores
+from legr.errors import LegrError
+from legr.graph import ChannelGraph
+from legr.paths import atomic_write_text
+
+RANKING_VERSION = 1
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """sha256 (16 hex) over parameter/buffer names, shapes and values: identifies the exact source network."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes() if tensor.dtype != torch.bfloat16 else b"")
+    return h.hexdigest()[:16]
+
+
+def ranked_layers(graph: ChannelGraph) -> list[str]:
+    """The layers LeGR learns a transform for: every producer of a prunable group, in graph order."""
+    prunable = {name for g in graph.prunable_groups() for name in g.producers}
+    return [name for name in graph.layers if name in prunable]
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Per-layer ``alpha``/``kappa`` for ``layers`` + the criterion and the fingerprint of the source network."""
+
+    layers: tuple[str, ...]
+    alpha: tuple[float, ...]
+    kappa: tuple[float, ...]
+    criterion: str = "l2sq"
+    fingerprint: str = ""
+    source: dict[str, Any] = field(default_factory=dict)
+    search: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def identity(cls, layers: Sequence[str], **kw: Any) -> "Ranking":
+        return cls(tuple(layers), (1.0,) * len(layers), (0.0,) * len(layers), **kw)
+
+    def transform(self, layer: str, scores: np.ndarray) -> np.ndarray:
+        i = self._index[layer]
+        return self.alpha[i] * scores + self.kappa[i]
+
+    @property
+    def _index(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.layers)}
+
+    def check(self, graph: ChannelGraph, fingerprint: str | None = None) -> None:
+        """Raise if this ranking was learned on another network."""
+        if fingerprint is not None and self.fingerprint and fingerprint != self.fingerprint:
+            raise LegrError(
+                f"ranking was learned on a network with fingerprint {self.fingerprint}, but this network's is "
+                f"{fingerprint} (different architecture or weights)"
+            )
+        expected = ranked_layers(graph)
+        if list(self.layers) != expected:
+            missing = sorted(set(expected) - set(self.layers))[:3]
+            raise LegrError(f"ranking does not fit this model: its layers differ (e.g. missing {missing or '-'})")
+
+    def group_scores(self, graph: ChannelGraph, model: nn.Module) -> dict[str, np.ndarray]:
+        return group_scores(graph, get_criterion(self.criterion)(graph, model), self.transform)
+
+    def solver(self, graph: ChannelGraph, cost: CostModel, model: nn.Module, floors: Floors = Floors()) -> GlobalSolver:
+        return GlobalSolver(graph, cost, self.group_scores(graph, model), floors)
+
+    # --- JSON artifact ---------------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        data = {"version": RANKING_VERSION, "criterion": self.criterion, "fingerprint": self.fingerprint,
+                "source": self.source, "search": self.search,
+                "layers": [{"name": n, "alpha": a, "kappa": k} for n, a, k in zip(self.layers, self.alpha, self.kappa)]}
+        return json.dumps(data, indent=1)
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_text(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Ranking":
+        path = Path(path)
+        if not path.is_file():
+            raise LegrError(f"ranking file not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+            layers = data["layers"]
+            return cls(
+                tuple(str(x["name"]) for x in layers), tuple(float(x["alpha"]) for x in layers),
+                tuple(float(x["kappa"]) for x in layers), str(data.get("criterion", "l2sq")),
+                str(data.get("fingerprint", "")), dict(data.get("source", {})), dict(data.get("search", {})),
+            )
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise LegrError(f"{path} is not a valid ranking file ({type(exc).__name__}: {exc})") from exc
+
+
+def layer_score_std(graph: ChannelGraph, model: nn.Module, criterion: str, layers: Sequence[str]) -> list[float]:
+    """Standard deviation of each layer's filter scores (the scale of LeGR's kappa)."""
+    scores: Mapping[str, np.ndarray] = get_criterion(criterion)(graph, model)
+    return [float(np.std(scores[name])) if len(scores[name]) > 1 else float(abs(scores[name]).mean()) for name in layers]
