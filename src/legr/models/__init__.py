@@ -1,6 +1,6 @@
 """Model registry (CIFAR ResNets / VGG / MobileNetV2 and every torchvision classifier) and safe checkpoint I/O."""
 
-from legr.models import cifar_mobilenetv2, cifar_resnet, cifar_vgg, torchvision_models  # noqa: F401  (register)
+from legr.models import cifar_mobilenetv2, cifar_resnet, cifar_vgg, small, torchvision_models  # noqa: F401  (register)
 from legr.models.checkpoint import (
     file_fingerprint,
     load_checkpoint,

@@ -1,0 +1,172 @@
+"""The `legr` command. Only this module reads YAML and flags; errors print one line and exit with code 2."""
+
+from __future__ import annotations
+
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from legr.errors import LegrError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Learned global filter ranking (LeGR): one trained ConvNet in, a family of pruned ones out.")
+console = Console(stderr=True)
+
+ConfigArg = Annotated[Path, typer.Argument(help="run configuration (YAML); see configs/ and `legr demo`")]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="run folder (default: runs/<config name>)")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override a config key: --set search.tau=0")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+
+
+def _overrides(items: list[str] | None) -> dict:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise LegrError(f"--set expects KEY=VALUE, got '{item}'")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _pipeline(config: Path, out: Path | None, overrides: list[str] | None, quiet: bool):
+    from legr.config import load_config
+    from legr.pipeline import Pipeline
+
+    cfg = load_config(config, _overrides(overrides))
+    return Pipeline(cfg, out or Path("runs") / config.stem, progress=not quiet, log=lambda m: console.print(m))
+
+
+@app.command()
+def models(contains: Annotated[str, typer.Argument(help="only names containing this")] = "") -> None:
+    """List the registered models."""
+    from legr.models import get_model_spec, list_models
+
+    table = Table("name", "input", "classes", "source", "description")
+    for name in list_models():
+        if contains in name:
+            s = get_model_spec(name)
+            table.add_row(name, "x".join(map(str, s.input_size)), str(s.num_classes), s.source, s.description)
+    Console().print(table)
+
+
+@app.command()
+def analyze(
+    model: Annotated[str, typer.Argument(help="registered model name")],
+    weights: Annotated[Optional[str], typer.Option(help="checkpoint path or 'pretrained'")] = None,
+    num_classes: Annotated[Optional[int], typer.Option(help="classifier width")] = None,
+) -> None:
+    """Show a model's channel groups (what is pruned together), its MACs and parameters."""
+    from legr.cost import CostModel
+    from legr.graph import analyze as analyze_model
+    from legr.models import build_model, get_model_spec
+
+    net = build_model(model, num_classes=num_classes, pretrained={"pretrained": True, None: False}.get(weights, weights))
+    graph = analyze_model(net, get_model_spec(model).input_size)
+    cost = CostModel(graph)
+    table = Table("group", "channels", "producers", "prunable", "why not")
+    for row in graph.summary_rows():
+        table.add_row(row["group"], str(row["channels"]), str(row["producers"]), "yes" if row["prunable"] else "no", row["reason"])
+    Console().print(table)
+    Console().print(f"{model}: {cost.base_macs / 1e6:.2f}M MACs, {cost.base_params / 1e6:.3f}M params, "
+                    f"{len(graph.prunable_groups())}/{len(graph.groups)} groups prunable")
+
+
+@app.command()
+def rank(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Learn the global ranking (resumable: rerun the same command after an interruption)."""
+    ranking = _pipeline(config, out, set_, quiet).rank()
+    console.print(f"ranking over {len(ranking.layers)} layers, best fitness {ranking.search.get('best_fitness')}")
+
+
+@app.command()
+def prune(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Cut the learned ranking at every target: one pruned network (plan + weights) per target."""
+    for directory in _pipeline(config, out, set_, quiet).prune():
+        console.print(str(directory))
+
+
+@app.command()
+def finetune(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Fine-tune every pruned network (each resumes from its last finished epoch)."""
+    _pipeline(config, out, set_, quiet).finetune()
+
+
+@app.command("eval")
+def eval_(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Evaluate the baseline and every family member on the test set; write results.json/.csv."""
+    _pipeline(config, out, set_, quiet).evaluate()
+
+
+@app.command()
+def report(run: Annotated[Path, typer.Argument(help="run folder holding results.json")]) -> None:
+    """Print the results table and draw the Pareto plot (pareto.png) from results.json."""
+    from legr.report import format_table, plot_pareto, read_results
+
+    rows = read_results(run)
+    plot_pareto(rows, run / "pareto.png", title=f"{rows[0]['model']} on {rows[0]['dataset']}" if rows else None)
+    typer.echo(format_table(rows))
+    console.print(f"plot: {run / 'pareto.png'}")
+
+
+@app.command()
+def run(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """All steps: (train base) -> rank -> prune -> finetune -> eval -> report."""
+    pipeline = _pipeline(config, out, set_, quiet)
+    typer.echo(pipeline.run())
+    console.print(f"results: {pipeline.out / 'results.csv'}  plot: {pipeline.out / 'pareto.png'}")
+
+
+@app.command()
+def demo(out: OutOpt = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """The whole pipeline on scikit-learn's bundled digits: train a small CNN, learn a ranking, prune to five
+    budgets, fine-tune, then print the table and draw the plot (about 3 minutes on 2 CPU cores)."""
+    config = resources.files("legr") / "configs" / "demo.yaml"
+    with resources.as_file(config) as path:
+        pipeline = _pipeline(Path(path), out or Path("runs/demo"), set_, quiet)
+    typer.echo(pipeline.run())
+    console.print(f"results: {pipeline.out / 'results.csv'}  plot: {pipeline.out / 'pareto.png'}")
+
+
+@app.command()
+def export(
+    member: Annotated[Path, typer.Argument(help="a pruned network folder (plan.json + model.safetensors)")],
+    output: Annotated[Path, typer.Argument(help="ONNX file to write")],
+    opset: Annotated[int, typer.Option(help="ONNX opset")] = 17,
+) -> None:
+    """Export a pruned network to ONNX and check it in onnxruntime against PyTorch."""
+    from legr.artifacts import load_pruned
+    from legr.export import export_onnx
+
+    net, plan = load_pruned(member)
+    info = export_onnx(net, tuple(plan.source["input_size"]), output, opset=opset)
+    console.print(f"wrote {output} (onnxruntime max abs diff vs PyTorch: {info['max_abs_diff']:.2e})")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except LegrError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted; rerun the same command to resume where it stopped")
+        sys.exit(130)
+    except (typer.Exit, typer.Abort) as exc:
+        sys.exit(getattr(exc, "exit_code", 1))
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

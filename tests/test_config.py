@@ -1,0 +1,47 @@
+"""Config validation: unknown keys and wrong types are errors naming the key; defaults are the paper's."""
+
+import pytest
+
+from legr.config import load_config, parse_config
+from legr.errors import ConfigError
+
+BASE = {"model": {"name": "digits_cnn"}}
+
+
+def test_defaults_are_the_papers():
+    cfg = parse_config(BASE)
+    assert (cfg.search.population, cfg.search.sample, cfg.search.evaluations, cfg.search.tau) == (64, 16, 400, 200)
+    assert (cfg.finetune.lr, cfg.finetune.momentum, cfg.finetune.weight_decay, cfg.finetune.nesterov) == (0.01, 0.9, 5e-4, True)
+    assert cfg.finetune.milestones == (0.3, 0.6, 0.8) and cfg.finetune.gamma == 0.2 and cfg.finetune.batch_size == 128
+    assert (cfg.floors.safeguard, cfg.criterion, cfg.data.val_size) == (0.1, "l2sq", 5000)
+    assert len(cfg.targets) == 7 and cfg.search_target == min(cfg.targets)
+
+
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        ({**BASE, "serach": {}}, "unknown config key 'serach'"),
+        ({**BASE, "search": {"tua": 3}}, "unknown config key 'search.tua'"),
+        ({**BASE, "search": {"tau": "many"}}, "config key 'search.tau'"),
+        ({**BASE, "targets": [0.5, 1.5]}, "targets must be MACs fractions"),
+        ({**BASE, "search": {"population": 64, "evaluations": 10}}, "evaluations"),
+        ({"data": {}}, "missing config key 'model'"),
+        ([1, 2], "must be a mapping"),
+    ],
+)
+def test_bad_configs(data, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        parse_config(data)
+    assert "\n" not in str(info.value)
+
+
+def test_overrides_and_files(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model: {name: digits_cnn}\nsearch: {tau: 5}\n")
+    cfg = load_config(path, {"search.tau": 0, "finetune.epochs": 2})
+    assert cfg.search.tau == 0 and cfg.finetune.epochs == 2
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    path.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
