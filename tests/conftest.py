@@ -4,7 +4,10 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+# Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning threads slow tests 10-50x.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LEGR_SHARED", ROOT.parent / "shared"))

@@ -1,0 +1,389 @@
+"""Training utilities: evaluation, LeGR's short per-candidate fine-tune, and resumable full fine-tuning.
+
+>>> result = evaluate(model, data.test_x, data.test_y, data.mean, data.std)
+>>> history = finetune(model, data.train_x, data.train_y, data.mean, data.std, FinetuneConfig(epochs=30),
+...                    checkpoint=Path("ft.pt"), val=(data.test_x, data.test_y))
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from legr.data.loader import TensorLoader
+from legr.errors import CheckpointError, ConfigError
+from legr.models.checkpoint import load_state_dict
+
+CHECKPOINT_VERSION = 1
+Device = str | torch.device | None
+
+
+# ---------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning hyper-parameters; the defaults are the LeGR paper's CIFAR fine-tuning recipe.
+
+    SGD (Nesterov momentum 0.9, weight decay 5e-4, batch 128) for 60 epochs from lr 0.01, multiplied by ``gamma``
+    = 0.2 at 30%, 60% and 80% of the epochs (epoch ``int(m * epochs)`` for each fraction ``m`` in ``milestones``),
+    with random-crop (padding 4) + horizontal-flip augmentation. An epoch is one shuffled pass in full batches (the
+    last partial batch is dropped unless the set is smaller than one batch); ``steps_per_epoch`` caps its optimizer
+    steps (None: no cap), for quick runs.
+    """
+
+    epochs: int = 60
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = True
+    batch_size: int = 128
+    milestones: tuple[float, ...] = (0.3, 0.6, 0.8)
+    gamma: float = 0.2
+    augment: bool = True
+    seed: int = 0
+    steps_per_epoch: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "milestones", tuple(float(m) for m in self.milestones))
+        problems = []
+        if self.epochs < 1:
+            problems.append(f"epochs must be >= 1, got {self.epochs}")
+        if not self.lr > 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if not all(0.0 < m < 1.0 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
+            problems.append(f"milestones must be increasing fractions in (0, 1), got {self.milestones}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            problems.append(f"steps_per_epoch must be >= 1 or None, got {self.steps_per_epoch}")
+        if problems:
+            raise ConfigError("FinetuneConfig: " + "; ".join(problems))
+
+    def milestone_epochs(self) -> list[int]:
+        """The epochs at whose start the lr is multiplied by ``gamma`` (one entry per fraction, may repeat)."""
+        return [int(m * self.epochs) for m in self.milestones]
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Mean cross-entropy ``loss``, ``top1`` and ``top5`` accuracy as fractions in [0, 1], over ``n`` samples.
+
+    ``top5`` is top-min(5, classes) accuracy, so it equals 1.0 for models with at most 5 classes.
+    """
+
+    loss: float
+    top1: float
+    top5: float
+    n: int
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every module in eval mode, then restore each module's own previous mode."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Device of the model's first parameter (or buffer); CPU for a model with neither."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: Sequence[float] | None,
+             std: Sequence[float] | None, batch_size: int = 512, device: Device = None) -> EvalResult:
+    """Loss and top-1/top-5 accuracy of ``model`` on images ``x`` (uint8 NCHW) with labels ``y``.
+
+    Runs in eval mode under ``torch.inference_mode`` and restores the previous train/eval mode of every module.
+    ``device`` None: the model's device (the model is not moved; give ``device`` only where it already lives).
+    """
+    if len(x) == 0:
+        raise ValueError("evaluate needs at least one sample")
+    device = torch.device(device) if device is not None else model_device(model)
+    loader = TensorLoader(x, y, batch_size, mean, std, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    top1 = torch.zeros((), dtype=torch.int64, device=device)
+    topk = torch.zeros((), dtype=torch.int64, device=device)
+    with _eval_mode(model), torch.inference_mode():
+        for xb, yb in loader:
+            logits = model(xb)
+            loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum").double()
+            k = min(5, logits.shape[1])
+            hits = logits.topk(k, dim=1).indices == yb[:, None]
+            top1 += hits[:, 0].sum()
+            topk += hits.any(dim=1).sum()
+    n = len(x)
+    return EvalResult(loss=loss_sum.item() / n, top1=top1.item() / n, top5=topk.item() / n, n=n)
+
+
+# ---------------------------------------------------------------- short fine-tune (LeGR search)
+
+
+def make_sgd(model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4,
+             nesterov: bool = False) -> torch.optim.SGD:
+    """SGD over the model's trainable parameters (weight decay on all of them, as in LeGR)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+
+
+def _batches(loader: TensorLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The loader's batches forever: each exhaustion starts its next epoch."""
+    if len(loader) == 0:
+        raise ValueError("the loader yields no batches (fewer samples than batch_size with drop_last?)")
+    while True:
+        yield from loader
+
+
+def _step(model: nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Tensor,
+          yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on a batch; returns the (detached) summed loss and number of correct top-1 predictions."""
+    logits = model(xb)
+    loss = F.cross_entropy(logits, yb)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    correct = (logits.detach().argmax(dim=1) == yb).sum()
+    return loss.detach() * len(yb), correct
+
+
+def train_steps(model: nn.Module, loader: TensorLoader, steps: int, optimizer: torch.optim.Optimizer) -> float:
+    """Train ``model`` (in train mode) for exactly ``steps`` optimizer steps; returns the mean batch loss.
+
+    The loader is cycled across epochs when ``steps > len(loader)``; each new pass is its next epoch. This is
+    LeGR's tau-step fine-tune of a search candidate. ``steps == 0`` does nothing and returns nan.
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if steps == 0:
+        return math.nan
+    model.train()
+    total = None
+    for _, (xb, yb) in zip(range(steps), _batches(loader)):
+        loss_sum, _ = _step(model, optimizer, xb, yb)
+        batch_loss = loss_sum / len(yb)
+        total = batch_loss if total is None else total + batch_loss
+    return total.item() / steps
+
+
+# ---------------------------------------------------------------- full fine-tune
+
+
+def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: Sequence[float] | None,
+             std: Sequence[float] | None, cfg: FinetuneConfig, *, checkpoint: str | os.PathLike | None = None,
+             val: tuple[torch.Tensor, torch.Tensor] | None = None, progress: bool = True,
+             device: Device = None) -> list[dict[str, Any]]:
+    """Fine-tune ``model`` in place on (``x``, ``y``) with ``cfg``; returns one history row per epoch.
+
+    Rows hold ``epoch``, ``lr``, ``train_loss``, ``train_top1`` (on the augmented batches), ``val_loss`` and
+    ``val_top1`` when ``val`` = (images, labels) is given, and ``seconds``. The final-epoch weights are the result
+    (no picking by accuracy); the model is left in eval mode. ``device`` None: the model's device (else the model
+    is moved there).
+
+    With ``checkpoint``, the full training state is saved atomically after every epoch, and a call finding that
+    file resumes after its last epoch; the result is bit-identical to an uninterrupted run (on CPU, or with
+    deterministic kernels on GPU). A finished checkpoint just loads its weights and returns its history. A
+    checkpoint from another config or model raises ``CheckpointError``.
+    """
+    if len(x) == 0:
+        raise ValueError("finetune needs at least one training sample")
+    device = torch.device(device) if device is not None else model_device(model)
+    model.to(device)
+    loader = TensorLoader(x, y, cfg.batch_size, mean, std, shuffle=True, augment=cfg.augment,
+                          drop_last=len(x) > cfg.batch_size, seed=cfg.seed, device=device)
+    optimizer = make_sgd(model, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.milestone_epochs(), cfg.gamma)
+    history: list[dict[str, Any]] = []
+    path = Path(checkpoint) if checkpoint is not None else None
+    if path is not None and path.exists():
+        history = _resume(path, model, optimizer, scheduler, cfg)
+    steps = len(loader) if cfg.steps_per_epoch is None else min(len(loader), cfg.steps_per_epoch)
+    with _progress_bar(progress, cfg.epochs, len(history)) as advance:
+        for epoch in range(len(history), cfg.epochs):
+            start = time.perf_counter()
+            row = _train_epoch(model, loader, optimizer, epoch, steps, cfg.seed, device)
+            if val is not None:
+                result = evaluate(model, val[0], val[1], mean, std, device=device)
+                row.update(val_loss=result.loss, val_top1=result.top1)
+            scheduler.step()
+            row["seconds"] = time.perf_counter() - start
+            history.append(row)
+            if path is not None:
+                _save_checkpoint(path, model, optimizer, scheduler, cfg, history)
+            advance(row)
+    model.eval()
+    return history
+
+
+def _train_epoch(model: nn.Module, loader: TensorLoader, optimizer: torch.optim.Optimizer, epoch: int, steps: int,
+                 seed: int, device: torch.device) -> dict[str, Any]:
+    """Train one epoch (at most ``steps`` batches); data order/augmentation and the global RNG seeded by epoch."""
+    lr = optimizer.param_groups[0]["lr"]
+    model.train()
+    loader.set_epoch(epoch)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    with _seeded_rng(_epoch_seed(seed, epoch), device):
+        for _, (xb, yb) in zip(range(steps), loader):
+            batch_loss, batch_correct = _step(model, optimizer, xb, yb)
+            loss_sum += batch_loss.double()
+            correct += batch_correct
+            seen += len(yb)
+    return {"epoch": epoch, "lr": lr, "train_loss": loss_sum.item() / max(seen, 1),
+            "train_top1": correct.item() / max(seen, 1)}
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of the global RNG (dropout etc.) during ``epoch``: a function of (seed, epoch) only."""
+    return int(np.random.SeedSequence([seed, epoch, 0x1E6]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+@contextmanager
+def _seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch's global CPU (and ``device``'s CUDA) RNG inside the block; the caller's RNG state is restored."""
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.random.default_generator.manual_seed(seed)
+        if cuda:
+            with torch.cuda.device(cuda[0]):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.MultiStepLR, cfg: FinetuneConfig,
+                     history: list[dict[str, Any]]) -> None:
+    """Write the training state through a temporary file in the same folder + ``os.replace``."""
+    sched = scheduler.state_dict()
+    sched["milestones"] = dict(sched["milestones"])  # a plain dict: loadable by every weights_only unpickler
+    state = {"version": CHECKPOINT_VERSION, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": sched, "epoch": history[-1]["epoch"], "history": history, "cfg": asdict(cfg)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a fine-tune checkpoint with ``weights_only=True``; unreadable or foreign files raise CheckpointError."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"cannot read fine-tune checkpoint {path}: {reason}") from None
+    keys = ("version", "model", "optimizer", "scheduler", "epoch", "history", "cfg")
+    if not isinstance(state, dict) or any(k not in state for k in keys):
+        raise CheckpointError(f"{path} is not a legr fine-tune checkpoint")
+    if state["version"] != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: fine-tune checkpoint format {state['version']}, "
+                              f"this legr reads {CHECKPOINT_VERSION}")
+    return state
+
+
+def _check_cfg(path: Path, saved: dict[str, Any], cfg: FinetuneConfig) -> None:
+    """Raise CheckpointError naming the fields where the checkpoint's config differs from ``cfg``."""
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: the stored config is not a dict")
+    current = asdict(cfg)
+    names = [f.name for f in fields(cfg)] + sorted(set(saved) - set(current))
+    diffs = [f"{k}={saved.get(k, '<missing>')!r} vs {current.get(k, '<missing>')!r}" for k in names
+             if saved.get(k, "<missing>") != current.get(k, "<missing>")]
+    if diffs:
+        raise CheckpointError(f"{path} was written with another FinetuneConfig ({', '.join(diffs)}); "
+                              "use the same config or another checkpoint path")
+
+
+def _check_optimizer(path: Path, saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:
+    """Raise CheckpointError if the saved optimizer state does not fit the optimizer's parameters."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    groups = saved.get("param_groups", [])
+    sizes = [len(g.get("params", [])) for g in groups]
+    if sizes != [len(g["params"]) for g in optimizer.param_groups]:
+        raise CheckpointError(f"{path}: optimizer state has parameter groups of sizes {sizes}, the model "
+                              f"{[len(g['params']) for g in optimizer.param_groups]}")
+    for index, state in saved.get("state", {}).items():
+        buf = state.get("momentum_buffer") if isinstance(state, dict) else None
+        if not isinstance(index, int) or not 0 <= index < len(params) or (
+                isinstance(buf, torch.Tensor) and buf.shape != params[index].shape):
+            raise CheckpointError(f"{path}: optimizer state of parameter {index} does not fit the model")
+
+
+def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler: torch.optim.lr_scheduler.MultiStepLR, cfg: FinetuneConfig) -> list[dict[str, Any]]:
+    """Restore model/optimizer/scheduler from ``path``; returns the history of the epochs already done."""
+    state = _load_checkpoint(path)
+    _check_cfg(path, state["cfg"], cfg)
+    history = list(state["history"])
+    if len(history) != state["epoch"] + 1 or len(history) > cfg.epochs:
+        raise CheckpointError(f"{path}: inconsistent fine-tune checkpoint (epoch {state['epoch']}, "
+                              f"{len(history)} history rows, {cfg.epochs} epochs)")
+    _check_optimizer(path, state["optimizer"], optimizer)
+    load_state_dict(model, state["model"], strict=True, source=str(path))
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        sched = dict(state["scheduler"])
+        sched["milestones"] = Counter(sched["milestones"])
+        scheduler.load_state_dict(sched)
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: cannot restore the optimizer/scheduler state ({exc})") from None
+    return history
+
+
+# ---------------------------------------------------------------- progress
+
+
+@contextmanager
+def _progress_bar(enabled: bool, epochs: int, done: int) -> Iterator[Any]:
+    """A rich progress bar over epochs on stderr; yields ``advance(row)``. Non-terminals get no live updates."""
+    if not enabled:
+        yield lambda row: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    columns = (TextColumn("fine-tune"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn(), TextColumn("{task.fields[stats]}"))
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task("fine-tune", total=epochs, completed=done, stats="")
+
+        def advance(row: dict[str, Any]) -> None:
+            stats = f"loss {row['train_loss']:.4f}  lr {row['lr']:.3g}"
+            if "val_top1" in row:
+                stats += f"  val {100 * row['val_top1']:.2f}%"
+            bar.update(task, advance=1, stats=stats)
+
+        yield advance

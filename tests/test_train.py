@@ -1,0 +1,209 @@
+"""Tests of legr.train: evaluation, tau-step fine-tune, full fine-tune (accuracy, lr schedule, resumable checkpoint)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from legr.data import TensorLoader, load_dataset, normalize
+from legr.errors import CheckpointError, ConfigError
+from legr.train import EvalResult, FinetuneConfig, evaluate, finetune, make_sgd, train_steps
+
+
+class TinyCNN(nn.Module):
+    """A small CNN for 8x8 grayscale digits (BN and dropout, so resume must restore buffers and RNG use)."""
+
+    def __init__(self, width: int = 16, classes: int = 10, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.1),
+        )
+        self.fc = nn.Linear(2 * width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: with 2 threads on 2 busy shared cores, OpenMP spin-waits make these tests ~50x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def quick_cfg(**kw) -> FinetuneConfig:
+    return FinetuneConfig(**{"epochs": 4, "lr": 0.05, "batch_size": 32, "steps_per_epoch": 6, **kw})
+
+
+def fit(model, data, cfg, **kw):
+    return finetune(model, data.train_x, data.train_y, data.mean, data.std, cfg, progress=False, **kw)
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def without_seconds(history):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_config_defaults_and_validation():
+    cfg = FinetuneConfig()
+    assert (cfg.epochs, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov, cfg.batch_size) == (
+        60, 0.01, 0.9, 5e-4, True, 128)
+    assert (cfg.milestones, cfg.gamma, cfg.augment, cfg.steps_per_epoch) == ((0.3, 0.6, 0.8), 0.2, True, None)
+    assert cfg.milestone_epochs() == [18, 36, 48]
+    assert FinetuneConfig(milestones=[0.5]).milestones == (0.5,)  # lists are normalized (hashable, comparable)
+    for bad in ({"epochs": 0}, {"lr": 0.0}, {"batch_size": 0}, {"milestones": (0.6, 0.3)}, {"milestones": (1.5,)},
+                {"steps_per_epoch": 0}):
+        with pytest.raises(ConfigError):
+            FinetuneConfig(**bad)
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+def test_evaluate_matches_manual_computation(digits):
+    model = TinyCNN()
+    model.train()
+    model.features[1].eval()  # a module in another mode than its parent: must be restored as it was
+    x, y = digits.test_x[:7], digits.test_y[:7]
+    result = evaluate(model, x, y, digits.mean, digits.std, batch_size=3)
+    assert isinstance(result, EvalResult) and result.n == 7
+    assert model.training and not model.features[1].training and model.features[4].training
+    model.eval()
+    with torch.no_grad():
+        logits = model(normalize(x, digits.mean, digits.std))
+    assert result.loss == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
+    assert result.top1 == pytest.approx((logits.argmax(1) == y).float().mean().item())
+    top5 = (logits.topk(5, 1).indices == y[:, None]).any(1).float().mean().item()
+    assert result.top5 == pytest.approx(top5)
+    assert 0.0 <= result.top1 <= result.top5 <= 1.0
+
+
+def test_evaluate_few_classes_top5_is_top_k(digits):
+    model = TinyCNN(classes=3)
+    x, y = digits.test_x[:20], digits.test_y[:20] % 3
+    result = evaluate(model, x, y, digits.mean, digits.std)
+    assert result.top5 == 1.0 and 0.0 <= result.top1 <= 1.0 and model.training  # mode restored
+
+
+# ---------------------------------------------------------------- train_steps
+
+
+def test_train_steps_runs_exactly_steps_across_epochs(digits):
+    model = TinyCNN()
+    loader = TensorLoader(digits.train_x[:50], digits.train_y[:50], 16, digits.mean, digits.std, shuffle=True)
+    assert len(loader) == 4
+    optimizer = make_sgd(model, lr=0.01, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    assert optimizer.param_groups[0]["nesterov"] and optimizer.param_groups[0]["weight_decay"] == 5e-4
+    calls = []
+    optimizer.register_step_post_hook(lambda opt, args, kwargs: calls.append(1))
+    model.eval()
+    loss = train_steps(model, loader, 10, optimizer)
+    assert len(calls) == 10 and model.training
+    assert loader.epoch == 3  # cycled: 4 + 4 + 2 batches
+    assert math.isfinite(loss) and loss > 0
+    assert math.isnan(train_steps(model, loader, 0, optimizer)) and len(calls) == 10
+
+
+# ---------------------------------------------------------------- finetune
+
+
+def test_finetune_learns_digits(digits):
+    model = TinyCNN()
+    cfg = FinetuneConfig(epochs=6, lr=0.05, batch_size=64, augment=False)
+    before = evaluate(model, digits.test_x, digits.test_y, digits.mean, digits.std)
+    history = fit(model, digits, cfg, val=(digits.test_x, digits.test_y))
+    after = evaluate(model, digits.test_x, digits.test_y, digits.mean, digits.std)
+    assert [row["epoch"] for row in history] == list(range(6))
+    assert set(history[0]) == {"epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "seconds"}
+    assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
+    assert after.top1 > 0.8 and after.top1 > before.top1 + 0.3
+    assert history[-1]["val_top1"] == after.top1  # the final weights are the result
+    assert not model.training
+
+
+def test_lr_follows_milestones(digits):
+    cfg = FinetuneConfig(epochs=10, lr=0.01, batch_size=32, steps_per_epoch=1)
+    history = fit(TinyCNN(width=4), digits, cfg)
+    expected = [0.01] * 3 + [0.002] * 3 + [0.0004] * 2 + [0.00008] * 2
+    assert [row["lr"] for row in history] == pytest.approx(expected)
+    assert "val_top1" not in history[0]
+
+
+def test_resume_is_bit_identical(digits, tmp_path, monkeypatch):
+    cfg = quick_cfg()
+    reference = TinyCNN()
+    rng_before = torch.get_rng_state()
+    full = fit(reference, digits, cfg, val=(digits.test_x[:64], digits.test_y[:64]))
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's global RNG is left alone
+
+    ckpt = tmp_path / "ft.pt"
+    original = TensorLoader.set_epoch
+
+    def killed_at_epoch_2(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        original(self, epoch)
+
+    monkeypatch.setattr(TensorLoader, "set_epoch", killed_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(TinyCNN(), digits, cfg, checkpoint=ckpt, val=(digits.test_x[:64], digits.test_y[:64]))
+    monkeypatch.setattr(TensorLoader, "set_epoch", original)
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ft.pt"]  # no temporary files left behind
+
+    resumed_model = TinyCNN(seed=123)  # other initial weights: the checkpoint's must win
+    resumed = fit(resumed_model, digits, cfg, checkpoint=ckpt, val=(digits.test_x[:64], digits.test_y[:64]))
+    assert same_weights(resumed_model, reference)
+    assert without_seconds(resumed) == without_seconds(full)
+
+    # a finished checkpoint: no training at all, the stored weights and history come back
+    again_model = TinyCNN(seed=7)
+    forwards = []
+    again_model.register_forward_hook(lambda *args: forwards.append(1))
+    again = fit(again_model, digits, cfg, checkpoint=ckpt, val=(digits.test_x[:64], digits.test_y[:64]))
+    assert forwards == [] and again == resumed
+    assert same_weights(again_model, reference) and not again_model.training
+
+
+def test_mismatched_checkpoint_raises(digits, tmp_path):
+    ckpt = tmp_path / "ft.pt"
+    cfg = quick_cfg(epochs=2, steps_per_epoch=1)
+    fit(TinyCNN(width=4), digits, cfg, checkpoint=ckpt)
+    with pytest.raises(CheckpointError, match=r"another FinetuneConfig \(lr=0\.05 vs 0\.02\)") as err:
+        fit(TinyCNN(width=4), digits, quick_cfg(epochs=2, steps_per_epoch=1, lr=0.02), checkpoint=ckpt)
+    assert "\n" not in str(err.value)
+    with pytest.raises(CheckpointError, match="does not fit") as err:
+        fit(TinyCNN(width=8), digits, cfg, checkpoint=ckpt)
+    assert "\n" not in str(err.value)
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        fit(TinyCNN(width=4), digits, cfg, checkpoint=ckpt)
+
+
+def test_progress_bar_in_non_tty_logs(digits, capfd):
+    history = finetune(TinyCNN(width=4), digits.train_x, digits.train_y, digits.mean, digits.std,
+                       quick_cfg(epochs=2, steps_per_epoch=1), progress=True)
+    out, err = capfd.readouterr()
+    assert len(history) == 2 and out == ""  # the bar goes to stderr, never into stdout
+    assert "2/2" in err and "loss" in err
