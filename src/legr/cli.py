@@ -16,7 +16,7 @@ from legr.errors import LegrError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Learned global filter ranking (LeGR): one trained ConvNet in, a family of pruned ones out.")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 ConfigArg = Annotated[Path, typer.Argument(help="run configuration (YAML); see configs/ and `legr demo`")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="run folder (default: runs/<config name>)")]

@@ -1,0 +1,265 @@
+"""The LeGR pipeline over one run folder: base -> rank -> prune -> finetune -> evaluate -> report.
+
+Every step writes its artifacts atomically and skips work already on disk, so a killed run restarted with the same
+command continues where it stopped (the search and each fine-tune also resume mid-way). Folder layout::
+
+    config.yaml               resolved configuration (a different config in the same folder is refused)
+    base/model.safetensors    the trained/adapted source network (only when base_training.epochs > 0)
+    search_state.json         evolution state after every candidate;  search_log.jsonl: one line per candidate
+    ranking.json              the learned ranking (per-layer alpha, kappa)
+    members/<name>/           plan.json + model.safetensors (+ finetuned.json once fine-tuned)
+    results.json / .csv       one row per network;  pareto.png: accuracy vs MACs and vs latency
+
+The test split is only used by `evaluate` (and for the before-fine-tune figure recorded at pruning time): search
+fitness uses a validation split carved from the training data, and no step picks anything by test accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from legr.allocate import Floors, GlobalSolver
+from legr.artifacts import load_pruned, save_pruned
+from legr.config import RunConfig, TrainConfig, dump_config
+from legr.cost import CostModel, count_params
+from legr.criteria import get_criterion, group_scores
+from legr.data import TensorLoader, load_dataset, split_train_val
+from legr.errors import ConfigError, LegrError
+from legr.graph import analyze
+from legr.hardware import git_revision, hardware_label
+from legr.latency import measure_latency
+from legr.models import build_model, load_checkpoint, save_state_dict
+from legr.paths import atomic_write_text
+from legr.plan import Plan
+from legr.ranking import Ranking, layer_score_std, model_fingerprint, ranked_layers
+from legr.report import config_hash, format_table, plot_pareto, read_results, write_results
+from legr.search import AffineSpace, EvolutionConfig, aging_evolution
+from legr.surgery import prune
+from legr.train import FinetuneConfig, evaluate, finetune, make_sgd, train_steps
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: tuple[torch.Tensor, torch.Tensor]
+    val: tuple[torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor, torch.Tensor]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    input_size: tuple[int, int, int]
+    num_classes: int
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' requested but CUDA is not available")
+    return torch.device(name)
+
+
+def finetune_config(cfg: TrainConfig, seed: int) -> FinetuneConfig:
+    return FinetuneConfig(**cfg.model_dump(), seed=seed)
+
+
+class Pipeline:
+    def __init__(self, cfg: RunConfig, out: str | Path, *, progress: bool = True, log: Callable[[str], None] = print):
+        self.cfg, self.out, self.progress, self.log = cfg, Path(out), progress, log
+        self.device = resolve_device(cfg.device)
+        self.floors = Floors(cfg.floors.safeguard, cfg.floors.min_channels)
+        self._claim_folder()
+
+    def _claim_folder(self) -> None:
+        path = self.out / "config.yaml"
+        text = dump_config(self.cfg)
+        if path.exists() and path.read_text() != text:
+            raise ConfigError(
+                f"run folder {self.out} holds a run with a different config; use another output folder or delete it"
+            )
+        atomic_write_text(path, text)
+
+    # --- inputs ---------------------------------------------------------------------------------------------
+    @cached_property
+    def data(self) -> Splits:
+        d = self.cfg.data
+        ds = load_dataset(d.name, d.root)
+        if d.val_size >= len(ds.train_x):
+            raise ConfigError(f"data.val_size ({d.val_size}) must be smaller than the training set ({len(ds.train_x)})")
+        tx, ty, vx, vy = split_train_val(ds.train_x, ds.train_y, d.val_size, seed=d.split_seed)
+        return Splits((tx, ty), (vx, vy), (ds.test_x, ds.test_y), ds.mean, ds.std, ds.input_size, ds.num_classes)
+
+    @cached_property
+    def base(self) -> nn.Module:
+        """The source network (loaded, and trained/adapted first when base_training.epochs > 0), eval mode."""
+        m = self.cfg.model
+        weights: bool | str = {None: False, "pretrained": True}.get(m.weights, m.weights)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.seed)  # a network trained from scratch starts from the same weights
+            model = build_model(m.name, num_classes=m.num_classes or self.data.num_classes, pretrained=weights)
+        model.to(self.device)
+        if self.cfg.base_training.epochs > 0:
+            path = self.out / "base" / "model.safetensors"
+            if path.exists():
+                load_checkpoint(model, path)
+            else:
+                self.log(f"training the source network for {self.cfg.base_training.epochs} epochs")
+                self._train(model, self.cfg.base_training, self.out / "base" / "train.pt")
+                save_state_dict(model.state_dict(), path)
+        return model.eval()
+
+    @cached_property
+    def graph(self):
+        return analyze(self.base, self.data.input_size)
+
+    @cached_property
+    def cost(self) -> CostModel:
+        return CostModel(self.graph)
+
+    def _train(self, model: nn.Module, cfg: TrainConfig, checkpoint: Path) -> list[dict]:
+        x, y = self.data.train
+        val = self.data.val if len(self.data.val[0]) else None
+        return finetune(model, x, y, self.data.mean, self.data.std, finetune_config(cfg, self.cfg.seed),
+                        checkpoint=checkpoint, val=val, progress=self.progress, device=self.device)
+
+    def _evaluate(self, model: nn.Module, split: tuple[torch.Tensor, torch.Tensor]):
+        return evaluate(model, *split, self.data.mean, self.data.std, batch_size=self.cfg.eval.batch_size,
+                        device=self.device)
+
+    # --- steps ----------------------------------------------------------------------------------------------
+    def rank(self) -> Ranking:
+        path = self.out / "ranking.json"
+        fingerprint = model_fingerprint(self.base)
+        if path.exists():
+            ranking = Ranking.load(path)
+            ranking.check(self.graph, fingerprint)
+            return ranking
+        s = self.cfg.search
+        if len(self.data.val[0]) == 0:
+            raise ConfigError("the search needs a validation split: set data.val_size > 0")
+        layers = ranked_layers(self.graph)
+        scores = get_criterion(self.cfg.criterion)(self.graph, self.base)
+        space = AffineSpace(layers, layer_score_std(self.graph, self.base, self.cfg.criterion, layers),
+                            mutate_fraction=s.mutate_fraction, learn_alpha=s.method == "legr")
+        index = {name: i for i, name in enumerate(layers)}
+        target = self.cfg.search_target * self.cost.base_macs
+        self.log(f"learning the ranking ({s.method}, {s.evaluations} candidates, tau={s.tau}) at "
+                 f"{self.cfg.search_target:.0%} of {self.cost.base_macs / 1e6:.2f}M MACs")
+
+        def fitness(candidate, i: int) -> float:
+            transformed = group_scores(self.graph, scores, lambda name, v: candidate.apply(index[name], v))
+            net = prune(self.graph, GlobalSolver(self.graph, self.cost, transformed, self.floors).solve(target))
+            if s.tau > 0:
+                x, y = self.data.train
+                loader = TensorLoader(x, y, s.batch_size, self.data.mean, self.data.std, shuffle=True, augment=True,
+                                      seed=self.cfg.seed * 100_003 + i, device=self.device)
+                train_steps(net, loader, s.tau, make_sgd(net, s.lr, s.momentum, s.weight_decay))
+            result = self._evaluate(net, self.data.val)
+            return -result.loss if s.fitness == "loss" else result.top1
+
+        evo = EvolutionConfig(population=s.population, sample=s.sample, evaluations=s.evaluations, seed=self.cfg.seed)
+        result = aging_evolution(space, fitness, evo, state_path=self.out / "search_state.json",
+                                 log_path=self.out / "search_log.jsonl", progress=self.progress)
+        best = result.best
+        ranking = Ranking(
+            tuple(layers), tuple(float(a) for a in best.alpha), tuple(float(k) for k in best.kappa),
+            self.cfg.criterion, fingerprint, self._source(),
+            {**result.summary(), **s.model_dump(), "target": self.cfg.search_target, "fitness_metric": s.fitness},
+        )
+        ranking.save(path)
+        return ranking
+
+    def _source(self) -> dict[str, Any]:
+        m = self.cfg.model
+        return {"model": m.name, "num_classes": m.num_classes or self.data.num_classes,
+                "input_size": list(self.data.input_size), "weights": m.weights, "dataset": self.cfg.data.name}
+
+    def member_dirs(self) -> list[Path]:
+        return [self.out / "members" / f"{self.cfg.search.method}-{round(t * 100)}" for t in sorted(self.cfg.targets)]
+
+    def prune(self) -> list[Path]:
+        ranking = self.rank()
+        solver = ranking.solver(self.graph, self.cost, self.base, self.floors)
+        for target, directory in zip(sorted(self.cfg.targets), self.member_dirs()):
+            if (directory / "plan.json").exists():
+                continue
+            keep = solver.solve(target * self.cost.base_macs)
+            net = prune(self.graph, keep)
+            before = self._evaluate(net, self.data.test)
+            macs, params = self.cost.costs(keep)
+            info = {"method": self.cfg.search.method, "target": target, "macs": macs, "params": params,
+                    "top1_before_ft": before.top1, "top5_before_ft": before.top5, "ranking": ranking.fingerprint}
+            save_pruned(directory, net, Plan.from_keep_vector(self.graph, keep, source=self._source(), info=info))
+            self.log(f"pruned {directory.name}: {macs / 1e6:.2f}M MACs ({macs / self.cost.base_macs:.1%}), "
+                     f"{params / 1e3:.1f}K params, top-1 before fine-tuning {before.top1:.2%}")
+        return self.member_dirs()
+
+    def finetune(self) -> None:
+        for directory in self.prune():
+            if (directory / "finetuned.json").exists():
+                continue
+            net, _ = load_pruned(directory, self.base)
+            self.log(f"fine-tuning {directory.name} for {self.cfg.finetune.epochs} epochs")
+            history = self._train(net.to(self.device), self.cfg.finetune, directory / "finetune.pt")
+            save_state_dict(net.state_dict(), directory / "model.safetensors")
+            atomic_write_text(directory / "finetuned.json", json.dumps(history, indent=1))
+            (directory / "finetune.pt").unlink(missing_ok=True)
+
+    def evaluate(self) -> list[dict[str, Any]]:
+        self.finetune()
+        rows = [self._row("baseline", self.base, None, self.cost.base_macs, self.cost.base_params, {})]
+        for directory in self.member_dirs():
+            net, plan = load_pruned(directory, self.base)
+            rows.append(self._row(directory.name, net.to(self.device), plan.info.get("target"), plan.info["macs"],
+                                  plan.info["params"], plan.info, str(directory.relative_to(self.out))))
+        write_results(rows, self.out)
+        return rows
+
+    def _row(self, name: str, net: nn.Module, target, macs: float, params: float, info: dict, path: str = "") -> dict:
+        result = self._evaluate(net, self.data.test)
+        assert int(params) == count_params(net), "cost model and network disagree on the parameter count"
+        row = {
+            "name": name, "method": info.get("method", "baseline"), "model": self.cfg.model.name,
+            "dataset": self.cfg.data.name, "target": target, "macs": macs, "params": params,
+            "macs_ratio": macs / self.cost.base_macs, "params_ratio": params / self.cost.base_params,
+            "compression": self.cost.base_params / params, "top1": result.top1, "top5": result.top5,
+            "loss": result.loss, "top1_before_ft": info.get("top1_before_ft"),
+            "finetune_epochs": self.cfg.finetune.epochs if name != "baseline" else None,
+            "seed": self.cfg.seed, "config_hash": config_hash(self.cfg.model_dump(mode="json")),
+            "git_rev": git_revision(), "hardware": hardware_label(), "path": path,
+        }
+        if self.cfg.eval.latency:
+            row.update(self._latency(net))
+        return row
+
+    def _latency(self, net: nn.Module) -> dict[str, float]:
+        e = self.cfg.eval
+        devices = ["cpu"] + (["cuda"] if self.device.type == "cuda" else [])
+        out = {}
+        for device in devices:
+            for bs in e.latency_batch_sizes:
+                r = measure_latency(net, self.data.input_size, bs, device=device, threads=e.threads if device == "cpu" else None,
+                                    warmup=e.latency_warmup, repeats=e.latency_repeats)
+                out[f"latency_{device}_b{bs}_ms"] = r.median_ms
+        net.to(self.device)
+        return out
+
+    def report(self) -> str:
+        rows = read_results(self.out)
+        title = f"{rows[0]['model']} on {rows[0]['dataset']}" if rows else None
+        plot_pareto(rows, self.out / "pareto.png", title=title)
+        return format_table(rows)
+
+    def run(self) -> str:
+        self.evaluate()
+        return self.report()
+
+
+def keep_fraction(plan: Plan, graph) -> np.ndarray:  # pragma: no cover - convenience for notebooks
+    return plan.keep_vector(graph)

@@ -1,0 +1,111 @@
+"""The command line: the demo pipeline end to end on a tiny budget, resume after SIGKILL, one-line errors (exit 2)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+TINY = """
+model: {name: digits_cnn, weights: null}
+data: {name: digits, val_size: 200}
+base_training: {epochs: 3, lr: 0.05, batch_size: 64, augment: false}
+search: {population: 6, sample: 3, evaluations: 24, tau: 4, batch_size: 64}
+targets: [0.3, 0.6]
+finetune: {epochs: 1, batch_size: 64, augment: false}
+eval: {latency_repeats: 3, latency_warmup: 1, latency_batch_sizes: [1, 8]}
+"""
+
+
+def legr(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "legr.cli", *args], capture_output=True, text=True, env=env, **kw)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+def test_run_writes_the_family(config, tmp_path):
+    out = tmp_path / "run"
+    proc = legr("run", str(config), "--out", str(out), "--quiet")
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in rows] == ["baseline", "legr-30", "legr-60"]
+    base = rows[0]
+    for row, target in zip(rows[1:], (0.3, 0.6)):
+        assert row["macs"] <= target * base["macs"] and row["macs"] > 0.8 * target * base["macs"]
+        assert row["params"] < base["params"] and row["latency_cpu_b1_ms"] > 0
+    assert (out / "pareto.png").stat().st_size > 10_000 and (out / "results.csv").exists()
+    assert "legr-30" in proc.stdout and (out / "config.yaml").exists()
+    # the same command again finds everything done and reproduces the table
+    again = legr("run", str(config), "--out", str(out), "--quiet")
+    assert json.loads((out / "results.json").read_text())[1]["top1"] == rows[1]["top1"]
+    assert again.stdout.splitlines()[2].split()[:2] == proc.stdout.splitlines()[2].split()[:2]
+    # export a member to ONNX (checked against PyTorch in onnxruntime)
+    legr("export", str(out / "members" / "legr-30"), str(tmp_path / "m.onnx"))
+    assert (tmp_path / "m.onnx").stat().st_size > 1000
+
+
+def test_search_resumes_after_sigkill(config, tmp_path):
+    reference = tmp_path / "reference"
+    legr("rank", str(config), "--out", str(reference), "--quiet")
+    killed = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "legr.cli", "rank", str(config), "--out", str(killed), "--quiet"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = killed / "search_state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if len(json.loads(state.read_text())["history"]) >= 8:
+                break
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+        time.sleep(0.05)
+    assert proc.poll() is None, "the search finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "ranking.json").exists()
+    legr("rank", str(config), "--out", str(killed), "--quiet")
+    a = json.loads((reference / "ranking.json").read_text())
+    b = json.loads((killed / "ranking.json").read_text())
+    assert a["layers"] == b["layers"] and a["fingerprint"] == b["fingerprint"]
+    assert a["search"]["best_fitness"] == b["search"]["best_fitness"]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["run", "missing.yaml"], "config file not found"),
+        (["analyze", "resnet_56"], "unknown model"),
+        (["analyze", "shufflenet_v2_x0_5"], "mixes the channel dimension"),
+        (["report", "nowhere"], "results"),
+        (["export", "nowhere", "x.onnx"], "no plan.json"),
+    ],
+)
+def test_errors_are_one_line_with_exit_code_2(args, message, tmp_path):
+    proc = legr(*args, check=False, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_bad_config_key_and_budget(config, tmp_path):
+    proc = legr("run", str(config), "--out", str(tmp_path / "r"), "--set", "search.tua=1", check=False)
+    assert proc.returncode == 2 and "unknown config key 'search.tua'" in proc.stderr
+    proc = legr("prune", str(config), "--out", str(tmp_path / "r2"), "--set", "targets=[0.001]", check=False)
+    assert proc.returncode == 2 and "smallest reachable" in proc.stderr
+    # a second config in the same folder is refused instead of mixing two runs
+    legr("rank", str(config), "--out", str(tmp_path / "r3"), "--set", "search.evaluations=6", "--quiet")
+    proc = legr("rank", str(config), "--out", str(tmp_path / "r3"), check=False)
+    assert proc.returncode == 2 and "different config" in proc.stderr
