@@ -23,7 +23,8 @@ from legr.models import (
     save_state_dict,
 )
 
-CIFAR_MODELS = [n for n in list_models() if get_model_spec(n).source == "legr"]
+CIFAR_MODELS = [n for n in list_models() if n.startswith("cifar_")]
+OWN_MODELS = [n for n in list_models() if get_model_spec(n).source == "legr"]
 AKAMASTER = "weights/akamaster-cifar10"
 
 
@@ -90,11 +91,11 @@ def test_param_counts():
     assert count("cifar_resnet20_b") == 272474  # + 1x1 conv+BN shortcuts in stages 2 and 3
 
 
-@pytest.mark.parametrize("name", CIFAR_MODELS)
-def test_cifar_models_forward_and_fx_trace(name):
+@pytest.mark.parametrize("name", OWN_MODELS)
+def test_own_models_forward_and_fx_trace(name):
     torch.manual_seed(0)
     model = build_model(name, num_classes=7).eval()
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, *get_model_spec(name).input_size)
     traced = torch.fx.symbolic_trace(model)
     with torch.no_grad():
         out = model(x)

@@ -17,20 +17,18 @@ fitness uses a validation split carved from the training data, and no step picks
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 
-from legr.allocate import Floors, GlobalSolver
+from legr.allocate import Floors
 from legr.artifacts import load_pruned, save_pruned
 from legr.config import RunConfig, TrainConfig, dump_config
 from legr.cost import CostModel, count_params
-from legr.criteria import get_criterion, group_scores
 from legr.data import TensorLoader, load_dataset, split_train_val
 from legr.errors import ConfigError, LegrError
 from legr.graph import analyze
@@ -39,9 +37,9 @@ from legr.latency import measure_latency
 from legr.models import build_model, load_checkpoint, save_state_dict
 from legr.paths import atomic_write_text
 from legr.plan import Plan
-from legr.ranking import Ranking, layer_score_std, model_fingerprint, ranked_layers
+from legr.ranking import Ranking, learn_ranking, model_fingerprint
 from legr.report import config_hash, format_table, plot_pareto, read_results, write_results
-from legr.search import AffineSpace, EvolutionConfig, aging_evolution
+from legr.search import EvolutionConfig
 from legr.surgery import prune
 from legr.train import FinetuneConfig, evaluate, finetune, make_sgd, train_steps
 
@@ -143,18 +141,10 @@ class Pipeline:
         s = self.cfg.search
         if len(self.data.val[0]) == 0:
             raise ConfigError("the search needs a validation split: set data.val_size > 0")
-        layers = ranked_layers(self.graph)
-        scores = get_criterion(self.cfg.criterion)(self.graph, self.base)
-        space = AffineSpace(layers, layer_score_std(self.graph, self.base, self.cfg.criterion, layers),
-                            mutate_fraction=s.mutate_fraction, learn_alpha=s.method == "legr")
-        index = {name: i for i, name in enumerate(layers)}
-        target = self.cfg.search_target * self.cost.base_macs
         self.log(f"learning the ranking ({s.method}, {s.evaluations} candidates, tau={s.tau}) at "
                  f"{self.cfg.search_target:.0%} of {self.cost.base_macs / 1e6:.2f}M MACs")
 
-        def fitness(candidate, i: int) -> float:
-            transformed = group_scores(self.graph, scores, lambda name, v: candidate.apply(index[name], v))
-            net = prune(self.graph, GlobalSolver(self.graph, self.cost, transformed, self.floors).solve(target))
+        def fitness(net: nn.Module, i: int) -> float:
             if s.tau > 0:
                 x, y = self.data.train
                 loader = TensorLoader(x, y, s.batch_size, self.data.mean, self.data.std, shuffle=True, augment=True,
@@ -163,15 +153,15 @@ class Pipeline:
             result = self._evaluate(net, self.data.val)
             return -result.loss if s.fitness == "loss" else result.top1
 
-        evo = EvolutionConfig(population=s.population, sample=s.sample, evaluations=s.evaluations, seed=self.cfg.seed)
-        result = aging_evolution(space, fitness, evo, state_path=self.out / "search_state.json",
-                                 log_path=self.out / "search_log.jsonl", progress=self.progress)
-        best = result.best
-        ranking = Ranking(
-            tuple(layers), tuple(float(a) for a in best.alpha), tuple(float(k) for k in best.kappa),
-            self.cfg.criterion, fingerprint, self._source(),
-            {**result.summary(), **s.model_dump(), "target": self.cfg.search_target, "fitness_metric": s.fitness},
+        learned = learn_ranking(
+            self.base, self.graph, fitness, self.cfg.search_target * self.cost.base_macs,
+            criterion=self.cfg.criterion, floors=self.floors, learn_alpha=s.method == "legr",
+            mutate_fraction=s.mutate_fraction,
+            search=EvolutionConfig(population=s.population, sample=s.sample, evaluations=s.evaluations, seed=self.cfg.seed),
+            state_path=self.out / "search_state.json", log_path=self.out / "search_log.jsonl", progress=self.progress,
         )
+        ranking = replace(learned, source=self._source(),
+                          search={**learned.search, **s.model_dump(), "target": self.cfg.search_target})
         ranking.save(path)
         return ranking
 
@@ -259,7 +249,3 @@ class Pipeline:
     def run(self) -> str:
         self.evaluate()
         return self.report()
-
-
-def keep_fraction(plan: Plan, graph) -> np.ndarray:  # pragma: no cover - convenience for notebooks
-    return plan.keep_vector(graph)

@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +23,8 @@ from legr.criteria import get_criterion, group_scores
 from legr.errors import LegrError
 from legr.graph import ChannelGraph
 from legr.paths import atomic_write_text
+from legr.search import AffineSpace, EvolutionConfig, aging_evolution
+from legr.surgery import prune
 
 RANKING_VERSION = 1
 
@@ -116,3 +118,47 @@ def layer_score_std(graph: ChannelGraph, model: nn.Module, criterion: str, layer
     """Standard deviation of each layer's filter scores (the scale of LeGR's kappa)."""
     scores: Mapping[str, np.ndarray] = get_criterion(criterion)(graph, model)
     return [float(np.std(scores[name])) if len(scores[name]) > 1 else float(abs(scores[name]).mean()) for name in layers]
+
+
+NetworkFitness = Callable[[nn.Module, int], float]
+
+
+def learn_ranking(
+    model: nn.Module,
+    graph: ChannelGraph,
+    fitness: NetworkFitness,
+    target_macs: float,
+    *,
+    criterion: str = "l2sq",
+    floors: Floors = Floors(),
+    search: EvolutionConfig = EvolutionConfig(),
+    learn_alpha: bool = True,
+    mutate_fraction: float = 0.1,
+    state_path: Path | None = None,
+    log_path: Path | None = None,
+    progress: bool = True,
+) -> Ranking:
+    """Learn LeGR's per-layer affine transform by aging evolution.
+
+    Each candidate ranking prunes ``model`` (weights restored from memory) to ``target_macs`` and is scored by
+    ``fitness(pruned_network, candidate_index)`` (higher is better; LeGR: minus the validation loss after tau
+    fine-tuning steps). ``learn_alpha=False`` learns only the offsets (LCP). Resumable through ``state_path``.
+    """
+    cost = CostModel(graph)
+    layers = ranked_layers(graph)
+    scores = get_criterion(criterion)(graph, model)
+    space = AffineSpace(layers, layer_score_std(graph, model, criterion, layers), mutate_fraction=mutate_fraction,
+                        learn_alpha=learn_alpha)
+    index = {name: i for i, name in enumerate(layers)}
+    GlobalSolver(graph, cost, group_scores(graph, scores), floors).solve(target_macs)  # fail early if unreachable
+
+    def evaluate(candidate, i: int) -> float:
+        transformed = group_scores(graph, scores, lambda name, v: candidate.apply(index[name], v))
+        return fitness(prune(graph, GlobalSolver(graph, cost, transformed, floors).solve(target_macs)), i)
+
+    result = aging_evolution(space, evaluate, search, state_path=state_path, log_path=log_path, progress=progress)
+    return Ranking(
+        tuple(layers), tuple(float(a) for a in result.best.alpha), tuple(float(k) for k in result.best.kappa),
+        criterion, model_fingerprint(model),
+        search={**result.summary(), "target_macs": target_macs, "learn_alpha": learn_alpha},
+    )
