@@ -36,9 +36,14 @@ def config(tmp_path: Path) -> Path:
     return path
 
 
-def test_run_writes_the_family(config, tmp_path):
+DEMO_TINY = ["--set", "base_training.epochs=3", "--set", "search.population=6", "--set", "search.sample=3",
+             "--set", "search.evaluations=12", "--set", "search.tau=4", "--set", "targets=[0.3, 0.6]",
+             "--set", "finetune.epochs=1", "--set", "eval.latency_repeats=3", "--set", "eval.latency_batch_sizes=[1, 8]"]
+
+
+def test_demo_writes_the_family(tmp_path):
     out = tmp_path / "run"
-    proc = legr("run", str(config), "--out", str(out), "--quiet")
+    proc = legr("demo", "--out", str(out), "--quiet", *DEMO_TINY)
     rows = json.loads((out / "results.json").read_text())
     assert [r["name"] for r in rows] == ["baseline", "legr-30", "legr-60"]
     base = rows[0]
@@ -48,7 +53,7 @@ def test_run_writes_the_family(config, tmp_path):
     assert (out / "pareto.png").stat().st_size > 10_000 and (out / "results.csv").exists()
     assert "legr-30" in proc.stdout and (out / "config.yaml").exists()
     # the same command again finds everything done and reproduces the table
-    again = legr("run", str(config), "--out", str(out), "--quiet")
+    again = legr("demo", "--out", str(out), "--quiet", *DEMO_TINY)
     assert json.loads((out / "results.json").read_text())[1]["top1"] == rows[1]["top1"]
     assert again.stdout.splitlines()[2].split()[:2] == proc.stdout.splitlines()[2].split()[:2]
     # export a member to ONNX (checked against PyTorch in onnxruntime)
