@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "resnet56_cifar10jpeg.yaml")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "legr_resnet56_cifar10jpeg")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "legr_resnet56_cifar10jpeg")
+    parser.add_argument("--note", default="", help="a sentence for the results README, e.g. where training ran")
     args = parser.parse_args()
     start = time.time()
     try:
@@ -45,7 +46,7 @@ def main() -> None:
     atomic_write_text(args.results / "README.md", "\n".join([
         "# LeGR, ResNet-56 (akamaster, option A), CIFAR-10-JPEG",
         "",
-        f"Written by `benchmarks/legr_resnet56_cifar10jpeg.py` (config `{args.config.relative_to(ROOT)}`); "
+        f"Written by `benchmarks/legr_resnet56_cifar10jpeg.py` (config `{args.config.resolve().relative_to(ROOT)}`); "
         f"this run's wall time {(time.time() - start) / 60:.1f} min (a resumed run counts only its last part).",
         "",
         f"Budget: source adapted {cfg.base_training.epochs} epochs on the JPEG training images; search "
@@ -53,7 +54,8 @@ def main() -> None:
         f"tau {cfg.search.tau}) at {cfg.search_target:.0%} MACs with fitness = loss on {cfg.data.val_size} held-out "
         f"training images; {cfg.finetune.epochs} fine-tuning epochs per network; seed {cfg.seed}. "
         f"Test set: the 10,000 CIFAR-10-JPEG test images (used for nothing but these figures). "
-        f"Hardware: {rows[0]['hardware']}. Top-1 before fine-tuning is in results.csv.",
+        f"Hardware (evaluation and latency): {rows[0]['hardware']}. Top-1 before fine-tuning is in results.csv."
+        + (f" {args.note}" if args.note else ""),
         "",
         markdown_table(rows),
         "",

@@ -140,3 +140,43 @@ def test_sigmoid_feeding_a_layer_is_not_pruned():
 
     graph = analyze(Net(), (3, 16, 16))
     assert not graph.group_by_name["a"].prunable and "non-zero" in graph.group_by_name["a"].reason
+
+
+class _AddsUntracked(nn.Module):
+    """conv a -> (+ a per-position buffer | + a one-channel map broadcast over channels) -> conv b -> pool -> fc."""
+
+    def __init__(self, broadcast_channel: bool):
+        super().__init__()
+        self.broadcast_channel = broadcast_channel
+        self.a, self.b, self.c = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 12, 3, padding=1), nn.Conv2d(3, 1, 1)
+        self.fc = nn.Linear(12, 3)
+        self.register_buffer("pos", torch.randn(1, 1, 16, 16))
+
+    def forward(self, x):
+        y = self.a(x)
+        y = y + self.c(x) if self.broadcast_channel else y + self.pos
+        return self.fc(F.adaptive_avg_pool2d(self.b(F.relu(y)), 1).flatten(1))
+
+
+@pytest.mark.parametrize("broadcast_channel", [False, True], ids=["buffer", "one-channel"])
+def test_adding_a_broadcast_tensor_keeps_the_channels(broadcast_channel):
+    """A removed channel plus a broadcast tensor is not zero downstream, so the channels before the add must stay."""
+    torch.manual_seed(0)
+    model = _AddsUntracked(broadcast_channel)
+    graph = analyze(model, (3, 16, 16))
+    assert not graph.group_by_name["a"].prunable and "non-zero" in graph.group_by_name["a"].reason
+    assert_equivalent(model, 16, plans=3)
+
+
+def test_tied_parameters_are_refused():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+            self.b.weight = self.a.weight
+
+        def forward(self, x):
+            return self.b(self.a(x))
+
+    with pytest.raises(UnsupportedModelError, match="'b.weight' is the same tensor as 'a.weight'"):
+        analyze(Tied(), (4, 8, 8))

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from legr.hardware import git_revision, hardware_info, hardware_label
-from legr.latency import LatencyResult, fixed_threads, measure_latencies, measure_latency
+from legr.latency import LatencyResult, fixed_threads, measure_interleaved, measure_latencies, measure_latency
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,3 +124,17 @@ def test_git_revision(tmp_path: Path) -> None:
         pytest.skip("checkout is not a git repository")
     rev = git_revision(ROOT)
     assert isinstance(rev, str) and rev.split("-")[0].isalnum()
+
+
+def test_interleaved_rounds_time_every_network() -> None:
+    torch.manual_seed(0)
+    nets = {"small": conv_stack(8), "big": conv_stack(64)}
+    out = measure_interleaved(nets, (3, 32, 32), (1, 4), rounds=3, warmup=1, repeats=4, threads=1)
+    assert list(out) == ["small", "big"] and all(list(v) == [1, 4] for v in out.values())
+    for per_batch in out.values():
+        for b, r in per_batch.items():
+            assert r.batch_size == b and r.repeats == 12 and r.threads == 1
+            assert r.min_ms <= r.median_ms <= r.max_ms
+    assert out["big"][4].median_ms > out["small"][4].median_ms
+    with pytest.raises(ValueError, match="rounds"):
+        measure_interleaved(nets, (3, 32, 32), rounds=0)

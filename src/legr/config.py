@@ -82,6 +82,7 @@ class EvalConfig(_Strict):
     latency_batch_sizes: tuple[int, ...] = (1, 64)
     latency_repeats: int = Field(20, ge=1)
     latency_warmup: int = Field(5, ge=0)
+    latency_rounds: int = Field(3, ge=1, description="interleaved rounds over all networks; median of round medians")
     threads: int | None = Field(None, ge=1, description="CPU threads for latency; default: all")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -133,3 +133,42 @@ def measure_latencies(
     return {
         str(d): {b: measure_latency(model, input_size, b, device=d, **kw) for b in batch_sizes} for d in devices
     }
+
+
+def measure_interleaved(
+    models: Mapping[str, nn.Module],
+    input_size: tuple[int, ...],
+    batch_sizes: Sequence[int] = (1, 64),
+    *,
+    device: str | torch.device = "cpu",
+    rounds: int = 3,
+    **kw: Any,
+) -> dict[str, dict[int, LatencyResult]]:
+    """Time several networks fairly: `rounds` rounds, each timing every network at every batch size once.
+
+    Comparing networks timed one after another on a shared machine compares the machine's load, not the networks;
+    interleaving spreads a slow spell over all of them. Per network and batch size, `median_ms` is the median of the
+    rounds' medians (min/max over all forwards, repeats summed). Other keywords go to `measure_latency`.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    runs: dict[str, dict[int, list[LatencyResult]]] = {name: {b: [] for b in batch_sizes} for name in models}
+    for _ in range(rounds):
+        for b in batch_sizes:
+            for name, model in models.items():
+                runs[name][b].append(measure_latency(model, input_size, b, device=device, **kw))
+    return {name: {b: _combine(rs) for b, rs in per_batch.items()} for name, per_batch in runs.items()}
+
+
+def _combine(results: list[LatencyResult]) -> LatencyResult:
+    return LatencyResult(
+        median_ms=statistics.median(r.median_ms for r in results),
+        mean_ms=statistics.fmean(r.mean_ms for r in results),
+        min_ms=min(r.min_ms for r in results),
+        max_ms=max(r.max_ms for r in results),
+        iqr_ms=statistics.median(r.iqr_ms for r in results),
+        repeats=sum(r.repeats for r in results),
+        batch_size=results[0].batch_size,
+        device=results[0].device,
+        threads=results[0].threads,
+    )

@@ -33,7 +33,7 @@ from legr.data import TensorLoader, load_dataset, split_train_val
 from legr.errors import ConfigError, LegrError
 from legr.graph import analyze
 from legr.hardware import git_revision, hardware_label
-from legr.latency import measure_latency
+from legr.latency import measure_interleaved
 from legr.models import build_model, load_checkpoint, save_state_dict
 from legr.paths import atomic_write_text
 from legr.plan import Plan
@@ -203,11 +203,16 @@ class Pipeline:
 
     def evaluate(self) -> list[dict[str, Any]]:
         self.finetune()
+        nets = {"baseline": self.base}
         rows = [self._row("baseline", self.base, None, self.cost.base_macs, self.cost.base_params, {})]
         for directory in self.member_dirs():
             net, plan = load_pruned(directory, self.base)
-            rows.append(self._row(directory.name, net.to(self.device), plan.info.get("target"), plan.info["macs"],
+            nets[directory.name] = net.to(self.device)
+            rows.append(self._row(directory.name, nets[directory.name], plan.info.get("target"), plan.info["macs"],
                                   plan.info["params"], plan.info, str(directory.relative_to(self.out))))
+        if self.cfg.eval.latency:
+            for row, timings in zip(rows, self._latency(nets).values()):
+                row.update(timings)
         write_results(rows, self.out)
         return rows
 
@@ -224,20 +229,21 @@ class Pipeline:
             "seed": self.cfg.seed, "config_hash": config_hash(self.cfg.model_dump(mode="json")),
             "git_rev": git_revision(), "hardware": hardware_label(), "path": path,
         }
-        if self.cfg.eval.latency:
-            row.update(self._latency(net))
         return row
 
-    def _latency(self, net: nn.Module) -> dict[str, float]:
+    def _latency(self, nets: dict[str, nn.Module]) -> dict[str, dict[str, float]]:
+        """Per network, `latency_<device>_b<batch>_ms`: all networks timed in interleaved rounds (see
+        `measure_interleaved`), on the CPU and, when the run uses one, the GPU."""
         e = self.cfg.eval
-        devices = ["cpu"] + (["cuda"] if self.device.type == "cuda" else [])
-        out = {}
-        for device in devices:
-            for bs in e.latency_batch_sizes:
-                r = measure_latency(net, self.data.input_size, bs, device=device, threads=e.threads if device == "cpu" else None,
-                                    warmup=e.latency_warmup, repeats=e.latency_repeats)
-                out[f"latency_{device}_b{bs}_ms"] = r.median_ms
-        net.to(self.device)
+        out: dict[str, dict[str, float]] = {name: {} for name in nets}
+        for device in ["cpu"] + (["cuda"] if self.device.type == "cuda" else []):
+            timings = measure_interleaved(nets, self.data.input_size, e.latency_batch_sizes, device=device,
+                                          rounds=e.latency_rounds, threads=e.threads if device == "cpu" else None,
+                                          warmup=e.latency_warmup, repeats=e.latency_repeats)
+            for name, per_batch in timings.items():
+                out[name].update({f"latency_{device}_b{b}_ms": r.median_ms for b, r in per_batch.items()})
+        for net in nets.values():
+            net.to(self.device)
         return out
 
     def report(self) -> str:

@@ -178,6 +178,17 @@ def _fix_output(ctx: WalkContext, value: Any) -> None:
             _fix_output(ctx, v)
 
 
+def _refuse_shared_parameters(model: nn.Module) -> None:
+    """Surgery slices each module's own parameters; a tensor shared by two modules (tied weights) would be cut twice."""
+    owner: dict[int, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        first = owner.setdefault(id(param), name)
+        if first != name:
+            raise UnsupportedModelError(
+                f"parameter '{name}' is the same tensor as '{first}': legr cannot prune tied (shared) parameters"
+            )
+
+
 def analyze(model: nn.Module, input_shape: Sequence[int], batch_size: int = 2) -> ChannelGraph:
     """Trace ``model`` in eval mode on a random input of shape ``(batch_size, *input_shape)`` and find its groups.
 
@@ -185,6 +196,7 @@ def analyze(model: nn.Module, input_shape: Sequence[int], batch_size: int = 2) -
     itself is never modified (its train/eval mode is restored).
     """
     input_shape = tuple(int(s) for s in input_shape)
+    _refuse_shared_parameters(model)
     was_training = model.training
     model.eval()
     try:

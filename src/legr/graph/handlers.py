@@ -224,6 +224,10 @@ def _binary(ctx: WalkContext, node: fx.Node, kind: str) -> ChanMap | None:
             if 0 <= k < len(shape) and shape[k] == width and width > 1:
                 ctx.fix(out, f"combined with an untracked per-channel tensor at '{node.name}'")
     scalars = [a for a in operands if not isinstance(a, fx.Node) and a not in (0, 0.0, None)]
+    # operands that are not the full channel map (untracked tensors, channels broadcast from one) add a non-zero
+    # value to a removed channel, so a sum is zero there only when every operand is a full, zero-safe map
+    broadcast = [a for a in operands if isinstance(a, fx.Node) and not (
+        isinstance(ctx.val(a), ChanMap) and len(ctx.val(a).ids) == width)]
     if kind == "mul":
         zero_safe = any(m.zero_safe for m in full)  # a product with one zero factor is zero
     elif kind == "div":
@@ -233,7 +237,7 @@ def _binary(ctx: WalkContext, node: fx.Node, kind: str) -> ChanMap | None:
         if isinstance(denominator, ChanMap):
             ctx.fix(out, f"used as a divisor at '{node.name}'")
     else:
-        zero_safe = all(m.zero_safe for _, m in maps) and not scalars
+        zero_safe = all(m.zero_safe for m in full) and not scalars and not broadcast
     return ChanMap(axis, out, zero_safe)
 
 
