@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from legr.config import load_config
+from legr.config import load_config, parse_set_options
 from legr.errors import LegrError
 from legr.paths import atomic_write_text
 from legr.pipeline import Pipeline
@@ -30,11 +30,13 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "resnet56_cifar10jpeg.yaml")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "legr_resnet56_cifar10jpeg")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "legr_resnet56_cifar10jpeg")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set eval.threads=1 (eval.* may change on a finished run)")
     parser.add_argument("--note", default="", help="a sentence for the results README, e.g. where training ran")
     args = parser.parse_args()
     start = time.time()
     try:
-        pipeline = Pipeline(load_config(args.config), args.work)
+        pipeline = Pipeline(load_config(args.config, parse_set_options(args.set)), args.work)
         print(pipeline.run())
     except LegrError as exc:
         sys.exit(f"error: {exc}")

@@ -114,3 +114,7 @@ def test_bad_config_key_and_budget(config, tmp_path):
     legr("rank", str(config), "--out", str(tmp_path / "r3"), "--set", "search.evaluations=6", "--quiet")
     proc = legr("rank", str(config), "--out", str(tmp_path / "r3"), check=False)
     assert proc.returncode == 2 and "different config" in proc.stderr
+    # ... but evaluation settings may change on a finished run (e.g. trained on a GPU, timed on a CPU)
+    legr("rank", str(config), "--out", str(tmp_path / "r3"), "--set", "search.evaluations=6",
+         "--set", "eval.latency_repeats=2", "--set", "device=cpu", "--quiet")
+    assert "latency_repeats: 2" in (tmp_path / "r3" / "config.yaml").read_text()

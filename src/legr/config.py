@@ -156,5 +156,28 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
     return parse_config(data or {}, overrides)
 
 
+def parse_set_options(items: list[str]) -> dict[str, Any]:
+    """``["search.tau=0", "targets=[0.3, 0.5]"]`` -> ``{"search.tau": 0, "targets": [0.3, 0.5]}`` (values are YAML)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {key.strip()}: '{value}' is not a valid YAML value") from None
+    return out
+
+
+# sections that do not change what a run folder holds: a finished run may be evaluated elsewhere with other settings
+EVAL_ONLY = ("eval", "device")
+
+
+def artifact_config(cfg: RunConfig) -> dict[str, Any]:
+    """The part of the config that determines a run folder's source network, ranking and members."""
+    return {k: v for k, v in cfg.model_dump(mode="json").items() if k not in EVAL_ONLY}
+
+
 def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import yaml
 from torch import nn
 
 from legr.allocate import Floors
 from legr.artifacts import load_pruned, save_pruned
-from legr.config import RunConfig, TrainConfig, dump_config
+from legr.config import RunConfig, TrainConfig, artifact_config, dump_config, parse_config
 from legr.cost import CostModel, count_params
 from legr.data import TensorLoader, load_dataset, split_train_val
 from legr.errors import ConfigError, LegrError
@@ -75,13 +76,17 @@ class Pipeline:
         self._claim_folder()
 
     def _claim_folder(self) -> None:
+        """Refuse a folder that holds another run; `eval` and `device` may differ (e.g. train on a GPU, time on a CPU)."""
         path = self.out / "config.yaml"
-        text = dump_config(self.cfg)
-        if path.exists() and path.read_text() != text:
-            raise ConfigError(
-                f"run folder {self.out} holds a run with a different config; use another output folder or delete it"
-            )
-        atomic_write_text(path, text)
+        if path.exists():
+            try:
+                held = artifact_config(parse_config(yaml.safe_load(path.read_text())))
+            except (ConfigError, yaml.YAMLError):
+                held = None
+            if held != artifact_config(self.cfg):
+                raise ConfigError(f"run folder {self.out} holds a run with a different config; "
+                                  "use another output folder or delete it")
+        atomic_write_text(path, dump_config(self.cfg))
 
     # --- inputs ---------------------------------------------------------------------------------------------
     @cached_property
@@ -226,7 +231,7 @@ class Pipeline:
             "compression": self.cost.base_params / params, "top1": result.top1, "top5": result.top5,
             "loss": result.loss, "top1_before_ft": info.get("top1_before_ft"),
             "finetune_epochs": self.cfg.finetune.epochs if name != "baseline" else None,
-            "seed": self.cfg.seed, "config_hash": config_hash(self.cfg.model_dump(mode="json")),
+            "seed": self.cfg.seed, "config_hash": config_hash(artifact_config(self.cfg)),
             "git_rev": git_revision(), "hardware": hardware_label(), "path": path,
         }
         return row
