@@ -1,0 +1,201 @@
+"""Reproduce Han et al. 2015 ("Learning both Weights and Connections") on MNIST: LeNet-300-100 and LeNet-5.
+
+For each model: train the dense network from scratch on 55,000 MNIST training images (5,000 held out for
+validation, stratified, seed 0), run the sensitivity analysis on the validation split, allocate per-layer pruned
+fractions for the overall compression target, run the iterative prune -> retrain rounds (L2, surviving weights
+kept, pruned ones masked at zero), remove dead units, store in CSR, and measure on the 10,000 test images and on
+this CPU. Writes, under ``benchmarks/results/han_mnist/``: ``han_mnist.json`` (all rows + summaries),
+``han_mnist.md`` (tables beside the paper's figures), ``results.json``/``results.csv`` (``legr.report`` rows), ``sensitivity_<model>.png``, ``layers.png``. Run folders
+(checkpoints, resumable) go to ``benchmarks/results/han_mnist/runs/`` (git-ignored).
+
+    LEGR_DATA=/work/shared/data nice -n 19 .venv/bin/python benchmarks/han_mnist.py        # ~15 min on 2 cores
+    LEGR_DATA=/work/shared/data .venv/bin/python benchmarks/han_mnist.py --quick --out /tmp/han  # smoke, ~1 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+from legr.hardware import git_revision, hardware_info, hardware_label  # noqa: E402
+from legr.magnitude_experiment import ExperimentConfig, run_experiment  # noqa: E402
+from legr.magnitude_pipeline import MagnitudeConfig  # noqa: E402
+from legr.paths import atomic_write_text  # noqa: E402
+from legr.report import write_results  # noqa: E402
+from legr.train import FinetuneConfig  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+# Han et al. 2015, Table 1 / Tables 2-3 (error in %, parameters, per-layer weights remaining).
+PAPER = {
+    "lenet_300_100": {"label": "LeNet-300-100", "error": (1.64, 1.59), "params": (267_000, 22_000), "x": 12,
+                      "layers": {"fc1": 0.08, "fc2": 0.09, "fc3": 0.26}},
+    "lenet5": {"label": "LeNet-5", "error": (0.80, 0.77), "params": (431_000, 36_000), "x": 12,
+               "layers": {"conv1": 0.66, "conv2": 0.12, "fc1": 0.08, "fc2": 0.19}},
+}
+
+
+def configs(quick: bool, target: float) -> dict[str, ExperimentConfig]:
+    # LeNet-5 (no activation after its convs, as in Caffe) diverges at lr 0.05: it trains at Caffe's 0.01
+    bases = {name: FinetuneConfig(epochs=2 if quick else 20, lr=lr, milestones=(0.5, 0.75), gamma=0.1,
+                                  augment=False) for name, lr in (("lenet_300_100", 0.05), ("lenet5", 0.01))}
+    retrain = FinetuneConfig(epochs=1 if quick else 4, lr=0.01, milestones=(0.75,), gamma=0.1, augment=False)
+    mag = MagnitudeConfig(target=target, rounds=2 if quick else 4, retrain=retrain, final_epochs=1 if quick else 8,
+                          regularization="l2", reg_strength=5e-4, sensitivity_samples=1000 if quick else None)
+    extra = {"train_subset": 3000, "val_size": 1000, "latency_repeats": 5} if quick else {}
+    return {name: ExperimentConfig(model=name, dataset="mnist", base=bases[name], magnitude=mag, seed=0, **extra)
+            for name in PAPER}
+
+
+def plot_sensitivity(name: str, summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for layer, curve in summary["sensitivity"].items():
+        ax.plot([100 * f for f in curve["fractions"]], [100 * a for a in curve["top1"]], marker="o", ms=3,
+                label=f"{layer} ({curve['params']:,} w)")
+    if summary["sensitivity"]:
+        ax.axhline(100 * next(iter(summary["sensitivity"].values()))["base_top1"], color="gray", ls=":", lw=1,
+                   label="dense")
+    ax.set_xlabel("weights pruned in that layer alone (%)")
+    ax.set_ylabel("validation top-1 (%), no retraining")
+    ax.set_ylim(bottom=max(0, ax.get_ylim()[0]))
+    ax.set_title(f"{PAPER[name]['label']} on MNIST: sensitivity (cf. Han et al. Fig. 5)", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_layers(summaries: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(summaries), figsize=(5 * len(summaries), 3.6))
+    for ax, (name, summary) in zip(list(axes) if len(summaries) > 1 else [axes], summaries.items()):
+        layers = list(PAPER[name]["layers"])
+        xs = range(len(layers))
+        ax.bar([x - 0.2 for x in xs], [100 * PAPER[name]["layers"][n] for n in layers], 0.4, label="Han et al. 2015")
+        ax.bar([x + 0.2 for x in xs], [100 * summary["remaining"][n] for n in layers], 0.4, label="legr (this run)")
+        ax.set_xticks(list(xs), layers)
+        ax.set_ylabel("weights remaining (%)")
+        row = summary["rows"][1]
+        ax.set_title(f"{PAPER[name]['label']}: {row['compression']:.1f}x, error "
+                     f"{100 * summary['rows'][0]['error']:.2f}% -> {100 * row['error']:.2f}%", fontsize=9)
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def markdown(summaries: dict, wall: dict, meta: dict) -> str:
+    s0 = next(iter(summaries.values()))
+    lines = [f"# Han et al. 2015 magnitude pruning on MNIST (legr `benchmarks/han_mnist.py`)", "",
+             f"Dataset MNIST (train {s0['train_images']:,} / validation {s0['val_images']:,} held out of the training "
+             f"set, stratified, seed {meta['seed']}; test {s0['test_images']:,}, used only for the figures below). "
+             f"Hardware: {meta['hardware']}. "
+             f"git {meta['git_rev']}. Budget: {meta['budget']}.", "",
+             "| model | error dense -> pruned (paper) | params dense -> non-zero (paper) | compression params (paper) "
+             "| compression bytes (CSR incl. indices) | wall (train + prune + retrain) |", "|---|---|---|---|---|---|"]
+    for name, s in summaries.items():
+        base, row, p = s["rows"][0], s["rows"][1], PAPER[name]
+        lines.append(f"| {p['label']} | {100 * base['error']:.2f}% -> {100 * row['error']:.2f}% "
+                     f"({p['error'][0]:.2f}% -> {p['error'][1]:.2f}%) | {base['params']:,} -> {row['nonzero_params']:,} "
+                     f"({p['params'][0] // 1000}K -> {p['params'][1] // 1000}K) | {row['compression']:.1f}x ({p['x']}x) "
+                     f"| {row['storage_compression']:.1f}x ({base['dense_bytes']:,} B -> {row['sparse_bytes']:,} B, "
+                     f"{row['index_bytes']:,} B of indices) | {wall[name] / 60:.1f} min |")
+    lines += ["", "Weights remaining per layer (non-zero / dense weights of that layer; biases not counted):", "",
+              "| model | layer | weights | paper | legr | final quality (threshold / std) |", "|---|---|---|---|---|---|"]
+    for name, s in summaries.items():
+        last = s["rounds"][-1]
+        for layer, frac in PAPER[name]["layers"].items():
+            params = s["sensitivity"][layer]["params"] if s["sensitivity"] else ""
+            lines.append(f"| {PAPER[name]['label']} | {layer} | {params:,} | {100 * frac:.0f}% | "
+                         f"{100 * s['remaining'][layer]:.1f}% | {last['qualities'][layer]:.2f} |")
+    lines += ["", "Prune -> retrain rounds (validation top-1 right after pruning / after retraining):", "",
+              "| model | round | weights kept | val top-1 pruned | val top-1 retrained | epochs |",
+              "|---|---|---|---|---|---|"]
+    for name, s in summaries.items():
+        for r in s["rounds"]:
+            lines.append(f"| {PAPER[name]['label']} | {r['round']} | {100 * r['kept_fraction']:.2f}% | "
+                         f"{100 * r['val_top1_pruned']:.2f}% | {100 * r['val_top1']:.2f}% | {r['epochs']} |")
+    lines += ["", f"Dead units removed (physically, `legr.dead_units`): " + "; ".join(
+        f"{PAPER[n]['label']}: " + ", ".join(f"{g} {s['dead']['kept'][g]}/{s['dead']['sizes'][g]} kept"
+                                             for g in s['dead']['kept']) for n, s in summaries.items()), "",
+              f"CPU latency, {meta['threads']} thread, median ms per forward (dense kernels on the pruned network "
+              "vs torch CSR kernels for its Linear layers; convolutions stay dense):", "",
+              "| model | batch | dense original | pruned, dense kernels | pruned, sparse kernels (Linear) |",
+              "|---|---|---|---|---|"]
+    for name, s in summaries.items():
+        base, row = s["rows"]
+        for b in (1, 64):
+            k = f"latency_cpu_b{b}_ms"
+            if k in base:
+                lines.append(f"| {PAPER[name]['label']} | {b} | {base[k]:.3f} | {row[k]:.3f} | "
+                             f"{row[f'sparse_kernel_latency_cpu_b{b}_ms']:.3f} |")
+    lines += ["", "Figures: `sensitivity_lenet_300_100.png`, `sensitivity_lenet5.png` (per-layer sensitivity, no "
+              "retraining), `layers.png` (remaining weights per layer beside the paper's).", ""]
+    return "\n".join(lines)
+
+
+def _add_wall(folder: Path, seconds: float) -> float:
+    """Wall seconds of every call that worked on ``folder`` (a resumed run adds up its parts); the total."""
+    path = folder / "wall.json"
+    calls = json.loads(path.read_text())["calls"] if path.exists() else []
+    calls.append(seconds)
+    atomic_write_text(path, json.dumps({"calls": calls, "seconds": sum(calls)}) + "\n")
+    return sum(calls)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run (3,000 images, 2 epochs)")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "han_mnist")
+    parser.add_argument("--target", type=float, default=12.5, help="overall compression target (params)")
+    parser.add_argument("--models", nargs="*", default=list(PAPER))
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for training")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    summaries, wall = {}, {}
+    for name, cfg in configs(args.quick, args.target).items():
+        if name not in args.models:
+            continue
+        start = time.perf_counter()
+        folder = args.out / "runs" / name
+        summaries[name] = run_experiment(cfg, folder, log=lambda m: print(m, file=sys.stderr))
+        wall[name] = _add_wall(folder, time.perf_counter() - start)
+    cfg0 = next(iter(configs(args.quick, args.target).values()))
+    meta = {"seed": cfg0.seed, "hardware": hardware_label(), "git_rev": git_revision(HERE), "threads": 1,
+            "budget": (f"dense training {cfg0.base.epochs} epochs (SGD, lr 0.05 LeNet-300-100 / 0.01 LeNet-5); {cfg0.magnitude.rounds} prune/retrain rounds of "
+                       f"{cfg0.magnitude.retrain.epochs} epochs ({cfg0.magnitude.final_epochs} for the last); "
+                       f"target {args.target:g}x; 2 training threads"),
+            "wall_seconds": wall}
+    for name, s in summaries.items():
+        plot_sensitivity(name, s, args.out / f"sensitivity_{name}.png")
+    plot_layers(summaries, args.out / "layers.png")
+    payload = {"benchmark": "han_mnist", "meta": meta, "hardware_info": hardware_info(), "paper": PAPER,
+               "models": summaries}
+    atomic_write_text(args.out / "han_mnist.json", json.dumps(payload, indent=1) + "\n")
+    write_results([row for s in summaries.values() for row in s["rows"]], args.out)  # legr.report rows
+    text = markdown(summaries, wall, meta)
+    atomic_write_text(args.out / "han_mnist.md", text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
