@@ -1,0 +1,147 @@
+"""Rewrite the README's results section from the committed files under benchmarks/results/ (never by hand).
+
+    python benchmarks/readme_results.py            # rewrites README.md between the results markers
+    python benchmarks/readme_results.py --check    # exit 1 if README.md is out of date
+
+Each block names its source file; a benchmark whose results file is missing is listed as not yet run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+START, END = "<!-- results:start (written by benchmarks/readme_results.py) -->", "<!-- results:end -->"
+
+
+def _load(name: str) -> dict | list | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    align = ["---:" if i else ":---" for i in range(len(headers))]
+    return ["| " + " | ".join(headers) + " |", "|" + "|".join(align) + "|"] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def tally() -> list[str]:
+    d = _load("torchvision_tally.json")
+    if d is None:
+        return ["Not run yet: `python benchmarks/torchvision_tally.py`."]
+    refused: dict[str, list[str]] = {}
+    for row in d["rows"]:
+        if row["status"] == "refused":
+            reason = row["reason"].split(": ", 1)[-1] if row.get("reason") else "?"
+            refused.setdefault(reason, []).append(row["model"])
+    out = [f"Every torchvision classification model ({d['total']}), {d['hardware']}, {d['date'][:10]}: "
+           f"**{d['summary']}** (`benchmarks/results/torchvision_tally.md`). *Handled* means random plans pruned "
+           "physically equal the masked original (float64, max abs diff < 1e-4), the pruned model trains, and the cost "
+           "model's MACs equal `torch.utils.flop_counter.FlopCounterMode`'s; *refused* means a one-line "
+           "`UnsupportedModelError` before anything is modified:", ""]
+    out += [f"- {', '.join(models)}: {reason}" for reason, models in sorted(refused.items(), key=lambda kv: -len(kv[1]))]
+    return out
+
+
+def latency() -> list[str]:
+    out: list[str] = []
+    for stem in ("latency_uniform", "latency_uniform_t1"):
+        d = _load(f"{stem}.json")
+        if d is None or not d.get("complete"):
+            continue
+        batches = [str(b) for b in d["settings"]["batch_sizes"]]
+        rows = []
+        for m in d["models"]:
+            for t in m["targets"]:
+                rows.append([m["model"], f"{t['target']:.2f}", f"{t['macs'] / m['base_macs']:.3f}",
+                             f"{t['params'] / m['base_params']:.3f}"]
+                            + [f"{t['latency_ratio'][b]:.3f}" for b in batches]
+                            + [f"**{t['efficiency'][b]:.2f}**" for b in batches])
+        head = ["model", "target", "MACs ratio", "params ratio"] + [f"latency ratio b{b}" for b in batches] + \
+            [f"efficiency b{b}" for b in batches]
+        load = d["machine_load"]["mean_foreign_load"]
+        out += [f"Uniform L1 pruning, physically applied, CPU latency, {d['settings']['threads']} thread(s) "
+                f"({d['hardware_label']}, {d['created'][:10]}, `{d['command']}`; other processes used "
+                f"{100 * load:.0f}% of the CPU meanwhile; details in `benchmarks/results/{stem}.md`). "
+                "Efficiency = latency speedup / MACs speedup (1.0 = latency falls as fast as MACs):", ""]
+        out += _table(head, rows) + [""]
+    return out[:-1] or ["Not run yet: `python benchmarks/latency_uniform.py`."]
+
+
+def solver() -> list[str]:
+    d = _load("solver_speed.json")
+    if d is None or "solve_only_median_s" not in d:
+        return ["Not run yet: `python benchmarks/solver_speed.py`."]
+    worst = max(r["slack_in_channel_steps"] for r in d["targets"])
+    return [f"Budget solver on {d['model']} ({d['hardware']}): one ranking to seven MACs targets in "
+            f"{d['seven_targets_median_s'] * 1e3:.0f} ms (building the solver {d['solver_build_median_s'] * 1e3:.0f} ms, "
+            f"the seven solves {d['solve_only_median_s'] * 1e3:.1f} ms); one MACs evaluation {d['cost_eval_us']:.0f} µs; "
+            f"every target met from below within {worst:.2f} channel steps (`benchmarks/results/solver_speed.json`)."]
+
+
+def legr_run(folder: str, title: str) -> Callable[[], list[str]]:
+    def block() -> list[str]:
+        rows = _load(f"{folder}/results.json")
+        if rows is None:
+            return [f"Not run yet: see `benchmarks/results/{folder}/`."]
+        cfg = yaml.safe_load((RESULTS / folder / "config.yaml").read_text())
+        s, ft = cfg["search"], cfg["finetune"]
+        base = rows[0]
+        table = []
+        for r in rows:
+            before = "" if r.get("top1_before_ft") is None else f"{100 * r['top1_before_ft']:.2f}"
+            delta = "" if r is base else f"{100 * (r['top1'] - base['top1']):+.2f}"
+            table.append([r["name"], f"{r['macs'] / 1e6:.2f}", f"{100 * r['macs_ratio']:.1f}",
+                          f"{100 * r['params_ratio']:.1f}", before, f"{100 * r['top1']:.2f}", delta,
+                          f"{r.get('latency_cpu_b1_ms', float('nan')):.2f}", f"{r.get('latency_cpu_b64_ms', float('nan')):.1f}"])
+        head = ["network", "MACs (M)", "MACs %", "params %", "top-1 % before FT", "top-1 % after FT", "Δ top-1",
+                "CPU b1 ms", "CPU b64 ms"]
+        return [f"**{title}** — akamaster ResNet-56 adapted {cfg['base_training']['epochs']} epochs to CIFAR-10-JPEG; "
+                f"search: population {s['population']}, sample {s['sample']}, {s['evaluations']} candidates, tau {s['tau']}, "
+                f"at {100 * (s['target'] or min(cfg['targets'])):.0f}% MACs, fitness = loss on {cfg['data']['val_size']} "
+                f"held-out training images; {ft['epochs']} fine-tuning epochs per network; seed {cfg['seed']}; "
+                f"test = the 10,000 CIFAR-10-JPEG test images; latency on {base['hardware']}. "
+                f"Details: `benchmarks/results/{folder}/README.md`.", ""] + _table(head, table)
+    return block
+
+
+SECTIONS: list[tuple[str, Callable[[], list[str]]]] = [
+    ("Engine coverage (`benchmarks/torchvision_tally.py`)", tally),
+    ("Does uniform pruning's MACs saving become latency? (`benchmarks/latency_uniform.py`)", latency),
+    ("Budget solver speed (`benchmarks/solver_speed.py`)", solver),
+    ("LeGR on ResNet-56, CIFAR-10-JPEG (`benchmarks/legr_resnet56_cifar10jpeg.py`)",
+     lambda: legr_run("legr_resnet56_cifar10jpeg", "2-core CPU budget")()
+     + [""] + legr_run("legr_resnet56_cifar10jpeg_gpu", "GPU budget (training on one H100)")()),
+]
+
+
+def render() -> str:
+    lines = [START, ""]
+    for title, block in SECTIONS:
+        lines += [f"### {title}", "", *block(), ""]
+    return "\n".join(lines + [END])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if README.md differs from the results files")
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    args = parser.parse_args()
+    text = args.readme.read_text()
+    if START not in text or END not in text:
+        sys.exit(f"error: {args.readme} lacks the results markers")
+    head, rest = text.split(START, 1)
+    new = head + render() + rest.split(END, 1)[1]
+    if args.check:
+        sys.exit(0 if new == text else "README.md results section is out of date: run benchmarks/readme_results.py")
+    args.readme.write_text(new)
+
+
+if __name__ == "__main__":
+    main()
