@@ -152,13 +152,19 @@ def markdown(summaries: dict, wall: dict, meta: dict) -> str:
     return "\n".join(lines)
 
 
-def _add_wall(folder: Path, seconds: float) -> float:
+def _add_wall(folder: Path, seconds: float, threads: int) -> float:
     """Wall seconds of every call that worked on ``folder`` (a resumed run adds up its parts); the total."""
     path = folder / "wall.json"
     calls = json.loads(path.read_text())["calls"] if path.exists() else []
-    calls.append(seconds)
-    atomic_write_text(path, json.dumps({"calls": calls, "seconds": sum(calls)}) + "\n")
-    return sum(calls)
+    calls.append({"seconds": seconds, "threads": threads})
+    total = sum(c["seconds"] for c in calls)
+    atomic_write_text(path, json.dumps({"calls": calls, "seconds": total}) + "\n")
+    return total
+
+
+def _threads(folder: Path) -> str:
+    calls = json.loads((folder / "wall.json").read_text())["calls"]
+    return "/".join(str(c["threads"]) for c in calls)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,12 +183,15 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         folder = args.out / "runs" / name
         summaries[name] = run_experiment(cfg, folder, log=lambda m: print(m, file=sys.stderr))
-        wall[name] = _add_wall(folder, time.perf_counter() - start)
+        wall[name] = _add_wall(folder, time.perf_counter() - start, args.threads)
     cfg0 = next(iter(configs(args.quick, args.target).values()))
-    meta = {"seed": cfg0.seed, "hardware": hardware_label(), "git_rev": git_revision(HERE), "threads": 1,
+    cpu = hardware_label().replace(f" ({torch.get_num_threads()} threads)", "")
+    meta = {"seed": cfg0.seed, "hardware": cpu, "git_rev": git_revision(HERE), "threads": 1,
             "budget": (f"dense training {cfg0.base.epochs} epochs (SGD, lr 0.05 LeNet-300-100 / 0.01 LeNet-5); {cfg0.magnitude.rounds} prune/retrain rounds of "
                        f"{cfg0.magnitude.retrain.epochs} epochs ({cfg0.magnitude.final_epochs} for the last); "
-                       f"target {args.target:g}x; 2 training threads"),
+                       f"target {args.target:g}x; torch threads per call on the run folder: "
+                       + ", ".join(f"{PAPER[n]['label']} {_threads(args.out / 'runs' / n)}" for n in summaries)
+                       + " (wall times add up all calls)"),
             "wall_seconds": wall}
     for name, s in summaries.items():
         plot_sensitivity(name, s, args.out / f"sensitivity_{name}.png")
