@@ -333,4 +333,8 @@ def test_precomputed_sensitivity_is_used(mnist, tmp_path):
     result = run_magnitude(net, (1, 28, 28), (tx[:128], ty[:128]), (vx[:64], vy[:64]), data.mean, data.std, cfg,
                            tmp_path, progress=False, curves=curves)
     assert result.sensitivity == curves
+    # no measured drop anywhere: every layer is pruned alike, just enough for the target (not to the grid's end)
     assert all(f == pytest.approx(result.fractions["fc1"]) for f in result.fractions.values())
+    total = sum(p.numel() for p in net.parameters())
+    removed = sum(curves[n].params * f for n, f in result.fractions.items())
+    assert total / (total - removed) == pytest.approx(5.0, rel=1e-6)

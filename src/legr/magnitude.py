@@ -305,8 +305,10 @@ def allocate_fractions(curves: Mapping[str, SensitivityCurve], target: float, to
         raise BudgetError(f"compression {target:g}x is beyond the sensitivity grid (at most {best:.2f}x with every "
                           f"layer at its largest fraction); add larger fractions")
     lo, hi = 0.0, top
-    if removed(choose(lo)) >= need:
-        hi = lo
+    if removed(choose(lo)) >= need:  # free pruning (no measured drop) suffices: scale it down to the target
+        f_hi = choose(lo)
+        a = need / removed(f_hi) if removed(f_hi) > 0 else 0.0
+        return {n: a * f for n, f in f_hi.items()}, 0.0
     for _ in range(iters):
         if hi - lo <= 1e-9 * max(1.0, hi):
             break
