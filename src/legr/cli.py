@@ -121,7 +121,7 @@ def run(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: Quiet
 @app.command()
 def demo(out: OutOpt = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
     """The whole pipeline on scikit-learn's bundled digits: train a small CNN, learn a ranking, prune to five
-    budgets, fine-tune, then print the table and draw the plot (about 3 minutes on 2 CPU cores)."""
+    budgets, fine-tune, then print the table and draw the plot (about a minute on 2 idle CPU cores)."""
     config = resources.files("legr") / "configs" / "demo.yaml"
     with resources.as_file(config) as path:
         pipeline = _pipeline(Path(path), out or Path("runs/demo"), set_, quiet)

@@ -208,7 +208,7 @@ class Pipeline:
 
     def evaluate(self) -> list[dict[str, Any]]:
         self.finetune()
-        nets = {"baseline": self.base}
+        nets = {"baseline": self.graph.gm}  # timed as the same torch.fx module type as the members (same weights)
         rows = [self._row("baseline", self.base, None, self.cost.base_macs, self.cost.base_params, {})]
         for directory in self.member_dirs():
             net, plan = load_pruned(directory, self.base)
