@@ -111,6 +111,36 @@ def legr_run(folder: str, title: str) -> Callable[[], list[str]]:
     return block
 
 
+def _md_tables(name: str, count: int) -> list[list[str]]:
+    """The first ``count`` markdown tables of a results .md file, each as its lines."""
+    tables: list[list[str]] = []
+    for line in (RESULTS / name).read_text().splitlines():
+        if line.startswith("|"):
+            if not tables or tables[-1][-1] is None:
+                tables.append([])
+            tables[-1].append(line)
+        elif tables and tables[-1] and tables[-1][-1] is not None:
+            tables[-1].append(None)  # the table ended
+    return [[ln for ln in t if ln is not None] for t in tables[:count]]
+
+
+def han() -> list[str]:
+    mnist, resnet = RESULTS / "han_mnist" / "han_mnist.json", RESULTS / "han_resnet56_cifar10jpeg" / "han_resnet56.json"
+    if not mnist.is_file():
+        return ["Not run yet: `python benchmarks/han_mnist.py`."]
+    meta = json.loads(mnist.read_text())["meta"]
+    summary, layers = _md_tables("han_mnist/han_mnist.md", 2)
+    out = [f"Unstructured magnitude pruning with retraining on MNIST (seed {meta['seed']}, {meta['hardware']}; "
+           f"budget: {meta['budget']}; details `benchmarks/results/han_mnist/han_mnist.md`). Paper figures in "
+           "parentheses; test error on the 10,000 test images, every choice made on 5,000 held-out training images:",
+           "", *summary, "", "Weights remaining per layer:", "", *layers]
+    if resnet.is_file():
+        out += ["", "ResNet-56 (akamaster adapted to CIFAR-10-JPEG), reduced CPU budget (details "
+                "`benchmarks/results/han_resnet56_cifar10jpeg/han_resnet56.md`):", "",
+                *_md_tables("han_resnet56_cifar10jpeg/han_resnet56.md", 1)[0]]
+    return out
+
+
 SECTIONS: list[tuple[str, Callable[[], list[str]]]] = [
     ("Engine coverage (`benchmarks/torchvision_tally.py`)", tally),
     ("Does uniform pruning's MACs saving become latency? (`benchmarks/latency_uniform.py`)", latency),
@@ -118,6 +148,7 @@ SECTIONS: list[tuple[str, Callable[[], list[str]]]] = [
     ("LeGR on ResNet-56, CIFAR-10-JPEG (`benchmarks/legr_resnet56_cifar10jpeg.py`)",
      lambda: legr_run("legr_resnet56_cifar10jpeg", "2-core CPU budget")()
      + [""] + legr_run("legr_resnet56_cifar10jpeg_gpu", "GPU budget (training on one H100)")()),
+    ("Han et al. 2015 magnitude pruning (`benchmarks/han_mnist.py`, `benchmarks/han_resnet56_cifar10jpeg.py`)", han),
 ]
 
 
