@@ -1,7 +1,8 @@
-"""The README's Python example runs as written (paths redirected to a temporary folder)."""
+"""The README: its Python example runs as written (paths redirected to a temporary folder); its results are current."""
 
-import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -16,3 +17,10 @@ def test_python_example_runs(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "resnet56-50" / "plan.json").exists()
     assert namespace["cost"].macs(namespace["keep"]) <= 0.5 * namespace["cost"].base_macs
     assert sum(p.numel() for p in namespace["net"].parameters()) < sum(p.numel() for p in namespace["model"].parameters())
+
+
+def test_results_section_matches_the_results_files():
+    """The README's figures are the committed results files' (benchmarks/readme_results.py), not hand-typed."""
+    script = README.parent / "benchmarks" / "readme_results.py"
+    proc = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
