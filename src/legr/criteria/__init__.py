@@ -12,7 +12,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 import torch
-from torch import nn
+from torch import fx, nn
 
 from legr.errors import LegrError
 from legr.graph import ChannelGraph
@@ -56,6 +56,53 @@ def l1_norm(graph: ChannelGraph, module: nn.Module) -> dict[str, np.ndarray]:
 def squared_l2_norm(graph: ChannelGraph, module: nn.Module) -> dict[str, np.ndarray]:
     """Squared L2 norm of each output filter (LeGR's criterion)."""
     return _filter_norms(graph, module, 2)
+
+
+def _scored_producers(graph: ChannelGraph) -> list[str]:
+    """Producer layers whose channels can be removed (the only ones whose scores matter)."""
+    return [name for g in graph.prunable_groups() for name in g.producers]
+
+
+def _norm_after(graph: ChannelGraph) -> dict[str, str]:
+    """``{producer layer: batch norm module}`` for every batch norm applied directly to a layer's output."""
+    out = {}
+    for node in graph.gm.graph.nodes:
+        if node.op != "call_module" or not node.args or not isinstance(node.args[0], fx.Node):
+            continue
+        src = node.args[0]
+        if isinstance(graph.gm.get_submodule(node.target), nn.modules.batchnorm._BatchNorm) and src.op == "call_module" \
+                and src.target in graph.layers:
+            out[src.target] = node.target
+    return out
+
+
+@register_criterion("bn_scale")
+def bn_scale(graph: ChannelGraph, module: nn.Module) -> dict[str, np.ndarray]:
+    """|gamma| of the batch norm right after each producer (network slimming, Liu et al. 2017)."""
+    norms = _norm_after(graph)
+    producers = _scored_producers(graph)
+    missing = [name for name in producers if name not in norms]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise LegrError(f"criterion 'bn_scale' needs a batch norm right after every prunable producer layer; "
+                        f"none after {', '.join(missing[:3])}{more}")
+    with torch.no_grad():
+        return {name: module.get_submodule(norms[name]).weight.detach().abs().double().cpu().numpy()
+                for name in producers}
+
+
+@register_criterion("fpgm")
+def geometric_median_distance(graph: ChannelGraph, module: nn.Module) -> dict[str, np.ndarray]:
+    """Sum of Euclidean distances from each filter to the other filters of its layer (FPGM, He et al. 2019):
+    filters near the layer's geometric median are the most replaceable, so they score lowest."""
+    scores = {}
+    with torch.no_grad():
+        for name, layer in graph.layers.items():
+            if layer.producer_ids is None:
+                continue
+            weight = module.get_submodule(name).weight.detach().flatten(1).double()
+            scores[name] = torch.cdist(weight, weight).sum(1).cpu().numpy()
+    return scores
 
 
 Transform = Callable[[str, np.ndarray], np.ndarray]
