@@ -104,7 +104,7 @@ def plot_layers(summaries: dict, path: Path) -> None:
 
 def markdown(summaries: dict, wall: dict, meta: dict) -> str:
     s0 = next(iter(summaries.values()))
-    lines = [f"# Han et al. 2015 magnitude pruning on MNIST (legr `benchmarks/han_mnist.py`)", "",
+    lines = ["# Han et al. 2015 magnitude pruning on MNIST (legr `benchmarks/han_mnist.py`)", "",
              f"Dataset MNIST (train {s0['train_images']:,} / validation {s0['val_images']:,} held out of the training "
              f"set, stratified, seed {meta['seed']}; test {s0['test_images']:,}, used only for the figures below). "
              f"Hardware: {meta['hardware']}. "
@@ -133,7 +133,7 @@ def markdown(summaries: dict, wall: dict, meta: dict) -> str:
         for r in s["rounds"]:
             lines.append(f"| {PAPER[name]['label']} | {r['round']} | {100 * r['kept_fraction']:.2f}% | "
                          f"{100 * r['val_top1_pruned']:.2f}% | {100 * r['val_top1']:.2f}% | {r['epochs']} |")
-    lines += ["", f"Dead units removed (physically, `legr.dead_units`): " + "; ".join(
+    lines += ["", "Dead units removed (physically, `legr.dead_units`): " + "; ".join(
         f"{PAPER[n]['label']}: " + ", ".join(f"{g} {s['dead']['kept'][g]}/{s['dead']['sizes'][g]} kept"
                                              for g in s['dead']['kept']) for n, s in summaries.items()), "",
               f"CPU latency, {meta['threads']} thread, median ms per forward (dense kernels on the pruned network "

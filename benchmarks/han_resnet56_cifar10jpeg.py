@@ -154,11 +154,7 @@ def plot(rows: list, curves: dict, layers: dict, out: Path) -> None:
     ax.set_xlabel("parameters at zero (%)")
     ax.set_ylabel("test top-1 (%)")
     ax.set_title("ResNet-56, CIFAR-10-JPEG: accuracy vs sparsity (reduced budget)", fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_sparsity.png", dpi=120)
-    plt.close(fig)
+    _finish(plt, fig, ax, out / "accuracy_vs_sparsity.png", legend_size=8)
 
     names = list(curves)
     fractions = curves[names[0]].fractions
@@ -169,10 +165,14 @@ def plot(rows: list, curves: dict, layers: dict, out: Path) -> None:
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
     ax.set_ylabel("validation top-1 drop (points)")
     ax.set_title("ResNet-56 per-layer sensitivity (each layer pruned alone, no retraining)", fontsize=9)
-    ax.legend(fontsize=7)
+    _finish(plt, fig, ax, out / "sensitivity.png", legend_size=7)
+
+
+def _finish(plt, fig, ax, path: Path, legend_size: int) -> None:
+    ax.legend(fontsize=legend_size)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "sensitivity.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 

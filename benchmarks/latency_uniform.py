@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
                 t.setdefault("cpu_time_ratio", {})[str(batch)] = tp["cpu_ms_per_forward"] / lat["original"]["cpu_ms_per_forward"]
         result["models"].append(entry)
         save()
-        log(f"  baseline: " + ", ".join(f"b{b} {entry['baseline']['latency'][str(b)]['median_ms']:.1f} ms" for b in args.batch_sizes))
+        log("  baseline: " + ", ".join(f"b{b} {entry['baseline']['latency'][str(b)]['median_ms']:.1f} ms" for b in args.batch_sizes))
         for t in entry["targets"]:
             log(f"  target {t['target']:.2f}: MACs ratio {t['macs_ratio']:.3f}, params ratio {t['params_ratio']:.3f}, "
                 + ", ".join(f"b{b} latency ratio {t['latency_ratio'][str(b)]:.3f} (eff {t['efficiency'][str(b)]:.2f})"

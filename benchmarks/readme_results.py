@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from itertools import groupby
 from pathlib import Path
 
 import yaml
@@ -113,15 +114,8 @@ def legr_run(folder: str, title: str) -> Callable[[], list[str]]:
 
 def _md_tables(name: str, count: int) -> list[list[str]]:
     """The first ``count`` markdown tables of a results .md file, each as its lines."""
-    tables: list[list[str]] = []
-    for line in (RESULTS / name).read_text().splitlines():
-        if line.startswith("|"):
-            if not tables or tables[-1][-1] is None:
-                tables.append([])
-            tables[-1].append(line)
-        elif tables and tables[-1] and tables[-1][-1] is not None:
-            tables[-1].append(None)  # the table ended
-    return [[ln for ln in t if ln is not None] for t in tables[:count]]
+    lines = (RESULTS / name).read_text().splitlines()
+    return [list(rows) for is_table, rows in groupby(lines, key=lambda ln: ln.startswith("|")) if is_table][:count]
 
 
 def han() -> list[str]:

@@ -4,6 +4,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from legr.graph import analyze
+
 
 def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give every batch norm non-trivial statistics and affine parameters, so masked channels cannot hide."""
@@ -32,3 +34,22 @@ def random_keep(graph, rng: np.random.Generator, min_keep: int = 1) -> np.ndarra
         if layer.producer_ids is not None and keep[graph.classes(layer.producer_ids)].sum() == 0:
             keep[graph.classes(layer.producer_ids)[0]] = 1.0
     return keep
+
+
+def equivalence_setup(model: nn.Module, size: int, seed: int = 0):
+    """(float64 eval model with randomized norms, its ChannelGraph, a random input, the model's output on it)."""
+    model = randomize_norms(model).double().eval()
+    graph = analyze(model, (3, size, size))
+    assert graph.prunable_groups(), "nothing prunable was found"
+    x = torch.randn(2, 3, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        original = model(x)
+    return model, graph, x, original
+
+
+def assert_pruned_matches_masked(a: torch.Tensor, b: torch.Tensor, original: torch.Tensor) -> None:
+    """Pruned output ``a`` equals masked output ``b``, and the plan changed the network's output."""
+    assert a.shape == b.shape == original.shape
+    scale = b.abs().max().item()
+    assert (a - b).abs().max().item() < 1e-4 and (a - b).abs().max().item() <= 1e-9 * max(1.0, scale)
+    assert not torch.allclose(b, original), "the plan did not change the network: the test would prove nothing"

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import random_keep, randomize_norms
+from helpers import assert_pruned_matches_masked, equivalence_setup, random_keep
 from legr.errors import UnsupportedModelError
 from legr.graph import analyze
 from legr.models import build_model
@@ -23,22 +23,14 @@ EQUIVALENCE_MODELS = [
 
 def assert_equivalent(model: nn.Module, size: int, plans: int = 2, seed: int = 0) -> None:
     """For random plans, the pruned model matches the masked original (float64, eval mode) and is smaller."""
-    model = randomize_norms(model).double().eval()
-    graph = analyze(model, (3, size, size))
-    assert graph.prunable_groups(), "nothing prunable was found"
-    x = torch.randn(2, 3, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        original = model(x)
+    model, graph, x, original = equivalence_setup(model, size, seed)
     rng = np.random.default_rng(seed)
     for _ in range(plans):
         keep = random_keep(graph, rng)
         pruned, masked = prune(graph, keep).eval(), masked_copy(graph, keep).eval()
         with torch.no_grad():
             a, b = pruned(x), masked(x)
-        assert a.shape == b.shape == original.shape
-        scale = b.abs().max().item()
-        assert (a - b).abs().max().item() < 1e-4 and (a - b).abs().max().item() <= 1e-9 * max(1.0, scale)
-        assert not torch.allclose(b, original), "the plan did not change the network: the test would prove nothing"
+        assert_pruned_matches_masked(a, b, original)
         assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
     # the pruned model trains: forward + backward reach every parameter
     pruned.train()

@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from legr.dead_units import remove_dead_units
 from legr.errors import BudgetError, CheckpointError, ConfigError, LegrError

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from helpers import random_keep, randomize_norms
+from helpers import assert_pruned_matches_masked, equivalence_setup, random_keep
 from legr.cost import CostModel, count_params
 from legr.errors import UnsupportedModelError
 from legr.graph import analyze
@@ -65,12 +65,7 @@ def assert_exact_costs(graph, size: int, seed: int = 0) -> None:
 def assert_equivalent_in_place(model: nn.Module, size: int, seed: int = 0) -> None:
     """`assert_equivalent` with plans=1, holding two copies instead of three: the masked network is the original
     masked in place once the pruned one has been measured (masked_copy is apply_masks_ on a deep copy)."""
-    model = randomize_norms(model).double().eval()
-    graph = analyze(model, (3, size, size))
-    assert graph.prunable_groups(), "nothing prunable was found"
-    x = torch.randn(2, 3, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        original = model(x)
+    model, graph, x, original = equivalence_setup(model, size, seed)
     keep = random_keep(graph, np.random.default_rng(seed))
     pruned = prune(graph, keep).eval()
     with torch.no_grad():
@@ -84,10 +79,7 @@ def assert_equivalent_in_place(model: nn.Module, size: int, seed: int = 0) -> No
     masked = apply_masks_(graph.gm, graph, keep).eval()
     with torch.no_grad():
         b = masked(x)
-    assert a.shape == b.shape == original.shape
-    scale = b.abs().max().item()
-    assert (a - b).abs().max().item() < 1e-4 and (a - b).abs().max().item() <= 1e-9 * max(1.0, scale)
-    assert not torch.allclose(b, original), "the plan did not change the network: the test would prove nothing"
+    assert_pruned_matches_masked(a, b, original)
 
 
 @pytest.mark.slow

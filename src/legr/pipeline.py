@@ -31,7 +31,7 @@ from legr.artifacts import load_pruned, save_pruned
 from legr.config import RunConfig, TrainConfig, artifact_config, dump_config, parse_config
 from legr.cost import CostModel, count_params
 from legr.data import TensorLoader, load_dataset, split_train_val
-from legr.errors import ConfigError, LegrError
+from legr.errors import ConfigError
 from legr.graph import analyze
 from legr.hardware import git_revision, hardware_label
 from legr.latency import measure_interleaved
@@ -247,8 +247,6 @@ class Pipeline:
                                           warmup=e.latency_warmup, repeats=e.latency_repeats)
             for name, per_batch in timings.items():
                 out[name].update({f"latency_{device}_b{b}_ms": r.median_ms for b, r in per_batch.items()})
-        for net in nets.values():
-            net.to(self.device)
         return out
 
     def report(self) -> str:

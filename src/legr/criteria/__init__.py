@@ -35,27 +35,28 @@ def get_criterion(name: str) -> Criterion:
     return CRITERIA[name]
 
 
-def _filter_norms(graph: ChannelGraph, module: nn.Module, p: int) -> dict[str, np.ndarray]:
+def _per_filter(graph: ChannelGraph, module: nn.Module, score: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, np.ndarray]:
+    """``score`` of every producer layer's weight, flattened to one float64 row per output filter."""
     scores = {}
     with torch.no_grad():
         for name, layer in graph.layers.items():
             if layer.producer_ids is None:
                 continue
             weight = module.get_submodule(name).weight.detach().flatten(1).double()
-            scores[name] = (weight.abs().sum(1) if p == 1 else weight.pow(2).sum(1)).cpu().numpy()
+            scores[name] = score(weight).cpu().numpy()
     return scores
 
 
 @register_criterion("l1")
 def l1_norm(graph: ChannelGraph, module: nn.Module) -> dict[str, np.ndarray]:
     """L1 norm of each output filter (Li et al. 2017)."""
-    return _filter_norms(graph, module, 1)
+    return _per_filter(graph, module, lambda w: w.abs().sum(1))
 
 
 @register_criterion("l2sq")
 def squared_l2_norm(graph: ChannelGraph, module: nn.Module) -> dict[str, np.ndarray]:
     """Squared L2 norm of each output filter (LeGR's criterion)."""
-    return _filter_norms(graph, module, 2)
+    return _per_filter(graph, module, lambda w: w.pow(2).sum(1))
 
 
 def _scored_producers(graph: ChannelGraph) -> list[str]:
@@ -95,14 +96,7 @@ def bn_scale(graph: ChannelGraph, module: nn.Module) -> dict[str, np.ndarray]:
 def geometric_median_distance(graph: ChannelGraph, module: nn.Module) -> dict[str, np.ndarray]:
     """Sum of Euclidean distances from each filter to the other filters of its layer (FPGM, He et al. 2019):
     filters near the layer's geometric median are the most replaceable, so they score lowest."""
-    scores = {}
-    with torch.no_grad():
-        for name, layer in graph.layers.items():
-            if layer.producer_ids is None:
-                continue
-            weight = module.get_submodule(name).weight.detach().flatten(1).double()
-            scores[name] = torch.cdist(weight, weight).sum(1).cpu().numpy()
-    return scores
+    return _per_filter(graph, module, lambda w: torch.cdist(w, w).sum(1))
 
 
 Transform = Callable[[str, np.ndarray], np.ndarray]
