@@ -7,20 +7,26 @@ Floors (the LeGR "safeguard"): every producer layer of N filters keeps at least
   any whose removal would break a floor, until MACs <= target. The removal order does not depend on the target, so a
   binary search over its prefix gives the exact answer: MACs <= target, and putting back the last removed channel
   would exceed it.
-- `solve_uniform` (Li et al. 2017): every layer keeps the same fraction of its filters (the top-scored ones); the
-  fraction is the largest for which MACs <= target.
+- `solve_uniform` / `UniformSolver` (Li et al. 2017): every layer keeps the same fraction of its filters (the
+  top-scored ones); the fraction is the largest for which the rounded network's exact MACs <= target (the official
+  LeGR code instead solves the quadratic ``first * r + second * r**2 = target``, which ignores rounding and floors).
+
+`ALLOCATORS` names the budget allocators a run can use: ``uniform``, ``global`` (the raw criterion ranked across
+layers), ``lcp`` (global with a learned offset per layer, Chin et al. 2018) and ``legr`` (global with a learned
+affine transform per layer). Each pairs a solver with the transform search it needs (none, offsets or affine), so
+any criterion combines with any allocator.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Literal, Mapping, Protocol
 
 import numpy as np
 
 from legr.cost import CostModel
-from legr.errors import BudgetError
+from legr.errors import BudgetError, LegrError
 from legr.graph import ChannelGraph
 
 
@@ -141,3 +147,59 @@ def solve_uniform(
         else:
             hi = mid
     return uniform_keep(graph, scores, lo, floors), lo
+
+
+class UniformSolver:
+    """`solve_uniform` behind the `BudgetSolver` interface (the keep ratio of the last solve is ``ratio``)."""
+
+    def __init__(self, graph: ChannelGraph, cost: CostModel, scores: Mapping[str, np.ndarray], floors: Floors = Floors()):
+        self.graph, self.cost, self.scores, self.floors = graph, cost, scores, floors
+        self.min_macs = cost.macs(uniform_keep(graph, scores, 0.0, floors))
+        self.ratio: float | None = None
+
+    def solve(self, target_macs: float) -> np.ndarray:
+        keep, self.ratio = solve_uniform(self.graph, self.cost, self.scores, target_macs, self.floors)
+        return keep
+
+
+class BudgetSolver(Protocol):
+    min_macs: float
+
+    def solve(self, target_macs: float) -> np.ndarray: ...
+
+
+SolverFactory = Callable[[ChannelGraph, CostModel, Mapping[str, np.ndarray], Floors], BudgetSolver]
+
+
+@dataclass(frozen=True)
+class Allocator:
+    """How channel scores become a per-layer width for a budget.
+
+    ``search``: which per-layer transform of the criterion is learned before solving (None: the raw criterion;
+    "offsets": ``s + kappa``, LCP; "affine": ``alpha * s + kappa``, LeGR).
+    """
+
+    name: str
+    solver: SolverFactory
+    search: Literal["offsets", "affine"] | None
+    description: str
+
+
+ALLOCATORS: dict[str, Allocator] = {}
+
+
+def register_allocator(allocator: Allocator) -> Allocator:
+    ALLOCATORS[allocator.name] = allocator
+    return allocator
+
+
+def get_allocator(name: str) -> Allocator:
+    if name not in ALLOCATORS:
+        raise LegrError(f"unknown allocator '{name}'; available: {', '.join(sorted(ALLOCATORS))}")
+    return ALLOCATORS[name]
+
+
+register_allocator(Allocator("uniform", UniformSolver, None, "same keep ratio in every layer (Li et al. 2017)"))
+register_allocator(Allocator("global", GlobalSolver, None, "raw criterion ranked across all layers"))
+register_allocator(Allocator("lcp", GlobalSolver, "offsets", "global ranking + learned per-layer offset (Chin et al. 2018)"))
+register_allocator(Allocator("legr", GlobalSolver, "affine", "global ranking + learned per-layer affine transform (LeGR)"))

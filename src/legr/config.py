@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from legr.errors import ConfigError
 
@@ -54,9 +54,8 @@ class TrainConfig(_Strict):
 
 
 class SearchConfig(_Strict):
-    """Regularized evolution of the per-layer affine transform (LeGR) or additive offset only (LCP)."""
+    """Regularized evolution of the per-layer affine transform (allocator legr) or offset only (allocator lcp)."""
 
-    method: Literal["legr", "lcp"] = "legr"
     population: int = Field(64, ge=1)
     sample: int = Field(16, ge=1)
     evaluations: int = Field(400, ge=1)
@@ -89,7 +88,9 @@ class EvalConfig(_Strict):
 class RunConfig(_Strict):
     model: ModelConfig
     data: DataConfig = DataConfig()
-    criterion: str = "l2sq"
+    criterion: str = Field("l2sq", description="filter criterion (see `legr methods`)")
+    criterion_batches: int = Field(8, ge=1, description="training batches seen by data-dependent criteria (taylor)")
+    allocator: str = Field("legr", description="budget allocator: uniform, global, lcp or legr (see `legr methods`)")
     floors: FloorsConfig = FloorsConfig()
     base_training: TrainConfig = TrainConfig(epochs=0)
     search: SearchConfig = SearchConfig()
@@ -106,9 +107,66 @@ class RunConfig(_Strict):
             raise ValueError(f"targets must be MACs fractions in (0, 1], got {bad}")
         return self
 
+    @field_validator("criterion")
+    @classmethod
+    def _known_criterion(cls, name: str) -> str:
+        from legr.criteria import CRITERIA
+
+        if name not in CRITERIA:
+            raise ValueError(f"unknown criterion '{name}'; available: {', '.join(sorted(CRITERIA))}")
+        return name
+
+    @field_validator("allocator")
+    @classmethod
+    def _known_allocator(cls, name: str) -> str:
+        from legr.allocate import ALLOCATORS
+
+        if name not in ALLOCATORS:
+            raise ValueError(f"unknown allocator '{name}'; available: {', '.join(sorted(ALLOCATORS))}")
+        return name
+
     @property
     def search_target(self) -> float:
         return self.search.target or min(self.targets)
+
+
+class MethodConfig(_Strict):
+    """One compared method: a criterion cut by an allocator (any pair is valid)."""
+
+    name: str = Field(description="label in tables and plots, e.g. legr-l2sq")
+    criterion: str = "l2sq"
+    allocator: str = "legr"
+
+    _known_criterion = field_validator("criterion")(RunConfig._known_criterion.__func__)
+    _known_allocator = field_validator("allocator")(RunConfig._known_allocator.__func__)
+
+
+class CompareSection(_Strict):
+    methods: tuple[MethodConfig, ...] = Field(min_length=1)
+    seeds: tuple[int, ...] = Field((0, 1), min_length=1, description="every method runs once per seed")
+    width_target: float | None = Field(None, gt=0, le=1, description="target of the per-layer width plot; "
+                                                                     "default: the middle target")
+    pipeline_cost: str | None = Field(None, description="method whose search is also run once per target, "
+                                                           "to time 'learn once' against 'search per target'")
+
+    @model_validator(mode="after")
+    def _check(self) -> "CompareSection":
+        names = [m.name for m in self.methods]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"method names must be unique, repeated: {dup}")
+        if self.pipeline_cost is not None and self.pipeline_cost not in names:
+            raise ValueError(f"pipeline_cost names '{self.pipeline_cost}', which is not a method ({', '.join(names)})")
+        return self
+
+
+class CompareConfig(RunConfig):
+    """A run config (the settings every method shares) plus the ``compare`` section."""
+
+    compare: CompareSection
+
+    def run_config(self) -> RunConfig:
+        return RunConfig.model_validate(self.model_dump(exclude={"compare"}))
 
 
 def _explain(exc: ValidationError) -> str:
@@ -118,16 +176,17 @@ def _explain(exc: ValidationError) -> str:
         return f"unknown config key '{where}'"
     if err["type"] == "missing":
         return f"missing config key '{where}'"
-    return f"config key '{where}': {err['msg']}"
+    return f"config key '{where}': {err['msg'].removeprefix('Value error, ')}"
 
 
-def parse_config(data: Any, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Validate a mapping (e.g. parsed YAML), applying dotted ``overrides`` such as ``{"search.tau": 0}``."""
+def parse_config(data: Any, overrides: dict[str, Any] | None = None, schema: type[RunConfig] = RunConfig) -> Any:
+    """Validate a mapping (e.g. parsed YAML) against ``schema`` (`RunConfig` or `CompareConfig`), applying dotted
+    ``overrides`` such as ``{"search.tau": 0}``."""
     if not isinstance(data, dict):
         raise ConfigError("config must be a mapping of keys to values")
     data = _with_overrides(data, overrides or {})
     try:
-        return RunConfig.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_explain(exc)) from None
 
@@ -145,7 +204,7 @@ def _with_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     return data
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None, schema: type[RunConfig] = RunConfig) -> Any:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -153,7 +212,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    return parse_config(data or {}, overrides)
+    return parse_config(data or {}, overrides, schema)
 
 
 def parse_set_options(items: list[str]) -> dict[str, Any]:

@@ -6,7 +6,8 @@ command continues where it stopped (the search and each fine-tune also resume mi
     config.yaml               resolved configuration (a different config in the same folder is refused)
     base/model.safetensors    the trained/adapted source network (only when base_training.epochs > 0)
     search_state.json         evolution state after every candidate;  search_log.jsonl: one line per candidate
-    ranking.json              the learned ranking (per-layer alpha, kappa)
+    ranking.json              the ranking: criterion scores + per-layer alpha, kappa (learned for lcp/legr)
+    timings.json              wall seconds of each step that ran (rank, prune, finetune), for pipeline-cost figures
     members/<name>/           plan.json + model.safetensors (+ finetuned.json once fine-tuned)
     results.json / .csv       one row per network;  pareto.png: accuracy vs MACs and vs latency
 
@@ -16,17 +17,20 @@ fitness uses a validation split carved from the training data, and no step picks
 
 from __future__ import annotations
 
+import itertools
 import json
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import yaml
 from torch import nn
 
-from legr.allocate import Floors
+from legr.allocate import Floors, get_allocator
 from legr.artifacts import load_pruned, save_pruned
 from legr.config import RunConfig, TrainConfig, artifact_config, dump_config, parse_config
 from legr.cost import CostModel, count_params
@@ -38,7 +42,8 @@ from legr.latency import measure_interleaved
 from legr.models import build_model, load_checkpoint, save_state_dict
 from legr.paths import atomic_write_text
 from legr.plan import Plan
-from legr.ranking import Ranking, learn_ranking, model_fingerprint
+from legr.criteria import CriterionContext, compute_scores
+from legr.ranking import Ranking, learn_ranking, model_fingerprint, ranked_layers, stored_scores
 from legr.report import config_hash, format_table, plot_pareto, read_results, write_results
 from legr.search import EvolutionConfig
 from legr.surgery import prune
@@ -135,6 +140,27 @@ class Pipeline:
         return evaluate(model, *split, self.data.mean, self.data.std, batch_size=self.cfg.eval.batch_size,
                         device=self.device)
 
+    @contextmanager
+    def _timed(self, step: str) -> Iterator[None]:
+        """Add this step's wall seconds to timings.json (steps found finished on disk add nothing)."""
+        start = time.perf_counter()
+        yield
+        path = self.out / "timings.json"
+        timings = json.loads(path.read_text()) if path.exists() else {}
+        timings[step] = timings.get(step, 0.0) + time.perf_counter() - start
+        atomic_write_text(path, json.dumps(timings, indent=1))
+
+    def _criterion_context(self) -> CriterionContext:
+        """Seed + a fixed sample of ``criterion_batches`` training batches (never validation or test images)."""
+        x, y = self.data.train
+
+        def batches():
+            loader = TensorLoader(x, y, self.cfg.finetune.batch_size, self.data.mean, self.data.std, shuffle=True,
+                                  seed=self.cfg.seed, device=self.device)
+            return itertools.islice(loader, self.cfg.criterion_batches)
+
+        return CriterionContext(seed=self.cfg.seed, batches=batches)
+
     # --- steps ----------------------------------------------------------------------------------------------
     def rank(self) -> Ranking:
         path = self.out / "ranking.json"
@@ -143,11 +169,23 @@ class Pipeline:
             ranking = Ranking.load(path)
             ranking.check(self.graph, fingerprint)
             return ranking
-        s = self.cfg.search
+        with self._timed("rank"):
+            ranking = self._make_ranking(fingerprint)
+        ranking.save(path)
+        return ranking
+
+    def _make_ranking(self, fingerprint: str) -> Ranking:
+        cfg = self.cfg
+        scores = compute_scores(cfg.criterion, self.graph, self.base, self._criterion_context())
+        if get_allocator(cfg.allocator).search is None:
+            layers = ranked_layers(self.graph)
+            return Ranking.identity(layers, criterion=cfg.criterion, fingerprint=fingerprint, source=self._source(),
+                                    allocator=cfg.allocator, scores=stored_scores(scores, layers))
+        s = cfg.search
         if len(self.data.val[0]) == 0:
             raise ConfigError("the search needs a validation split: set data.val_size > 0")
-        self.log(f"learning the ranking ({s.method}, {s.evaluations} candidates, tau={s.tau}) at "
-                 f"{self.cfg.search_target:.0%} of {self.cost.base_macs / 1e6:.2f}M MACs")
+        self.log(f"learning the ranking ({cfg.allocator}, {cfg.criterion}, {s.evaluations} candidates, tau={s.tau}) "
+                 f"at {cfg.search_target:.0%} of {self.cost.base_macs / 1e6:.2f}M MACs")
 
         def fitness(net: nn.Module, i: int) -> float:
             if s.tau > 0:
@@ -159,16 +197,14 @@ class Pipeline:
             return -result.loss if s.fitness == "loss" else result.top1
 
         learned = learn_ranking(
-            self.base, self.graph, fitness, self.cfg.search_target * self.cost.base_macs,
-            criterion=self.cfg.criterion, floors=self.floors, learn_alpha=s.method == "legr",
+            self.base, self.graph, fitness, cfg.search_target * self.cost.base_macs,
+            criterion=cfg.criterion, scores=scores, allocator=cfg.allocator, floors=self.floors,
             mutate_fraction=s.mutate_fraction,
-            search=EvolutionConfig(population=s.population, sample=s.sample, evaluations=s.evaluations, seed=self.cfg.seed),
+            search=EvolutionConfig(population=s.population, sample=s.sample, evaluations=s.evaluations, seed=cfg.seed),
             state_path=self.out / "search_state.json", log_path=self.out / "search_log.jsonl", progress=self.progress,
         )
-        ranking = replace(learned, source=self._source(),
-                          search={**learned.search, **s.model_dump(), "target": self.cfg.search_target})
-        ranking.save(path)
-        return ranking
+        return replace(learned, source=self._source(),
+                       search={**learned.search, **s.model_dump(), "target": cfg.search_target})
 
     def _source(self) -> dict[str, Any]:
         m = self.cfg.model
@@ -176,7 +212,7 @@ class Pipeline:
                 "input_size": list(self.data.input_size), "weights": m.weights, "dataset": self.cfg.data.name}
 
     def member_dirs(self) -> list[Path]:
-        return [self.out / "members" / f"{self.cfg.search.method}-{round(t * 100)}" for t in sorted(self.cfg.targets)]
+        return [self.out / "members" / f"{self.cfg.allocator}-{round(t * 100)}" for t in sorted(self.cfg.targets)]
 
     def prune(self) -> list[Path]:
         ranking = self.rank()
@@ -184,12 +220,14 @@ class Pipeline:
         for target, directory in zip(sorted(self.cfg.targets), self.member_dirs()):
             if (directory / "plan.json").exists():
                 continue
-            keep = solver.solve(target * self.cost.base_macs)
-            net = prune(self.graph, keep)
+            with self._timed("prune"):
+                keep = solver.solve(target * self.cost.base_macs)
+                net = prune(self.graph, keep)
             before = self._evaluate(net, self.data.test)
             macs, params = self.cost.costs(keep)
-            info = {"method": self.cfg.search.method, "target": target, "macs": macs, "params": params,
-                    "top1_before_ft": before.top1, "top5_before_ft": before.top5, "ranking": ranking.fingerprint}
+            info = {"method": self.cfg.allocator, "criterion": self.cfg.criterion, "target": target, "macs": macs,
+                    "params": params, "top1_before_ft": before.top1, "top5_before_ft": before.top5,
+                    "ranking": ranking.fingerprint}
             save_pruned(directory, net, Plan.from_keep_vector(self.graph, keep, source=self._source(), info=info))
             self.log(f"pruned {directory.name}: {macs / 1e6:.2f}M MACs ({macs / self.cost.base_macs:.1%}), "
                      f"{params / 1e3:.1f}K params, top-1 before fine-tuning {before.top1:.2%}")
@@ -201,15 +239,17 @@ class Pipeline:
                 continue
             net, _ = load_pruned(directory, self.base)
             self.log(f"fine-tuning {directory.name} for {self.cfg.finetune.epochs} epochs")
-            history = self._train(net.to(self.device), self.cfg.finetune, directory / "finetune.pt")
+            with self._timed("finetune"):
+                history = self._train(net.to(self.device), self.cfg.finetune, directory / "finetune.pt")
             save_state_dict(net.state_dict(), directory / "model.safetensors")
             atomic_write_text(directory / "finetuned.json", json.dumps(history, indent=1))
             (directory / "finetune.pt").unlink(missing_ok=True)
 
-    def evaluate(self) -> list[dict[str, Any]]:
+    def evaluate(self, baseline: bool = True) -> list[dict[str, Any]]:
+        """Test accuracy (and latency) of the source network (unless ``baseline`` is False) and every member."""
         self.finetune()
-        nets = {"baseline": self.graph.gm}  # timed as the same torch.fx module type as the members (same weights)
-        rows = [self._row("baseline", self.base, None, self.cost.base_macs, self.cost.base_params, {})]
+        nets = {"baseline": self.graph.gm} if baseline else {}  # timed as the same fx module type as the members
+        rows = [self._row("baseline", self.base, None, self.cost.base_macs, self.cost.base_params, {})] if baseline else []
         for directory in self.member_dirs():
             net, plan = load_pruned(directory, self.base)
             nets[directory.name] = net.to(self.device)
@@ -225,7 +265,8 @@ class Pipeline:
         result = self._evaluate(net, self.data.test)
         assert int(params) == count_params(net), "cost model and network disagree on the parameter count"
         row = {
-            "name": name, "method": info.get("method", "baseline"), "model": self.cfg.model.name,
+            "name": name, "method": info.get("method", "baseline"), "criterion": info.get("criterion"),
+            "model": self.cfg.model.name,
             "dataset": self.cfg.data.name, "target": target, "macs": macs, "params": params,
             "macs_ratio": macs / self.cost.base_macs, "params_ratio": params / self.cost.base_params,
             "compression": self.cost.base_params / params, "top1": result.top1, "top5": result.top5,

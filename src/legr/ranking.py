@@ -2,7 +2,10 @@
 
 A channel's global score is ``sum over its producer layers l of (alpha_l * s_f + kappa_l)``, where ``s_f`` is the
 criterion score of the producing filter (squared L2 norm in the paper). With alpha = 1 and kappa = 0 everywhere this
-is the plain global ranking. One ranking serves every FLOPs budget: `Ranking.solver` cuts its bottom for any target.
+is the plain global ranking. One ranking serves every FLOPs budget: `Ranking.solver` cuts it for any target with
+the ranking's allocator (see `legr.allocate.ALLOCATORS`: ``uniform``/``global`` use the raw criterion, ``lcp``/``legr``
+a learned transform). The artifact stores the criterion scores it was made from, so data-dependent criteria
+(``taylor``) and seeded ones (``random``) cut the same way every time.
 """
 
 from __future__ import annotations
@@ -17,16 +20,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from legr.allocate import Floors, GlobalSolver
+from legr.allocate import BudgetSolver, Floors, GlobalSolver, get_allocator
 from legr.cost import CostModel
-from legr.criteria import get_criterion, group_scores
+from legr.criteria import compute_scores, group_scores
 from legr.errors import LegrError
 from legr.graph import ChannelGraph
 from legr.paths import atomic_write_text
 from legr.search import AffineSpace, EvolutionConfig, aging_evolution
 from legr.surgery import prune
 
-RANKING_VERSION = 1
+RANKING_VERSION = 2  # 2 adds the allocator and the stored criterion scores
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -47,7 +50,8 @@ def ranked_layers(graph: ChannelGraph) -> list[str]:
 
 @dataclass(frozen=True)
 class Ranking:
-    """Per-layer ``alpha``/``kappa`` for ``layers`` + the criterion and the fingerprint of the source network."""
+    """Per-layer ``alpha``/``kappa`` for ``layers``, the criterion (and its per-filter ``scores`` when stored), the
+    allocator that cuts it, and the fingerprint of the source network."""
 
     layers: tuple[str, ...]
     alpha: tuple[float, ...]
@@ -56,6 +60,8 @@ class Ranking:
     fingerprint: str = ""
     source: dict[str, Any] = field(default_factory=dict)
     search: dict[str, Any] = field(default_factory=dict)
+    allocator: str = "legr"
+    scores: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
     @classmethod
     def identity(cls, layers: Sequence[str], **kw: Any) -> "Ranking":
@@ -81,17 +87,24 @@ class Ranking:
             missing = sorted(set(expected) - set(self.layers))[:3]
             raise LegrError(f"ranking does not fit this model: its layers differ (e.g. missing {missing or '-'})")
 
-    def group_scores(self, graph: ChannelGraph, model: nn.Module) -> dict[str, np.ndarray]:
-        return group_scores(graph, get_criterion(self.criterion)(graph, model), self.transform)
+    def layer_scores(self, graph: ChannelGraph, model: nn.Module) -> dict[str, np.ndarray]:
+        """The stored criterion scores (recomputed from the weights for a version-1 file, which stores none)."""
+        if self.scores:
+            return {name: np.asarray(v, dtype=np.float64) for name, v in self.scores.items()}
+        return compute_scores(self.criterion, graph, model)
 
-    def solver(self, graph: ChannelGraph, cost: CostModel, model: nn.Module, floors: Floors = Floors()) -> GlobalSolver:
-        return GlobalSolver(graph, cost, self.group_scores(graph, model), floors)
+    def group_scores(self, graph: ChannelGraph, model: nn.Module) -> dict[str, np.ndarray]:
+        return group_scores(graph, self.layer_scores(graph, model), self.transform)
+
+    def solver(self, graph: ChannelGraph, cost: CostModel, model: nn.Module, floors: Floors = Floors()) -> BudgetSolver:
+        return get_allocator(self.allocator).solver(graph, cost, self.group_scores(graph, model), floors)
 
     # --- JSON artifact ---------------------------------------------------------------------------------------
     def to_json(self) -> str:
-        data = {"version": RANKING_VERSION, "criterion": self.criterion, "fingerprint": self.fingerprint,
-                "source": self.source, "search": self.search,
-                "layers": [{"name": n, "alpha": a, "kappa": k} for n, a, k in zip(self.layers, self.alpha, self.kappa)]}
+        layers = [{"name": n, "alpha": a, "kappa": k, **({"scores": list(self.scores[n])} if n in self.scores else {})}
+                  for n, a, k in zip(self.layers, self.alpha, self.kappa)]
+        data = {"version": RANKING_VERSION, "criterion": self.criterion, "allocator": self.allocator,
+                "fingerprint": self.fingerprint, "source": self.source, "search": self.search, "layers": layers}
         return json.dumps(data, indent=1)
 
     def save(self, path: str | Path) -> None:
@@ -105,18 +118,21 @@ class Ranking:
         try:
             data = json.loads(path.read_text())
             layers = data["layers"]
-            return cls(
+            ranking = cls(
                 tuple(str(x["name"]) for x in layers), tuple(float(x["alpha"]) for x in layers),
                 tuple(float(x["kappa"]) for x in layers), str(data.get("criterion", "l2sq")),
                 str(data.get("fingerprint", "")), dict(data.get("source", {})), dict(data.get("search", {})),
+                str(data.get("allocator", data.get("search", {}).get("method", "legr"))),
+                {str(x["name"]): tuple(float(v) for v in x["scores"]) for x in layers if "scores" in x},
             )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise LegrError(f"{path} is not a valid ranking file ({type(exc).__name__}: {exc})") from exc
+        get_allocator(ranking.allocator)
+        return ranking
 
 
-def layer_score_std(graph: ChannelGraph, model: nn.Module, criterion: str, layers: Sequence[str]) -> list[float]:
+def layer_score_std(scores: Mapping[str, np.ndarray], layers: Sequence[str]) -> list[float]:
     """Standard deviation of each layer's filter scores (the scale of LeGR's kappa)."""
-    scores: Mapping[str, np.ndarray] = get_criterion(criterion)(graph, model)
     return [float(np.std(scores[name])) if len(scores[name]) > 1 else float(abs(scores[name]).mean()) for name in layers]
 
 
@@ -130,9 +146,10 @@ def learn_ranking(
     target_macs: float,
     *,
     criterion: str = "l2sq",
+    scores: Mapping[str, np.ndarray] | None = None,
+    allocator: str = "legr",
     floors: Floors = Floors(),
     search: EvolutionConfig = EvolutionConfig(),
-    learn_alpha: bool = True,
     mutate_fraction: float = 0.1,
     state_path: Path | None = None,
     log_path: Path | None = None,
@@ -142,13 +159,17 @@ def learn_ranking(
 
     Each candidate ranking prunes ``model`` (weights restored from memory) to ``target_macs`` and is scored by
     ``fitness(pruned_network, candidate_index)`` (higher is better; LeGR: minus the validation loss after tau
-    fine-tuning steps). ``learn_alpha=False`` learns only the offsets (LCP). Resumable through ``state_path``.
+    fine-tuning steps). ``scores`` are the criterion's per-filter scores (default: computed from the weights);
+    ``allocator`` "lcp" learns only the offsets. Resumable through ``state_path``.
     """
+    kind = get_allocator(allocator).search
+    if kind is None:
+        raise LegrError(f"allocator '{allocator}' learns nothing; use `Ranking.identity` for it")
     cost = CostModel(graph)
     layers = ranked_layers(graph)
-    scores = get_criterion(criterion)(graph, model)
-    space = AffineSpace(layers, layer_score_std(graph, model, criterion, layers), mutate_fraction=mutate_fraction,
-                        learn_alpha=learn_alpha)
+    scores = dict(scores) if scores is not None else compute_scores(criterion, graph, model)
+    space = AffineSpace(layers, layer_score_std(scores, layers), mutate_fraction=mutate_fraction,
+                        learn_alpha=kind == "affine")
     index = {name: i for i, name in enumerate(layers)}
     GlobalSolver(graph, cost, group_scores(graph, scores), floors).solve(target_macs)  # fail early if unreachable
 
@@ -159,6 +180,10 @@ def learn_ranking(
     result = aging_evolution(space, evaluate, search, state_path=state_path, log_path=log_path, progress=progress)
     return Ranking(
         tuple(layers), tuple(float(a) for a in result.best.alpha), tuple(float(k) for k in result.best.kappa),
-        criterion, model_fingerprint(model),
-        search={**result.summary(), "target_macs": target_macs, "learn_alpha": learn_alpha},
+        criterion, model_fingerprint(model), search={**result.summary(), "target_macs": target_macs},
+        allocator=allocator, scores=stored_scores(scores, layers),
     )
+
+
+def stored_scores(scores: Mapping[str, np.ndarray], layers: Sequence[str]) -> dict[str, tuple[float, ...]]:
+    return {name: tuple(float(v) for v in scores[name]) for name in layers}

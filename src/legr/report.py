@@ -31,7 +31,7 @@ REQUIRED_KEYS: tuple[str, ...] = ("name", "method", "model", "dataset", "macs", 
 
 # CSV column order: identity, then metrics (latency columns are inserted after the accuracy metrics), then any
 # unknown keys (first-seen order), then provenance.
-IDENTITY_KEYS: tuple[str, ...] = ("name", "method", "model", "dataset", "target")
+IDENTITY_KEYS: tuple[str, ...] = ("name", "method", "criterion", "model", "dataset", "target")
 METRIC_KEYS: tuple[str, ...] = (
     "macs", "macs_ratio", "params", "params_ratio", "compression",
     "top1", "top5", "loss", "top1_before_ft", "top5_before_ft",
@@ -409,28 +409,22 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str],
     its accuracy, the Pareto front highlighted, points labelled with their name (only front and baseline points
     when there are many). Renders with Agg (no display, no pyplot state) and replaces ``path`` atomically.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     rows = [r for r in rows if _num(r.get("top1")) is not None and _num(r.get("macs")) is not None]
     if not rows:
         raise LegrError("plot_pareto: no result row has both top1 and macs to plot")
-    path = Path(path)
 
     methods = list(dict.fromkeys(str(r.get("method")) for r in rows))
-    palette = ["#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#e377c2", "#7f7f7f", "#bcbd22"]
     styles: dict[str, tuple[str, str]] = {}
     for m in methods:
         if m != "baseline":
             k = len(styles)
-            styles[m] = (palette[k % len(palette)], _MARKERS[k % len(_MARKERS)])
+            styles[m] = (_PALETTE[k % len(_PALETTE)], _MARKERS[k % len(_MARKERS)])
     styles["baseline"] = ("#d62728", "*")
 
     lat_key = "latency_cpu_b1_ms"
     has_latency = any(_num(r.get(lat_key)) is not None for r in rows)
     ncols = 2 if has_latency else 1
-    fig = Figure(figsize=(6.4 * ncols, 5.0), dpi=130, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = _figure(6.4 * ncols, 5.0)
     axes = fig.subplots(1, ncols, squeeze=False)[0]
     annotate = len(rows) <= 25
     macs = [_num(r["macs"]) for r in rows]
@@ -450,6 +444,21 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str],
     axes[0].legend(loc="best", fontsize=8, frameon=True, framealpha=0.9)
     fig.suptitle(_title(rows, title), fontsize=12, fontweight="bold")
 
+    return _save_figure(fig, path)
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=130, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_figure(fig, path: str | os.PathLike[str]) -> Path:
+    """Render ``fig`` to PNG at ``path`` atomically (temp file + rename)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -458,3 +467,58 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str],
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+_PALETTE = ["#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#e377c2", "#7f7f7f", "#bcbd22"]
+
+
+def plot_method_curves(summary: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], title: str = "") -> Path:
+    """Top-1 (mean, error bar = std over seeds) against MACs, one curve per method: after fine-tuning (left) and
+    right after pruning (right); the baseline as a dashed line. ``summary`` rows: method, macs, top1, top1_std,
+    top1_before_ft, top1_before_ft_std (as `legr.compare` writes them)."""
+    rows = [r for r in summary if _num(r.get("top1")) is not None and _num(r.get("macs")) is not None]
+    if not rows:
+        raise LegrError("plot_method_curves: no summary row has both top1 and macs to plot")
+    fig = _figure(12.8, 5.0)
+    axes = fig.subplots(1, 2)
+    methods = [m for m in dict.fromkeys(str(r["method"]) for r in rows) if m != "baseline"]
+    for ax, key, label in ((axes[0], "top1", "after fine-tuning"), (axes[1], "top1_before_ft", "right after pruning")):
+        for k, method in enumerate(methods):
+            mine = sorted((r for r in rows if r["method"] == method and _num(r.get(key)) is not None),
+                          key=lambda r: r["macs"])
+            if mine:
+                ax.errorbar([r["macs"] / 1e6 for r in mine], [100 * r[key] for r in mine],
+                            yerr=[100 * (r.get(f"{key}_std") or 0.0) for r in mine], color=_PALETTE[k % len(_PALETTE)],
+                            marker=_MARKERS[k % len(_MARKERS)], lw=1.6, ms=6, capsize=3, label=method)
+        for r in rows:
+            if r["method"] == "baseline":
+                ax.axhline(100 * r["top1"], color="0.35", ls="--", lw=1, label=f"baseline ({100 * r['top1']:.2f}%)")
+        ax.set_xlabel("multiply-accumulates per image (MMACs)")
+        ax.set_ylabel("test top-1 (%), mean ± std over seeds")
+        ax.set_title(label, fontsize=10)
+        ax.grid(True, color="0.9", lw=0.8)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+    axes[0].legend(loc="best", fontsize=8, framealpha=0.9)
+    fig.suptitle(title, fontsize=12, fontweight="bold")
+    return _save_figure(fig, path)
+
+
+def plot_widths(layers: Sequence[str], original: Mapping[str, int], methods: Mapping[str, Mapping[str, int]],
+                path: str | os.PathLike[str], title: str = "") -> Path:
+    """Channels kept per prunable layer (x: layers in graph order), one line per method, the original widths grey."""
+    if not methods:
+        raise LegrError("plot_widths: no method has a plan at the width target")
+    fig = _figure(max(8.0, 0.22 * len(layers) + 3), 4.8)
+    ax = fig.subplots()
+    x = list(range(len(layers)))
+    ax.bar(x, [original[n] for n in layers], color="0.88", label="original", zorder=1)
+    for k, (name, widths) in enumerate(methods.items()):
+        ax.plot(x, [widths[n] for n in layers], color=_PALETTE[k % len(_PALETTE)], marker=_MARKERS[k % len(_MARKERS)],
+                ms=3.5, lw=1.3, label=name, zorder=2)
+    ax.set_xticks(x, layers, rotation=90, fontsize=6.5)
+    ax.set_ylabel("output channels kept")
+    ax.grid(True, axis="y", color="0.9", lw=0.8)
+    ax.legend(loc="upper left", fontsize=8, framealpha=0.9)
+    ax.set_title(title, fontsize=11)
+    return _save_figure(fig, path)

@@ -1,23 +1,38 @@
 """Filter importance criteria, one registry.
 
-Contract: a criterion is ``fn(graph, module) -> {producer layer name: np.ndarray of one score per output filter}``,
-where ``module`` has the parameter names of ``graph.gm`` (the analysed model or a copy). Higher = more important.
-`group_scores` turns per-layer scores into one score per channel of every group (the sum over its producers,
-optionally after a per-layer transform such as LeGR's affine ``alpha * s + kappa``).
+Contract: a criterion is ``fn(graph, module, context) -> {producer layer name: np.ndarray of one score per output
+filter}``, where ``module`` has the parameter names of ``graph.gm`` (the analysed model or a copy) and ``context`` a
+`CriterionContext` (seed, and training batches for data-dependent criteria). Higher = more important. Use
+`compute_scores` to call one by name. `group_scores` turns per-layer scores into one score per channel of every group
+(the sum over its producers, optionally after a per-layer transform such as LeGR's affine ``alpha * s + kappa``).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from legr.errors import LegrError
 from legr.graph import ChannelGraph
 
-Criterion = Callable[[ChannelGraph, nn.Module], dict[str, np.ndarray]]
+Batches = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+
+
+@dataclass(frozen=True)
+class CriterionContext:
+    """What a criterion may use besides the weights: a seed (``random``) and a factory of normalized training
+    batches ``(x, y)`` on the model's device (``taylor``; None where no data is at hand)."""
+
+    seed: int = 0
+    batches: Batches | None = None
+
+
+Criterion = Callable[[ChannelGraph, nn.Module, CriterionContext], dict[str, np.ndarray]]
 CRITERIA: dict[str, Criterion] = {}
 
 
@@ -35,6 +50,12 @@ def get_criterion(name: str) -> Criterion:
     return CRITERIA[name]
 
 
+def compute_scores(name: str, graph: ChannelGraph, module: nn.Module,
+                   context: CriterionContext = CriterionContext()) -> dict[str, np.ndarray]:
+    """Per-filter scores of every producer layer under the registered criterion ``name``."""
+    return get_criterion(name)(graph, module, context)
+
+
 def _per_filter(graph: ChannelGraph, module: nn.Module, score: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, np.ndarray]:
     """``score`` of every producer layer's weight, flattened to one float64 row per output filter."""
     scores = {}
@@ -48,13 +69,13 @@ def _per_filter(graph: ChannelGraph, module: nn.Module, score: Callable[[torch.T
 
 
 @register_criterion("l1")
-def l1_norm(graph: ChannelGraph, module: nn.Module) -> dict[str, np.ndarray]:
+def l1_norm(graph: ChannelGraph, module: nn.Module, context: CriterionContext) -> dict[str, np.ndarray]:
     """L1 norm of each output filter (Li et al. 2017)."""
     return _per_filter(graph, module, lambda w: w.abs().sum(1))
 
 
 @register_criterion("l2sq")
-def squared_l2_norm(graph: ChannelGraph, module: nn.Module) -> dict[str, np.ndarray]:
+def squared_l2_norm(graph: ChannelGraph, module: nn.Module, context: CriterionContext) -> dict[str, np.ndarray]:
     """Squared L2 norm of each output filter (LeGR's criterion)."""
     return _per_filter(graph, module, lambda w: w.pow(2).sum(1))
 
@@ -78,7 +99,7 @@ def _norm_after(graph: ChannelGraph) -> dict[str, str]:
 
 
 @register_criterion("bn_scale")
-def bn_scale(graph: ChannelGraph, module: nn.Module) -> dict[str, np.ndarray]:
+def bn_scale(graph: ChannelGraph, module: nn.Module, context: CriterionContext) -> dict[str, np.ndarray]:
     """|gamma| of the batch norm right after each producer (network slimming, Liu et al. 2017)."""
     norms = _norm_after(graph)
     producers = _scored_producers(graph)
@@ -93,10 +114,52 @@ def bn_scale(graph: ChannelGraph, module: nn.Module) -> dict[str, np.ndarray]:
 
 
 @register_criterion("fpgm")
-def geometric_median_distance(graph: ChannelGraph, module: nn.Module) -> dict[str, np.ndarray]:
+def geometric_median_distance(graph: ChannelGraph, module: nn.Module, context: CriterionContext) -> dict[str, np.ndarray]:
     """Sum of Euclidean distances from each filter to the other filters of its layer (FPGM, He et al. 2019):
     filters near the layer's geometric median are the most replaceable, so they score lowest."""
     return _per_filter(graph, module, lambda w: torch.cdist(w, w).sum(1))
+
+
+@register_criterion("random")
+def random_scores(graph: ChannelGraph, module: nn.Module, context: CriterionContext) -> dict[str, np.ndarray]:
+    """Uniform random scores from ``context.seed`` (the control every criterion should beat)."""
+    rng = np.random.default_rng(context.seed)
+    return {name: rng.random(len(graph.layers[name].producer_ids)) for name in graph.layers
+            if graph.layers[name].producer_ids is not None}
+
+
+@register_criterion("taylor")
+def taylor(graph: ChannelGraph, module: nn.Module, context: CriterionContext) -> dict[str, np.ndarray]:
+    """First-order Taylor importance (Molchanov et al. 2019): per batch, the squared sum over the batch and positions of
+    activation x gradient of the loss, at the batch norm right after a producer (else at its output), averaged over
+    the batches of ``context.batches``. This is the first-order estimate of the loss change when the channel is
+    zeroed; it is computed as ``(sum over the channel's parameters of theta * dL/dtheta)^2``, which is equal."""
+    if context.batches is None:
+        raise LegrError("criterion 'taylor' needs training batches (it scores filters by activation x gradient)")
+    norms = _norm_after(graph)
+    producers = [name for name in graph.layers if graph.layers[name].producer_ids is not None]
+    gated = {name: module.get_submodule(norms.get(name, name)) for name in producers}
+    params = {name: [p for p in (m.weight, getattr(m, "bias", None)) if p is not None] for name, m in gated.items()}
+    flat = [p for ps in params.values() for p in ps]
+    totals = {name: np.zeros(len(graph.layers[name].producer_ids)) for name in producers}
+    was_training = module.training
+    module.eval()  # batch statistics and running buffers stay as they are
+    n = 0
+    try:
+        for x, y in context.batches():
+            grads = torch.autograd.grad(F.cross_entropy(module(x), y), flat, allow_unused=True)
+            found = dict(zip(map(id, flat), grads))
+            with torch.no_grad():
+                for name, ps in params.items():
+                    total = sum((p * found[id(p)]).reshape(p.shape[0], -1).sum(1) for p in ps if found[id(p)] is not None)
+                    if isinstance(total, torch.Tensor):
+                        totals[name] += total.double().pow(2).cpu().numpy()
+            n += 1
+    finally:
+        module.train(was_training)
+    if n == 0:
+        raise LegrError("criterion 'taylor' got no training batches")
+    return {name: t / n for name, t in totals.items()}
 
 
 Transform = Callable[[str, np.ndarray], np.ndarray]

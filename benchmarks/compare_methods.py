@@ -1,0 +1,89 @@
+"""Pruning methods under equal budgets: does LeGR's learned ranking beat uniform, global, LCP, Taylor and random?
+
+Every method prunes the same adapted source network to the same MACs targets with the same splits, fine-tuning
+budget and seeds (see `legr.compare`); all networks are then timed together. Writes the tables, plots and raw
+figures into benchmarks/results/compare_<config name>/. Resumable: rerun the same command after an interruption.
+
+    LEGR_DATA=../shared/data LEGR_WEIGHTS=../shared/weights python benchmarks/compare_methods.py          # 2-core CPU
+    LEGR_DATA=../shared/data LEGR_WEIGHTS=../shared/weights python benchmarks/compare_methods.py --full   # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from legr.compare import Comparison, summary_markdown
+from legr.config import CompareConfig, load_config, parse_set_options
+from legr.errors import LegrError
+from legr.paths import atomic_write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+KEEP = ["compare.json", "summary.md", "accuracy_vs_macs.png", "widths.png"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "compare_resnet20_cifar10jpeg.yaml")
+    parser.add_argument("--full", action="store_true",
+                        help="the paper's schedules on ResNet-56 (configs/compare_resnet56_cifar10jpeg_full.yaml)")
+    parser.add_argument("--work", type=Path, help="run folder (default: runs/compare_<config name>)")
+    parser.add_argument("--results", type=Path, help="default: benchmarks/results/compare_<config name>")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    parser.add_argument("--note", default="", help="a sentence for the results README, e.g. where training ran")
+    args = parser.parse_args()
+    config = ROOT / "configs" / "compare_resnet56_cifar10jpeg_full.yaml" if args.full else args.config
+    name = config.stem.removeprefix("compare_")
+    work = args.work or ROOT / "runs" / f"compare_{name}"
+    results = args.results or ROOT / "benchmarks" / "results" / f"compare_{name}"
+    start = time.time()
+    try:
+        cfg = load_config(config, parse_set_options(args.set), schema=CompareConfig)
+        result = Comparison(cfg, work).run()
+    except LegrError as exc:
+        sys.exit(f"error: {exc}")
+    results.mkdir(parents=True, exist_ok=True)
+    for file in KEEP:
+        shutil.copy2(work / file, results / file)
+    atomic_write_text(results / "README.md", results_readme(result, config, time.time() - start, args.note))
+    print((work / "summary.md").read_text())
+
+
+def _shown(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def results_readme(result: dict, config: Path, seconds: float, note: str) -> str:
+    c = result["config"]
+    s, f = c["search"], c["finetune"]
+    steps = f["epochs"] * f["steps_per_epoch"] if f.get("steps_per_epoch") else None
+    return "\n".join([
+        f"# Methods under equal budgets: {result['model']}, {result['dataset']}",
+        "",
+        f"Written by `benchmarks/compare_methods.py` (config `{_shown(config)}`); this "
+        f"invocation's wall time {seconds / 60:.1f} min (a resumed run counts only its last part).",
+        "",
+        f"Same for every method: the source network (akamaster checkpoint adapted {c['base_training']['epochs']} "
+        f"epochs to the JPEG images), the splits ({c['data']['val_size']} training images held out for search "
+        f"fitness), targets {', '.join(f'{t:.0%}' for t in result['targets'])} of the source MACs, fine-tuning "
+        f"{f['epochs']} epochs" + (f" of {f['steps_per_epoch']} steps ({steps} SGD steps)" if steps else "")
+        + f" per network, seeds {', '.join(map(str, result['seeds']))}. lcp and legr search with population "
+        f"{s['population']}, sample {s['sample']}, {s['evaluations']} candidates, tau {s['tau']}, fitness = loss "
+        f"on the held-out images, at the lowest target. Test set: the CIFAR-10-JPEG test images, used for nothing "
+        f"but these figures. Hardware: {result['hardware']}; latency on the CPU with "
+        f"{c['eval']['threads'] or 'all'} thread(s), median of interleaved rounds." + (f" {note}" if note else ""),
+        "",
+        summary_markdown(result),
+        "![accuracy vs MACs](accuracy_vs_macs.png)",
+        "",
+        "![per-layer widths](widths.png)",
+        "",
+    ])
+
+
+if __name__ == "__main__":
+    main()

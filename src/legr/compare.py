@@ -1,0 +1,264 @@
+"""Pruning methods compared under equal budgets.
+
+Every method (a criterion cut by an allocator, see `legr.criteria` and `legr.allocate`) prunes the same source
+network to the same MACs targets, with the same train/validation/test splits and the same fine-tuning budget, once per
+seed; each (method, seed) is an ordinary resumable `Pipeline` run folder. Afterwards all networks are timed together
+(interleaved rounds), and the per-run rows are aggregated into mean +- std over seeds. Folder layout::
+
+    source/                    the adapted source network (only when base_training.epochs > 0), shared by every run
+    seed<S>/<method>/          one pipeline run folder per method and seed (ranking, members, results, timings)
+    per_target/<method>-<T>/   the pipeline-cost method's search repeated at every other target (timed only)
+    latency.json               CPU latency of every network (written once all are fine-tuned)
+    compare.json               runs, summary, family wall times, pipeline cost, per-layer widths
+    summary.md                 the tables;  accuracy_vs_macs.png, widths.png: the plots
+
+The seed changes the search, the fine-tuning order, the ``random`` scores and the ``taylor`` batches; the source
+network and the splits are the same for every run. The test split is only used to report accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from legr.artifacts import load_pruned
+from legr.config import CompareConfig, MethodConfig, RunConfig
+from legr.hardware import hardware_label
+from legr.latency import measure_interleaved
+from legr.paths import atomic_write_text
+from legr.pipeline import Pipeline
+from legr.plan import Plan
+from legr.report import plot_method_curves, plot_widths
+
+
+@dataclass(frozen=True)
+class RunRef:
+    method: MethodConfig
+    seed: int
+    folder: Path
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+class Comparison:
+    def __init__(self, cfg: CompareConfig, out: str | Path, *, progress: bool = True,
+                 log: Callable[[str], None] = print):
+        self.cfg, self.spec, self.out, self.progress, self.log = cfg, cfg.compare, Path(out), progress, log
+        self.shared = cfg.run_config()
+        self.targets = sorted(self.shared.targets)
+
+    # --- runs -----------------------------------------------------------------------------------------------
+    def _source(self) -> RunConfig:
+        """The shared settings with the source network fixed: adapted once (in ``source/``) when base training is on."""
+        if self.shared.base_training.epochs == 0:
+            return self.shared
+        pipeline = Pipeline(self.shared.model_copy(update={"targets": (self.targets[0],)}), self.out / "source",
+                            progress=self.progress, log=self.log)
+        pipeline.base  # trains (or loads) and saves source/base/model.safetensors
+        weights = str((self.out / "source" / "base" / "model.safetensors").resolve())
+        model = self.shared.model.model_copy(update={"weights": weights})
+        return self.shared.model_copy(update={"model": model, "base_training": self.shared.base_training.model_copy(
+            update={"epochs": 0})})
+
+    def _config(self, source: RunConfig, method: MethodConfig, seed: int, **search: Any) -> RunConfig:
+        update: dict[str, Any] = {"criterion": method.criterion, "allocator": method.allocator, "seed": seed,
+                                  "eval": source.eval.model_copy(update={"latency": False})}
+        if search:
+            update["search"] = source.search.model_copy(update=search)
+        return source.model_copy(update=update)
+
+    def runs(self) -> list[RunRef]:
+        return [RunRef(m, s, self.out / f"seed{s}" / m.name) for s in self.spec.seeds for m in self.spec.methods]
+
+    def _pipeline(self, cfg: RunConfig, folder: Path) -> Pipeline:
+        return Pipeline(cfg, folder, progress=self.progress, log=self.log)
+
+    def run(self) -> dict[str, Any]:
+        source = self._source()
+        rows, first = [], None
+        for ref in self.runs():
+            self.log(f"[seed {ref.seed}] {ref.method.name} ({ref.method.criterion} + {ref.method.allocator})")
+            pipeline = self._pipeline(self._config(source, ref.method, ref.seed), ref.folder)
+            first = first or pipeline
+            for row in pipeline.evaluate(baseline=not rows):
+                if row["method"] != "baseline":
+                    row = {**row, "method": ref.method.name, "allocator": row["method"]}
+                rows.append({**row, "run": str(ref.folder.relative_to(self.out))})
+        pipeline_cost = self._pipeline_cost(source)
+        latency = self._latency(first)
+        for row in rows:
+            row.update(latency.get(self._net_id(row), {}))
+        result = {
+            "model": self.shared.model.name, "dataset": self.shared.data.name, "targets": self.targets,
+            "seeds": list(self.spec.seeds), "hardware": hardware_label(),
+            "config": self.cfg.model_dump(mode="json"),
+            "runs": rows, "summary": self._summary(rows), "family_time_s": self._family_times(),
+            "pipeline_cost": pipeline_cost, "widths": self._widths(first),
+        }
+        self._write(result)
+        return result
+
+    @staticmethod
+    def _net_id(row: dict[str, Any]) -> str:
+        return "baseline" if row["method"] == "baseline" else f"{row['run']}/{row['path']}"
+
+    # --- pipeline cost: learn once vs. search per target -----------------------------------------------------
+    def _pipeline_cost(self, source: RunConfig) -> dict[str, Any] | None:
+        name = self.spec.pipeline_cost
+        if name is None:
+            return None
+        method = next(m for m in self.spec.methods if m.name == name)
+        seed = self.spec.seeds[0]
+        main = self.out / f"seed{seed}" / name
+        timings = json.loads((main / "timings.json").read_text())
+        search_target = source.search.target or self.targets[0]
+        searches = {}
+        for t in self.targets:
+            if abs(t - search_target) < 1e-9:
+                searches[t] = timings["rank"]  # the family's own search is exactly this target's search
+                continue
+            folder = self.out / "per_target" / f"{name}-{round(t * 100)}"
+            cfg = self._config(source, method, seed, target=t).model_copy(update={"targets": (t,)})
+            self.log(f"[pipeline cost] {name}: searching separately at {t:.0%} MACs")
+            pipeline = self._pipeline(cfg, folder)
+            pipeline.rank()
+            searches[t] = json.loads((folder / "timings.json").read_text())["rank"]
+        per_network = timings.get("prune", 0.0) + timings.get("finetune", 0.0)
+        once, separate = timings["rank"], sum(searches.values())
+        return {
+            "method": name, "seed": seed, "targets": self.targets, "search_target": search_target,
+            "search_s": {str(t): s for t, s in searches.items()}, "prune_and_finetune_s": per_network,
+            "learn_once_s": once + per_network, "search_per_target_s": separate + per_network,
+            "search_ratio": separate / once, "pipeline_ratio": (separate + per_network) / (once + per_network),
+        }
+
+    # --- latency ---------------------------------------------------------------------------------------------
+    def _latency(self, first: Pipeline) -> dict[str, dict[str, float]]:
+        path = self.out / "latency.json"
+        e = self.shared.eval
+        if not e.latency:
+            return {}
+        if path.exists():
+            return json.loads(path.read_text())
+        nets: dict[str, nn.Module] = {"baseline": first.graph.gm}
+        for ref in self.runs():
+            for directory in sorted((ref.folder / "members").iterdir()):
+                net, _ = load_pruned(directory, first.base)
+                nets[f"{ref.folder.relative_to(self.out)}/{directory.relative_to(ref.folder)}"] = net
+        self.log(f"timing {len(nets)} networks on the CPU ({e.latency_rounds} interleaved rounds)")
+        timings = measure_interleaved(nets, first.data.input_size, e.latency_batch_sizes, device="cpu",
+                                      rounds=e.latency_rounds, threads=e.threads, warmup=e.latency_warmup,
+                                      repeats=e.latency_repeats)
+        out = {name: {f"latency_cpu_b{b}_ms": r.median_ms for b, r in per.items()} for name, per in timings.items()}
+        atomic_write_text(path, json.dumps(out, indent=1))
+        return out
+
+    # --- aggregation -----------------------------------------------------------------------------------------
+    def _summary(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One row per (method, target): means over seeds, and std of the accuracies."""
+        out = []
+        keys = sorted({k for r in rows for k in r if k.startswith("latency_")})
+        for name in ["baseline"] + [m.name for m in self.spec.methods]:
+            for target in ([None] if name == "baseline" else self.targets):
+                mine = [r for r in rows if r["method"] == name and (name == "baseline" or r["target"] == target)]
+                if not mine:
+                    continue
+                entry: dict[str, Any] = {"method": name, "target": target, "n": len(mine),
+                                         "criterion": mine[0].get("criterion"), "allocator": mine[0].get("allocator")}
+                for key in ["macs", "params", "macs_ratio", "params_ratio", *keys]:
+                    entry[key] = _mean_std([r.get(key) for r in mine])[0]
+                for key in ["top1", "top1_before_ft"]:
+                    entry[key], entry[f"{key}_std"] = _mean_std([r.get(key) for r in mine])
+                out.append(entry)
+        return out
+
+    def _family_times(self) -> dict[str, dict[str, float | None]]:
+        """Per method: wall seconds to produce its whole family (rank + prune + fine-tune), mean and std over seeds."""
+        out = {}
+        for m in self.spec.methods:
+            totals = []
+            for s in self.spec.seeds:
+                path = self.out / f"seed{s}" / m.name / "timings.json"
+                if path.exists():
+                    t = json.loads(path.read_text())
+                    totals.append(sum(t.get(k, 0.0) for k in ("rank", "prune", "finetune")))
+            mean, std = _mean_std(totals)
+            out[m.name] = {"mean_s": mean, "std_s": std}
+        return out
+
+    def _widths(self, first: Pipeline) -> dict[str, Any]:
+        """Channels kept per prunable producer layer at the width target, per method (first seed)."""
+        target = self.spec.width_target or self.targets[len(self.targets) // 2]
+        graph = first.graph
+        layers = [name for name, layer in graph.layers.items() if layer.producer_ids is not None
+                  and any(name in g.producers for g in graph.prunable_groups())]
+        original = {name: len(graph.layers[name].producer_ids) for name in layers}
+        per_method = {}
+        for m in self.spec.methods:
+            plan_path = self.out / f"seed{self.spec.seeds[0]}" / m.name / "members" / \
+                f"{m.allocator}-{round(target * 100)}" / "plan.json"
+            if not plan_path.exists():
+                continue
+            keep = Plan.load(plan_path).keep_vector(graph)
+            per_method[m.name] = {name: int(keep[graph.classes(graph.layers[name].producer_ids)].sum())
+                                  for name in layers}
+        return {"target": target, "seed": self.spec.seeds[0], "layers": layers, "original": original,
+                "methods": per_method}
+
+    # --- outputs ---------------------------------------------------------------------------------------------
+    def _write(self, result: dict[str, Any]) -> None:
+        atomic_write_text(self.out / "compare.json", json.dumps(result, indent=1, default=float))
+        atomic_write_text(self.out / "summary.md", summary_markdown(result))
+        title = f"{result['model']} on {result['dataset']}, {len(result['seeds'])} seeds"
+        plot_method_curves(result["summary"], self.out / "accuracy_vs_macs.png", title=title)
+        w = result["widths"]
+        plot_widths(w["layers"], w["original"], w["methods"], self.out / "widths.png",
+                    title=f"channels kept per layer at {w['target']:.0%} MACs ({result['model']}, seed {w['seed']})")
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "-"
+    return f"{100 * mean:.2f} ± {100 * (std or 0.0):.2f}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def summary_markdown(result: dict[str, Any]) -> str:
+    """The comparison's tables: accuracy/cost per method and target, family wall time, pipeline cost."""
+    lat = sorted({k for r in result["summary"] for k in r if k.startswith("latency_")})
+    head = ["method", "target", "MACs (M)", "params (K)", *[k.removeprefix("latency_").replace("_ms", " ms")
+                                                          for k in lat], "top-1 before FT %", "top-1 after FT %"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join([":---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
+    for r in result["summary"]:
+        cells = [r["method"], "-" if r["target"] is None else f"{r['target']:.0%}", f"{r['macs'] / 1e6:.2f}",
+                 f"{r['params'] / 1e3:.1f}", *[("-" if r.get(k) is None else f"{r[k]:.2f}") for k in lat],
+                 _pm(r.get("top1_before_ft"), r.get("top1_before_ft_std")), _pm(r["top1"], r["top1_std"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| method | criterion | allocator | family wall time: rank + prune + fine-tune (mean ± std over seeds) |",
+              "|:---|:---|:---|---:|"]
+    methods = {m["name"]: m for m in result["config"]["compare"]["methods"]}
+    for name, t in result["family_time_s"].items():
+        cell = "-" if t["mean_s"] is None else f"{_duration(t['mean_s'])} ± {_duration(t['std_s'] or 0.0)}"
+        lines.append(f"| {name} | {methods[name]['criterion']} | {methods[name]['allocator']} | {cell} |")
+    pc = result.get("pipeline_cost")
+    if pc:
+        k = len(pc["targets"])
+        searches = ", ".join(f"{float(t):.0%}: {_duration(s)}" for t, s in pc["search_s"].items())
+        lines += ["", f"Pipeline cost ({pc['method']}, seed {pc['seed']}, {k} targets): one search at "
+                  f"{pc['search_target']:.0%} + {k} prunes/fine-tunes = {_duration(pc['learn_once_s'])}; one search "
+                  f"per target ({searches}) + the same prunes/fine-tunes = {_duration(pc['search_per_target_s'])}. "
+                  f"Search time ratio {pc['search_ratio']:.2f}x, whole-pipeline ratio {pc['pipeline_ratio']:.2f}x."]
+    return "\n".join(lines) + "\n"
