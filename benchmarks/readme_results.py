@@ -135,6 +135,46 @@ def han() -> list[str]:
     return out
 
 
+def compare(folder: str) -> Callable[[], list[str]]:
+    def block() -> list[str]:
+        d = _load(f"{folder}/compare.json")
+        if d is None:
+            return [f"Not run yet: `python benchmarks/compare_methods.py` (writes `benchmarks/results/{folder}/`)."]
+        c, targets = d["config"], d["targets"]
+        s, f = c["search"], c["finetune"]
+        steps = f["epochs"] * f["steps_per_epoch"] if f.get("steps_per_epoch") else None
+        summary = {(r["method"], r["target"]): r for r in d["summary"]}
+        base = summary[("baseline", None)]
+        pm = lambda r, k: f"{100 * r[k]:.2f} ± {100 * r[f'{k}_std']:.2f}"  # noqa: E731
+        rows = []
+        for m in c["compare"]["methods"]:
+            mine = [summary[(m["name"], t)] for t in targets]
+            t = d["family_time_s"][m["name"]]["mean_s"]
+            rows.append([m["name"], *[pm(r, "top1") for r in mine], *[pm(r, "top1_before_ft") for r in mine],
+                         f"{t / 60:.1f} min"])
+        pct = [f"{100 * t:.0f}%" for t in targets]
+        head = ["method", *[f"top-1 {p} after FT" for p in pct], *[f"{p} before FT" for p in pct], "family time"]
+        pc = d.get("pipeline_cost")
+        out = [f"{d['model']} (akamaster, adapted {c['base_training']['epochs']} epochs) on CIFAR-10-JPEG, seeds "
+               f"{', '.join(map(str, d['seeds']))} (mean ± std), source network {100 * base['top1']:.2f}% top-1 "
+               f"({base['macs'] / 1e6:.2f}M MACs, CPU b64 {base.get('latency_cpu_b64_ms', float('nan')):.1f} ms). "
+               f"Same for every method: splits, targets, {steps or f['epochs']} fine-tuning "
+               f"{'SGD steps' if steps else 'epochs'} per network; lcp/legr search with population {s['population']}, "
+               f"sample {s['sample']}, {s['evaluations']} candidates, tau {s['tau']}, at {100 * targets[0]:.0f}% MACs, "
+               f"fitness on {c['data']['val_size']} held-out training images. Test top-1 % on the 10,000 CIFAR-10-JPEG "
+               f"test images; latency {d['hardware']}, {c['eval']['threads'] or 'all'} thread(s). Family time = rank + "
+               f"prune + fine-tune of all {len(targets)} networks. Full table (MACs, params, CPU latency b1/b64): "
+               f"`benchmarks/results/{folder}/summary.md`.", "", *_table(head, rows)]
+        if pc:
+            out += ["", f"Pipeline cost ({pc['method']}, seed {pc['seed']}): learning once and cutting {len(targets)} "
+                    f"targets took {pc['learn_once_s'] / 60:.1f} min; a separate search per target (same search "
+                    f"budget) would take {pc['search_per_target_s'] / 60:.1f} min: **{pc['pipeline_ratio']:.2f}x** for "
+                    f"the whole pipeline, {pc['search_ratio']:.2f}x for the searches alone."]
+        return out + ["", f"![accuracy vs MACs](benchmarks/results/{folder}/accuracy_vs_macs.png)", "",
+                      f"![channels kept per layer](benchmarks/results/{folder}/widths.png)"]
+    return block
+
+
 SECTIONS: list[tuple[str, Callable[[], list[str]]]] = [
     ("Engine coverage (`benchmarks/torchvision_tally.py`)", tally),
     ("Does uniform pruning's MACs saving become latency? (`benchmarks/latency_uniform.py`)", latency),
@@ -142,6 +182,7 @@ SECTIONS: list[tuple[str, Callable[[], list[str]]]] = [
     ("LeGR on ResNet-56, CIFAR-10-JPEG (`benchmarks/legr_resnet56_cifar10jpeg.py`)",
      lambda: legr_run("legr_resnet56_cifar10jpeg", "2-core CPU budget")()
      + [""] + legr_run("legr_resnet56_cifar10jpeg_gpu", "GPU budget (training on one H100)")()),
+    ("Methods under equal budgets (`benchmarks/compare_methods.py`)", compare("compare_resnet20_cifar10jpeg")),
     ("Han et al. 2015 magnitude pruning (`benchmarks/han_mnist.py`, `benchmarks/han_resnet56_cifar10jpeg.py`)", han),
 ]
 

@@ -1,23 +1,25 @@
-"""Budget solvers: targets met exactly (never above, within one channel step), floors respected, clear errors."""
+"""Budget solvers and the allocator registry: targets met exactly (never above, within one channel step), floors respected, clear errors."""
 
 import time
 
 import numpy as np
 import pytest
+import torch
 
-from legr.allocate import Floors, GlobalSolver, solve_uniform, uniform_keep
+from legr.allocate import ALLOCATORS, Floors, GlobalSolver, UniformSolver, get_allocator, solve_uniform, uniform_keep
 from legr.cost import CostModel
-from legr.criteria import get_criterion, group_scores
-from legr.errors import BudgetError
+from legr.criteria import CRITERIA, CriterionContext, compute_scores, group_scores
+from legr.errors import BudgetError, LegrError
 from legr.graph import analyze
 from legr.models import build_model
+from legr.ranking import Ranking, ranked_layers, stored_scores
 
 
 @pytest.fixture(scope="module")
 def resnet56():
     model = build_model("cifar_resnet56", pretrained=True)
     graph = analyze(model, (3, 32, 32))
-    return graph, CostModel(graph), group_scores(graph, get_criterion("l2sq")(graph, model))
+    return graph, CostModel(graph), group_scores(graph, compute_scores("l2sq", graph, model))
 
 
 def _layer_widths(graph, keep):
@@ -81,3 +83,60 @@ def test_uniform_zero_ratio_is_the_floor(resnet56):
     keep = uniform_keep(graph, scores, 0.0, Floors(0.25, 3))
     for name, width in _layer_widths(graph, keep).items():
         assert width == Floors(0.25, 3)(len(graph.layers[name].producer_ids))
+
+
+@pytest.fixture(scope="module")
+def resnet20():
+    model = build_model("cifar_resnet20", pretrained=True)
+    graph = analyze(model, (3, 32, 32))
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g))]
+    return model, graph, CostModel(graph), CriterionContext(seed=1, batches=lambda: iter(data))
+
+
+def test_allocator_registry():
+    assert set(ALLOCATORS) == {"uniform", "global", "lcp", "legr"}
+    assert [ALLOCATORS[n].search for n in ("uniform", "global", "lcp", "legr")] == [None, None, "offsets", "affine"]
+    with pytest.raises(LegrError, match="unknown allocator 'even'; available: global, lcp, legr, uniform"):
+        get_allocator("even")
+
+
+@pytest.mark.parametrize("allocator", sorted(ALLOCATORS))
+@pytest.mark.parametrize("criterion", sorted(CRITERIA))
+def test_every_criterion_with_every_allocator_meets_the_budget(resnet20, criterion, allocator):
+    model, graph, cost, context = resnet20
+    layers = ranked_layers(graph)
+    ranking = Ranking.identity(layers, criterion=criterion, allocator=allocator,
+                               scores=stored_scores(compute_scores(criterion, graph, model, context), layers))
+    floors = Floors(0.2, 3)
+    solver = ranking.solver(graph, cost, model, floors)
+    for fraction in (0.3, 0.7):
+        keep = solver.solve(fraction * cost.base_macs)
+        assert 0.9 * fraction * cost.base_macs < cost.macs(keep) <= fraction * cost.base_macs
+        widths = _layer_widths(graph, keep)
+        for name, width in widths.items():
+            n = len(graph.layers[name].producer_ids)
+            assert width >= floors(n), name
+            if allocator == "uniform":
+                assert width == max(floors(n), round(solver.ratio * n)), name
+        if allocator != "uniform":  # the global cut: nothing removed outranks anything kept, floors aside
+            expected = GlobalSolver(graph, cost, group_scores(graph, ranking.layer_scores(graph, model)), floors)
+            np.testing.assert_array_equal(keep, expected.solve(fraction * cost.base_macs))
+
+
+def test_lcp_offsets_move_the_cut(resnet20):
+    """An lcp ranking (alpha = 1) with a large offset on one layer keeps that layer whole."""
+    model, graph, cost, _ = resnet20
+    layers = ranked_layers(graph)
+    kappa = tuple(1e6 if n == "layer2.1.conv1" else 0.0 for n in layers)
+    lcp = Ranking(tuple(layers), (1.0,) * len(layers), kappa, allocator="lcp")
+    widths = _layer_widths(graph, lcp.solver(graph, cost, model).solve(0.3 * cost.base_macs))
+    plain = _layer_widths(graph, Ranking.identity(layers).solver(graph, cost, model).solve(0.3 * cost.base_macs))
+    assert widths["layer2.1.conv1"] == 32 > plain["layer2.1.conv1"]
+
+
+def test_uniform_solver_names_the_smallest_uniform_network(resnet20):
+    model, graph, cost, _ = resnet20
+    solver = UniformSolver(graph, cost, group_scores(graph, compute_scores("l1", graph, model)))
+    with pytest.raises(BudgetError, match="below the smallest uniform network"):
+        solver.solve(0.5 * solver.min_macs)

@@ -118,3 +118,25 @@ def test_bad_config_key_and_budget(config, tmp_path):
     legr("rank", str(config), "--out", str(tmp_path / "r3"), "--set", "search.evaluations=6",
          "--set", "eval.latency_repeats=2", "--set", "device=cpu", "--quiet")
     assert "latency_repeats: 2" in (tmp_path / "r3" / "config.yaml").read_text()
+
+
+def test_any_criterion_with_any_allocator(config, tmp_path):
+    """taylor + uniform: no search, members named after the allocator, the ranking file carries the scores."""
+    out = tmp_path / "u"
+    legr("prune", str(config), "--out", str(out), "--set", "allocator=uniform", "--set", "criterion=taylor", "--quiet")
+    assert sorted(p.name for p in (out / "members").iterdir()) == ["uniform-30", "uniform-60"]
+    ranking = json.loads((out / "ranking.json").read_text())
+    assert ranking["allocator"] == "uniform" and ranking["criterion"] == "taylor"
+    assert all(len(layer["scores"]) > 0 for layer in ranking["layers"])
+    assert not (out / "search_state.json").exists() and "rank" in json.loads((out / "timings.json").read_text())
+    plan = json.loads((out / "members" / "uniform-30" / "plan.json").read_text())
+    assert plan["info"]["method"] == "uniform" and plan["info"]["criterion"] == "taylor"
+    proc = legr("prune", str(config), "--out", str(tmp_path / "x"), "--set", "criterion=magic", check=False)
+    assert proc.returncode == 2 and "unknown criterion 'magic'; available: bn_scale, fpgm, l1, l2sq, random, taylor" \
+        in proc.stderr
+    assert "taylor" in legr("methods").stdout
+
+
+def test_compare_refuses_a_run_config(config, tmp_path):
+    proc = legr("compare", str(config), "--out", str(tmp_path / "c"), check=False)
+    assert proc.returncode == 2 and "missing config key 'compare'" in proc.stderr

@@ -1,14 +1,17 @@
-"""The ranking artifact: the affine transform, JSON round trip, and refusal on another network."""
+"""The ranking artifact: the affine transform, stored scores, allocator, JSON round trip, refusal on another network."""
+
+import json
 
 import numpy as np
 import pytest
 
+from legr.allocate import UniformSolver
 from legr.cost import CostModel
-from legr.criteria import get_criterion
+from legr.criteria import compute_scores, group_scores
 from legr.errors import LegrError
 from legr.graph import analyze
 from legr.models import build_model
-from legr.ranking import Ranking, model_fingerprint, ranked_layers
+from legr.ranking import Ranking, learn_ranking, model_fingerprint, ranked_layers, stored_scores
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +25,7 @@ def test_identity_is_plain_global_l2_ranking(resnet20):
     layers = ranked_layers(graph)
     assert len(layers) == 19  # stem + 18 block convs; the classifier is not prunable
     scores = Ranking.identity(layers).group_scores(graph, model)
-    raw = get_criterion("l2sq")(graph, model)
+    raw = compute_scores("l2sq", graph, model)
     chain = graph.group_by_name["conv1"]
     expected = np.zeros(chain.size)
     for name in chain.producers:
@@ -61,3 +64,41 @@ def test_round_trip_and_mismatch(tmp_path, resnet20):
     (tmp_path / "bad.json").write_text('{"layers": 3}')
     with pytest.raises(LegrError, match="not a valid ranking"):
         Ranking.load(tmp_path / "bad.json")
+
+
+def test_scores_travel_with_the_ranking(tmp_path, resnet20):
+    """A ranking stores its criterion scores: a data-dependent cut is reproduced from the file alone, and a
+    version-1 file (no scores) recomputes them from the weights."""
+    model, graph = resnet20
+    layers = ranked_layers(graph)
+    cost = CostModel(graph)
+    rng = np.random.default_rng(1)
+    scores = {name: rng.random(len(graph.layers[name].producer_ids)) for name in layers}
+    r = Ranking.identity(layers, criterion="taylor", allocator="uniform", scores=stored_scores(scores, layers))
+    r.save(tmp_path / "ranking.json")
+    loaded = Ranking.load(tmp_path / "ranking.json")
+    assert loaded == r and loaded.allocator == "uniform"
+    target = 0.5 * cost.base_macs
+    np.testing.assert_array_equal(loaded.solver(graph, cost, model).solve(target),
+                                  UniformSolver(graph, cost, group_scores(graph, scores)).solve(target))
+
+    data = json.loads(r.to_json())
+    data.update(version=1, allocator=None, criterion="l2sq")
+    del data["allocator"]
+    for layer in data["layers"]:
+        del layer["scores"]
+    (tmp_path / "v1.json").write_text(json.dumps(data))
+    old = Ranking.load(tmp_path / "v1.json")
+    assert old.allocator == "legr" and not old.scores
+    np.testing.assert_allclose(old.layer_scores(graph, model)["conv1"], compute_scores("l2sq", graph, model)["conv1"])
+
+    data["allocator"] = "halving"
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(LegrError, match="unknown allocator 'halving'"):
+        Ranking.load(tmp_path / "bad.json")
+
+
+def test_only_searching_allocators_learn(resnet20):
+    model, graph = resnet20
+    with pytest.raises(LegrError, match="allocator 'uniform' learns nothing"):
+        learn_ranking(model, graph, lambda net, i: 0.0, 1e6, allocator="uniform")

@@ -118,6 +118,33 @@ def run(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: Quiet
 
 
 @app.command()
+def methods() -> None:
+    """List the filter criteria and budget allocators (any criterion combines with any allocator)."""
+    from legr.allocate import ALLOCATORS
+    from legr.criteria import SUMMARIES
+
+    table = Table("kind", "name", "description")
+    for name, summary in sorted(SUMMARIES.items()):
+        table.add_row("criterion", name, summary)
+    for name, allocator in ALLOCATORS.items():
+        table.add_row("allocator", name, allocator.description)
+    Console().print(table)
+
+
+@app.command()
+def compare(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Compare methods under equal budgets (same network, splits, targets, fine-tuning, seeds); see configs/compare_*."""
+    from legr.compare import Comparison
+    from legr.config import CompareConfig, load_config
+
+    cfg = load_config(config, _overrides(set_), schema=CompareConfig)
+    folder = out or Path("runs") / config.stem
+    Comparison(cfg, folder, progress=not quiet, log=lambda m: console.print(m, highlight=False)).run()
+    typer.echo((folder / "summary.md").read_text())
+    console.print(f"plots: {folder / 'accuracy_vs_macs.png'}  {folder / 'widths.png'}")
+
+
+@app.command()
 def demo(out: OutOpt = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
     """The whole pipeline on scikit-learn's bundled digits: train a small CNN, learn a ranking, prune to five
     budgets, fine-tune, then print the table and draw the plot (about a minute on 2 idle CPU cores)."""

@@ -31,7 +31,7 @@ from legr.config import CompareConfig, MethodConfig, RunConfig
 from legr.hardware import hardware_label
 from legr.latency import measure_interleaved
 from legr.paths import atomic_write_text
-from legr.pipeline import Pipeline
+from legr.pipeline import Pipeline, member_name
 from legr.plan import Plan
 from legr.report import plot_method_curves, plot_widths
 
@@ -205,8 +205,8 @@ class Comparison:
         original = {name: len(graph.layers[name].producer_ids) for name in layers}
         per_method = {}
         for m in self.spec.methods:
-            plan_path = self.out / f"seed{self.spec.seeds[0]}" / m.name / "members" / \
-                f"{m.allocator}-{round(target * 100)}" / "plan.json"
+            plan_path = self.out / f"seed{self.spec.seeds[0]}" / m.name / "members" / member_name(m.allocator, target) \
+                / "plan.json"
             if not plan_path.exists():
                 continue
             keep = Plan.load(plan_path).keep_vector(graph)

@@ -34,6 +34,7 @@ from legr.allocate import Floors, get_allocator
 from legr.artifacts import load_pruned, save_pruned
 from legr.config import RunConfig, TrainConfig, artifact_config, dump_config, parse_config
 from legr.cost import CostModel, count_params
+from legr.criteria import CriterionContext, compute_scores
 from legr.data import TensorLoader, load_dataset, split_train_val
 from legr.errors import ConfigError
 from legr.graph import analyze
@@ -42,7 +43,6 @@ from legr.latency import measure_interleaved
 from legr.models import build_model, load_checkpoint, save_state_dict
 from legr.paths import atomic_write_text
 from legr.plan import Plan
-from legr.criteria import CriterionContext, compute_scores
 from legr.ranking import Ranking, learn_ranking, model_fingerprint, ranked_layers, stored_scores
 from legr.report import config_hash, format_table, plot_pareto, read_results, write_results
 from legr.search import EvolutionConfig
@@ -67,6 +67,11 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' requested but CUDA is not available")
     return torch.device(name)
+
+
+def member_name(allocator: str, target: float) -> str:
+    """A family member's folder name, e.g. ``legr-47`` for the 47% MACs target."""
+    return f"{allocator}-{round(target * 100)}"
 
 
 def finetune_config(cfg: TrainConfig, seed: int) -> FinetuneConfig:
@@ -142,7 +147,8 @@ class Pipeline:
 
     @contextmanager
     def _timed(self, step: str) -> Iterator[None]:
-        """Add this step's wall seconds to timings.json (steps found finished on disk add nothing)."""
+        """Add this step's wall seconds to timings.json once it succeeds (steps found finished on disk add nothing; a
+        step killed midway and resumed counts only its last part)."""
         start = time.perf_counter()
         yield
         path = self.out / "timings.json"
@@ -212,7 +218,7 @@ class Pipeline:
                 "input_size": list(self.data.input_size), "weights": m.weights, "dataset": self.cfg.data.name}
 
     def member_dirs(self) -> list[Path]:
-        return [self.out / "members" / f"{self.cfg.allocator}-{round(t * 100)}" for t in sorted(self.cfg.targets)]
+        return [self.out / "members" / member_name(self.cfg.allocator, t) for t in sorted(self.cfg.targets)]
 
     def prune(self) -> list[Path]:
         ranking = self.rank()

@@ -34,11 +34,12 @@ class CriterionContext:
 
 Criterion = Callable[[ChannelGraph, nn.Module, CriterionContext], dict[str, np.ndarray]]
 CRITERIA: dict[str, Criterion] = {}
+SUMMARIES: dict[str, str] = {}  # one line per criterion, for `legr methods`
 
 
-def register_criterion(name: str) -> Callable[[Criterion], Criterion]:
+def register_criterion(name: str, summary: str) -> Callable[[Criterion], Criterion]:
     def deco(fn: Criterion) -> Criterion:
-        CRITERIA[name] = fn
+        CRITERIA[name], SUMMARIES[name] = fn, summary
         return fn
 
     return deco
@@ -68,13 +69,13 @@ def _per_filter(graph: ChannelGraph, module: nn.Module, score: Callable[[torch.T
     return scores
 
 
-@register_criterion("l1")
+@register_criterion("l1", "L1 norm of the filter (Li et al. 2017)")
 def l1_norm(graph: ChannelGraph, module: nn.Module, context: CriterionContext) -> dict[str, np.ndarray]:
     """L1 norm of each output filter (Li et al. 2017)."""
     return _per_filter(graph, module, lambda w: w.abs().sum(1))
 
 
-@register_criterion("l2sq")
+@register_criterion("l2sq", "squared L2 norm of the filter (LeGR)")
 def squared_l2_norm(graph: ChannelGraph, module: nn.Module, context: CriterionContext) -> dict[str, np.ndarray]:
     """Squared L2 norm of each output filter (LeGR's criterion)."""
     return _per_filter(graph, module, lambda w: w.pow(2).sum(1))
@@ -98,7 +99,7 @@ def _norm_after(graph: ChannelGraph) -> dict[str, str]:
     return out
 
 
-@register_criterion("bn_scale")
+@register_criterion("bn_scale", "|gamma| of the following batch norm (network slimming, Liu et al. 2017)")
 def bn_scale(graph: ChannelGraph, module: nn.Module, context: CriterionContext) -> dict[str, np.ndarray]:
     """|gamma| of the batch norm right after each producer (network slimming, Liu et al. 2017)."""
     norms = _norm_after(graph)
@@ -113,14 +114,14 @@ def bn_scale(graph: ChannelGraph, module: nn.Module, context: CriterionContext) 
                 for name in producers}
 
 
-@register_criterion("fpgm")
+@register_criterion("fpgm", "distance to the layer's other filters (FPGM, He et al. 2019)")
 def geometric_median_distance(graph: ChannelGraph, module: nn.Module, context: CriterionContext) -> dict[str, np.ndarray]:
     """Sum of Euclidean distances from each filter to the other filters of its layer (FPGM, He et al. 2019):
     filters near the layer's geometric median are the most replaceable, so they score lowest."""
     return _per_filter(graph, module, lambda w: torch.cdist(w, w).sum(1))
 
 
-@register_criterion("random")
+@register_criterion("random", "seeded uniform random scores (control)")
 def random_scores(graph: ChannelGraph, module: nn.Module, context: CriterionContext) -> dict[str, np.ndarray]:
     """Uniform random scores from ``context.seed`` (the control every criterion should beat)."""
     rng = np.random.default_rng(context.seed)
@@ -128,7 +129,7 @@ def random_scores(graph: ChannelGraph, module: nn.Module, context: CriterionCont
             if graph.layers[name].producer_ids is not None}
 
 
-@register_criterion("taylor")
+@register_criterion("taylor", "first-order Taylor: (activation x gradient)^2 on training batches (Molchanov 2019)")
 def taylor(graph: ChannelGraph, module: nn.Module, context: CriterionContext) -> dict[str, np.ndarray]:
     """First-order Taylor importance (Molchanov et al. 2019): per batch, the squared sum over the batch and positions of
     activation x gradient of the loss, at the batch norm right after a producer (else at its output), averaged over
@@ -142,7 +143,7 @@ def taylor(graph: ChannelGraph, module: nn.Module, context: CriterionContext) ->
     params = {name: [p for p in (m.weight, getattr(m, "bias", None)) if p is not None] for name, m in gated.items()}
     flat = [p for ps in params.values() for p in ps]
     totals = {name: np.zeros(len(graph.layers[name].producer_ids)) for name in producers}
-    was_training = module.training
+    modes = {m: m.training for m in module.modules()}
     module.eval()  # batch statistics and running buffers stay as they are
     n = 0
     try:
@@ -156,7 +157,8 @@ def taylor(graph: ChannelGraph, module: nn.Module, context: CriterionContext) ->
                         totals[name] += total.double().pow(2).cpu().numpy()
             n += 1
     finally:
-        module.train(was_training)
+        for m, mode in modes.items():
+            m.training = mode
     if n == 0:
         raise LegrError("criterion 'taylor' got no training batches")
     return {name: t / n for name, t in totals.items()}

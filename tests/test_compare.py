@@ -1,0 +1,111 @@
+"""Methods under equal budgets (legr.compare) on the bundled digits: one shared source network, every method x seed x
+target pruned and fine-tuned alike, the aggregates equal to the per-run figures, pipeline cost measured."""
+
+import json
+import statistics
+
+import pytest
+import yaml
+
+from legr.compare import Comparison
+from legr.config import CompareConfig, parse_config
+from legr.errors import ConfigError
+from legr.plan import Plan
+
+CONFIG = """
+model: {name: digits_cnn, weights: null}
+data: {name: digits, val_size: 200}
+base_training: {epochs: 10, lr: 0.05, batch_size: 64, augment: false}
+search: {population: 3, sample: 2, evaluations: 5, tau: 0, batch_size: 64}
+targets: [0.4, 0.7]
+finetune: {epochs: 1, batch_size: 64, augment: false}
+criterion_batches: 2
+eval: {latency_repeats: 2, latency_warmup: 1, latency_rounds: 1, latency_batch_sizes: [1, 8], threads: 1}
+compare:
+  seeds: [0, 1]
+  pipeline_cost: lcp
+  methods:
+    - {name: uniform-l1, criterion: l1, allocator: uniform}
+    - {name: taylor, criterion: taylor, allocator: global}
+    - {name: lcp, criterion: l2sq, allocator: lcp}
+"""
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    cfg = parse_config(yaml.safe_load(CONFIG), schema=CompareConfig)
+    return out, Comparison(cfg, out, progress=False, log=lambda m: None).run()
+
+
+def test_every_method_seed_and_target_is_run_on_the_same_source(comparison):
+    out, result = comparison
+    runs = result["runs"]
+    base = [r for r in runs if r["method"] == "baseline"]
+    assert len(base) == 1 and base[0]["top1"] > 0.6  # one source network, evaluated once
+    members = [r for r in runs if r["method"] != "baseline"]
+    assert sorted((r["method"], r["seed"], r["target"]) for r in members) == sorted(
+        (m, s, t) for m in ("uniform-l1", "taylor", "lcp") for s in (0, 1) for t in (0.4, 0.7))
+    for r in members:
+        assert r["macs"] <= r["target"] * base[0]["macs"] and r["latency_cpu_b1_ms"] > 0
+        assert r["top1_before_ft"] is not None and r["finetune_epochs"] == 1
+    source = str((out / "source" / "base" / "model.safetensors").resolve())
+    for folder in out.glob("seed*/*"):
+        assert yaml.safe_load((folder / "config.yaml").read_text())["model"]["weights"] == source
+    # a deterministic criterion with a uniform allocator cuts the same network whatever the seed
+    plans = [Plan.load(out / f"seed{s}" / "uniform-l1" / "members" / "uniform-40" / "plan.json").keep for s in (0, 1)]
+    assert plans[0] == plans[1]
+
+
+def test_summary_is_the_mean_and_std_of_the_runs(comparison):
+    _, result = comparison
+    for entry in result["summary"]:
+        if entry["method"] == "baseline":
+            continue
+        mine = [r for r in result["runs"] if r["method"] == entry["method"] and r["target"] == entry["target"]]
+        assert entry["n"] == len(mine) == 2
+        assert entry["top1"] == pytest.approx(statistics.fmean(r["top1"] for r in mine))
+        assert entry["top1_std"] == pytest.approx(statistics.stdev(r["top1"] for r in mine))
+        assert entry["top1_before_ft_std"] == pytest.approx(statistics.stdev(r["top1_before_ft"] for r in mine))
+        assert entry["macs"] == pytest.approx(statistics.fmean(r["macs"] for r in mine))
+
+
+def test_family_times_pipeline_cost_and_widths(comparison):
+    out, result = comparison
+    assert all(t["mean_s"] > 0 for t in result["family_time_s"].values())
+    pc = result["pipeline_cost"]
+    timings = json.loads((out / "seed0" / "lcp" / "timings.json").read_text())
+    assert pc["search_s"]["0.4"] == timings["rank"]  # the family's own search, at the lowest target
+    assert pc["search_s"]["0.7"] == json.loads((out / "per_target" / "lcp-70" / "timings.json").read_text())["rank"]
+    assert pc["search_ratio"] == pytest.approx(sum(pc["search_s"].values()) / timings["rank"])
+    assert 1 < pc["pipeline_ratio"] < pc["search_ratio"]
+    w = result["widths"]
+    assert w["target"] == 0.7 and set(w["methods"]) == {"uniform-l1", "taylor", "lcp"}
+    for widths in w["methods"].values():
+        assert all(0 < widths[n] <= w["original"][n] for n in w["layers"])
+    summary = (out / "summary.md").read_text()
+    assert "| lcp | 70% |" in summary and "Search time ratio" in summary
+    for name in ("accuracy_vs_macs.png", "widths.png"):
+        assert (out / name).stat().st_size > 10_000
+
+
+def test_rerun_finds_everything_done(comparison):
+    out, result = comparison
+    cfg = parse_config(yaml.safe_load(CONFIG), schema=CompareConfig)
+    again = Comparison(cfg, out, progress=False, log=lambda m: None).run()
+    assert again["runs"] == result["runs"] and again["family_time_s"] == result["family_time_s"]
+
+
+def test_compare_config_errors():
+    data = yaml.safe_load(CONFIG)
+    data["compare"]["methods"].append({"name": "lcp", "criterion": "l1", "allocator": "global"})
+    with pytest.raises(ConfigError, match="method names must be unique, repeated: \\['lcp'\\]"):
+        parse_config(data, schema=CompareConfig)
+    data = yaml.safe_load(CONFIG)
+    data["compare"]["pipeline_cost"] = "legr"
+    with pytest.raises(ConfigError, match="pipeline_cost names 'legr', which is not a method"):
+        parse_config(data, schema=CompareConfig)
+    data = yaml.safe_load(CONFIG)
+    data["compare"]["methods"][0]["allocator"] = "halving"
+    with pytest.raises(ConfigError, match="'compare.methods.0.allocator': unknown allocator 'halving'"):
+        parse_config(data, schema=CompareConfig)
