@@ -33,7 +33,7 @@ from legr.latency import measure_interleaved
 from legr.paths import atomic_write_text
 from legr.pipeline import Pipeline, member_name
 from legr.plan import Plan
-from legr.report import plot_method_curves, plot_widths
+from legr.report import RESULTS_JSON, plot_method_curves, plot_widths, read_results
 
 
 @dataclass(frozen=True)
@@ -71,11 +71,10 @@ class Comparison:
             update={"epochs": 0})})
 
     def _config(self, source: RunConfig, method: MethodConfig, seed: int, **search: Any) -> RunConfig:
-        update: dict[str, Any] = {"criterion": method.criterion, "allocator": method.allocator, "seed": seed,
-                                  "eval": source.eval.model_copy(update={"latency": False})}
-        if search:
-            update["search"] = source.search.model_copy(update=search)
-        return source.model_copy(update=update)
+        return source.model_copy(update={
+            "criterion": method.criterion, "allocator": method.allocator, "seed": seed,
+            "search": self.cfg.method_search(method).model_copy(update=search),
+            "eval": source.eval.model_copy(update={"latency": False})})
 
     def runs(self) -> list[RunRef]:
         return [RunRef(m, s, self.out / f"seed{s}" / m.name) for s in self.spec.seeds for m in self.spec.methods]
@@ -90,7 +89,8 @@ class Comparison:
             self.log(f"[seed {ref.seed}] {ref.method.name} ({ref.method.criterion} + {ref.method.allocator})")
             pipeline = self._pipeline(self._config(source, ref.method, ref.seed), ref.folder)
             first = first or pipeline
-            for row in pipeline.evaluate(baseline=not rows):
+            evaluated = (ref.folder / RESULTS_JSON).exists()  # written last, so the run folder is complete
+            for row in read_results(ref.folder) if evaluated else pipeline.evaluate(baseline=not rows):
                 if row["method"] != "baseline":
                     row = {**row, "method": ref.method.name, "allocator": row["method"]}
                 rows.append({**row, "run": str(ref.folder.relative_to(self.out))})

@@ -136,6 +136,8 @@ class MethodConfig(_Strict):
     name: str = Field(description="label in tables and plots, e.g. legr-l2sq")
     criterion: str = "l2sq"
     allocator: str = "legr"
+    search: dict[str, Any] = Field(default_factory=dict, description="this method's changes to the shared search "
+                                                                     "section, e.g. {tau: 50}")
 
     _known_criterion = field_validator("criterion")(RunConfig._known_criterion.__func__)
     _known_allocator = field_validator("allocator")(RunConfig._known_allocator.__func__)
@@ -165,18 +167,35 @@ class CompareConfig(RunConfig):
 
     compare: CompareSection
 
+    @model_validator(mode="after")
+    def _check_search_overrides(self) -> "CompareConfig":
+        for i, m in enumerate(self.compare.methods):
+            try:
+                self.method_search(m)
+            except ValidationError as exc:
+                raise ValueError(_explain(exc, ("compare", "methods", i, "search"))) from None
+        return self
+
+    def method_search(self, method: MethodConfig) -> SearchConfig:
+        """The search settings ``method`` runs with: the shared ones, changed by its ``search`` entries."""
+        return SearchConfig.model_validate({**self.search.model_dump(), **method.search}) if method.search \
+            else self.search
+
     def run_config(self) -> RunConfig:
         return RunConfig.model_validate(self.model_dump(exclude={"compare"}))
 
 
-def _explain(exc: ValidationError) -> str:
+def _explain(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> str:
     err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "config"
+    msg = err["msg"].removeprefix("Value error, ")
+    if not prefix and not err["loc"]:
+        return msg  # a whole-config check: its message names the keys
+    where = ".".join(str(p) for p in (*prefix, *err["loc"]))
     if err["type"] == "extra_forbidden":
         return f"unknown config key '{where}'"
     if err["type"] == "missing":
         return f"missing config key '{where}'"
-    return f"config key '{where}': {err['msg'].removeprefix('Value error, ')}"
+    return f"config key '{where}': {msg}"
 
 
 def parse_config(data: Any, overrides: dict[str, Any] | None = None, schema: type[RunConfig] = RunConfig) -> Any:
