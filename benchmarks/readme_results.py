@@ -162,7 +162,8 @@ def compare(folder: str) -> Callable[[], list[str]]:
                f"{'SGD steps' if steps else 'epochs'} per network; lcp/legr search with population {s['population']}, "
                f"sample {s['sample']}, {s['evaluations']} candidates, tau {s['tau']}, at {100 * targets[0]:.0f}% MACs, "
                f"fitness on {c['data']['val_size']} held-out training images. Test top-1 % on the 10,000 CIFAR-10-JPEG "
-               f"test images; latency {d['hardware']}, {c['eval']['threads'] or 'all'} thread(s). Family time = rank + "
+               f"test images. Hardware: {d['hardware']}; latency timed on {c['eval']['threads'] or 'all'} thread(s). "
+               f"Family time = rank + "
                f"prune + fine-tune of all {len(targets)} networks. Full table (MACs, params, CPU latency b1/b64): "
                f"`benchmarks/results/{folder}/summary.md`.", "", *_table(head, rows)]
         if pc:
