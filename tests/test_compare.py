@@ -106,6 +106,10 @@ def test_compare_config_errors():
     with pytest.raises(ConfigError, match="pipeline_cost names 'legr', which is not a method"):
         parse_config(data, schema=CompareConfig)
     data = yaml.safe_load(CONFIG)
+    data["compare"]["pipeline_cost"] = "taylor"
+    with pytest.raises(ConfigError, match="'taylor', whose allocator searches nothing"):
+        parse_config(data, schema=CompareConfig)
+    data = yaml.safe_load(CONFIG)
     data["compare"]["methods"][0]["allocator"] = "halving"
     with pytest.raises(ConfigError, match="'compare.methods.0.allocator': unknown allocator 'halving'"):
         parse_config(data, schema=CompareConfig)

@@ -121,7 +121,7 @@ class Comparison:
         seed = self.spec.seeds[0]
         main = self.out / f"seed{seed}" / name
         timings = json.loads((main / "timings.json").read_text())
-        search_target = source.search.target or self.targets[0]
+        search_target = self.cfg.method_search(method).target or self.targets[0]
         searches = {}
         for t in self.targets:
             if abs(t - search_target) < 1e-9:

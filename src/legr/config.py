@@ -7,12 +7,32 @@ these typed objects or plain arguments.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from legr.errors import ConfigError
+
+
+def _known_criterion(name: str) -> str:
+    from legr.criteria import CRITERIA
+
+    if name not in CRITERIA:
+        raise ValueError(f"unknown criterion '{name}'; available: {', '.join(sorted(CRITERIA))}")
+    return name
+
+
+def _known_allocator(name: str) -> str:
+    from legr.allocate import ALLOCATORS
+
+    if name not in ALLOCATORS:
+        raise ValueError(f"unknown allocator '{name}'; available: {', '.join(sorted(ALLOCATORS))}")
+    return name
+
+
+CriterionName = Annotated[str, AfterValidator(_known_criterion)]  # a name registered in legr.criteria
+AllocatorName = Annotated[str, AfterValidator(_known_allocator)]  # a name registered in legr.allocate
 
 
 class _Strict(BaseModel):
@@ -88,9 +108,9 @@ class EvalConfig(_Strict):
 class RunConfig(_Strict):
     model: ModelConfig
     data: DataConfig = DataConfig()
-    criterion: str = Field("l2sq", description="filter criterion (see `legr methods`)")
+    criterion: CriterionName = Field("l2sq", description="filter criterion (see `legr methods`)")
     criterion_batches: int = Field(8, ge=1, description="training batches seen by data-dependent criteria (taylor)")
-    allocator: str = Field("legr", description="budget allocator: uniform, global, lcp or legr (see `legr methods`)")
+    allocator: AllocatorName = Field("legr", description="budget allocator: uniform, global, lcp or legr (`legr methods`)")
     floors: FloorsConfig = FloorsConfig()
     base_training: TrainConfig = TrainConfig(epochs=0)
     search: SearchConfig = SearchConfig()
@@ -107,23 +127,6 @@ class RunConfig(_Strict):
             raise ValueError(f"targets must be MACs fractions in (0, 1], got {bad}")
         return self
 
-    @field_validator("criterion")
-    @classmethod
-    def _known_criterion(cls, name: str) -> str:
-        from legr.criteria import CRITERIA
-
-        if name not in CRITERIA:
-            raise ValueError(f"unknown criterion '{name}'; available: {', '.join(sorted(CRITERIA))}")
-        return name
-
-    @field_validator("allocator")
-    @classmethod
-    def _known_allocator(cls, name: str) -> str:
-        from legr.allocate import ALLOCATORS
-
-        if name not in ALLOCATORS:
-            raise ValueError(f"unknown allocator '{name}'; available: {', '.join(sorted(ALLOCATORS))}")
-        return name
 
     @property
     def search_target(self) -> float:
@@ -134,13 +137,10 @@ class MethodConfig(_Strict):
     """One compared method: a criterion cut by an allocator (any pair is valid)."""
 
     name: str = Field(description="label in tables and plots, e.g. legr-l2sq")
-    criterion: str = "l2sq"
-    allocator: str = "legr"
+    criterion: CriterionName = "l2sq"
+    allocator: AllocatorName = "legr"
     search: dict[str, Any] = Field(default_factory=dict, description="this method's changes to the shared search "
                                                                      "section, e.g. {tau: 50}")
-
-    _known_criterion = field_validator("criterion")(RunConfig._known_criterion.__func__)
-    _known_allocator = field_validator("allocator")(RunConfig._known_allocator.__func__)
 
 
 class CompareSection(_Strict):
@@ -157,8 +157,14 @@ class CompareSection(_Strict):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"method names must be unique, repeated: {dup}")
-        if self.pipeline_cost is not None and self.pipeline_cost not in names:
-            raise ValueError(f"pipeline_cost names '{self.pipeline_cost}', which is not a method ({', '.join(names)})")
+        if self.pipeline_cost is not None:
+            if self.pipeline_cost not in names:
+                raise ValueError(f"pipeline_cost names '{self.pipeline_cost}', which is not a method ({', '.join(names)})")
+            from legr.allocate import ALLOCATORS
+
+            if ALLOCATORS[self.methods[names.index(self.pipeline_cost)].allocator].search is None:
+                raise ValueError(f"pipeline_cost names '{self.pipeline_cost}', whose allocator searches nothing "
+                                 "(use an lcp or legr method)")
         return self
 
 

@@ -139,8 +139,13 @@ def taylor(graph: ChannelGraph, module: nn.Module, context: CriterionContext) ->
         raise LegrError("criterion 'taylor' needs training batches (it scores filters by activation x gradient)")
     norms = _norm_after(graph)
     producers = [name for name in graph.layers if graph.layers[name].producer_ids is not None]
-    gated = {name: module.get_submodule(norms.get(name, name)) for name in producers}
-    params = {name: [p for p in (m.weight, getattr(m, "bias", None)) if p is not None] for name, m in gated.items()}
+
+    def gate(name: str) -> nn.Module:  # the batch norm after the layer when it has affine parameters, else the layer
+        norm = module.get_submodule(norms[name]) if name in norms else None
+        return norm if norm is not None and norm.weight is not None else module.get_submodule(name)
+
+    params = {name: [p for p in (gate(name).weight, getattr(gate(name), "bias", None)) if p is not None]
+              for name in producers}
     flat = [p for ps in params.values() for p in ps]
     totals = {name: np.zeros(len(graph.layers[name].producer_ids)) for name in producers}
     modes = {m: m.training for m in module.modules()}
@@ -148,13 +153,12 @@ def taylor(graph: ChannelGraph, module: nn.Module, context: CriterionContext) ->
     n = 0
     try:
         for x, y in context.batches():
-            grads = torch.autograd.grad(F.cross_entropy(module(x), y), flat, allow_unused=True)
-            found = dict(zip(map(id, flat), grads))
+            grads = torch.autograd.grad(F.cross_entropy(module(x), y), flat, allow_unused=True, materialize_grads=True)
+            grad_of = dict(zip(map(id, flat), grads))
             with torch.no_grad():
                 for name, ps in params.items():
-                    total = sum((p * found[id(p)]).reshape(p.shape[0], -1).sum(1) for p in ps if found[id(p)] is not None)
-                    if isinstance(total, torch.Tensor):
-                        totals[name] += total.double().pow(2).cpu().numpy()
+                    total = sum((p * grad_of[id(p)]).reshape(p.shape[0], -1).sum(1) for p in ps)
+                    totals[name] += total.double().pow(2).cpu().numpy()
             n += 1
     finally:
         for m, mode in modes.items():
