@@ -33,6 +33,7 @@ from legr.latency import measure_interleaved
 from legr.paths import atomic_write_text
 from legr.pipeline import Pipeline, member_name
 from legr.plan import Plan
+from legr.ranking import ranked_layers
 from legr.report import RESULTS_JSON, plot_method_curves, plot_widths, read_results
 
 
@@ -127,7 +128,7 @@ class Comparison:
             if abs(t - search_target) < 1e-9:
                 searches[t] = timings["rank"]  # the family's own search is exactly this target's search
                 continue
-            folder = self.out / "per_target" / f"{name}-{round(t * 100)}"
+            folder = self.out / "per_target" / member_name(name, t)
             cfg = self._config(source, method, seed, target=t).model_copy(update={"targets": (t,)})
             self.log(f"[pipeline cost] {name}: searching separately at {t:.0%} MACs")
             pipeline = self._pipeline(cfg, folder)
@@ -200,8 +201,7 @@ class Comparison:
         """Channels kept per prunable producer layer at the width target, per method (first seed)."""
         target = self.spec.width_target or self.targets[len(self.targets) // 2]
         graph = first.graph
-        layers = [name for name, layer in graph.layers.items() if layer.producer_ids is not None
-                  and any(name in g.producers for g in graph.prunable_groups())]
+        layers = ranked_layers(graph)
         original = {name: len(graph.layers[name].producer_ids) for name in layers}
         per_method = {}
         for m in self.spec.methods:

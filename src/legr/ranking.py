@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from legr.allocate import BudgetSolver, Floors, GlobalSolver, get_allocator
+from legr.allocate import BudgetSolver, Floors, get_allocator
 from legr.cost import CostModel
 from legr.criteria import compute_scores, group_scores
 from legr.errors import LegrError
@@ -162,20 +162,20 @@ def learn_ranking(
     fine-tuning steps). ``scores`` are the criterion's per-filter scores (default: computed from the weights);
     ``allocator`` "lcp" learns only the offsets. Resumable through ``state_path``.
     """
-    kind = get_allocator(allocator).search
-    if kind is None:
+    spec = get_allocator(allocator)
+    if spec.search is None:
         raise LegrError(f"allocator '{allocator}' learns nothing; use `Ranking.identity` for it")
     cost = CostModel(graph)
     layers = ranked_layers(graph)
     scores = dict(scores) if scores is not None else compute_scores(criterion, graph, model)
     space = AffineSpace(layers, layer_score_std(scores, layers), mutate_fraction=mutate_fraction,
-                        learn_alpha=kind == "affine")
+                        learn_alpha=spec.search == "affine")
     index = {name: i for i, name in enumerate(layers)}
-    GlobalSolver(graph, cost, group_scores(graph, scores), floors).solve(target_macs)  # fail early if unreachable
+    spec.solver(graph, cost, group_scores(graph, scores), floors).solve(target_macs)  # fail early if unreachable
 
     def evaluate(candidate, i: int) -> float:
         transformed = group_scores(graph, scores, lambda name, v: candidate.apply(index[name], v))
-        return fitness(prune(graph, GlobalSolver(graph, cost, transformed, floors).solve(target_macs)), i)
+        return fitness(prune(graph, spec.solver(graph, cost, transformed, floors).solve(target_macs)), i)
 
     result = aging_evolution(space, evaluate, search, state_path=state_path, log_path=log_path, progress=progress)
     return Ranking(
