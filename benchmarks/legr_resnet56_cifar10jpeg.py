@@ -53,8 +53,9 @@ def main() -> None:
         "",
         f"Budget: source adapted {cfg.base_training.epochs} epochs on the JPEG training images; search "
         f"{cfg.search.evaluations} candidates (population {cfg.search.population}, sample {cfg.search.sample}, "
-        f"tau {cfg.search.tau}) at {cfg.search_target:.0%} MACs with fitness = loss on {cfg.data.val_size} held-out "
-        f"training images; {cfg.finetune.epochs} fine-tuning epochs per network; seed {cfg.seed}. "
+        f"tau {cfg.search.tau}, adaptive-BN batches {cfg.search.bn_batches}) at "
+        f"{', '.join(f'{t:.0%}' for t in cfg.search_targets)} MACs with fitness = {cfg.search.fitness} on "
+        f"{cfg.data.val_size} held-out training images; {cfg.finetune.epochs} fine-tuning epochs per network; seed {cfg.seed}. "
         f"Test set: the 10,000 CIFAR-10-JPEG test images (used for nothing but these figures). "
         f"Hardware (evaluation and latency): {rows[0]['hardware']}. Top-1 before fine-tuning is in results.csv."
         + (f" {args.note}" if args.note else ""),

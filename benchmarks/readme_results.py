@@ -105,7 +105,7 @@ def legr_run(folder: str, title: str) -> Callable[[], list[str]]:
                 "CPU b1 ms", "CPU b64 ms"]
         return [f"**{title}** — akamaster ResNet-56 adapted {cfg['base_training']['epochs']} epochs to CIFAR-10-JPEG; "
                 f"search: population {s['population']}, sample {s['sample']}, {s['evaluations']} candidates, tau {s['tau']}, "
-                f"at {100 * (s['target'] or min(cfg['targets'])):.0f}% MACs, fitness = loss on {cfg['data']['val_size']} "
+                f"at {100 * (s['target'] or min(cfg['targets'])):.0f}% MACs, fitness = {s.get('fitness', 'loss')} on {cfg['data']['val_size']} "
                 f"held-out training images; {ft['epochs']} fine-tuning epochs per network; seed {cfg['seed']}; "
                 f"test = the 10,000 CIFAR-10-JPEG test images; latency on {base['hardware']}. "
                 f"Details: `benchmarks/results/{folder}/README.md`.", ""] + _table(head, table)
@@ -146,26 +146,33 @@ def compare(folder: str) -> Callable[[], list[str]]:
         summary = {(r["method"], r["target"]): r for r in d["summary"]}
         base = summary[("baseline", None)]
         pm = lambda r, k: f"{100 * r[k]:.2f} ± {100 * r[f'{k}_std']:.2f}"  # noqa: E731
+        before = "top1_after_bn" if all(r.get("top1_after_bn") is not None for r in d["summary"] if r["target"]) \
+            else "top1_before_ft"
         rows = []
         for m in c["compare"]["methods"]:
             mine = [summary[(m["name"], t)] for t in targets]
             t = d["family_time_s"][m["name"]]["mean_s"]
-            rows.append([m["name"], *[pm(r, "top1") for r in mine], *[pm(r, "top1_before_ft") for r in mine],
+            rows.append([m["name"], *[pm(r, "top1") for r in mine], *[pm(r, before) for r in mine],
                          f"{t / 60:.1f} min"])
         pct = [f"{100 * t:.0f}%" for t in targets]
-        head = ["method", *[f"top-1 {p} after FT" for p in pct], *[f"{p} before FT" for p in pct], "family time"]
+        label = "after adaptive BN" if before == "top1_after_bn" else "before FT"
+        head = ["method", *[f"top-1 {p} after FT" for p in pct], *[f"{p} {label}" for p in pct], "family time"]
+        fitness = "; ".join(f"{m['name']}: {', '.join(f'{k} {v}' for k, v in m['search'].items())}"
+                            for m in c["compare"]["methods"] if m.get("search"))
         pc = d.get("pipeline_cost")
         out = [f"{d['model']} (akamaster, adapted {c['base_training']['epochs']} epochs) on CIFAR-10-JPEG, seeds "
                f"{', '.join(map(str, d['seeds']))} (mean ± std), source network {100 * base['top1']:.2f}% top-1 "
                f"({base['macs'] / 1e6:.2f}M MACs, CPU b64 {base.get('latency_cpu_b64_ms', float('nan')):.1f} ms). "
                f"Same for every method: splits, targets, {steps or f['epochs']} fine-tuning "
                f"{'SGD steps' if steps else 'epochs'} per network; lcp/legr search with population {s['population']}, "
-               f"sample {s['sample']}, {s['evaluations']} candidates, tau {s['tau']}, at {100 * targets[0]:.0f}% MACs, "
-               f"fitness on {c['data']['val_size']} held-out training images. Test top-1 % on the 10,000 CIFAR-10-JPEG "
-               f"test images. Hardware: {d['hardware']}; latency timed on {c['eval']['threads'] or 'all'} thread(s). "
-               f"Family time = rank + "
-               f"prune + fine-tune of all {len(targets)} networks. Full table (MACs, params, CPU latency b1/b64): "
-               f"`benchmarks/results/{folder}/summary.md`.", "", *_table(head, rows)]
+               f"sample {s['sample']}, {s['evaluations']} candidates at {100 * targets[0]:.0f}% MACs, fitness = "
+               f"validation {s['fitness']} after adaptive BN on {s.get('bn_batches', 0)} training batches, tau "
+               f"{s['tau']}, on {c['data']['val_size']} held-out training images"
+               + (f" (changed per method — {fitness})" if fitness else "") + ". Test top-1 % on the 10,000 "
+               f"CIFAR-10-JPEG test images. Hardware: {d['hardware']}; latency timed on {c['eval']['threads'] or 'all'} "
+               f"thread(s). Family time = rank + prune + fine-tune of all {len(targets)} networks. Full table (MACs, "
+               f"params, CPU latency b1/b64): `benchmarks/results/{folder}/summary.md`.", "", *_table(head, rows)]
+        out += _goal(d, summary, targets)
         if pc:
             out += ["", f"Pipeline cost ({pc['method']}, seed {pc['seed']}): learning once and cutting {len(targets)} "
                     f"targets took {pc['learn_once_s'] / 60:.1f} min; a separate search per target (same search "
@@ -176,6 +183,47 @@ def compare(folder: str) -> Callable[[], list[str]]:
     return block
 
 
+def _goal(d: dict, summary: dict, targets: list[float], name: str = "legr") -> list[str]:
+    """legr (the default) against the best method that is not LeGR, per target (the issue's goal, computed)."""
+    methods = d["config"]["compare"]["methods"]
+    if name not in {m["name"] for m in methods}:
+        return []
+    others = [m["name"] for m in methods if m["allocator"] != "legr"]
+    cells = []
+    for t in targets:
+        best = max(others, key=lambda m: summary[(m, t)]["top1"])
+        mine = summary[(name, t)]
+        cells.append(f"{100 * t:.0f}% MACs: {100 * (mine['top1'] - summary[(best, t)]['top1']):+.2f} points against "
+                     f"{best} (std over seeds {100 * mine['top1_std']:.2f})")
+    return ["", f"**{name} against the best non-LeGR method** (mean top-1 after FT): " + "; ".join(cells) + "."]
+
+
+def fitness() -> list[str]:
+    d = _load("fitness_correlation/fitness_correlation.json")
+    if d is None:
+        return ["Not run yet: `python benchmarks/fitness_correlation.py`."]
+    r = d["recipe"]
+    counts = ", ".join(f"{len(v['candidates'])} candidates at {float(t):.0%}" for t, v in d["targets"].items())
+    out = [f"{d['config']['model']['name']} adapted to CIFAR-10-JPEG (the comparison's source network), {counts} "
+           f"MACs (identity, uniform-equivalent, random transforms, search winners); fitness on {r['val_images']} "
+           f"validation images; ground truth = top-1 on {r['test_images'] or 'all'} random CIFAR-10-JPEG test images "
+           f"after adaptive BN + {r['ft_steps']} fine-tuning steps, seed {r['seed']}; {d['hardware']}. "
+           f"Correlation of each fitness with the ground truth, and the ground truth of the candidate it picks "
+           f"(details and scatter plots: `benchmarks/results/fitness_correlation/summary.md`):", ""]
+    names = list(next(iter(d["targets"].values()))["variants"])
+    head = ["fitness", *[f"{h} {float(t):.0%}" for t in d["targets"] for h in ("Spearman", "pick")], "s/eval"]
+    rows = []
+    for n in names:
+        v = [d["targets"][t]["variants"][n] for t in d["targets"]]
+        cells = [c for x in v for c in ("-" if x["spearman"] is None else f"{x['spearman']:+.2f}",
+                                          f"{100 * x['pick_top1']:.1f}")]
+        rows.append([f"**{n}** (default)" if n == d["default"] else n, *cells,
+                     f"{sum(x['seconds'] for x in v) / len(v):.1f}"])
+    best = [f"{float(t):.0%}: best candidate {100 * max(c['ground_truth_top1'] for c in v['candidates']):.1f}%"
+            for t, v in d["targets"].items()]
+    return out + _table(head, rows) + ["", "Best achievable pick — " + "; ".join(best) + "."]
+
+
 SECTIONS: list[tuple[str, Callable[[], list[str]]]] = [
     ("Engine coverage (`benchmarks/torchvision_tally.py`)", tally),
     ("Does uniform pruning's MACs saving become latency? (`benchmarks/latency_uniform.py`)", latency),
@@ -183,6 +231,7 @@ SECTIONS: list[tuple[str, Callable[[], list[str]]]] = [
     ("LeGR on ResNet-56, CIFAR-10-JPEG (`benchmarks/legr_resnet56_cifar10jpeg.py`)",
      lambda: legr_run("legr_resnet56_cifar10jpeg", "2-core CPU budget")()
      + [""] + legr_run("legr_resnet56_cifar10jpeg_gpu", "GPU budget (training on one H100)")()),
+    ("Which search fitness predicts the fine-tuned network? (`benchmarks/fitness_correlation.py`)", fitness),
     ("Methods under equal budgets (`benchmarks/compare_methods.py`)", compare("compare_resnet20_cifar10jpeg")),
     ("Han et al. 2015 magnitude pruning (`benchmarks/han_mnist.py`, `benchmarks/han_resnet56_cifar10jpeg.py`)", han),
 ]

@@ -14,7 +14,7 @@ TINY = """
 model: {name: digits_cnn, weights: null}
 data: {name: digits, val_size: 200}
 base_training: {epochs: 3, lr: 0.05, batch_size: 64, augment: false}
-search: {population: 6, sample: 3, evaluations: 24, tau: 4, batch_size: 64}
+search: {population: 6, sample: 3, evaluations: 24, tau: 4, batch_size: 64, bn_batches: 4}
 targets: [0.3, 0.6]
 finetune: {epochs: 1, batch_size: 64, augment: false}
 eval: {latency_repeats: 3, latency_warmup: 1, latency_batch_sizes: [1, 8]}
@@ -61,12 +61,14 @@ def test_demo_writes_the_family(tmp_path):
     assert (tmp_path / "m.onnx").stat().st_size > 1000
 
 
-def test_search_resumes_after_sigkill(config, tmp_path):
+@pytest.mark.parametrize("family", [False, True], ids=["one-target", "family-fitness"])
+def test_search_resumes_after_sigkill(config, tmp_path, family):
+    sets = ["--set", "search.targets=[0.3, 0.6]"] if family else []
     reference = tmp_path / "reference"
-    legr("rank", str(config), "--out", str(reference), "--quiet")
+    legr("rank", str(config), "--out", str(reference), "--quiet", *sets)
     killed = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "legr.cli", "rank", str(config), "--out", str(killed), "--quiet"]
+    cmd = [sys.executable, "-m", "legr.cli", "rank", str(config), "--out", str(killed), "--quiet", *sets]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = killed / "search_state.json"
     deadline = time.time() + 120
@@ -81,11 +83,12 @@ def test_search_resumes_after_sigkill(config, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "ranking.json").exists()
-    legr("rank", str(config), "--out", str(killed), "--quiet")
+    legr("rank", str(config), "--out", str(killed), "--quiet", *sets)
     a = json.loads((reference / "ranking.json").read_text())
     b = json.loads((killed / "ranking.json").read_text())
     assert a["layers"] == b["layers"] and a["fingerprint"] == b["fingerprint"]
     assert a["search"]["best_fitness"] == b["search"]["best_fitness"]
+    assert b["search"]["targets"] == ([0.3, 0.6] if family else [0.3])
 
 
 @pytest.mark.parametrize(

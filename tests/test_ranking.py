@@ -1,6 +1,7 @@
 """The ranking artifact: the affine transform, stored scores, allocator, JSON round trip, refusal on another network."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,8 @@ from legr.criteria import compute_scores, group_scores
 from legr.errors import LegrError
 from legr.graph import analyze
 from legr.models import build_model
-from legr.ranking import Ranking, learn_ranking, model_fingerprint, ranked_layers, stored_scores
+from legr.ranking import Ranking, learn_ranking, model_fingerprint, ranked_layers, stored_scores, uniform_transform
+from legr.search import EvolutionConfig
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +104,67 @@ def test_only_searching_allocators_learn(resnet20):
     model, graph = resnet20
     with pytest.raises(LegrError, match="allocator 'uniform' learns nothing"):
         learn_ranking(model, graph, lambda net, i: 0.0, 1e6, allocator="uniform")
+
+
+def _widths(graph, keep):
+    return {n: int(keep[graph.classes(graph.layers[n].producer_ids)].sum()) for n in ranked_layers(graph)}
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_resnet20_b", "cifar_mobilenet_v2"])
+@pytest.mark.parametrize("fraction", [0.3, 0.47, 0.7])
+def test_uniform_transform_cuts_the_uniform_allocation(name, fraction):
+    """The search's uniform seed: its global cut equals uniform pruning's widths, within one channel per layer."""
+    model = build_model(name, pretrained=name == "cifar_resnet20")
+    graph = analyze(model, (3, 32, 32))
+    cost, layers = CostModel(graph), ranked_layers(graph)
+    scores = compute_scores("l2sq", graph, model)
+    target = fraction * cost.base_macs
+    alpha, kappa = uniform_transform(graph, cost, scores, target)
+    assert np.all(alpha == 1.0)  # so LCP's offset-only space holds it too
+    ranking = Ranking(tuple(layers), tuple(alpha), tuple(kappa), scores=stored_scores(scores, layers))
+    cut = ranking.solver(graph, cost, model).solve(target)
+    uniform = UniformSolver(graph, cost, group_scores(graph, scores)).solve(target)
+    a, b = _widths(graph, cut), _widths(graph, uniform)
+    assert max(abs(a[n] - b[n]) for n in layers) <= 1, {n: (a[n], b[n]) for n in layers if a[n] != b[n]}
+    assert cost.macs(cut) <= target
+    identity = Ranking.identity(layers, scores=stored_scores(scores, layers)).solver(graph, cost, model).solve(target)
+    assert sum(abs(_widths(graph, identity)[n] - b[n]) for n in layers) > 2 * len(layers)  # not global by accident
+
+
+def test_search_starts_from_both_baselines_and_scores_every_target(resnet20, tmp_path):
+    """Candidate 0 is the identity (global ranking), candidate 1 the uniform seed; with several targets each candidate
+    prunes once per target (largest budget network last) and its fitness is the mean."""
+    model, graph = resnet20
+    cost = CostModel(graph)
+    targets = [0.3 * cost.base_macs, 0.6 * cost.base_macs]
+    seen: dict[int, list[int]] = {}
+
+    def fitness(net, i):
+        seen.setdefault(i, []).append(sum(p.numel() for p in net.parameters()))
+        return float(seen[i][-1] % 1000)
+
+    search = EvolutionConfig(population=4, sample=2, evaluations=6, seed=0)
+    state = tmp_path / "state.json"
+    learned = learn_ranking(model, graph, fitness, targets, search=search, state_path=state, progress=False)
+    assert sorted(seen) == list(range(6)) and all(len(v) == 2 and v[0] < v[1] for v in seen.values())
+    history = json.loads(state.read_text())["history"]
+    assert [h["fitness"] for h in history] == [np.mean([p % 1000 for p in seen[i]]) for i in range(6)]
+    layers = ranked_layers(graph)
+    scores = compute_scores("l2sq", graph, model)
+    alpha, kappa = uniform_transform(graph, cost, scores, targets[0])
+    assert history[0]["candidate"] == {"alpha": [1.0] * len(layers), "kappa": [0.0] * len(layers)}
+    np.testing.assert_allclose(history[1]["candidate"]["kappa"], kappa)
+    assert learned.search["uniform_fitness"] == history[1]["fitness"] and learned.search["target_macs"] == targets
+
+
+def test_committed_version1_rankings_still_load():
+    """Ranking files written by earlier versions (v1, no stored scores) load and cut the current network."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks/results/legr_resnet56_cifar10jpeg/ranking.json"
+    assert json.loads(path.read_text())["version"] == 1
+    ranking = Ranking.load(path)
+    model = build_model("cifar_resnet56", pretrained=True)
+    graph = analyze(model, (3, 32, 32))
+    ranking.check(graph)
+    cost = CostModel(graph)
+    keep = ranking.solver(graph, cost, model).solve(0.5 * cost.base_macs)
+    assert 0.49 * cost.base_macs < cost.macs(keep) <= 0.5 * cost.base_macs

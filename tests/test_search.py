@@ -319,3 +319,19 @@ def test_mismatched_state_raises(tmp_path):
     state.write_text("{not json")
     with pytest.raises(ConfigError, match="delete it"):
         aging_evolution(make_space(), toy_fitness, cfg, state_path=state, progress=False)
+
+
+def test_initial_candidates_follow_the_identity(tmp_path):
+    space = make_space()
+    seeds = [AffineTransform(TARGET_ALPHA, TARGET_KAPPA)]
+    cfg = EvolutionConfig(population=4, sample=2, evaluations=8, seed=0)
+    state = tmp_path / "state.json"
+    result = aging_evolution(space, toy_fitness, cfg, initial=seeds, state_path=state, progress=False)
+    history = json.loads(state.read_text())["history"]
+    assert history[0]["candidate"] == space.to_json(space.identity())
+    assert history[1]["candidate"] == space.to_json(seeds[0]) and result.best_index == 1  # the optimum, seeded
+    with pytest.raises(ConfigError, match="belongs to another search space"):  # never resumed with other seeds
+        aging_evolution(space, toy_fitness, cfg, initial=[space.identity()], state_path=state, progress=False)
+    with pytest.raises(ConfigError, match="population of at least"):
+        aging_evolution(space, toy_fitness, EvolutionConfig(population=1, sample=1, evaluations=2), initial=seeds,
+                        progress=False)

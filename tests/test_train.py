@@ -9,7 +9,13 @@ from torch import nn
 
 from legr.data import TensorLoader, load_dataset, normalize
 from legr.errors import CheckpointError, ConfigError
-from legr.train import EvalResult, FinetuneConfig, evaluate, finetune, make_sgd, train_steps
+from legr.cost import CostModel
+from legr.graph import analyze
+from legr.models import build_model
+from legr.ranking import Ranking, ranked_layers
+from legr.surgery import prune
+from legr.train import (EvalResult, FinetuneConfig, bn_batches, evaluate, finetune, make_sgd, recalibrate_bn,
+                        train_steps)
 
 
 class TinyCNN(nn.Module):
@@ -207,3 +213,68 @@ def test_progress_bar_in_non_tty_logs(digits, capfd):
     out, err = capfd.readouterr()
     assert len(history) == 2 and out == ""  # the bar goes to stderr, never into stdout
     assert "2/2" in err and "loss" in err
+
+
+# ---------------------------------------------------------------- adaptive batch norm
+
+
+def _bn_net() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3), nn.Dropout(0.5), nn.BatchNorm2d(6), nn.ReLU(),
+                        nn.Sequential(nn.Conv2d(6, 4, 1), nn.BatchNorm2d(4)),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    with torch.no_grad():  # stale statistics, as after pruning
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.fill_(5.0)
+                m.running_var.fill_(9.0)
+    return net
+
+
+def test_recalibrate_bn_changes_only_bn_statistics_and_restores_modes():
+    net = _bn_net()
+    net.train()
+    net[4].eval()  # a mixed state must come back exactly
+    modes = {name: m.training for name, m in net.named_modules()}
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    batches = [torch.randn(8, 3, 10, 10) * 2 + 1 for _ in range(3)]
+    assert recalibrate_bn(net, [(b, None) for b in batches]) == 3
+    after = net.state_dict()
+    bn_stats = {k for k in before if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    for key in before:
+        if key not in bn_stats:
+            assert torch.equal(before[key], after[key]), f"{key} changed"
+    assert {name: m.training for name, m in net.named_modules()} == modes
+    assert all(m.momentum == 0.1 for m in net.modules() if isinstance(m, nn.BatchNorm2d))
+    # cumulative average over the batches, computed with dropout off (eval) and the first norm's input exact
+    with torch.no_grad():
+        feats = [net[0](b) for b in batches]
+    mean = torch.stack([f.mean(dim=(0, 2, 3)) for f in feats]).mean(0)
+    var = torch.stack([f.var(dim=(0, 2, 3), unbiased=True) for f in feats]).mean(0)
+    torch.testing.assert_close(net[2].running_mean, mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(net[2].running_var, var, rtol=1e-5, atol=1e-5)
+    assert int(net[2].num_batches_tracked) == 3
+
+
+def test_recalibrate_bn_repairs_a_pruned_network(digits):
+    """Un-tuned pruned networks score near chance with the source's statistics; adaptive BN recovers much of it."""
+    x, y, mean, std = digits.train_x, digits.train_y, digits.mean, digits.std
+    torch.manual_seed(0)
+    net = build_model("digits_cnn", num_classes=10)
+    finetune(net, x, y, mean, std, FinetuneConfig(epochs=6, lr=0.05, batch_size=64, augment=False), progress=False)
+    graph = analyze(net.eval(), (1, 8, 8))
+    solver = Ranking.identity(ranked_layers(graph)).solver(graph, CostModel(graph), net)
+    pruned = prune(graph, solver.solve(0.35 * CostModel(graph).base_macs))
+    raw = evaluate(pruned, digits.test_x, digits.test_y, mean, std)
+    recalibrate_bn(pruned, bn_batches(x, y, mean, std, 10, 64, augment=False))
+    fixed = evaluate(pruned, digits.test_x, digits.test_y, mean, std)
+    assert fixed.loss < raw.loss and fixed.top1 > raw.top1
+
+
+def test_recalibrate_bn_edge_cases():
+    assert recalibrate_bn(nn.Sequential(nn.Linear(2, 2)), [torch.randn(3, 2)]) == 0  # no BN: untouched
+    with pytest.raises(ValueError, match="no batches"):
+        recalibrate_bn(_bn_net(), [])
+    b = bn_batches(torch.zeros(300, 3, 8, 8, dtype=torch.uint8), torch.zeros(300, dtype=torch.int64), None, None, 5,
+                   128)
+    assert len(b) == 5 and all(t.shape == (128, 3, 8, 8) for t in b)  # cycles past one epoch, full batches only

@@ -28,6 +28,7 @@ from torch import nn
 
 from legr.artifacts import load_pruned
 from legr.config import CompareConfig, MethodConfig, RunConfig
+from legr.errors import LegrError
 from legr.hardware import hardware_label
 from legr.latency import measure_interleaved
 from legr.paths import atomic_write_text
@@ -122,7 +123,10 @@ class Comparison:
         seed = self.spec.seeds[0]
         main = self.out / f"seed{seed}" / name
         timings = json.loads((main / "timings.json").read_text())
-        search_target = self.cfg.method_search(method).target or self.targets[0]
+        search = self.cfg.method_search(method)
+        if search.targets is not None:
+            raise LegrError(f"pipeline_cost method '{name}' searches at several targets; name a single-target method")
+        search_target = search.target or self.targets[0]
         searches = {}
         for t in self.targets:
             if abs(t - search_target) < 1e-9:
@@ -178,7 +182,7 @@ class Comparison:
                                          "criterion": mine[0].get("criterion"), "allocator": mine[0].get("allocator")}
                 for key in ["macs", "params", "macs_ratio", "params_ratio", *keys]:
                     entry[key] = _mean_std([r.get(key) for r in mine])[0]
-                for key in ["top1", "top1_before_ft"]:
+                for key in ["top1", "top1_before_ft", "top1_after_bn"]:
                     entry[key], entry[f"{key}_std"] = _mean_std([r.get(key) for r in mine])
                 out.append(entry)
         return out
@@ -240,12 +244,14 @@ def summary_markdown(result: dict[str, Any]) -> str:
     """The comparison's tables: accuracy/cost per method and target, family wall time, pipeline cost."""
     lat = sorted({k for r in result["summary"] for k in r if k.startswith("latency_")})
     head = ["method", "target", "MACs (M)", "params (K)", *[k.removeprefix("latency_").replace("_ms", " ms")
-                                                          for k in lat], "top-1 before FT %", "top-1 after FT %"]
+                                                          for k in lat], "top-1 before FT %",
+            "top-1 after adaptive BN %", "top-1 after FT %"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join([":---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
     for r in result["summary"]:
         cells = [r["method"], "-" if r["target"] is None else f"{r['target']:.0%}", f"{r['macs'] / 1e6:.2f}",
                  f"{r['params'] / 1e3:.1f}", *[("-" if r.get(k) is None else f"{r[k]:.2f}") for k in lat],
-                 _pm(r.get("top1_before_ft"), r.get("top1_before_ft_std")), _pm(r["top1"], r["top1_std"])]
+                 _pm(r.get("top1_before_ft"), r.get("top1_before_ft_std")),
+                 _pm(r.get("top1_after_bn"), r.get("top1_after_bn_std")), _pm(r["top1"], r["top1_std"])]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| method | criterion | allocator | family wall time: rank + prune + fine-tune (mean ± std over seeds) |",
               "|:---|:---|:---|---:|"]

@@ -74,24 +74,41 @@ class TrainConfig(_Strict):
 
 
 class SearchConfig(_Strict):
-    """Regularized evolution of the per-layer affine transform (allocator legr) or offset only (allocator lcp)."""
+    """Regularized evolution of the per-layer affine transform (allocator legr) or offset only (allocator lcp).
+
+    Fitness of a candidate: prune at the search target(s), re-estimate BatchNorm statistics on ``bn_batches``
+    training batches (adaptive BN; augmented when ``finetune.augment`` is), take ``tau`` SGD steps, then the validation ``fitness`` (top-1 by default; see
+    benchmarks/results/fitness_correlation for why). The paper's CIFAR setting: ``{bn_batches: 0, tau: 0, fitness:
+    loss, seed_uniform: false}`` (ImageNet: tau 200).
+    """
 
     population: int = Field(64, ge=1)
     sample: int = Field(16, ge=1)
     evaluations: int = Field(400, ge=1)
     mutate_fraction: float = Field(0.1, gt=0, le=1)
-    tau: int = Field(200, ge=0, description="fine-tune steps per candidate before measuring fitness")
+    bn_batches: int = Field(20, ge=0, description="training batches re-estimating BN statistics before the fitness "
+                                                  "(0: keep the source network's statistics, as the paper)")
+    tau: int = Field(0, ge=0, description="fine-tune steps per candidate before measuring fitness")
     lr: float = Field(0.01, gt=0)
     momentum: float = Field(0.9, ge=0)
     weight_decay: float = Field(5e-4, ge=0)
     batch_size: int = Field(128, ge=1)
-    fitness: Literal["loss", "accuracy"] = "loss"
+    fitness: Literal["loss", "accuracy"] = "accuracy"
+    seed_uniform: bool = Field(True, description="the first population also holds the transform reproducing the "
+                                                 "uniform allocation (beside the identity = global ranking)")
     target: float | None = Field(None, gt=0, le=1, description="MACs fraction searched at; default: lowest target")
+    targets: tuple[float, ...] | None = Field(None, min_length=1, description="family-aware search: fitness = mean "
+                                                                             "over these MACs fractions")
 
     @model_validator(mode="after")
     def _check(self) -> "SearchConfig":
         if self.evaluations < self.population:
             raise ValueError(f"evaluations ({self.evaluations}) must be >= population ({self.population})")
+        if self.target is not None and self.targets is not None:
+            raise ValueError("search.target and search.targets exclude each other: give one")
+        bad = [t for t in self.targets or () if not 0 < t <= 1]
+        if bad:
+            raise ValueError(f"search.targets must be MACs fractions in (0, 1], got {bad}")
         return self
 
 
@@ -111,6 +128,8 @@ class RunConfig(_Strict):
     criterion: CriterionName = Field("l2sq", description="filter criterion (see `legr methods`)")
     criterion_batches: int = Field(8, ge=1, description="training batches seen by data-dependent criteria (taylor)")
     allocator: AllocatorName = Field("legr", description="budget allocator: uniform, global, lcp or legr (`legr methods`)")
+    bn_batches: int = Field(20, ge=0, description="training batches re-estimating each pruned member's BN statistics "
+                                                  "before it is saved and reported (0: off)")
     floors: FloorsConfig = FloorsConfig()
     base_training: TrainConfig = TrainConfig(epochs=0)
     search: SearchConfig = SearchConfig()
@@ -127,10 +146,10 @@ class RunConfig(_Strict):
             raise ValueError(f"targets must be MACs fractions in (0, 1], got {bad}")
         return self
 
-
     @property
-    def search_target(self) -> float:
-        return self.search.target or min(self.targets)
+    def search_targets(self) -> tuple[float, ...]:
+        """MACs fractions the search scores each candidate at (the first also places the uniform seed)."""
+        return self.search.targets or (self.search.target or min(self.targets),)
 
 
 class MethodConfig(_Strict):

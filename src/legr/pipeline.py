@@ -11,8 +11,9 @@ command continues where it stopped (the search and each fine-tune also resume mi
     members/<name>/           plan.json + model.safetensors (+ finetuned.json once fine-tuned)
     results.json / .csv       one row per network;  pareto.png: accuracy vs MACs and vs latency
 
-The test split is only used by `evaluate` (and for the before-fine-tune figure recorded at pruning time): search
-fitness uses a validation split carved from the training data, and no step picks anything by test accuracy.
+The test split is only used by `evaluate` (and for the before-fine-tune figures recorded at pruning time): search
+fitness uses a validation split carved from the training data (BatchNorm statistics are re-estimated on training
+batches), and no step picks anything by test accuracy.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from legr.ranking import Ranking, learn_ranking, model_fingerprint, ranked_layer
 from legr.report import config_hash, format_table, plot_pareto, read_results, write_results
 from legr.search import EvolutionConfig
 from legr.surgery import prune
-from legr.train import FinetuneConfig, evaluate, finetune, make_sgd, train_steps
+from legr.train import FinetuneConfig, bn_batches, evaluate, finetune, make_sgd, recalibrate_bn, train_steps
 
 
 @dataclass(frozen=True)
@@ -190,10 +191,15 @@ class Pipeline:
         s = cfg.search
         if len(self.data.val[0]) == 0:
             raise ConfigError("the search needs a validation split: set data.val_size > 0")
-        self.log(f"learning the ranking ({cfg.allocator}, {cfg.criterion}, {s.evaluations} candidates, tau={s.tau}) "
-                 f"at {cfg.search_target:.0%} of {self.cost.base_macs / 1e6:.2f}M MACs")
+        targets = cfg.search_targets
+        self.log(f"learning the ranking ({cfg.allocator}, {cfg.criterion}, {s.evaluations} candidates, "
+                 f"BN batches {s.bn_batches}, tau {s.tau}, val {s.fitness}) at "
+                 f"{', '.join(f'{t:.0%}' for t in targets)} of {self.cost.base_macs / 1e6:.2f}M MACs")
+        bn = self._bn_batches(s.bn_batches)
 
         def fitness(net: nn.Module, i: int) -> float:
+            if bn:
+                recalibrate_bn(net, bn)
             if s.tau > 0:
                 x, y = self.data.train
                 loader = TensorLoader(x, y, s.batch_size, self.data.mean, self.data.std, shuffle=True, augment=True,
@@ -203,14 +209,23 @@ class Pipeline:
             return -result.loss if s.fitness == "loss" else result.top1
 
         learned = learn_ranking(
-            self.base, self.graph, fitness, cfg.search_target * self.cost.base_macs,
+            self.base, self.graph, fitness, [t * self.cost.base_macs for t in targets],
             criterion=cfg.criterion, scores=scores, allocator=cfg.allocator, floors=self.floors,
-            mutate_fraction=s.mutate_fraction,
+            mutate_fraction=s.mutate_fraction, seed_uniform=s.seed_uniform,
             search=EvolutionConfig(population=s.population, sample=s.sample, evaluations=s.evaluations, seed=cfg.seed),
             state_path=self.out / "search_state.json", log_path=self.out / "search_log.jsonl", progress=self.progress,
         )
         return replace(learned, source=self._source(),
-                       search={**learned.search, **s.model_dump(), "target": cfg.search_target})
+                       search={**learned.search, **s.model_dump(mode="json"), "target": targets[0],
+                               "targets": list(targets)})
+
+    def _bn_batches(self, count: int) -> list[torch.Tensor]:
+        """``count`` fixed training batches for adaptive BN (the same for every network of this run), augmented as
+        in fine-tuning: the statistics the network then trains with."""
+        x, y = self.data.train
+        f = self.cfg.finetune
+        return bn_batches(x, y, self.data.mean, self.data.std, count, f.batch_size, augment=f.augment,
+                          seed=self.cfg.seed, device=self.device)
 
     def _source(self) -> dict[str, Any]:
         m = self.cfg.model
@@ -221,8 +236,11 @@ class Pipeline:
         return [self.out / "members" / member_name(self.cfg.allocator, t) for t in sorted(self.cfg.targets)]
 
     def prune(self) -> list[Path]:
+        """Cut the ranking at every target; each member's BN statistics are re-estimated (``bn_batches``) before it is
+        saved, and its test top-1 is recorded both as cut (``top1_before_ft``) and after that (``top1_after_bn``)."""
         ranking = self.rank()
         solver = ranking.solver(self.graph, self.cost, self.base, self.floors)
+        bn: list[torch.Tensor] | None = None
         for target, directory in zip(sorted(self.cfg.targets), self.member_dirs()):
             if (directory / "plan.json").exists():
                 continue
@@ -230,13 +248,19 @@ class Pipeline:
                 keep = solver.solve(target * self.cost.base_macs)
                 net = prune(self.graph, keep)
             before = self._evaluate(net, self.data.test)
+            after_bn = None
+            if self.cfg.bn_batches:
+                bn = bn if bn is not None else self._bn_batches(self.cfg.bn_batches)
+                recalibrate_bn(net, bn)
+                after_bn = self._evaluate(net, self.data.test).top1
             macs, params = self.cost.costs(keep)
             info = {"method": self.cfg.allocator, "criterion": self.cfg.criterion, "target": target, "macs": macs,
                     "params": params, "top1_before_ft": before.top1, "top5_before_ft": before.top5,
-                    "ranking": ranking.fingerprint}
+                    "top1_after_bn": after_bn, "ranking": ranking.fingerprint}
             save_pruned(directory, net, Plan.from_keep_vector(self.graph, keep, source=self._source(), info=info))
             self.log(f"pruned {directory.name}: {macs / 1e6:.2f}M MACs ({macs / self.cost.base_macs:.1%}), "
-                     f"{params / 1e3:.1f}K params, top-1 before fine-tuning {before.top1:.2%}")
+                     f"{params / 1e3:.1f}K params, top-1 before fine-tuning {before.top1:.2%}"
+                     + (f" ({after_bn:.2%} after adaptive BN)" if after_bn is not None else ""))
         return self.member_dirs()
 
     def finetune(self) -> None:
@@ -277,6 +301,7 @@ class Pipeline:
             "macs_ratio": macs / self.cost.base_macs, "params_ratio": params / self.cost.base_params,
             "compression": self.cost.base_params / params, "top1": result.top1, "top5": result.top5,
             "loss": result.loss, "top1_before_ft": info.get("top1_before_ft"),
+            "top1_after_bn": info.get("top1_after_bn"),
             "finetune_epochs": self.cfg.finetune.epochs if name != "baseline" else None,
             "seed": self.cfg.seed, "config_hash": config_hash(artifact_config(self.cfg)),
             "git_rev": git_revision(), "hardware": hardware_label(), "path": path,

@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from legr.allocate import BudgetSolver, Floors, get_allocator
+from legr.allocate import BudgetSolver, Floors, get_allocator, solve_uniform
 from legr.cost import CostModel
 from legr.criteria import compute_scores, group_scores
 from legr.errors import LegrError
 from legr.graph import ChannelGraph
 from legr.paths import atomic_write_text
-from legr.search import AffineSpace, EvolutionConfig, aging_evolution
+from legr.search import AffineSpace, AffineTransform, EvolutionConfig, aging_evolution
 from legr.surgery import prune
 
 RANKING_VERSION = 2  # 2 adds the allocator and the stored criterion scores
@@ -136,6 +136,49 @@ def layer_score_std(scores: Mapping[str, np.ndarray], layers: Sequence[str]) -> 
     return [float(np.std(scores[name])) if len(scores[name]) > 1 else float(abs(scores[name]).mean()) for name in layers]
 
 
+def uniform_transform(graph: ChannelGraph, cost: CostModel, scores: Mapping[str, np.ndarray], target_macs: float,
+                      floors: Floors = Floors()) -> tuple[np.ndarray, np.ndarray]:
+    """Per-layer ``(alpha, kappa)`` (in `ranked_layers` order) whose global cut at ``target_macs`` reproduces the
+    uniform allocation (`solve_uniform`) of the raw ``scores``, within one channel per layer.
+
+    alpha is 1 everywhere (so LCP's offset-only space holds it too); kappa shifts each layer so that, in every set of
+    channels produced by the same layers, the first channel uniform removes lands at ``-margin`` and the last one it
+    keeps above zero (``margin`` is half the smallest score gap at those boundaries). The global solver then removes
+    everything uniform removes, those boundary channels last: at most one per channel set can remain.
+    """
+    layers = ranked_layers(graph)
+    index = {name: i for i, name in enumerate(layers)}
+    group_raw = group_scores(graph, scores)
+    keep, _ = solve_uniform(graph, cost, group_raw, target_macs, floors)
+    rows, offsets, gaps = [], [], []  # one row per channel set: its producers' coverage and its kappa sum
+    for group in graph.prunable_groups():
+        cover: dict[int, set[str]] = {}
+        for name in group.producers:
+            for pos in np.unique(graph.producer_positions(name)).tolist():
+                cover.setdefault(pos, set()).add(name)
+        sets: dict[frozenset[str], list[int]] = {}
+        for pos, names in cover.items():
+            sets.setdefault(frozenset(names), []).append(pos)
+        for names, positions in sets.items():
+            values = group_raw[group.name][positions]
+            kept = keep[group.classes[positions]] > 0
+            row = np.zeros(len(layers))
+            row[[index[n] for n in names]] = 1.0
+            rows.append(row)
+            if kept.all():  # nothing removed here: lift the weakest channel above every removed one
+                offsets.append(("keep", values.min()))
+            else:
+                first_removed = values[~kept].max()
+                offsets.append(("cut", first_removed))
+                if kept.any():
+                    gaps.append(values[kept].min() - first_removed)
+    positive = [g for g in gaps if g > 0]
+    margin = 0.5 * min(positive) if positive else 1.0
+    rhs = np.array([-v - margin if kind == "cut" else -v + margin for kind, v in offsets])
+    kappa, *_ = np.linalg.lstsq(np.array(rows), rhs, rcond=None)
+    return np.ones(len(layers)), kappa
+
+
 NetworkFitness = Callable[[nn.Module, int], float]
 
 
@@ -143,7 +186,7 @@ def learn_ranking(
     model: nn.Module,
     graph: ChannelGraph,
     fitness: NetworkFitness,
-    target_macs: float,
+    target_macs: float | Sequence[float],
     *,
     criterion: str = "l2sq",
     scores: Mapping[str, np.ndarray] | None = None,
@@ -151,6 +194,7 @@ def learn_ranking(
     floors: Floors = Floors(),
     search: EvolutionConfig = EvolutionConfig(),
     mutate_fraction: float = 0.1,
+    seed_uniform: bool = True,
     state_path: Path | None = None,
     log_path: Path | None = None,
     progress: bool = True,
@@ -158,30 +202,43 @@ def learn_ranking(
     """Learn LeGR's per-layer affine transform by aging evolution.
 
     Each candidate ranking prunes ``model`` (weights restored from memory) to ``target_macs`` and is scored by
-    ``fitness(pruned_network, candidate_index)`` (higher is better; LeGR: minus the validation loss after tau
-    fine-tuning steps). ``scores`` are the criterion's per-filter scores (default: computed from the weights);
-    ``allocator`` "lcp" learns only the offsets. Resumable through ``state_path``.
+    ``fitness(pruned_network, candidate_index)`` (higher is better, e.g. validation top-1 after `recalibrate_bn`).
+    Several targets (a family-aware search): the candidate's fitness is the mean over the networks it cuts at each.
+    ``scores`` are the criterion's per-filter scores (default: computed from the weights); ``allocator`` "lcp" learns
+    only the offsets. The first population holds the identity (the plain global ranking) and, with ``seed_uniform``,
+    the transform that reproduces the uniform allocation at the first target (`uniform_transform`), so the search
+    starts from both baselines. Resumable through ``state_path``.
     """
     spec = get_allocator(allocator)
     if spec.search is None:
         raise LegrError(f"allocator '{allocator}' learns nothing; use `Ranking.identity` for it")
+    targets = [float(target_macs)] if np.isscalar(target_macs) else [float(t) for t in target_macs]
+    if not targets:
+        raise LegrError("learn_ranking needs at least one target")
     cost = CostModel(graph)
     layers = ranked_layers(graph)
     scores = dict(scores) if scores is not None else compute_scores(criterion, graph, model)
     space = AffineSpace(layers, layer_score_std(scores, layers), mutate_fraction=mutate_fraction,
                         learn_alpha=spec.search == "affine")
     index = {name: i for i, name in enumerate(layers)}
-    spec.solver(graph, cost, group_scores(graph, scores), floors).solve(target_macs)  # fail early if unreachable
+    solver = spec.solver(graph, cost, group_scores(graph, scores), floors)
+    for t in targets:
+        solver.solve(t)  # fail early if unreachable
+    initial = [AffineTransform(*uniform_transform(graph, cost, scores, targets[0], floors))] if seed_uniform else []
 
     def evaluate(candidate, i: int) -> float:
         transformed = group_scores(graph, scores, lambda name, v: candidate.apply(index[name], v))
-        return fitness(prune(graph, spec.solver(graph, cost, transformed, floors).solve(target_macs)), i)
+        solver = spec.solver(graph, cost, transformed, floors)
+        return float(np.mean([fitness(prune(graph, solver.solve(t)), i) for t in targets]))
 
-    result = aging_evolution(space, evaluate, search, state_path=state_path, log_path=log_path, progress=progress)
+    result = aging_evolution(space, evaluate, search, initial=initial, state_path=state_path, log_path=log_path,
+                             progress=progress)
+    summary = {**result.summary(), "target_macs": targets[0] if len(targets) == 1 else targets}
+    if seed_uniform:
+        summary["uniform_fitness"] = result.history[1][1]
     return Ranking(
         tuple(layers), tuple(float(a) for a in result.best.alpha), tuple(float(k) for k in result.best.kappa),
-        criterion, model_fingerprint(model), search={**result.summary(), "target_macs": target_macs},
-        allocator=allocator, scores=stored_scores(scores, layers),
+        criterion, model_fingerprint(model), search=summary, allocator=allocator, scores=stored_scores(scores, layers),
     )
 
 

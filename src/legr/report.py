@@ -3,7 +3,8 @@
 A result row is a plain dict written by code (`legr eval`) and aggregated by a separate step (`legr report`,
 benchmarks). Required keys: ``name``, ``method``, ``model``, ``dataset``, ``macs``, ``params``, ``top1``.
 Common optional keys: ``target`` (MACs fraction or None), ``macs_ratio``, ``params_ratio``, ``compression``
-(original params / params), ``top5``, ``loss``, ``top1_before_ft``, ``latency_{cpu,cuda}_b{N}_ms``, ``seed``,
+(original params / params), ``top5``, ``loss``, ``top1_before_ft`` (as cut), ``top1_after_bn`` (after adaptive BN),
+``latency_{cpu,cuda}_b{N}_ms``, ``seed``,
 ``config_hash``, ``git_rev``, ``hardware``, ``finetune_epochs``, ``path``. Unknown keys are allowed and kept.
 Accuracies are fractions in [0, 1]; tables and plots show them in percent.
 """
@@ -34,7 +35,7 @@ REQUIRED_KEYS: tuple[str, ...] = ("name", "method", "model", "dataset", "macs", 
 IDENTITY_KEYS: tuple[str, ...] = ("name", "method", "criterion", "model", "dataset", "target")
 METRIC_KEYS: tuple[str, ...] = (
     "macs", "macs_ratio", "params", "params_ratio", "compression",
-    "top1", "top5", "loss", "top1_before_ft", "top5_before_ft",
+    "top1", "top5", "loss", "top1_before_ft", "top5_before_ft", "top1_after_bn",
 )
 PROVENANCE_KEYS: tuple[str, ...] = (
     "finetune_epochs", "seed", "config_hash", "git_rev", "hardware", "path",
@@ -245,6 +246,9 @@ def _table_columns(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[b
         ("params %", True, lambda r: _fmt(None if (v := _ratio(r, base, "params")) is None else 100 * v, 1)),
         ("top-1 %", True, lambda r: _fmt(None if _num(r.get("top1")) is None else 100 * _num(r["top1"]), 2)),
     ]
+    if any(_num(r.get("top1_after_bn")) is not None for r in rows):  # before fine-tuning, BN statistics re-estimated
+        columns.append(("before FT %", True, lambda r: _fmt(None if _num(r.get("top1_after_bn")) is None
+                                                            else 100 * _num(r["top1_after_bn"]), 2)))
     if any(_num(r.get("top5")) is not None for r in rows):
         columns.append(("top-5 %", True, lambda r: _fmt(None if _num(r.get("top5")) is None else 100 * _num(r["top5"]), 2)))
     for key in _latency_keys(rows):
@@ -474,15 +478,18 @@ _PALETTE = ["#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#
 
 def plot_method_curves(summary: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], title: str = "") -> Path:
     """Top-1 (mean, error bar = std over seeds) against MACs, one curve per method: after fine-tuning (left) and
-    right after pruning (right); the baseline as a dashed line. ``summary`` rows: method, macs, top1, top1_std,
-    top1_before_ft, top1_before_ft_std (as `legr.compare` writes them)."""
+    before it (right: after adaptive BN when the rows have ``top1_after_bn``, else as cut); the baseline as a dashed
+    line. ``summary`` rows: method, macs, top1, top1_std, top1_before_ft(_std), top1_after_bn(_std) (as
+    `legr.compare` writes them)."""
     rows = [r for r in summary if _num(r.get("top1")) is not None and _num(r.get("macs")) is not None]
     if not rows:
         raise LegrError("plot_method_curves: no summary row has both top1 and macs to plot")
     fig = _figure(12.8, 5.0)
     axes = fig.subplots(1, 2)
     methods = [m for m in dict.fromkeys(str(r["method"]) for r in rows) if m != "baseline"]
-    for ax, key, label in ((axes[0], "top1", "after fine-tuning"), (axes[1], "top1_before_ft", "right after pruning")):
+    before = ("top1_after_bn", "before fine-tuning, after adaptive BN") \
+        if any(_num(r.get("top1_after_bn")) is not None for r in rows) else ("top1_before_ft", "right after pruning")
+    for ax, (key, label) in zip(axes, (("top1", "after fine-tuning"), before)):
         for k, method in enumerate(methods):
             mine = sorted((r for r in rows if r["method"] == method and _num(r.get(key)) is not None),
                           key=lambda r: r["macs"])

@@ -1,7 +1,9 @@
 """Regularized (aging) evolution (Real et al. 2019), generic over the candidate type and the fitness function.
 
-The initial population is the space's identity followed by ``population - 1`` random members; then each step draws
-``sample`` members uniformly with replacement, mutates the fittest and replaces the *oldest* member by the child.
+The initial population is the space's identity, then the caller's ``initial`` candidates (e.g. transforms that
+reproduce baseline allocations, so the search starts from them), then random members up to ``population``; then
+each step draws ``sample`` members uniformly with replacement, mutates the fittest and replaces the *oldest* member
+by the child.
 One ``np.random.Generator(PCG64(seed))`` drives every random choice, and the whole state (population, history, RNG
 state) is written atomically to ``state_path`` after every evaluated candidate, so a run killed at any moment and
 restarted with the same arguments ends exactly like an uninterrupted one. ``evaluate(candidate, index)`` receives the
@@ -10,12 +12,13 @@ restarted with the same arguments ends exactly like an uninterrupted one. ``eval
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Generic, Protocol, TypeVar
+from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar
 
 import numpy as np
 
@@ -197,11 +200,19 @@ def _rewrite_log(path: Path, history: list[_Member]) -> None:
 
 
 def aging_evolution(space: SearchSpace[C], evaluate: Callable[[C, int], float], cfg: EvolutionConfig, *,
-                    state_path: Path | None = None, log_path: Path | None = None,
+                    initial: Sequence[C] = (), state_path: Path | None = None, log_path: Path | None = None,
                     progress: bool = True) -> SearchResult[C]:
     """Run (or resume from ``state_path``) aging evolution; ``evaluate(candidate, index)`` returns fitness (higher is
-    better). KeyboardInterrupt propagates after the last finished candidate is on disk: rerun to resume."""
+    better). ``initial`` candidates join the first population right after the identity (at most ``population - 1``
+    of them). KeyboardInterrupt propagates after the last finished candidate is on disk: rerun to resume."""
+    initial = [_canonical(space, c)[1] for c in initial]
+    if len(initial) >= cfg.population:
+        raise ConfigError(f"{len(initial)} initial candidates need a population of at least {len(initial) + 1}, "
+                          f"got {cfg.population}")
     fingerprint = space_fingerprint(space)
+    if initial and fingerprint is not None:  # a state is only resumed with the same starting candidates
+        digest = hashlib.sha256(json.dumps(initial, sort_keys=True).encode()).hexdigest()[:16]
+        fingerprint = f"{fingerprint}+{digest}"
     state_path = Path(state_path) if state_path is not None else None
     log_path = Path(log_path) if log_path is not None else None
     if state_path is not None and state_path.exists():
@@ -212,7 +223,7 @@ def aging_evolution(space: SearchSpace[C], evaluate: Callable[[C, int], float], 
         _rewrite_log(log_path, state.history)
     with _Progress(progress, cfg.evaluations, len(state.history), state.best()) as bar:
         while len(state.history) < cfg.evaluations:
-            _step(space, evaluate, cfg, state)
+            _step(space, evaluate, cfg, state, initial)
             state.save(state_path)
             best = state.best()
             if log_path is not None:
@@ -222,11 +233,14 @@ def aging_evolution(space: SearchSpace[C], evaluate: Callable[[C, int], float], 
     return _result(space, state)
 
 
-def _step(space: SearchSpace[C], evaluate: Callable[[C, int], float], cfg: EvolutionConfig, state: _State) -> None:
+def _step(space: SearchSpace[C], evaluate: Callable[[C, int], float], cfg: EvolutionConfig, state: _State,
+          initial: Sequence[Any]) -> None:
     """Produce, evaluate and insert the next candidate (all RNG use happens here, before evaluation)."""
     index, parent = len(state.history), None
     if index == 0:
         candidate = space.identity()
+    elif index <= len(initial):
+        candidate = space.from_json(initial[index - 1])
     elif index < cfg.population:
         candidate = space.random(state.rng)
     else:
