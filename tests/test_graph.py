@@ -172,3 +172,146 @@ def test_tied_parameters_are_refused():
 
     with pytest.raises(UnsupportedModelError, match="'b.weight' is the same tensor as 'a.weight'"):
         analyze(Tied(), (4, 8, 8))
+
+
+# --- zero-safety: random compositions of the supported ops --------------------------------------------------------
+ACTIVATIONS = [nn.ReLU, nn.Sigmoid, nn.Hardsigmoid, nn.Softplus, nn.GELU, lambda: nn.GELU(approximate="tanh"),
+               nn.SiLU, nn.Tanh, nn.Hardswish, nn.ELU, nn.Mish, nn.LeakyReLU]
+
+
+class _RandomNet(nn.Module):
+    """conv stem -> a random sequence of channel-preserving steps -> conv -> pool -> linear, on 3x12x12 inputs.
+
+    Steps: activations (zero-preserving or not), batch norms with/without affine parameters and running stats,
+    LayerNorm over the width with/without bias, convs, depthwise convs, residual adds, sigmoid-style gates, adding a
+    scalar, spatial padding with a zero or non-zero value (then a conv), spatial softmax, average pooling.
+    """
+
+    KINDS = ("act", "bn", "ln", "conv", "dw", "res", "gate", "scalar", "pad", "softmax", "pool")
+
+    def __init__(self, rng: np.random.Generator, steps: int = 4, width: int = 6, size: int = 12):
+        super().__init__()
+        act = lambda: ACTIVATIONS[rng.integers(len(ACTIVATIONS))]()  # noqa: E731
+        self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.kinds = [str(k) for k in rng.choice(self.KINDS, steps)]
+        self.steps = nn.ModuleList()
+        self.values = []
+        for kind in self.kinds:
+            flag = lambda: bool(rng.integers(2))  # noqa: E731
+            self.values.append(float(rng.choice([0.0, 0.5])))
+            if kind == "act":
+                step = act()
+            elif kind == "bn":
+                step = nn.BatchNorm2d(width, affine=flag(), track_running_stats=flag())
+            elif kind == "ln":
+                step = nn.LayerNorm(size, elementwise_affine=flag(), bias=flag())
+            elif kind == "conv":
+                step = nn.Conv2d(width, width, 3, padding=1, bias=flag())
+            elif kind == "dw":
+                step = nn.Conv2d(width, width, 3, padding=1, groups=width, bias=flag())
+            elif kind in ("res", "gate"):
+                step = nn.Sequential(act(), nn.Conv2d(width, width, 1), act())
+            elif kind == "pad":
+                step = nn.Conv2d(width, width, 3)
+            else:
+                step = nn.Identity()
+            self.steps.append(step)
+        self.head = nn.Conv2d(width, 5, 3, padding=1)
+        self.fc = nn.Linear(5, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for kind, step, value in zip(self.kinds, self.steps, self.values):
+            if kind == "res":
+                x = x + step(x)
+            elif kind == "gate":
+                x = x * step(F.adaptive_avg_pool2d(x, 1))
+            elif kind == "scalar":
+                x = x + 1.0
+            elif kind == "pad":
+                x = step(F.pad(x, (1, 1, 1, 1), value=value))
+            elif kind == "softmax":
+                x = torch.softmax(x, -1)
+            elif kind == "pool":
+                x = F.avg_pool2d(x, 3, 1, 1)
+            else:
+                x = step(x)
+        return self.fc(F.adaptive_avg_pool2d(self.head(x), 1).flatten(1))
+
+
+def _randomize(model: nn.Module, seed: int) -> nn.Module:
+    """Random parameters and statistics everywhere, so a channel that is not zero after masking cannot hide."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            if "running_var" in name:
+                tensor.copy_(torch.rand(tensor.shape, generator=g) + 0.5)
+            elif tensor.is_floating_point():
+                tensor.copy_(torch.randn(tensor.shape, generator=g) * 0.5)
+    return model
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_compositions_pruned_equal_masked(seed):
+    """Whatever the ops, a plan either prunes exactly what masking computes, or the channels are marked unprunable
+    (or the op is refused with a one-line error): never a silently different model."""
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    model = _randomize(_RandomNet(rng), seed).double().eval()
+    try:
+        graph = analyze(model, (3, 12, 12))
+    except UnsupportedModelError as exc:
+        assert "\n" not in str(exc)
+        return
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    for _ in range(3):
+        keep = random_keep(graph, rng)
+        with torch.no_grad():
+            a, b = prune(graph, keep).eval()(x), masked_copy(graph, keep).eval()(x)
+        assert (a - b).abs().max().item() <= 1e-9 * max(1.0, b.abs().max().item()), model.kinds
+
+
+def test_random_compositions_cover_the_ops():
+    """The property test above is not vacuous: most nets are analysed and prune something."""
+    analysed = pruning = 0
+    for seed in range(40):
+        model = _RandomNet(np.random.default_rng(seed))
+        try:
+            graph = analyze(model, (3, 12, 12))
+        except UnsupportedModelError:
+            continue
+        analysed += 1
+        pruning += bool(graph.prunable_groups())
+    assert analysed >= 35 and pruning >= 30
+
+
+@pytest.mark.parametrize("case", ["bn-no-affine", "layernorm-bias", "pad-value"])
+def test_norms_and_padding_that_map_zero_elsewhere_keep_the_channels(case):
+    """Issue #11: sigmoid -> BatchNorm(affine=False), a LayerNorm over the width with a bias and a pad with a
+    non-zero value all turn a removed channel into a non-zero value that the next conv reads."""
+    middle = {"bn-no-affine": nn.Sequential(nn.Sigmoid(), nn.BatchNorm2d(8, affine=False)),
+              "layernorm-bias": nn.LayerNorm(16), "pad-value": nn.Identity()}[case]
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.mid, self.b = nn.Conv2d(3, 8, 3, padding=1), middle, nn.Conv2d(8, 8, 3, padding=1)
+            self.fc = nn.Linear(8, 10)
+
+        def forward(self, x):
+            y = self.mid(self.a(x))
+            y = F.pad(y, (1, 1, 1, 1), value=0.5) if case == "pad-value" else y
+            return self.fc(F.adaptive_avg_pool2d(self.b(y), 1).flatten(1))
+
+    model = _randomize(Net(), 0).double().eval()
+    graph = analyze(model, (3, 16, 16))
+    assert not graph.group_by_name["a"].prunable and "non-zero" in graph.group_by_name["a"].reason
+    assert graph.group_by_name["b"].prunable
+
+
+def test_affine_batch_norm_makes_a_removed_channel_zero_again():
+    """Masking zeroes an affine norm's gamma and beta, so channels after a sigmoid stay prunable behind one."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Sigmoid(), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, padding=1),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    assert_equivalent(model, 16, plans=3)
+    assert analyze(model, (3, 16, 16)).group_by_name["0"].prunable

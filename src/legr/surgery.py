@@ -33,7 +33,10 @@ def _fix_linear(m: nn.Linear) -> None:
 
 
 def _fix_norm(m: nn.modules.batchnorm._NormBase) -> None:
-    m.num_features = (m.running_mean if m.running_mean is not None else m.weight).shape[0]
+    """A norm with neither affine parameters nor running statistics holds nothing per channel to resize."""
+    sized = m.running_mean if m.running_mean is not None else m.weight
+    if sized is not None:
+        m.num_features = sized.shape[0]
 
 
 FIXUPS.update({nn.Conv1d: _fix_conv, nn.Conv2d: _fix_conv, nn.Conv3d: _fix_conv, nn.Linear: _fix_linear,

@@ -111,6 +111,8 @@ def _linear(ctx: WalkContext, node: fx.Node) -> ChanMap:
 
 @register(modules=(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d))
 def _batchnorm(ctx: WalkContext, node: fx.Node) -> ChanMap:
+    """Zero-safe out when affine (masking zeroes gamma and beta: a removed channel leaves as 0 whatever came in);
+    without affine parameters a removed channel leaves as ``(x - 0) / sqrt(var + eps)``: zero only if ``x`` is."""
     bn = ctx.module(node)
     x = _first_map(ctx, node)
     if x.axis != 1:
@@ -119,7 +121,8 @@ def _batchnorm(ctx: WalkContext, node: fx.Node) -> ChanMap:
     if bn.running_var is not None:
         ties.append(Tie("running_var", 0, x.ids, "stat"))
     ctx.add_layer(node, Layer(node.target, "norm", ties))
-    return ChanMap(1, x.ids, zero_safe=True)  # masking zeroes gamma, beta and mean: a removed channel leaves as 0
+    affine = bn.weight is not None and bn.bias is not None
+    return ChanMap(1, x.ids, zero_safe=affine or x.zero_safe)
 
 
 @register(modules=(nn.GroupNorm, nn.LocalResponseNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d))
@@ -134,11 +137,14 @@ def _channel_mixing_norm(ctx: WalkContext, node: fx.Node) -> ChanMap:
 
 @register(modules=(nn.LayerNorm,))
 def _layernorm(ctx: WalkContext, node: fx.Node) -> ChanMap:
+    """A LayerNorm over trailing non-channel axes maps an all-zero channel to its bias (its parameters are not per
+    channel, so masking cannot zero them): zero-safe out only without a bias and with a zero-safe input."""
     x = _first_map(ctx, node)
+    ln = ctx.module(node)
     rank = len(ctx.shape(node))
-    if x.axis >= rank - len(ctx.module(node).normalized_shape):
+    if x.axis >= rank - len(ln.normalized_shape):
         ctx.refuse(node, "LayerNorm normalizes over the channel axis")
-    return x
+    return ChanMap(x.axis, x.ids, zero_safe=x.zero_safe and ln.bias is None)
 
 
 # --- elementwise and shape-preserving ops ------------------------------------------------------------------------
@@ -282,15 +288,18 @@ def _cat(ctx: WalkContext, node: fx.Node) -> ChanMap | None:
 
 @register(functions=(F.pad,))
 def _pad(ctx: WalkContext, node: fx.Node) -> ChanMap:
+    """Padding other axes keeps a removed channel zero unless it pads with a non-zero constant; padding the channel
+    axis (zeros only) adds zero elements, whose kept counts rewrite the literal sizes."""
     x = _first_map(ctx, node)
     pad = list(node.args[1] if len(node.args) > 1 else node.kwargs["pad"])
     rank = len(ctx.shape(node.args[0]))
     k = 2 * (rank - 1 - x.axis)  # F.pad lists (before, after) pairs starting from the last dim
-    if k + 1 >= len(pad) or (pad[k] == 0 and pad[k + 1] == 0):
-        return x
     mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
     value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else None)
-    if any(isinstance(p, fx.Node) for p in pad[k : k + 2]) or mode != "constant" or value not in (None, 0, 0.0):
+    zero_fill = mode != "constant" or value in (None, 0, 0.0)
+    if k + 1 >= len(pad) or (pad[k] == 0 and pad[k + 1] == 0):
+        return ChanMap(x.axis, x.ids, x.zero_safe and zero_fill)
+    if any(isinstance(p, fx.Node) for p in pad[k : k + 2]) or mode != "constant" or not zero_fill:
         ctx.refuse(node, "channel padding must be constant zeros with literal sizes")
     before = ctx.new(pad[k])
     after = ctx.new(pad[k + 1])
