@@ -56,3 +56,16 @@ def test_overrides_and_files(tmp_path):
     path.write_text("model: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(path)
+
+
+@pytest.mark.parametrize("text,where", [("model:\n  name: digits_cnn\n  weights: [oops\n", ":4:1"),
+                                        ("model: {name: digits_cnn}\ntargets: [0.3\nseed: 1\n", ":3:5"),
+                                        ("model:\n\tname: x\n", ":2:1")])
+def test_yaml_syntax_error_names_line_and_column(tmp_path, text, where):
+    """Issue #11: a YAML syntax error says where it is (path:line:column), on one line."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    msg = str(info.value)
+    assert f"{path}{where} is not valid YAML" in msg and "\n" not in msg

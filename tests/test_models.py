@@ -245,11 +245,37 @@ def test_missing_and_corrupt_files(tmp_path, shared):
         assert "cannot read" in _one_line_error(exc)
 
 
+class _Payload:
+    """Unpickling this runs ``touch <marker>`` (through os.system)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".th"])
+def test_malicious_pickle_is_refused_without_running_it(tmp_path, suffix):
+    """Issue #11: the payload must not run, the message must name the object and never suggest weights_only=False."""
+    marker = tmp_path / "pwned"
+    path = tmp_path / f"evil{suffix}"
+    torch.save({"conv1.weight": torch.zeros(1), "x": _Payload(marker)}, path)
+    with pytest.raises(CheckpointError) as exc:
+        load_checkpoint(build_model("cifar_resnet20"), path)
+    msg = _one_line_error(exc)
+    assert not marker.exists()
+    assert "pickled Python objects" in msg and "system" in msg and "refused for safety" in msg
+    assert "weights_only" not in msg and "False" not in msg
+
+
 def test_unsafe_pickle_and_non_tensor_contents(tmp_path):
     torch.save(build_model("cifar_resnet20"), tmp_path / "whole.pt")  # a pickled nn.Module needs weights_only=False
     with pytest.raises(CheckpointError) as exc:
         load_checkpoint(build_model("cifar_resnet20"), tmp_path / "whole.pt")
     msg = _one_line_error(exc)
-    assert "weights_only" in msg and "CifarResNet" in msg
+    assert "pickled Python objects" in msg and "CifarResNet" in msg and "weights_only" not in msg
     with pytest.raises(CheckpointError, match="non-tensor"):
         load_checkpoint(build_model("cifar_resnet20"), _save(tmp_path, {"epoch": 3, "lr": 0.1}))

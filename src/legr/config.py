@@ -255,8 +255,14 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None, schem
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"{path}{_yaml_position(exc)} is not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
     return parse_config(data or {}, overrides, schema)
+
+
+def _yaml_position(exc: yaml.YAMLError) -> str:
+    """``:line:column`` (1-based) of a YAML error, where PyYAML marks one."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    return f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
 
 
 def parse_set_options(items: list[str]) -> dict[str, Any]:

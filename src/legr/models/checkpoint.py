@@ -74,11 +74,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        # torch words it "Unsupported global: GLOBAL x.y ..." or (2.14) "Trying to load unsupported GLOBAL x.y ..."
+        unsafe = re.search(r"unsupported global:?(?: GLOBAL)? ([\w.]+)", str(exc), re.IGNORECASE)
         if unsafe:
             raise CheckpointError(
-                f"{path} pickles Python object {unsafe.group(1)}; legr only loads with weights_only=True "
-                "(re-save it as a plain state_dict or .safetensors)"
+                f"{path} contains pickled Python objects ({unsafe.group(1)}) and is refused for safety: loading it "
+                "could run arbitrary code; re-save the weights as a plain state_dict of tensors or .safetensors"
             ) from None
         reason = _first_line(exc)
         raise CheckpointError(f"cannot read checkpoint {path} (corrupt or not a torch file): {reason}") from None
@@ -86,10 +87,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
 
 
 def _first_line(exc: BaseException) -> str:
-    """A short reason: torch's weights-only unpickler detail if present, else the first line of the message."""
+    """A short reason: torch's weights-only unpickler detail if present, else the first line of the message that is
+    not torch's advice about ``weights_only`` (legr never loads a checkpoint with ``weights_only=False``)."""
     text = str(exc)
     detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
-    lines = text.strip().splitlines()
+    lines = [line for line in text.strip().splitlines() if line.strip() and "weights_only" not in line]
     reason = detail.group(1) if detail else (lines[0] if lines else type(exc).__name__)
     return reason.strip()[:200]
 
