@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from legr.allocate import ALLOCATORS, Floors, GlobalSolver, UniformSolver, get_allocator, solve_uniform, uniform_keep
+from legr.allocate import (ALLOCATORS, Floors, GlobalSolver, UniformSolver, check_reachable, get_allocator,
+                           min_macs_bound, solve_uniform, uniform_keep)
 from legr.cost import CostModel
 from legr.criteria import CRITERIA, CriterionContext, compute_scores, group_scores
 from legr.errors import BudgetError, LegrError
@@ -140,3 +141,21 @@ def test_uniform_solver_names_the_smallest_uniform_network(resnet20):
     solver = UniformSolver(graph, cost, group_scores(graph, compute_scores("l1", graph, model)))
     with pytest.raises(BudgetError, match="below the smallest uniform network"):
         solver.solve(0.5 * solver.min_macs)
+
+
+@pytest.mark.parametrize("name,size", [("cifar_resnet20", 32), ("cifar_resnet56_b", 32), ("cifar_mobilenet_v2", 32),
+                                       ("mobilenet_v3_small", 64), ("densenet121", 64)])
+def test_min_macs_bound_holds_for_every_ranking(name, size):
+    """The pre-training reachability check never refuses a target some ranking reaches (and is tight here)."""
+    graph = analyze(build_model(name, num_classes=10), (3, size, size))
+    cost, rng = CostModel(graph), np.random.default_rng(0)
+    for floors in (Floors(), Floors(0.5, 2), Floors(0.0, 1)):
+        bound = min_macs_bound(graph, cost, floors)
+        reached = []
+        for _ in range(3):
+            scores = {g.name: rng.random(g.size) for g in graph.prunable_groups()}
+            reached += [solver(graph, cost, scores, floors).min_macs for solver in (GlobalSolver, UniformSolver)]
+        assert 0 < bound <= min(reached) + 1e-6 * cost.base_macs
+    check_reachable(graph, cost, Floors(), [min_macs_bound(graph, cost, Floors()) / cost.base_macs + 1e-9])
+    with pytest.raises(BudgetError, match="below the smallest reachable"):
+        check_reachable(graph, cost, Floors(), [0.5, 0.001])

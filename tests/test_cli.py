@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from legr.errors import LegrError
+
 TINY = """
 model: {name: digits_cnn, weights: null}
 data: {name: digits, val_size: 200}
@@ -143,3 +145,57 @@ def test_any_criterion_with_any_allocator(config, tmp_path):
 def test_compare_refuses_a_run_config(config, tmp_path):
     proc = legr("compare", str(config), "--out", str(tmp_path / "c"), check=False)
     assert proc.returncode == 2 and "missing config key 'compare'" in proc.stderr
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "proc"])
+@pytest.mark.parametrize("command", ["rank", "magnitude"])
+def test_out_folder_that_cannot_be_created_is_one_line(config, tmp_path, where, command):
+    """Issue #11: -o under a regular file or on a file system that takes no folders: exit 2, no traceback."""
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "run" if where == "under-a-file" else Path("/proc/legr-test/run")
+    magnitude = ["magnitude", "digits_cnn", "--dataset", "digits", "--val-size", "300"]
+    args = ["rank", str(config)] if command == "rank" else magnitude
+    proc = legr(*args, "--out", str(out), "--quiet", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot create output folder" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("change,message", [("model.name=digits_cn", "unknown model"),
+                                            ("model.weights=missing.safetensors", "checkpoint not found"),
+                                            ("data.name=nowhere", "unknown dataset"),
+                                            ("targets=[0.001]", "smallest reachable"),
+                                            ("search.target=0.001", "smallest reachable"),
+                                            ("data.val_size=0", "needs a validation split")])
+def test_invalid_runs_are_refused_before_the_folder_is_claimed(config, tmp_path, change, message):
+    """Issue #11: the model, its checkpoint, the data and the targets are checked before anything is written or
+    trained, so the corrected config can run in the same folder."""
+    out = tmp_path / "run"
+    proc = legr("prune", str(config), "--out", str(out), "--set", change, check=False, cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_a_folder_whose_run_never_started_is_reused(config, tmp_path):
+    """Issue #11: a folder holding only config.yaml (e.g. from a failed start) takes the corrected config."""
+    from legr.config import load_config
+    from legr.pipeline import Pipeline
+
+    out = tmp_path / "run"
+    Pipeline(load_config(config, {"seed": 5}), out, progress=False)
+    assert "seed: 5" in (out / "config.yaml").read_text()
+    Pipeline(load_config(config), out, progress=False)
+    assert "seed: 0" in (out / "config.yaml").read_text()
+    (out / "timings.json").write_text("{}")  # the run started: another config is now refused
+    with pytest.raises(LegrError, match="different config"):
+        Pipeline(load_config(config, {"seed": 5}), out, progress=False)
+
+
+def test_unreachable_magnitude_target_is_refused_before_training(tmp_path):
+    """Issue #11: `legr magnitude --target 1e9` is refused from the shapes, before dense training and sensitivity."""
+    out = tmp_path / "run"
+    proc = legr("magnitude", "digits_cnn", "--dataset", "digits", "--val-size", "300", "--target", "1e9",
+                "--out", str(out), "--quiet", check=False, timeout=120)
+    assert proc.returncode == 2 and "beyond what the sensitivity grid allows" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal, Mapping, Protocol
+from typing import Callable, Literal, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -50,6 +50,35 @@ def _producer_dims(graph: ChannelGraph) -> list[np.ndarray]:
                 seen.add(key)
                 dims.append(cls)
     return dims
+
+
+def min_macs_bound(graph: ChannelGraph, cost: CostModel, floors: Floors) -> float:
+    """A lower bound on the MACs of every plan that respects ``floors``, whatever the ranking (so it can be checked
+    before any network is trained or scored): a tracked dim keeps at least its channels outside the prunable groups
+    plus the floor of the largest-floored producer dim it contains (times that dim's least repetition)."""
+    prunable = np.zeros(graph.num_classes, dtype=bool)
+    for group in graph.prunable_groups():
+        prunable[group.classes] = True
+    dims = _producer_dims(graph)
+
+    def lower(cls: np.ndarray) -> float:
+        count = np.bincount(cls, minlength=graph.num_classes)
+        inside = [floors(len(d)) * int(count[d].min()) for d in dims if count[d].min() > 0]
+        return float(np.count_nonzero(~prunable[cls]) + max(inside, default=0))
+
+    return cost.macs_bound(lower)
+
+
+def check_reachable(graph: ChannelGraph, cost: CostModel, floors: Floors, targets: Sequence[float]) -> None:
+    """Raise `BudgetError` for any MACs fraction in ``targets`` that no plan can reach (see `min_macs_bound`)."""
+    bound = min_macs_bound(graph, cost, floors)
+    low = [t for t in targets if t * cost.base_macs < bound]
+    if low:
+        raise BudgetError(
+            f"target {min(low):g} of {cost.base_macs / 1e6:.3f}M MACs is below the smallest reachable: no plan goes "
+            f"under {bound / 1e6:.3f}M MACs ({bound / cost.base_macs:.1%}) with floors safeguard={floors.safeguard:g}, "
+            f"min_channels={floors.min_channels}"
+        )
 
 
 def _class_scores(graph: ChannelGraph, scores: Mapping[str, np.ndarray]) -> np.ndarray:

@@ -12,6 +12,7 @@ operations (tens of microseconds for a CIFAR ResNet), so search and budget solve
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 from torch import nn
@@ -66,6 +67,12 @@ class CostModel:
 
     def params(self, keep: np.ndarray) -> float:
         return self._params(self.widths(keep))
+
+    def macs_bound(self, lower: Callable[[np.ndarray], float]) -> float:
+        """MACs with each tracked dim at ``lower(class of each of its positions)`` kept positions. When ``lower``
+        bounds every dim's kept count from below, this bounds the MACs of every such keep vector from below (each
+        term is a product of non-negative counts)."""
+        return self._macs(np.append([lower(cls) for cls in self._pos_cls], 1.0))
 
     def costs(self, keep: np.ndarray) -> tuple[float, float]:
         w = self.widths(keep)

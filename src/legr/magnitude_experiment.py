@@ -24,9 +24,9 @@ from legr.errors import ConfigError
 from legr.hardware import git_revision, hardware_label
 from legr.latency import measure_latency
 from legr.magnitude import count_nonzero, count_params, layer_density
-from legr.magnitude_pipeline import MagnitudeConfig, run_magnitude, sparse_macs
+from legr.magnitude_pipeline import MagnitudeConfig, check_reachable, run_magnitude, sparse_macs
 from legr.models import build_model, file_fingerprint, get_model_spec, load_checkpoint, save_state_dict
-from legr.paths import atomic_write_text
+from legr.paths import atomic_write_text, make_folder
 from legr.report import write_results
 from legr.sparse import encode_sparse, sparse_kernel_copy, sparse_weight_names, storage_report
 from legr.train import FinetuneConfig, evaluate, finetune
@@ -66,8 +66,6 @@ def _latencies(model: nn.Module, input_size: tuple[int, ...], cfg: ExperimentCon
 def run_experiment(cfg: ExperimentConfig, out: str | Path, *, progress: bool = True,
                    log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     """Run (or resume) the experiment in ``out``; returns the summary also written to ``out/summary.json``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     data = load_dataset(cfg.dataset)
     tx, ty, vx, vy = split_train_val(data.train_x, data.train_y, cfg.val_size, cfg.seed)
@@ -77,6 +75,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, progress: bool = T
     spec = get_model_spec(cfg.model)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, num_classes=data.num_classes)
+    check_reachable(model, cfg.magnitude)  # before the dense training and the sensitivity analysis
+    out = make_folder(out)
     input_size = data.input_size
     base_path = out / "base.safetensors"
     base_key = {"model": cfg.model, "dataset": cfg.dataset, "base": asdict(cfg.base), "val_size": cfg.val_size,

@@ -22,12 +22,12 @@ import torch
 from torch import Tensor, nn
 
 from legr.dead_units import remove_dead_units
-from legr.errors import CheckpointError, ConfigError
+from legr.errors import BudgetError, CheckpointError, ConfigError
 from legr.magnitude import (DEFAULT_FRACTIONS, Masker, SensitivityCurve, adjust_dropout_, allocate_fractions,
                             count_params, layer_density, prunable_layers, quality_for_fraction, reference_stds,
                             schedule_fractions, sensitivity)
 from legr.models.checkpoint import load_state_dict, read_state_dict, save_state_dict
-from legr.paths import atomic_write_text
+from legr.paths import atomic_write_text, make_folder
 from legr.sparse import load_sparse, save_sparse
 from legr.train import FinetuneConfig, evaluate, finetune
 
@@ -128,6 +128,21 @@ def _write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
+def check_reachable(model: nn.Module, cfg: MagnitudeConfig) -> None:
+    """Raise `BudgetError` when ``cfg.target`` exceeds what the sensitivity grid allows on ``model`` at best: every
+    pruned layer at the largest of ``cfg.fractions``, biases and other parameters dense. Depends on the shapes only,
+    so it runs before any training (explicit ``qualities`` skip the target)."""
+    if cfg.qualities is not None:
+        return
+    total = count_params(model)
+    removable = max(cfg.fractions) * sum(m.weight.numel() for m in prunable_layers(model, cfg.layers).values())
+    best = total / (total - removable)
+    if cfg.target > best:
+        raise BudgetError(f"compression {cfg.target:g}x is beyond what the sensitivity grid allows on "
+                          f"{type(model).__name__} (at most {best:.2f}x with every layer at its largest fraction "
+                          f"{max(cfg.fractions):g}); lower the target or add larger fractions")
+
+
 def _check_config(out: Path, cfg: MagnitudeConfig, extra: Mapping[str, Any]) -> None:
     want = {"magnitude": cfg.to_dict(), **json.loads(json.dumps(dict(extra)))}
     path = out / "config.json"
@@ -153,8 +168,8 @@ def run_magnitude(model: nn.Module, input_size: Sequence[int], train: tuple[Tens
     and must match on resume. ``curves``: a sensitivity analysis already done on this model (e.g. shared by
     several runs at different targets); it is stored as the run's sensitivity.json.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_reachable(model, cfg)
+    out = make_folder(out)
     _check_config(out, cfg, provenance or {})
     layers = list(prunable_layers(model, cfg.layers))
     stds = reference_stds(model, layers)
@@ -296,5 +311,5 @@ def per_layer_remaining(model: nn.Module, names: Sequence[str] | None = None) ->
     return layer_density(model, names)
 
 
-__all__ = ["MagnitudeConfig", "MagnitudeResult", "load_magnitude", "per_layer_remaining", "run_magnitude",
-           "sparse_macs"]
+__all__ = ["MagnitudeConfig", "MagnitudeResult", "check_reachable", "load_magnitude", "per_layer_remaining",
+           "run_magnitude", "sparse_macs"]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from legr.errors import LegrError
+
 
 def data_dir() -> Path:
     return Path(os.environ.get("LEGR_DATA", "data")).expanduser()
@@ -23,6 +25,19 @@ def weights_dir() -> Path:
 def cache_dir() -> Path:
     path = Path(os.environ.get("LEGR_CACHE", Path.home() / ".cache" / "legr")).expanduser()
     path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def make_folder(path: str | os.PathLike) -> Path:
+    """Create the output folder ``path`` (and its parents), or raise a one-line `LegrError` saying why it cannot be
+    one (a parent is a regular file, a read-only or virtual file system, no permission)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LegrError(f"cannot create output folder {path}: {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise LegrError(f"cannot write to output folder {path}: permission denied")
     return path
 
 

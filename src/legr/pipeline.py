@@ -3,7 +3,7 @@
 Every step writes its artifacts atomically and skips work already on disk, so a killed run restarted with the same
 command continues where it stopped (the search and each fine-tune also resume mid-way). Folder layout::
 
-    config.yaml               resolved configuration (a different config in the same folder is refused)
+    config.yaml               resolved configuration (a different config is refused once the run has started)
     base/model.safetensors    the trained/adapted source network (only when base_training.epochs > 0)
     search_state.json         evolution state after every candidate;  search_log.jsonl: one line per candidate
     ranking.json              the ranking: criterion scores + per-layer alpha, kappa (learned for lcp/legr)
@@ -31,7 +31,7 @@ import torch
 import yaml
 from torch import nn
 
-from legr.allocate import Floors, get_allocator
+from legr.allocate import Floors, check_reachable, get_allocator
 from legr.artifacts import load_pruned, save_pruned
 from legr.config import RunConfig, TrainConfig, artifact_config, dump_config, parse_config
 from legr.cost import CostModel, count_params
@@ -42,7 +42,7 @@ from legr.graph import analyze
 from legr.hardware import git_revision, hardware_label
 from legr.latency import measure_interleaved
 from legr.models import build_model, load_checkpoint, save_state_dict
-from legr.paths import atomic_write_text
+from legr.paths import atomic_write_text, make_folder
 from legr.plan import Plan
 from legr.ranking import Ranking, learn_ranking, model_fingerprint, ranked_layers, stored_scores
 from legr.report import config_hash, format_table, plot_pareto, read_results, write_results
@@ -84,12 +84,22 @@ class Pipeline:
         self.cfg, self.out, self.progress, self.log = cfg, Path(out), progress, log
         self.device = resolve_device(cfg.device)
         self.floors = Floors(cfg.floors.safeguard, cfg.floors.min_channels)
+        self._validate()
         self._claim_folder()
 
+    def _validate(self) -> None:
+        """Check what needs no training before the folder is claimed: the model builds and its checkpoint fits, the
+        dataset loads (with a validation split when the allocator searches), and every target (and search target)
+        lies above the MACs floor any ranking can reach."""
+        if get_allocator(self.cfg.allocator).search is not None and len(self.data.val[0]) == 0:
+            raise ConfigError("the search needs a validation split: set data.val_size > 0")
+        check_reachable(self.graph, self.cost, self.floors, (*self.cfg.targets, *self.cfg.search_targets))
+
     def _claim_folder(self) -> None:
-        """Refuse a folder that holds another run; `eval` and `device` may differ (e.g. train on a GPU, time on a CPU)."""
-        path = self.out / "config.yaml"
-        if path.exists():
+        """Refuse a folder that holds another run; `eval` and `device` may differ (e.g. train on a GPU, time on a CPU).
+        A folder holding only a config.yaml (a run that never started) is reused."""
+        path = make_folder(self.out) / "config.yaml"
+        if path.exists() and any(p.name != path.name for p in self.out.iterdir()):
             try:
                 held = artifact_config(parse_config(yaml.safe_load(path.read_text())))
             except (ConfigError, yaml.YAMLError):
@@ -110,14 +120,19 @@ class Pipeline:
         return Splits((tx, ty), (vx, vy), (ds.test_x, ds.test_y), ds.mean, ds.std, ds.input_size, ds.num_classes)
 
     @cached_property
-    def base(self) -> nn.Module:
-        """The source network (loaded, and trained/adapted first when base_training.epochs > 0), eval mode."""
+    def _network(self) -> nn.Module:
+        """The source network as built and loaded, on the run's device (`base` trains this module in place)."""
         m = self.cfg.model
         weights: bool | str = {None: False, "pretrained": True}.get(m.weights, m.weights)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.cfg.seed)  # a network trained from scratch starts from the same weights
             model = build_model(m.name, num_classes=m.num_classes or self.data.num_classes, pretrained=weights)
-        model.to(self.device)
+        return model.to(self.device)
+
+    @cached_property
+    def base(self) -> nn.Module:
+        """The source network (loaded, and trained/adapted first when base_training.epochs > 0), eval mode."""
+        model = self._network
         if self.cfg.base_training.epochs > 0:
             path = self.out / "base" / "model.safetensors"
             if path.exists():
@@ -130,7 +145,9 @@ class Pipeline:
 
     @cached_property
     def graph(self):
-        return analyze(self.base, self.data.input_size)
+        """Channel groups of the source network: they depend on its structure only, so they are found before any
+        base training (the graph's modules are the network's, so they hold its weights once trained)."""
+        return analyze(self._network, self.data.input_size)
 
     @cached_property
     def cost(self) -> CostModel:
@@ -189,8 +206,6 @@ class Pipeline:
             return Ranking.identity(layers, criterion=cfg.criterion, fingerprint=fingerprint, source=self._source(),
                                     allocator=cfg.allocator, scores=stored_scores(scores, layers))
         s = cfg.search
-        if len(self.data.val[0]) == 0:
-            raise ConfigError("the search needs a validation split: set data.val_size > 0")
         targets = cfg.search_targets
         self.log(f"learning the ranking ({cfg.allocator}, {cfg.criterion}, {s.evaluations} candidates, "
                  f"BN batches {s.bn_batches}, tau {s.tau}, val {s.fitness}) at "
