@@ -100,6 +100,11 @@ class _Unknown(nn.Module):
         return torch.cumsum(self.conv(x), 1)
 
 
+def _pool_over_channels(pool: nn.Module) -> nn.Module:
+    """A 1d pool on the flattened (N, C) features acts on the channel axis (its 'length')."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), pool, nn.Linear(4, 10))
+
+
 @pytest.mark.parametrize(
     "model,message",
     [
@@ -107,8 +112,10 @@ class _Unknown(nn.Module):
         (_ChannelsLast, "moves the channel axis"),
         (_ChannelSlice, "indexes the channel dimension"),
         (_Unknown, "cumsum"),
+        (lambda: _pool_over_channels(nn.MaxPool1d(2)), "pools or resizes along the channel axis"),
+        (lambda: _pool_over_channels(nn.AdaptiveAvgPool1d(4)), "pools or resizes along the channel axis"),
     ],
-    ids=["shufflenet", "permute", "slice", "unknown-op"],
+    ids=["shufflenet", "permute", "slice", "unknown-op", "maxpool1d-over-channels", "adaptive-pool-over-channels"],
 )
 def test_unsupported_ops_are_refused_before_anything_changes(model, message):
     model = model()

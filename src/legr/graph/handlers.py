@@ -97,7 +97,7 @@ def _linear(ctx: WalkContext, node: fx.Node) -> ChanMap:
     lin = ctx.module(node)
     x = _first_map(ctx, node)
     rank = len(ctx.shape(node.args[0]))
-    if x.axis != rank - 1:
+    if x.axis != rank - 1 or len(x.ids) != lin.in_features:
         ctx.refuse(node, "the Linear layer does not act on the tracked channel axis")
     _consume(ctx, x)
     out = ctx.new(lin.out_features)
@@ -150,15 +150,20 @@ def _layernorm(ctx: WalkContext, node: fx.Node) -> ChanMap:
 # --- elementwise and shape-preserving ops ------------------------------------------------------------------------
 ZERO_PRESERVING_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Tanh, nn.ELU, nn.Mish, nn.Identity,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
-    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample, StochasticDepth,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, StochasticDepth,
 )
 ZERO_PRESERVING_FUNCTIONS = (
     F.relu, F.relu_, F.relu6, F.leaky_relu, F.silu, F.gelu, F.hardswish, F.elu, F.mish, torch.relu, torch.relu_,
-    torch.tanh, F.dropout, F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.interpolate, torch.clone,
+    torch.tanh, F.dropout, torch.clone,
 )
+# pooling and resizing: how many trailing dims each acts on (None: every dim after the first two, (N, C, *spatial))
+SPATIAL_OPS: dict[Any, int | None] = {
+    nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3, nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3,
+    nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3, nn.AdaptiveMaxPool1d: 1,
+    nn.AdaptiveMaxPool2d: 2, nn.AdaptiveMaxPool3d: 3, nn.Upsample: None, F.max_pool1d: 1, F.max_pool2d: 2,
+    F.max_pool3d: 3, F.avg_pool1d: 1, F.avg_pool2d: 2, F.avg_pool3d: 3, F.adaptive_avg_pool1d: 1,
+    F.adaptive_avg_pool2d: 2, F.adaptive_max_pool2d: 2, F.interpolate: None,
+}
 ZERO_PRESERVING_METHODS = ("relu", "relu_", "tanh", "contiguous", "clone", "detach", "float", "to", "type_as")
 NONZERO_MODULES = (nn.Sigmoid, nn.Hardsigmoid, nn.Softplus)
 NONZERO_FUNCTIONS = (torch.sigmoid, F.sigmoid, F.hardsigmoid, F.softplus, torch.exp)
@@ -174,6 +179,21 @@ def _same_rank(ctx: WalkContext, node: fx.Node, x: ChanMap) -> None:
 def _passthrough(ctx: WalkContext, node: fx.Node) -> ChanMap:
     x = _first_map(ctx, node)
     _same_rank(ctx, node, x)
+    return x
+
+
+@register(modules=[k for k in SPATIAL_OPS if isinstance(k, type)],
+          functions=[k for k in SPATIAL_OPS if not isinstance(k, type)])
+def _spatial(ctx: WalkContext, node: fx.Node) -> ChanMap:
+    """Pooling and resizing map zeros to zeros, and pass channels through only when the channel axis is not one of
+    the trailing dims they act on (a 1d pool over a flattened ``(N, C)`` tensor would mix the channels)."""
+    x = _first_map(ctx, node)
+    _same_rank(ctx, node, x)
+    rank = len(ctx.shape(node))
+    op = type(ctx.module(node)) if node.op == "call_module" else node.target
+    dims = next((SPATIAL_OPS[k] for k in getattr(op, "__mro__", (op,)) if k in SPATIAL_OPS), None) or rank - 2
+    if x.axis >= rank - dims:
+        ctx.refuse(node, "it pools or resizes along the channel axis")
     return x
 
 
