@@ -255,7 +255,8 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None, schem
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}{_yaml_position(exc)} is not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{_yaml_position(exc)} is not valid YAML: {problem}") from None
     return parse_config(data or {}, overrides, schema)
 
 

@@ -121,13 +121,13 @@ class Pipeline:
 
     @cached_property
     def _network(self) -> nn.Module:
-        """The source network as built and loaded, on the run's device (`base` trains this module in place)."""
+        """The source network as built and loaded, on the run's device, eval mode (`base` trains it in place)."""
         m = self.cfg.model
         weights: bool | str = {None: False, "pretrained": True}.get(m.weights, m.weights)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.cfg.seed)  # a network trained from scratch starts from the same weights
             model = build_model(m.name, num_classes=m.num_classes or self.data.num_classes, pretrained=weights)
-        return model.to(self.device)
+        return model.to(self.device).eval()
 
     @cached_property
     def base(self) -> nn.Module:
