@@ -221,9 +221,9 @@ def learn_ranking(
     space = AffineSpace(layers, layer_score_std(scores, layers), mutate_fraction=mutate_fraction,
                         learn_alpha=spec.search == "affine")
     index = {name: i for i, name in enumerate(layers)}
-    solver = spec.solver(graph, cost, group_scores(graph, scores), floors)
+    raw_solver = spec.solver(graph, cost, group_scores(graph, scores), floors)
     for t in targets:
-        solver.solve(t)  # fail early if unreachable
+        raw_solver.solve(t)  # fail early if unreachable
     initial = [AffineTransform(*uniform_transform(graph, cost, scores, targets[0], floors))] if seed_uniform else []
 
     def evaluate(candidate, i: int) -> float:
