@@ -65,7 +65,7 @@ def test_demo_writes_the_family(tmp_path):
 
 @pytest.mark.parametrize("family", [False, True], ids=["one-target", "family-fitness"])
 def test_search_resumes_after_sigkill(config, tmp_path, family):
-    sets = ["--set", "search.targets=[0.3, 0.6]"] if family else []
+    sets = [] if family else ["--set", "search.target=0.3"]  # default: the fitness averages the run's targets
     reference = tmp_path / "reference"
     legr("rank", str(config), "--out", str(reference), "--quiet", *sets)
     killed = tmp_path / "killed"
@@ -91,6 +91,20 @@ def test_search_resumes_after_sigkill(config, tmp_path, family):
     assert a["layers"] == b["layers"] and a["fingerprint"] == b["fingerprint"]
     assert a["search"]["best_fitness"] == b["search"]["best_fitness"]
     assert b["search"]["targets"] == ([0.3, 0.6] if family else [0.3])
+
+
+def test_a_ranking_searched_at_other_targets_is_refused(config, tmp_path):
+    """A run folder from before the family-aware default (search target unset meant the lowest target) is not
+    silently reused by a config that now searches at all its targets."""
+    out = tmp_path / "old"
+    legr("rank", str(config), "--out", str(out), "--quiet", "--set", "search.target=0.3",
+         "--set", "search.evaluations=6")
+    held = (out / "config.yaml").read_text()
+    assert "  target: 0.3\n" in held
+    (out / "config.yaml").write_text(held.replace("  target: 0.3\n", "  target: null\n"))  # as the old version wrote it
+    proc = legr("rank", str(config), "--out", str(out), "--quiet", "--set", "search.evaluations=6", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "was searched at 30% MACs but the config searches at 30%, 60%" in proc.stderr
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,8 @@ compare:
   methods:
     - {name: uniform-l1, criterion: l1, allocator: uniform}
     - {name: taylor, criterion: taylor, allocator: global}
-    - {name: lcp, criterion: l2sq, allocator: lcp}
+    - {name: lcp, criterion: l2sq, allocator: lcp}                             # default: fitness at 40% and 70%
+    - {name: lcp-one, criterion: l2sq, allocator: lcp, search: {target: 0.4}}  # one search, at 40%
 """
 
 
@@ -45,7 +46,7 @@ def test_every_method_seed_and_target_is_run_on_the_same_source(comparison):
     assert len(base) == 1 and base[0]["top1"] > 0.6  # one source network, evaluated once
     members = [r for r in runs if r["method"] != "baseline"]
     assert sorted((r["method"], r["seed"], r["target"]) for r in members) == sorted(
-        (m, s, t) for m in ("uniform-l1", "taylor", "lcp") for s in (0, 1) for t in (0.4, 0.7))
+        (m, s, t) for m in ("uniform-l1", "taylor", "lcp", "lcp-one") for s in (0, 1) for t in (0.4, 0.7))
     for r in members:
         assert r["macs"] <= r["target"] * base[0]["macs"] and r["latency_cpu_b1_ms"] > 0
         assert r["top1_before_ft"] is not None and r["finetune_epochs"] == 1
@@ -73,20 +74,34 @@ def test_summary_is_the_mean_and_std_of_the_runs(comparison):
 def test_family_times_pipeline_cost_and_widths(comparison):
     out, result = comparison
     assert all(t["mean_s"] > 0 for t in result["family_time_s"].values())
-    pc = result["pipeline_cost"]
+    pc = result["pipeline_cost"]  # lcp searches at both targets: each is searched again alone
     timings = json.loads((out / "seed0" / "lcp" / "timings.json").read_text())
-    assert pc["search_s"]["0.4"] == timings["rank"]  # the family's own search, at the lowest target
-    assert pc["search_s"]["0.7"] == json.loads((out / "per_target" / "lcp-70" / "timings.json").read_text())["rank"]
+    assert pc["search_targets"] == [0.4, 0.7] and pc["learn_once_s"] > timings["rank"]
+    for t in ("40", "70"):
+        alone = out / "per_target" / f"lcp-{t}"
+        assert pc["search_s"][str(int(t) / 100)] == json.loads((alone / "timings.json").read_text())["rank"]
+        assert json.loads((alone / "ranking.json").read_text())["search"]["targets"] == [int(t) / 100]
     assert pc["search_ratio"] == pytest.approx(sum(pc["search_s"].values()) / timings["rank"])
-    assert 1 < pc["pipeline_ratio"] < pc["search_ratio"]
     w = result["widths"]
-    assert w["target"] == 0.7 and set(w["methods"]) == {"uniform-l1", "taylor", "lcp"}
+    assert w["target"] == 0.7 and set(w["methods"]) == {"uniform-l1", "taylor", "lcp", "lcp-one"}
     for widths in w["methods"].values():
         assert all(0 < widths[n] <= w["original"][n] for n in w["layers"])
     summary = (out / "summary.md").read_text()
     assert "| lcp | 70% |" in summary and "Search time ratio" in summary
     for name in ("accuracy_vs_macs.png", "widths.png"):
         assert (out / name).stat().st_size > 10_000
+
+
+def test_pipeline_cost_of_a_single_target_search_reuses_its_own_search(comparison):
+    out, _ = comparison
+    data = yaml.safe_load(CONFIG)
+    data["compare"]["pipeline_cost"] = "lcp-one"
+    c = Comparison(parse_config(data, schema=CompareConfig), out, progress=False, log=lambda m: None)
+    pc = c._pipeline_cost(c._source())
+    timings = json.loads((out / "seed0" / "lcp-one" / "timings.json").read_text())
+    assert pc["search_targets"] == [0.4] and pc["search_s"]["0.4"] == timings["rank"]  # the family's own search
+    assert pc["search_s"]["0.7"] == json.loads((out / "per_target" / "lcp-one-70" / "timings.json").read_text())["rank"]
+    assert 1 < pc["pipeline_ratio"] < pc["search_ratio"]
 
 
 def test_rerun_finds_everything_done(comparison):

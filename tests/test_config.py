@@ -2,7 +2,7 @@
 
 import pytest
 
-from legr.config import load_config, parse_config
+from legr.config import artifact_config, load_config, parse_config
 from legr.errors import ConfigError
 
 BASE = {"model": {"name": "digits_cnn"}}
@@ -16,16 +16,26 @@ def test_defaults_are_the_papers_except_the_fitness():
     assert (cfg.finetune.lr, cfg.finetune.momentum, cfg.finetune.weight_decay, cfg.finetune.nesterov) == (0.01, 0.9, 5e-4, True)
     assert cfg.finetune.milestones == (0.3, 0.6, 0.8) and cfg.finetune.gamma == 0.2 and cfg.finetune.batch_size == 128
     assert (cfg.floors.safeguard, cfg.criterion, cfg.data.val_size) == (0.1, "l2sq", 5000)
-    assert len(cfg.targets) == 7 and cfg.search_targets == (min(cfg.targets),)
+    assert len(cfg.targets) == 7 and cfg.search_targets == (0.3, 0.6, 0.9)  # family fitness: lowest, middle, highest
 
 
 def test_search_targets():
     assert parse_config({**BASE, "search": {"target": 0.5}}).search_targets == (0.5,)
     assert parse_config({**BASE, "search": {"targets": [0.3, 0.7]}}).search_targets == (0.3, 0.7)
+    for targets, default in [([0.5], (0.5,)), ([0.7, 0.3], (0.3, 0.7)), ([0.7, 0.5, 0.3, 0.5], (0.3, 0.5, 0.7)),
+                             ([0.2, 0.3, 0.45, 0.6, 0.8], (0.2, 0.45, 0.8))]:
+        assert parse_config({**BASE, "targets": targets}).search_targets == default
     with pytest.raises(ConfigError, match="exclude each other"):
         parse_config({**BASE, "search": {"target": 0.5, "targets": [0.3]}})
     with pytest.raises(ConfigError, match="search.targets must be MACs fractions"):
         parse_config({**BASE, "search": {"targets": [0.3, 1.5]}})
+
+
+def test_a_run_folder_is_the_same_run_whether_its_search_targets_are_written_or_default():
+    default = parse_config({**BASE, "targets": [0.3, 0.47, 0.7]})
+    written = parse_config({**BASE, "targets": [0.3, 0.47, 0.7], "search": {"targets": [0.3, 0.47, 0.7]}})
+    single = parse_config({**BASE, "targets": [0.3, 0.47, 0.7], "search": {"target": 0.3}})
+    assert artifact_config(default) == artifact_config(written) != artifact_config(single)
 
 
 @pytest.mark.parametrize(

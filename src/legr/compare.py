@@ -28,7 +28,6 @@ from torch import nn
 
 from legr.artifacts import load_pruned
 from legr.config import CompareConfig, MethodConfig, RunConfig
-from legr.errors import LegrError
 from legr.hardware import hardware_label
 from legr.latency import measure_interleaved
 from legr.paths import atomic_write_text
@@ -103,6 +102,7 @@ class Comparison:
         result = {
             "model": self.shared.model.name, "dataset": self.shared.data.name, "targets": self.targets,
             "seeds": list(self.spec.seeds), "hardware": hardware_label(),
+            "search_targets": list(self.shared.search_targets),  # the shared search's (a method may change them)
             "config": self.cfg.model_dump(mode="json"),
             "runs": rows, "summary": self._summary(rows), "family_time_s": self._family_times(),
             "pipeline_cost": pipeline_cost, "widths": self._widths(first),
@@ -123,17 +123,14 @@ class Comparison:
         seed = self.spec.seeds[0]
         main = self.out / f"seed{seed}" / name
         timings = json.loads((main / "timings.json").read_text())
-        search = self.cfg.method_search(method)
-        if search.targets is not None:
-            raise LegrError(f"pipeline_cost method '{name}' searches at several targets; name a single-target method")
-        search_target = search.target or self.targets[0]
+        own = self._config(source, method, seed).search_targets
         searches = {}
         for t in self.targets:
-            if abs(t - search_target) < 1e-9:
+            if len(own) == 1 and abs(t - own[0]) < 1e-9:
                 searches[t] = timings["rank"]  # the family's own search is exactly this target's search
                 continue
             folder = self.out / "per_target" / member_name(name, t)
-            cfg = self._config(source, method, seed, target=t).model_copy(update={"targets": (t,)})
+            cfg = self._config(source, method, seed, target=t, targets=None).model_copy(update={"targets": (t,)})
             self.log(f"[pipeline cost] {name}: searching separately at {t:.0%} MACs")
             pipeline = self._pipeline(cfg, folder)
             pipeline.rank()
@@ -141,7 +138,7 @@ class Comparison:
         per_network = timings.get("prune", 0.0) + timings.get("finetune", 0.0)
         once, separate = timings["rank"], sum(searches.values())
         return {
-            "method": name, "seed": seed, "targets": self.targets, "search_target": search_target,
+            "method": name, "seed": seed, "targets": self.targets, "search_targets": list(own),
             "search_s": {str(t): s for t, s in searches.items()}, "prune_and_finetune_s": per_network,
             "learn_once_s": once + per_network, "search_per_target_s": separate + per_network,
             "search_ratio": separate / once, "pipeline_ratio": (separate + per_network) / (once + per_network),
@@ -236,6 +233,11 @@ def _pm(mean: float | None, std: float | None) -> str:
     return f"{100 * mean:.2f} ± {100 * (std or 0.0):.2f}"
 
 
+def _search_targets(pc: dict[str, Any]) -> list[float]:
+    """The family's own search targets (``search_target``: a compare.json written before multi-target searches)."""
+    return pc.get("search_targets") or [pc["search_target"]]
+
+
 def _duration(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
@@ -264,7 +266,7 @@ def summary_markdown(result: dict[str, Any]) -> str:
         k = len(pc["targets"])
         searches = ", ".join(f"{float(t):.0%}: {_duration(s)}" for t, s in pc["search_s"].items())
         lines += ["", f"Pipeline cost ({pc['method']}, seed {pc['seed']}, {k} targets): one search at "
-                  f"{pc['search_target']:.0%} + {k} prunes/fine-tunes = {_duration(pc['learn_once_s'])}; one search "
+                  f"{', '.join(f'{t:.0%}' for t in _search_targets(pc))} + {k} prunes/fine-tunes = {_duration(pc['learn_once_s'])}; one search "
                   f"per target ({searches}) + the same prunes/fine-tunes = {_duration(pc['search_per_target_s'])}. "
                   f"Search time ratio {pc['search_ratio']:.2f}x, whole-pipeline ratio {pc['pipeline_ratio']:.2f}x."]
     return "\n".join(lines) + "\n"

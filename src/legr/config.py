@@ -76,10 +76,11 @@ class TrainConfig(_Strict):
 class SearchConfig(_Strict):
     """Regularized evolution of the per-layer affine transform (allocator legr) or offset only (allocator lcp).
 
-    Fitness of a candidate: prune at the search target(s), re-estimate BatchNorm statistics on ``bn_batches``
-    training batches (adaptive BN; augmented when ``finetune.augment`` is), take ``tau`` SGD steps, then the validation ``fitness`` (top-1 by default; see
-    benchmarks/results/fitness_correlation for why). The paper's CIFAR setting: ``{bn_batches: 0, tau: 0, fitness:
-    loss, seed_uniform: false}`` (ImageNet: tau 200).
+    Fitness of a candidate: prune at each search target (default: the run's lowest, middle and highest targets;
+    the mean is the fitness), re-estimate BatchNorm statistics on ``bn_batches`` training batches (adaptive BN;
+    augmented when ``finetune.augment`` is), take ``tau`` SGD steps, then the validation ``fitness`` (top-1 by
+    default; see benchmarks/results/fitness_correlation for why). The paper's CIFAR setting: ``{bn_batches: 0, tau: 0,
+    fitness: loss, seed_uniform: false, target: <one target>}`` (ImageNet: tau 200).
     """
 
     population: int = Field(64, ge=1)
@@ -96,9 +97,11 @@ class SearchConfig(_Strict):
     fitness: Literal["loss", "accuracy"] = "accuracy"
     seed_uniform: bool = Field(True, description="the first population also holds the transform reproducing the "
                                                  "uniform allocation (beside the identity = global ranking)")
-    target: float | None = Field(None, gt=0, le=1, description="MACs fraction searched at; default: lowest target")
-    targets: tuple[float, ...] | None = Field(None, min_length=1, description="family-aware search: fitness = mean "
-                                                                             "over these MACs fractions")
+    target: float | None = Field(None, gt=0, le=1, description="search at this one MACs fraction (the paper's "
+                                                                "single-target search)")
+    targets: tuple[float, ...] | None = Field(None, min_length=1, description="fitness = mean over these MACs "
+                                              "fractions; default (neither key): the run's lowest, middle and "
+                                              "highest targets")
 
     @model_validator(mode="after")
     def _check(self) -> "SearchConfig":
@@ -148,8 +151,17 @@ class RunConfig(_Strict):
 
     @property
     def search_targets(self) -> tuple[float, ...]:
-        """MACs fractions the search scores each candidate at (the first also places the uniform seed)."""
-        return self.search.targets or (self.search.target or min(self.targets),)
+        """MACs fractions the search scores each candidate at (the first also places the uniform seed).
+
+        Default: the family-aware fitness at the run's lowest, middle and highest targets, so that one ranking serves
+        the whole family (benchmarks/results/compare_resnet20_cifar10jpeg: a single-target search at the lowest
+        target ranks candidates whose pre-fine-tuning accuracies differ by sampling noise)."""
+        if self.search.target is not None:
+            return (self.search.target,)
+        if self.search.targets is not None:
+            return self.search.targets
+        ordered = sorted(set(self.targets))
+        return tuple(sorted({ordered[0], ordered[len(ordered) // 2], ordered[-1]}))
 
 
 class MethodConfig(_Strict):
@@ -285,8 +297,11 @@ EVAL_ONLY = ("eval", "device")
 
 
 def artifact_config(cfg: RunConfig) -> dict[str, Any]:
-    """The part of the config that determines a run folder's source network, ranking and members."""
-    return {k: v for k, v in cfg.model_dump(mode="json").items() if k not in EVAL_ONLY}
+    """The part of the config that determines a run folder's source network, ranking and members (the search
+    targets as resolved: an explicit list equal to the default is the same run)."""
+    out = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in EVAL_ONLY}
+    out["search"] = {**out["search"], "target": None, "targets": list(cfg.search_targets)}
+    return out
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -192,11 +192,24 @@ class Pipeline:
         if path.exists():
             ranking = Ranking.load(path)
             ranking.check(self.graph, fingerprint)
+            self._check_search_targets(ranking, path)
             return ranking
         with self._timed("rank"):
             ranking = self._make_ranking(fingerprint)
         ranking.save(path)
         return ranking
+
+    def _check_search_targets(self, ranking: Ranking, path: Path) -> None:
+        """A learned ranking is reused only by a config that searches at the same targets (a folder written before
+        the family-aware default searched at the lowest target only)."""
+        held = ranking.search.get("targets") or ([ranking.search["target"]] if "target" in ranking.search else None)
+        if held is None or get_allocator(self.cfg.allocator).search is None:
+            return
+        wanted = self.cfg.search_targets
+        if len(held) != len(wanted) or any(abs(a - b) > 1e-9 for a, b in zip(held, wanted)):
+            raise ConfigError(f"{path} was searched at {', '.join(f'{t:.0%}' for t in held)} MACs but the config "
+                              f"searches at {', '.join(f'{t:.0%}' for t in wanted)}: set search.targets to match "
+                              "or use another output folder")
 
     def _make_ranking(self, fingerprint: str) -> Ranking:
         cfg = self.cfg
