@@ -225,7 +225,15 @@ def fitness() -> list[str]:
                      f"{sum(x['seconds'] for x in v) / len(v):.1f}"])
     best = [f"{float(t):.0%}: best candidate {100 * max(c['ground_truth_top1'] for c in v['candidates']):.1f}%"
             for t, v in d["targets"].items()]
-    return out + _table(head, rows) + ["", "Best achievable pick — " + "; ".join(best) + "."]
+    out += _table(head, rows) + ["", "Best achievable pick — " + "; ".join(best) + "."]
+    fam = d.get("family")
+    if fam:
+        cells = "; ".join(f"{name}: Spearman {v['spearman']['mean']:+.2f}, pick {100 * v['pick_mean_top1']:.1f}%"
+                          for name, v in fam["fitnesses"].items())
+        out += ["", f"One fitness for the family ({len(fam['candidates'])} rankings scored at every target; against "
+                    f"their mean fine-tuned top-1, best {100 * fam['best_mean_top1']:.1f}%, median "
+                    f"{100 * fam['median_mean_top1']:.1f}%): {cells}."]
+    return out
 
 
 SECTIONS: list[tuple[str, Callable[[], list[str]]]] = [
