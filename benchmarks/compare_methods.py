@@ -1,7 +1,7 @@
 """Pruning methods under equal budgets: does LeGR's learned ranking beat uniform, global, LCP, Taylor and random?
 
 Every method prunes the same adapted source network to the same MACs targets with the same splits, fine-tuning
-budget and seeds (see `legr.compare`); all networks are then timed together. Writes the tables, plots and raw
+budget and seeds (see `legr.pipeline.compare`); all networks are then timed together. Writes the tables, plots and raw
 figures into benchmarks/results/compare_<config name>/. Resumable: rerun the same command after an interruption.
 
     LEGR_DATA=../shared/data LEGR_WEIGHTS=../shared/weights python benchmarks/compare_methods.py          # 2-core CPU
@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from legr.compare import Comparison, summary_markdown
-from legr.config import CompareConfig, load_config, parse_set_options
+from legr.pipeline.compare import Comparison, summary_markdown
+from legr.pipeline.config import CompareConfig, load_config, parse_set_options
 from legr.errors import LegrError
 from legr.paths import atomic_write_text
 

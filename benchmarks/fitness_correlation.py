@@ -26,20 +26,20 @@ import torch
 from scipy import stats
 from torch import nn
 
-from legr.allocate import GlobalSolver
-from legr.compare import Comparison
-from legr.config import CompareConfig, load_config, parse_set_options
-from legr.criteria import compute_scores, group_scores
+from legr.methods.allocate import GlobalSolver
+from legr.pipeline.compare import Comparison
+from legr.pipeline.config import CompareConfig, load_config, parse_set_options
+from legr.methods.criteria import compute_scores, group_scores
 from legr.data import TensorLoader
 from legr.errors import LegrError
 from legr.hardware import hardware_label
 from legr.paths import atomic_write_text
-from legr.pipeline import Pipeline
-from legr.ranking import layer_score_std, ranked_layers, uniform_transform
-from legr.report import _figure, _save_figure
-from legr.search import AffineSpace, AffineTransform, EvolutionConfig, aging_evolution
-from legr.surgery import prune
-from legr.train import FinetuneConfig, bn_batches, evaluate, finetune, make_sgd, recalibrate_bn, train_steps
+from legr.pipeline.steps import Pipeline
+from legr.methods.legr.ranking import layer_score_std, ranked_layers, uniform_transform
+from legr.reporting import figure, save_figure
+from legr.methods.legr import AffineSpace, AffineTransform, EvolutionConfig, aging_evolution
+from legr.engine.surgery import prune
+from legr.training import FinetuneConfig, bn_batches, evaluate, finetune, make_sgd, recalibrate_bn, train_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 BN_KS, BN_MID, TAU = (5, 20, 50), 20, 20
@@ -262,7 +262,7 @@ def summary_markdown(result: dict) -> str:
 
 
 def scatter(cands: list[dict], variants: dict, path: Path, title: str) -> None:
-    fig = _figure(10.0, 8.0)
+    fig = figure(10.0, 8.0)
     for ax, name in zip(fig.subplots(2, 2).flat, PLOTTED):
         for kind, color in KIND_COLORS.items():
             mine = [c for c in cands if c["kind"] == kind]
@@ -275,7 +275,7 @@ def scatter(cands: list[dict], variants: dict, path: Path, title: str) -> None:
         ax.grid(alpha=0.3)
     fig.axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=12, fontweight="bold")
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def main() -> None:

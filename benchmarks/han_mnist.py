@@ -5,7 +5,7 @@ validation, stratified, seed 0), run the sensitivity analysis on the validation 
 fractions for the overall compression target, run the iterative prune -> retrain rounds (L2, surviving weights
 kept, pruned ones masked at zero), remove dead units, store in CSR, and measure on the 10,000 test images and on
 this CPU. Writes, under ``benchmarks/results/han_mnist/``: ``han_mnist.json`` (all rows + summaries),
-``han_mnist.md`` (tables beside the paper's figures), ``results.json``/``results.csv`` (``legr.report`` rows), ``sensitivity_<model>.png``, ``layers.png``. Run folders
+``han_mnist.md`` (tables beside the paper's figures), ``results.json``/``results.csv`` (``legr.reporting`` rows), ``sensitivity_<model>.png``, ``layers.png``. Run folders
 (checkpoints, resumable) go to ``benchmarks/results/han_mnist/runs/`` (git-ignored).
 
     LEGR_DATA=/work/shared/data nice -n 19 .venv/bin/python benchmarks/han_mnist.py        # ~15 min on 2 cores
@@ -26,11 +26,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from legr.hardware import git_revision, hardware_info, hardware_label  # noqa: E402
-from legr.magnitude_experiment import ExperimentConfig, run_experiment  # noqa: E402
-from legr.magnitude_pipeline import MagnitudeConfig  # noqa: E402
+from legr.methods.magnitude.experiment import ExperimentConfig, run_experiment  # noqa: E402
+from legr.methods.magnitude.pipeline import MagnitudeConfig  # noqa: E402
 from legr.paths import atomic_write_text  # noqa: E402
-from legr.report import write_results  # noqa: E402
-from legr.train import FinetuneConfig  # noqa: E402
+from legr.reporting import write_results  # noqa: E402
+from legr.training import FinetuneConfig  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 # Han et al. 2015, Table 1 / Tables 2-3 (error in %, parameters, per-layer weights remaining).
@@ -133,7 +133,7 @@ def markdown(summaries: dict, wall: dict, meta: dict) -> str:
         for r in s["rounds"]:
             lines.append(f"| {PAPER[name]['label']} | {r['round']} | {100 * r['kept_fraction']:.2f}% | "
                          f"{100 * r['val_top1_pruned']:.2f}% | {100 * r['val_top1']:.2f}% | {r['epochs']} |")
-    lines += ["", "Dead units removed (physically, `legr.dead_units`): " + "; ".join(
+    lines += ["", "Dead units removed (physically, `legr.engine.dead_units`): " + "; ".join(
         f"{PAPER[n]['label']}: " + ", ".join(f"{g} {s['dead']['kept'][g]}/{s['dead']['sizes'][g]} kept"
                                              for g in s['dead']['kept']) for n, s in summaries.items()), "",
               f"CPU latency, {meta['threads']} thread, median ms per forward (dense kernels on the pruned network "
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"benchmark": "han_mnist", "meta": meta, "hardware_info": hardware_info(), "paper": PAPER,
                "models": summaries}
     atomic_write_text(args.out / "han_mnist.json", json.dumps(payload, indent=1) + "\n")
-    write_results([row for s in summaries.values() for row in s["rows"]], args.out)  # legr.report rows
+    write_results([row for s in summaries.values() for row in s["rows"]], args.out)  # legr.reporting rows
     text = markdown(summaries, wall, meta)
     atomic_write_text(args.out / "han_mnist.md", text)
     print(text)

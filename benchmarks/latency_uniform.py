@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Does uniform L1-norm pruning turn MACs savings into CPU latency savings?
 
-For every model and MACs target: uniform L1-norm pruning (`legr.allocate.solve_uniform`, Li et al. 2017), physical
-surgery (`legr.surgery.prune`), then CPU latency of the original and the pruned networks at a fixed thread count,
-eval mode, `torch.inference_mode`, median of timed forwards after warm-up (`legr.latency.measure_latency`).
+For every model and MACs target: uniform L1-norm pruning (`legr.methods.allocate.solve_uniform`, Li et al. 2017), physical
+surgery (`legr.engine.surgery.prune`), then CPU latency of the original and the pruned networks at a fixed thread count,
+eval mode, `torch.inference_mode`, median of timed forwards after warm-up (`legr.engine.latency.measure_latency`).
 
 Reported per model and target (ratios are pruned / original):
   MACs ratio, params ratio, latency ratio per batch size, and
@@ -53,15 +53,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from legr.allocate import solve_uniform
-from legr.cost import CostModel, count_params
-from legr.criteria import get_criterion, group_scores
+from legr.methods.allocate import solve_uniform
+from legr.engine.cost import CostModel, count_params
+from legr.methods.criteria import get_criterion, group_scores
 from legr.graph import analyze
 from legr.hardware import git_revision, hardware_info, hardware_label
-from legr.latency import measure_latency
+from legr.engine.latency import measure_latency
 from legr.models import build_model, get_model_spec
 from legr.paths import atomic_write_text
-from legr.surgery import prune
+from legr.engine.surgery import prune
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODELS = ("cifar_resnet56", "resnet50", "mobilenet_v2")
@@ -403,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         "hardware": None,
         "settings": {
             "models": args.models, "targets": args.targets, "batch_sizes": args.batch_sizes, "threads": args.threads,
-            "criterion": args.criterion, "allocation": "uniform (legr.allocate.solve_uniform, default floors)",
+            "criterion": args.criterion, "allocation": "uniform (legr.methods.allocate.solve_uniform, default floors)",
             "rounds": args.rounds, "min_repeats": args.min_repeats, "min_time_s": args.min_time,
             "warmup_time_s": args.warmup_time, "round_warmup": args.round_warmup, "max_foreign": args.max_foreign,
             "attempts": args.attempts, "quiet_wait_s": args.quiet_wait, "max_total_wait_s": args.max_total_wait,

@@ -15,11 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-from legr.config import load_config, parse_set_options
+from legr.pipeline.config import load_config, parse_set_options
 from legr.errors import LegrError
 from legr.paths import atomic_write_text
-from legr.pipeline import Pipeline
-from legr.report import markdown_table, read_results
+from legr.pipeline.steps import Pipeline
+from legr.reporting import markdown_table, read_results
 
 ROOT = Path(__file__).resolve().parents[1]
 KEEP = ["config.yaml", "ranking.json", "search_log.jsonl", "results.json", "results.csv", "pareto.png"]

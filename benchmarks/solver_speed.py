@@ -16,12 +16,12 @@ import sys
 import time
 from pathlib import Path
 
-from legr.cost import CostModel
+from legr.engine.cost import CostModel
 from legr.graph import analyze
 from legr.hardware import git_revision, hardware_label
 from legr.models import build_model, get_model_spec
 from legr.paths import atomic_write_text
-from legr.ranking import Ranking, ranked_layers
+from legr.methods.legr.ranking import Ranking, ranked_layers
 
 TARGETS = (0.3, 0.4, 0.47, 0.5, 0.6, 0.7, 0.8)
 

@@ -17,7 +17,7 @@ built with ``num_classes=10`` and random init (seed 0), in one process, one mode
 
 To stay within memory on the largest models (regnet_y_128gf: 637M parameters = 5.1 GB in float64), the masked
 network is the traced model masked in place after the pruned copy has been measured and freed, instead of a third
-copy (`legr.surgery.masked_copy` is `apply_masks_` on a deep copy, so the outputs are the same).
+copy (`legr.engine.surgery.masked_copy` is `apply_masks_` on a deep copy, so the outputs are the same).
 
 Input: 64x64 for every model except those that need more (inception_v3, ViT, Swin, MaxViT: their spec size).
 
@@ -54,13 +54,13 @@ sys.path.insert(0, str(REPO / "tests"))  # the test helpers define the property 
 
 from helpers import random_keep, randomize_norms  # noqa: E402
 
-from legr.cost import CostModel, count_params  # noqa: E402
+from legr.engine.cost import CostModel, count_params  # noqa: E402
 from legr.errors import UnsupportedModelError  # noqa: E402
 from legr.graph import analyze  # noqa: E402
 from legr.hardware import git_revision, hardware_info, hardware_label  # noqa: E402
 from legr.models import build_model, get_model_spec, list_models  # noqa: E402
 from legr.paths import atomic_write_text  # noqa: E402
-from legr.surgery import apply_masks_, prune  # noqa: E402
+from legr.engine.surgery import apply_masks_, prune  # noqa: E402
 
 SMALL_INPUT = 64
 NEEDS_SPEC_INPUT = ("inception_v3", "vit_", "swin_", "maxvit")  # fixed position embeddings / windows / >= 75 px

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from helpers import random_keep
-from legr.artifacts import load_pruned, save_pruned
+from legr.engine.artifacts import load_pruned, save_pruned
 from legr.errors import CheckpointError, LegrError
 from legr.graph import analyze
 from legr.models import build_model
-from legr.plan import Plan
-from legr.surgery import prune
+from legr.engine.plan import Plan
+from legr.engine.surgery import prune
 
 
 @pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_mobilenet_v2"])

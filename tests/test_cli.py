@@ -193,8 +193,8 @@ def test_invalid_runs_are_refused_before_the_folder_is_claimed(config, tmp_path,
 
 def test_a_folder_whose_run_never_started_is_reused(config, tmp_path):
     """Issue #11: a folder holding only config.yaml (e.g. from a failed start) takes the corrected config."""
-    from legr.config import load_config
-    from legr.pipeline import Pipeline
+    from legr.pipeline.config import load_config
+    from legr.pipeline.steps import Pipeline
 
     out = tmp_path / "run"
     Pipeline(load_config(config, {"seed": 5}), out, progress=False)

@@ -1,4 +1,4 @@
-"""Methods under equal budgets (legr.compare) on the bundled digits: one shared source network, every method x seed x
+"""Methods under equal budgets (legr.pipeline.compare) on the bundled digits: one shared source network, every method x seed x
 target pruned and fine-tuned alike, the aggregates equal to the per-run figures, pipeline cost measured."""
 
 import json
@@ -7,10 +7,10 @@ import statistics
 import pytest
 import yaml
 
-from legr.compare import Comparison
-from legr.config import CompareConfig, parse_config
+from legr.pipeline.compare import Comparison
+from legr.pipeline.config import CompareConfig, parse_config
 from legr.errors import ConfigError
-from legr.plan import Plan
+from legr.engine.plan import Plan
 
 CONFIG = """
 model: {name: digits_cnn, weights: null}

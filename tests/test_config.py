@@ -2,7 +2,7 @@
 
 import pytest
 
-from legr.config import artifact_config, load_config, parse_config
+from legr.pipeline.config import artifact_config, load_config, parse_config
 from legr.errors import ConfigError
 
 BASE = {"model": {"name": "digits_cnn"}}

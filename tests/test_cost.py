@@ -7,10 +7,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from helpers import random_keep
-from legr.cost import CostModel, count_params
+from legr.engine.cost import CostModel, count_params
 from legr.graph import analyze
 from legr.models import build_model, list_models
-from legr.surgery import prune
+from legr.engine.surgery import prune
 
 CIFAR_MODELS = [(name, 32) for name in list_models() if name.startswith("cifar_")]
 TORCHVISION_MODELS = [(name, 64) for name in

@@ -73,11 +73,11 @@ def test_register_dataset_custom():
 
     try:
         assert len(load_dataset("test-tiny", n=3).train_x) == 3
-        with pytest.raises(ValueError, match="twice"):
+        with pytest.raises(ValueError, match="dataset .test-tiny. is already registered"):
             register_dataset("test-tiny")(tiny)
     finally:
-        from legr.data.registry import _REGISTRY
-        _REGISTRY.pop("test-tiny")
+        from legr.data.registry import DATASETS
+        DATASETS.remove("test-tiny")
 
 
 # ---------------------------------------------------------------- digits + splits

@@ -9,12 +9,12 @@ from helpers import randomize_norms
 from legr.errors import LegrError
 from legr.graph import analyze
 from legr.models import build_model
-from legr.surgery import prune
+from legr.engine.surgery import prune
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from legr.export import export_onnx  # noqa: E402
+from legr.engine.export import export_onnx  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from legr.dead_units import remove_dead_units
+from legr.engine.dead_units import remove_dead_units
 from legr.errors import BudgetError, CheckpointError, ConfigError, LegrError
-from legr.magnitude import (Masker, SensitivityCurve, adjust_dropout_, allocate_fractions, dropout_layers,
+from legr.methods.magnitude.pruning import (Masker, SensitivityCurve, adjust_dropout_, allocate_fractions, dropout_layers,
                             dropout_rate, layer_threshold, prunable_layers, quality_for_fraction, reference_stds,
                             schedule_fractions, sensitivity, threshold_mask)
-from legr.magnitude_pipeline import MagnitudeConfig, load_magnitude, run_magnitude
+from legr.methods.magnitude.pipeline import MagnitudeConfig, load_magnitude, run_magnitude
 from legr.models import build_model, load_state_dict
-from legr.sparse import SparseLinear, load_sparse, save_sparse, sparse_kernel_copy, storage_report, to_csr
-from legr.train import FinetuneConfig, evaluate, finetune
+from legr.methods.magnitude.sparse import SparseLinear, load_sparse, save_sparse, sparse_kernel_copy, storage_report, to_csr
+from legr.training import FinetuneConfig, evaluate, finetune
 
 
 @pytest.fixture(scope="module")
@@ -314,7 +314,7 @@ def test_cli_magnitude(tmp_path, monkeypatch):
                                "--rounds", "1", "--epochs", "1", "--target", "4", "--quiet", "--out",
                                str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr
-    from legr.report import read_results
+    from legr.reporting import read_results
 
     rows = read_results(tmp_path / "run")
     assert [r["method"] for r in rows] == ["baseline", "han2015"]

@@ -6,14 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from legr.allocate import UniformSolver
-from legr.cost import CostModel
-from legr.criteria import compute_scores, group_scores
+from legr.methods.allocate import UniformSolver
+from legr.engine.cost import CostModel
+from legr.methods.criteria import compute_scores, group_scores
 from legr.errors import LegrError
 from legr.graph import analyze
 from legr.models import build_model
-from legr.ranking import Ranking, learn_ranking, model_fingerprint, ranked_layers, stored_scores, uniform_transform
-from legr.search import EvolutionConfig
+from legr.methods.legr.ranking import Ranking, learn_ranking, model_fingerprint, ranked_layers, stored_scores, uniform_transform
+from legr.methods.legr import EvolutionConfig
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +168,32 @@ def test_committed_version1_rankings_still_load():
     cost = CostModel(graph)
     keep = ranking.solver(graph, cost, model).solve(0.5 * cost.base_macs)
     assert 0.49 * cost.base_macs < cost.macs(keep) <= 0.5 * cost.base_macs
+
+
+def test_candidate_fitness_is_adaptive_bn_then_tau_steps_then_the_validation_metric():
+    import copy
+
+    import torch
+
+    from legr.data import TensorLoader, load_dataset
+    from legr.methods.legr.fitness import CandidateFitness
+    from legr.training import bn_batches, evaluate, make_sgd, recalibrate_bn, train_steps
+
+    digits = load_dataset("digits")
+    x, y, mean, std = digits.train_x, digits.train_y, digits.mean, digits.std
+    torch.manual_seed(0)
+    net = build_model("digits_cnn", num_classes=10).eval()
+    val = lambda m: evaluate(m, digits.test_x[:200], digits.test_y[:200], mean, std)  # noqa: E731
+    bn = bn_batches(x, y, mean, std, 3, 64, augment=False)
+    loader = lambda i: TensorLoader(x, y, 64, mean, std, shuffle=True, seed=i)  # noqa: E731
+
+    assert CandidateFitness(val, metric="loss")(copy.deepcopy(net), 0) == -val(net).loss  # the paper's: as cut
+    expected = copy.deepcopy(net)
+    recalibrate_bn(expected, bn)
+    torch.manual_seed(1)
+    train_steps(expected, loader(5), 2, make_sgd(expected, 0.01, 0.9, 5e-4))
+    torch.manual_seed(1)
+    got = CandidateFitness(val, bn=bn, tau=2, train_loader=loader)(copy.deepcopy(net), 5)
+    assert got == val(expected).top1
+    with pytest.raises(ValueError, match="train_loader"):
+        CandidateFitness(val, tau=1)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from legr.errors import LegrError
-from legr.report import (
+from legr.reporting import (
     RESULTS_CSV,
     RESULTS_JSON,
     config_hash,

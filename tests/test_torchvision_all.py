@@ -15,11 +15,11 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from helpers import assert_pruned_matches_masked, equivalence_setup, random_keep
-from legr.cost import CostModel, count_params
+from legr.engine.cost import CostModel, count_params
 from legr.errors import UnsupportedModelError
 from legr.graph import analyze
 from legr.models import build_model, get_model_spec, list_models
-from legr.surgery import apply_masks_, prune
+from legr.engine.surgery import apply_masks_, prune
 from test_graph import assert_equivalent
 
 TORCHVISION_MODELS = [name for name in list_models() if get_model_spec(name).source == "torchvision"]

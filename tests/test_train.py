@@ -1,4 +1,4 @@
-"""Tests of legr.train: evaluation, tau-step fine-tune, full fine-tune (accuracy, lr schedule, resumable checkpoint)."""
+"""Tests of legr.training: evaluation, tau-step fine-tune, full fine-tune (accuracy, lr schedule, resumable checkpoint)."""
 
 import math
 
@@ -9,12 +9,12 @@ from torch import nn
 
 from legr.data import TensorLoader, load_dataset, normalize
 from legr.errors import CheckpointError, ConfigError
-from legr.cost import CostModel
+from legr.engine.cost import CostModel
 from legr.graph import analyze
 from legr.models import build_model
-from legr.ranking import Ranking, ranked_layers
-from legr.surgery import prune
-from legr.train import (EvalResult, FinetuneConfig, bn_batches, evaluate, finetune, make_sgd, recalibrate_bn,
+from legr.methods.legr.ranking import Ranking, ranked_layers
+from legr.engine.surgery import prune
+from legr.training import (EvalResult, FinetuneConfig, bn_batches, evaluate, finetune, make_sgd, recalibrate_bn,
                         train_steps)
 
 

@@ -24,14 +24,14 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars"
 
 
 def _overrides(items: list[str] | None) -> dict:
-    from legr.config import parse_set_options
+    from legr.pipeline.config import parse_set_options
 
     return parse_set_options(items or [])
 
 
 def _pipeline(config: Path, out: Path | None, overrides: list[str] | None, quiet: bool):
-    from legr.config import load_config
-    from legr.pipeline import Pipeline
+    from legr.pipeline.config import load_config
+    from legr.pipeline.steps import Pipeline
 
     cfg = load_config(config, _overrides(overrides))
     return Pipeline(cfg, out or Path("runs") / config.stem, progress=not quiet, log=lambda m: console.print(m))
@@ -57,7 +57,7 @@ def analyze(
     num_classes: Annotated[Optional[int], typer.Option(help="classifier width")] = None,
 ) -> None:
     """Show a model's channel groups (what is pruned together), its MACs and parameters."""
-    from legr.cost import CostModel
+    from legr.engine.cost import CostModel
     from legr.graph import analyze as analyze_model
     from legr.models import build_model, get_model_spec
 
@@ -101,7 +101,7 @@ def eval_(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: Qui
 @app.command()
 def report(run: Annotated[Path, typer.Argument(help="run folder holding results.json")]) -> None:
     """Print the results table and draw the Pareto plot (pareto.png) from results.json."""
-    from legr.report import format_table, plot_pareto, read_results
+    from legr.reporting import format_table, plot_pareto, read_results
 
     rows = read_results(run)
     plot_pareto(rows, run / "pareto.png", title=f"{rows[0]['model']} on {rows[0]['dataset']}" if rows else None)
@@ -120,12 +120,12 @@ def run(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: Quiet
 @app.command()
 def methods() -> None:
     """List the filter criteria and budget allocators (any criterion combines with any allocator)."""
-    from legr.allocate import ALLOCATORS
-    from legr.criteria import SUMMARIES
+    from legr.methods.allocate import ALLOCATORS
+    from legr.methods.criteria import CRITERIA
 
     table = Table("kind", "name", "description")
-    for name, summary in sorted(SUMMARIES.items()):
-        table.add_row("criterion", name, summary)
+    for name, criterion in CRITERIA.items():
+        table.add_row("criterion", name, criterion.summary)
     for name, allocator in ALLOCATORS.items():
         table.add_row("allocator", name, allocator.description)
     Console().print(table)
@@ -134,8 +134,8 @@ def methods() -> None:
 @app.command()
 def compare(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Compare methods under equal budgets (same network, splits, targets, fine-tuning, seeds); see configs/compare_*."""
-    from legr.compare import Comparison
-    from legr.config import CompareConfig, load_config
+    from legr.pipeline.compare import Comparison
+    from legr.pipeline.config import CompareConfig, load_config
 
     cfg = load_config(config, _overrides(set_), schema=CompareConfig)
     folder = out or Path("runs") / config.stem
@@ -162,8 +162,8 @@ def export(
     opset: Annotated[int, typer.Option(help="ONNX opset")] = 17,
 ) -> None:
     """Export a pruned network to ONNX and check it in onnxruntime against PyTorch."""
-    from legr.artifacts import load_pruned
-    from legr.export import export_onnx
+    from legr.engine.artifacts import load_pruned
+    from legr.engine.export import export_onnx
 
     net, plan = load_pruned(member)
     info = export_onnx(net, tuple(plan.source["input_size"]), output, opset=opset)
@@ -192,8 +192,8 @@ def magnitude(
 ) -> None:
     """Han et al. 2015 magnitude pruning: sensitivity -> prune/retrain rounds -> dead units removed -> CSR file
     (resumable: rerun the same command after an interruption)."""
-    from legr.magnitude_experiment import experiment_from_options, run_experiment
-    from legr.report import format_table
+    from legr.methods.magnitude.experiment import experiment_from_options, run_experiment
+    from legr.reporting import format_table
 
     cfg = experiment_from_options(model=model, dataset=dataset, weights=weights, target=target,
                                   qualities=_overrides(quality), rounds=rounds, epochs=epochs,

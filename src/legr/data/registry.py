@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 
 from legr.errors import LegrError
+from legr.registry import Registry
 
 # CIFAR checkpoints in the wild (e.g. akamaster's ResNet-20/56) were trained with ImageNet statistics.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -57,23 +58,17 @@ class ImageData:
 
 
 Loader = Callable[..., ImageData]
-_REGISTRY: dict[str, Loader] = {}
+DATASETS = Registry[Loader]("dataset")
 
 
 def register_dataset(name: str) -> Callable[[Loader], Loader]:
     """Decorator: register ``fn(root: Path | None, **options) -> ImageData`` under ``name``."""
 
-    def decorate(fn: Loader) -> Loader:
-        if name in _REGISTRY:
-            raise ValueError(f"dataset {name!r} registered twice")
-        _REGISTRY[name] = fn
-        return fn
-
-    return decorate
+    return DATASETS.register(name)
 
 
 def available_datasets() -> tuple[str, ...]:
-    return tuple(sorted(_REGISTRY))
+    return tuple(DATASETS.names())
 
 
 def load_dataset(name: str, root: str | Path | None = None, **options) -> ImageData:
@@ -81,9 +76,7 @@ def load_dataset(name: str, root: str | Path | None = None, **options) -> ImageD
 
     ``options`` go to the dataset's loader (e.g. ``image_size`` for ``imagefolder``, ``download`` for ``cifar10``).
     """
-    fn = _REGISTRY.get(name.lower())
-    if fn is None:
-        raise LegrError(f"unknown dataset {name!r}; available: {', '.join(available_datasets())}")
+    fn = DATASETS[name.lower()]
     try:
         inspect.signature(fn).bind(root, **options)
     except TypeError:

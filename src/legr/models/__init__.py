@@ -5,13 +5,12 @@ from legr.models.checkpoint import (
     file_fingerprint,
     load_checkpoint,
     load_state_dict,
-    pretrained_path,
     read_state_dict,
     save_state_dict,
     strip_prefixes,
 )
 from legr.models.cifar_resnet import CifarResNet, PadShortcut
-from legr.models.registry import ModelSpec, build_model, get_model_spec, list_models, register_model
+from legr.models.registry import ModelSpec, build_model, get_model_spec, list_models, pretrained_path, register_model
 
 __all__ = [
     "CifarResNet",

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from legr.errors import CheckpointError
-from legr.paths import atomic_write_bytes, weights_dir
+from legr.paths import atomic_write_bytes
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
 _PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DistributedDataParallel, torch.compile
@@ -151,22 +151,3 @@ def file_fingerprint(path: str | os.PathLike, length: int = 16) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:length]
-
-
-def pretrained_path(name: str) -> Path:
-    """Path of the published checkpoint of model `name` under `legr.paths.weights_dir()` (env `LEGR_WEIGHTS`)."""
-    from legr.models.registry import get_model_spec, list_models
-
-    spec = get_model_spec(name)
-    if spec.pretrained is None:
-        known = [n for n in list_models() if get_model_spec(n).pretrained]
-        raise CheckpointError(
-            f"no pretrained weights known for {name!r} (known: {', '.join(known)}); pass pretrained=<path>"
-        )
-    path = weights_dir() / spec.pretrained
-    if not path.is_file():
-        raise CheckpointError(
-            f"pretrained weights for {name!r} not found at {path.resolve()}; "
-            f"set LEGR_WEIGHTS to the folder holding {spec.pretrained}"
-        )
-    return path

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from torch import nn
 
-from legr.errors import LegrError
+from legr.errors import CheckpointError
+from legr.models.checkpoint import load_checkpoint
+from legr.paths import weights_dir
+from legr.registry import Registry
 
 Builder = Callable[..., nn.Module]
 
@@ -27,7 +30,7 @@ class ModelSpec:
     pretrained: str | None = None  # checkpoint path relative to legr.paths.weights_dir(), if one is published
 
 
-_REGISTRY: dict[str, ModelSpec] = {}
+MODELS = Registry[ModelSpec]("model", hint="see `legr models` or `legr.models.list_models()`")
 
 
 def register_model(
@@ -42,9 +45,7 @@ def register_model(
     """Decorator registering `builder` under `name`; `builder(num_classes=..., **kwargs) -> nn.Module`."""
 
     def decorate(builder: Builder) -> Builder:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = ModelSpec(name, builder, num_classes, tuple(input_size), description, source, pretrained)
+        MODELS.add(name, ModelSpec(name, builder, num_classes, tuple(input_size), description, source, pretrained))
         return builder
 
     return decorate
@@ -52,17 +53,12 @@ def register_model(
 
 def list_models() -> list[str]:
     """All registered model names, sorted."""
-    return sorted(_REGISTRY)
+    return MODELS.names()
 
 
 def get_model_spec(name: str) -> ModelSpec:
     """The spec of `name`; an unknown name raises `LegrError` suggesting close matches."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.6)
-        hint = f"did you mean {', '.join(close)}?" if close else "see `legr.models.list_models()`"
-        raise LegrError(f"unknown model {name!r}; {hint}") from None
+    return MODELS[name]
 
 
 def build_model(
@@ -80,7 +76,22 @@ def build_model(
     model = spec.builder(num_classes=spec.num_classes if num_classes is None else num_classes, **kwargs)
     if pretrained is False or pretrained is None:
         return model
-    from legr.models.checkpoint import load_checkpoint, pretrained_path
-
     path = pretrained_path(name) if pretrained is True else pretrained
     return load_checkpoint(model, path)
+
+
+def pretrained_path(name: str) -> Path:
+    """Path of the published checkpoint of model `name` under `legr.paths.weights_dir()` (env `LEGR_WEIGHTS`)."""
+    spec = get_model_spec(name)
+    if spec.pretrained is None:
+        known = [n for n in list_models() if get_model_spec(n).pretrained]
+        raise CheckpointError(
+            f"no pretrained weights known for {name!r} (known: {', '.join(known)}); pass pretrained=<path>"
+        )
+    path = weights_dir() / spec.pretrained
+    if not path.is_file():
+        raise CheckpointError(
+            f"pretrained weights for {name!r} not found at {path.resolve()}; "
+            f"set LEGR_WEIGHTS to the folder holding {spec.pretrained}"
+        )
+    return path

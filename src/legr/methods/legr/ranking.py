@@ -3,7 +3,7 @@
 A channel's global score is ``sum over its producer layers l of (alpha_l * s_f + kappa_l)``, where ``s_f`` is the
 criterion score of the producing filter (squared L2 norm in the paper). With alpha = 1 and kappa = 0 everywhere this
 is the plain global ranking. One ranking serves every FLOPs budget: `Ranking.solver` cuts it for any target with
-the ranking's allocator (see `legr.allocate.ALLOCATORS`: ``uniform``/``global`` use the raw criterion, ``lcp``/``legr``
+the ranking's allocator (see `legr.methods.allocate.ALLOCATORS`: ``uniform``/``global`` use the raw criterion, ``lcp``/``legr``
 a learned transform). The artifact stores the criterion scores it was made from, so data-dependent criteria
 (``taylor``) and seeded ones (``random``) cut the same way every time.
 """
@@ -20,14 +20,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from legr.allocate import BudgetSolver, Floors, get_allocator, solve_uniform
-from legr.cost import CostModel
-from legr.criteria import compute_scores, group_scores
+from legr.methods.allocate import BudgetSolver, Floors, get_allocator, solve_uniform
+from legr.engine.cost import CostModel
+from legr.methods.criteria import compute_scores, group_scores
 from legr.errors import LegrError
 from legr.graph import ChannelGraph
 from legr.paths import atomic_write_text
-from legr.search import AffineSpace, AffineTransform, EvolutionConfig, aging_evolution
-from legr.surgery import prune
+from legr.methods.legr.affine import AffineSpace, AffineTransform
+from legr.methods.legr.evolution import EvolutionConfig, aging_evolution
+from legr.engine.surgery import prune
 
 RANKING_VERSION = 2  # 2 adds the allocator and the stored criterion scores
 

@@ -25,9 +25,10 @@ from typing import Callable, Literal, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from legr.cost import CostModel
-from legr.errors import BudgetError, LegrError
+from legr.engine.cost import CostModel
+from legr.errors import BudgetError
 from legr.graph import ChannelGraph
+from legr.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -214,17 +215,14 @@ class Allocator:
     description: str
 
 
-ALLOCATORS: dict[str, Allocator] = {}
+ALLOCATORS = Registry[Allocator]("allocator")
 
 
 def register_allocator(allocator: Allocator) -> Allocator:
-    ALLOCATORS[allocator.name] = allocator
-    return allocator
+    return ALLOCATORS.add(allocator.name, allocator)
 
 
 def get_allocator(name: str) -> Allocator:
-    if name not in ALLOCATORS:
-        raise LegrError(f"unknown allocator '{name}'; available: {', '.join(sorted(ALLOCATORS))}")
     return ALLOCATORS[name]
 
 

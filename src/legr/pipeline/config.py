@@ -6,6 +6,7 @@ these typed objects or plain arguments.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -13,26 +14,30 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from legr.errors import ConfigError
+from legr.registry import Registry
 
 
-def _known_criterion(name: str) -> str:
-    from legr.criteria import CRITERIA
-
-    if name not in CRITERIA:
-        raise ValueError(f"unknown criterion '{name}'; available: {', '.join(sorted(CRITERIA))}")
-    return name
-
-
-def _known_allocator(name: str) -> str:
-    from legr.allocate import ALLOCATORS
-
-    if name not in ALLOCATORS:
-        raise ValueError(f"unknown allocator '{name}'; available: {', '.join(sorted(ALLOCATORS))}")
-    return name
+def _known(registry: Callable[[], Registry]) -> Callable[[str], str]:
+    """A pydantic validator: ``name`` must be registered (the registry is imported when first needed)."""
+    def check(name: str) -> str:
+        if name not in registry():
+            raise ValueError(registry().unknown(name))
+        return name
+    return check
 
 
-CriterionName = Annotated[str, AfterValidator(_known_criterion)]  # a name registered in legr.criteria
-AllocatorName = Annotated[str, AfterValidator(_known_allocator)]  # a name registered in legr.allocate
+def _criteria() -> Registry:
+    from legr.methods.criteria import CRITERIA
+    return CRITERIA
+
+
+def _allocators() -> Registry:
+    from legr.methods.allocate import ALLOCATORS
+    return ALLOCATORS
+
+
+CriterionName = Annotated[str, AfterValidator(_known(_criteria))]  # a name registered in legr.methods.criteria
+AllocatorName = Annotated[str, AfterValidator(_known(_allocators))]  # a name registered in legr.methods.allocate
 
 
 class _Strict(BaseModel):
@@ -191,9 +196,7 @@ class CompareSection(_Strict):
         if self.pipeline_cost is not None:
             if self.pipeline_cost not in names:
                 raise ValueError(f"pipeline_cost names '{self.pipeline_cost}', which is not a method ({', '.join(names)})")
-            from legr.allocate import ALLOCATORS
-
-            if ALLOCATORS[self.methods[names.index(self.pipeline_cost)].allocator].search is None:
+            if _allocators()[self.methods[names.index(self.pipeline_cost)].allocator].search is None:
                 raise ValueError(f"pipeline_cost names '{self.pipeline_cost}', whose allocator searches nothing "
                                  "(use an lcp or legr method)")
         return self

@@ -21,15 +21,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from legr.dead_units import remove_dead_units
+from legr.engine.dead_units import remove_dead_units
 from legr.errors import BudgetError, CheckpointError, ConfigError
-from legr.magnitude import (DEFAULT_FRACTIONS, Masker, SensitivityCurve, adjust_dropout_, allocate_fractions,
+from legr.methods.magnitude.pruning import (DEFAULT_FRACTIONS, Masker, SensitivityCurve, adjust_dropout_, allocate_fractions,
                             count_params, layer_density, prunable_layers, quality_for_fraction, reference_stds,
                             schedule_fractions, sensitivity)
 from legr.models.checkpoint import load_state_dict, read_state_dict, save_state_dict
 from legr.paths import atomic_write_text, make_folder
-from legr.sparse import load_sparse, save_sparse
-from legr.train import FinetuneConfig, evaluate, finetune
+from legr.methods.magnitude.sparse import load_sparse, save_sparse
+from legr.training import FinetuneConfig, evaluate, finetune
 
 MASK_PREFIX = "__mask__."
 
@@ -48,9 +48,9 @@ class MagnitudeConfig:
       gradient, no weight decay); ``retrain`` is the per-round recipe (its weight_decay is replaced by the above),
       ``final_epochs`` optionally gives the last round more epochs.
     - ``scale_dropout``: set Dropout rates to ``D_o * sqrt(C_r / C_o)`` before each retraining.
-    - ``remove_dead``: physically remove dead neurons/filters at the end (``legr.dead_units``).
+    - ``remove_dead``: physically remove dead neurons/filters at the end (``legr.engine.dead_units``).
     - ``layers``: the Linear/Conv layers to prune (None: all).
-    - ``allocation``: how the sensitivity curves become per-layer fractions (``legr.magnitude.allocate_fractions``).
+    - ``allocation``: how the sensitivity curves become per-layer fractions (``legr.methods.magnitude.pruning.allocate_fractions``).
     """
 
     target: float = 12.0
@@ -276,7 +276,7 @@ def load_magnitude(run: str | Path, model: nn.Module) -> nn.Module:
     """Rebuild a run's final network from ``plan.json`` + ``model.sparse.safetensors``; ``model``: a fresh
     instance of the source architecture (e.g. ``build_model(name)``)."""
     from legr.graph import analyze
-    from legr.surgery import prune
+    from legr.engine.surgery import prune
 
     run = Path(run)
     plan = _read_json(run / "plan.json")

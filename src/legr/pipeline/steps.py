@@ -31,24 +31,25 @@ import torch
 import yaml
 from torch import nn
 
-from legr.allocate import Floors, check_reachable, get_allocator
-from legr.artifacts import load_pruned, save_pruned
-from legr.config import RunConfig, TrainConfig, artifact_config, dump_config, parse_config
-from legr.cost import CostModel, count_params
-from legr.criteria import CriterionContext, compute_scores
+from legr.methods.allocate import Floors, check_reachable, get_allocator
+from legr.engine.artifacts import load_pruned, save_pruned
+from legr.pipeline.config import RunConfig, TrainConfig, artifact_config, dump_config, parse_config
+from legr.engine.cost import CostModel, count_params
+from legr.methods.criteria import CriterionContext, compute_scores
 from legr.data import TensorLoader, load_dataset, split_train_val
 from legr.errors import ConfigError
 from legr.graph import analyze
 from legr.hardware import git_revision, hardware_label
-from legr.latency import measure_interleaved
+from legr.engine.latency import measure_interleaved
 from legr.models import build_model, load_checkpoint, save_state_dict
 from legr.paths import atomic_write_text, make_folder
-from legr.plan import Plan
-from legr.ranking import Ranking, learn_ranking, model_fingerprint, ranked_layers, stored_scores
-from legr.report import config_hash, format_table, plot_pareto, read_results, write_results
-from legr.search import EvolutionConfig
-from legr.surgery import prune
-from legr.train import FinetuneConfig, bn_batches, evaluate, finetune, make_sgd, recalibrate_bn, train_steps
+from legr.engine.plan import Plan
+from legr.methods.legr.fitness import CandidateFitness
+from legr.methods.legr.ranking import Ranking, learn_ranking, model_fingerprint, ranked_layers, stored_scores
+from legr.reporting import config_hash, format_table, plot_pareto, read_results, write_results
+from legr.methods.legr import EvolutionConfig
+from legr.engine.surgery import prune
+from legr.training import FinetuneConfig, bn_batches, evaluate, finetune, recalibrate_bn
 
 
 @dataclass(frozen=True)
@@ -223,19 +224,12 @@ class Pipeline:
         self.log(f"learning the ranking ({cfg.allocator}, {cfg.criterion}, {s.evaluations} candidates, "
                  f"BN batches {s.bn_batches}, tau {s.tau}, val {s.fitness}) at "
                  f"{', '.join(f'{t:.0%}' for t in targets)} of {self.cost.base_macs / 1e6:.2f}M MACs")
-        bn = self._bn_batches(s.bn_batches)
-
-        def fitness(net: nn.Module, i: int) -> float:
-            if bn:
-                recalibrate_bn(net, bn)
-            if s.tau > 0:
-                x, y = self.data.train
-                loader = TensorLoader(x, y, s.batch_size, self.data.mean, self.data.std, shuffle=True, augment=True,
-                                      seed=self.cfg.seed * 100_003 + i, device=self.device)
-                train_steps(net, loader, s.tau, make_sgd(net, s.lr, s.momentum, s.weight_decay))
-            result = self._evaluate(net, self.data.val)
-            return -result.loss if s.fitness == "loss" else result.top1
-
+        x, y = self.data.train
+        fitness = CandidateFitness(
+            lambda net: self._evaluate(net, self.data.val), bn=self._bn_batches(s.bn_batches), tau=s.tau,
+            train_loader=lambda i: TensorLoader(x, y, s.batch_size, self.data.mean, self.data.std, shuffle=True,
+                                                augment=True, seed=cfg.seed * 100_003 + i, device=self.device),
+            sgd=(s.lr, s.momentum, s.weight_decay), metric=s.fitness)
         learned = learn_ranking(
             self.base, self.graph, fitness, [t * self.cost.base_macs for t in targets],
             criterion=cfg.criterion, scores=scores, allocator=cfg.allocator, floors=self.floors,

@@ -12,8 +12,8 @@ from torch import fx, nn
 from legr.errors import LegrError
 from legr.graph import ChannelGraph, analyze
 from legr.models import build_model, load_checkpoint, save_state_dict
-from legr.plan import Plan
-from legr.surgery import prune
+from legr.engine.plan import Plan
+from legr.engine.surgery import prune
 
 PLAN_FILE, WEIGHTS_FILE = "plan.json", "model.safetensors"
 

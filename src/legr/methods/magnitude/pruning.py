@@ -14,7 +14,7 @@ The pieces, each usable alone:
 
 Prunable layers are every ``nn.Linear`` and ``nn.Conv{1,2,3}d`` weight of any model (biases are kept dense, as in
 the paper's parameter counts they are a negligible share). The run-folder pipeline is in
-``legr.magnitude_pipeline``, dead-unit removal in ``legr.dead_units``, the sparse storage format in ``legr.sparse``.
+``legr.methods.magnitude.pipeline``, dead-unit removal in ``legr.engine.dead_units``, the sparse storage format in ``legr.methods.magnitude.sparse``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
-"""Training utilities: evaluation, LeGR's short per-candidate fine-tune, and resumable full fine-tuning.
+"""Training loops: LeGR's short per-candidate fine-tune and the resumable full fine-tune.
 
->>> result = evaluate(model, data.test_x, data.test_y, data.mean, data.std)
 >>> history = finetune(model, data.train_x, data.train_y, data.mean, data.std, FinetuneConfig(epochs=30),
 ...                    checkpoint=Path("ft.pt"), val=(data.test_x, data.test_y))
 """
@@ -12,7 +11,7 @@ import os
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -26,12 +25,9 @@ from torch import nn
 from legr.data.loader import TensorLoader
 from legr.errors import CheckpointError, ConfigError
 from legr.models.checkpoint import load_state_dict
+from legr.training.evaluate import Device, evaluate, model_device
 
 CHECKPOINT_VERSION = 1
-Device = str | torch.device | None
-
-
-# ---------------------------------------------------------------- config
 
 
 @dataclass(frozen=True)
@@ -78,117 +74,6 @@ class FinetuneConfig:
         return [int(m * self.epochs) for m in self.milestones]
 
 
-# ---------------------------------------------------------------- evaluation
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """Mean cross-entropy ``loss``, ``top1`` and ``top5`` accuracy as fractions in [0, 1], over ``n`` samples.
-
-    ``top5`` is top-min(5, classes) accuracy, so it equals 1.0 for models with at most 5 classes.
-    """
-
-    loss: float
-    top1: float
-    top5: float
-    n: int
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put every module in eval mode, then restore each module's own previous mode."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Device of the model's first parameter (or buffer); CPU for a model with neither."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: Sequence[float] | None,
-             std: Sequence[float] | None, batch_size: int = 512, device: Device = None) -> EvalResult:
-    """Loss and top-1/top-5 accuracy of ``model`` on images ``x`` (uint8 NCHW) with labels ``y``.
-
-    Runs in eval mode under ``torch.inference_mode`` and restores the previous train/eval mode of every module.
-    ``device`` None: the model's device (the model is not moved; give ``device`` only where it already lives).
-    """
-    if len(x) == 0:
-        raise ValueError("evaluate needs at least one sample")
-    device = torch.device(device) if device is not None else model_device(model)
-    loader = TensorLoader(x, y, batch_size, mean, std, device=device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    top1 = torch.zeros((), dtype=torch.int64, device=device)
-    topk = torch.zeros((), dtype=torch.int64, device=device)
-    with _eval_mode(model), torch.inference_mode():
-        for xb, yb in loader:
-            logits = model(xb)
-            loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum").double()
-            k = min(5, logits.shape[1])
-            hits = logits.topk(k, dim=1).indices == yb[:, None]
-            top1 += hits[:, 0].sum()
-            topk += hits.any(dim=1).sum()
-    n = len(x)
-    return EvalResult(loss=loss_sum.item() / n, top1=top1.item() / n, top5=topk.item() / n, n=n)
-
-
-# ---------------------------------------------------------------- adaptive batch norm
-
-
-def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor | tuple[torch.Tensor, Any]]) -> int:
-    """Adaptive BatchNorm (Li et al., EagleEye, ECCV 2020): re-estimate every BatchNorm's running statistics.
-
-    Resets the running mean/var of each ``_BatchNorm`` module, then forwards ``batches`` (input tensors, or
-    ``(inputs, labels)`` pairs, already normalized and on the model's device) without gradients, with only the
-    BatchNorm modules in train mode (dropout and the rest stay in eval mode), accumulating a cumulative average
-    (momentum None). Afterwards every module's train/eval mode and every BatchNorm's momentum are restored; only BN
-    buffers (running_mean, running_var, num_batches_tracked) change. A pruned network's old statistics no longer
-    match its inputs (most un-tuned pruned CIFAR networks score near chance); after this they do. Returns the number
-    of batches forwarded (0: the model has no BatchNorm, nothing was changed).
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not norms:
-        return 0
-    modes = [(m, m.training) for m in model.modules()]
-    momenta = [(m, m.momentum) for m in norms]
-    count = 0
-    try:
-        model.eval()
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None
-            m.train()
-        with torch.no_grad():
-            for batch in batches:
-                model(batch[0] if isinstance(batch, (tuple, list)) else batch)
-                count += 1
-    finally:
-        for module, training in modes:
-            module.training = training
-        for m, momentum in momenta:
-            m.momentum = momentum
-    if count == 0:
-        raise ValueError("recalibrate_bn got no batches (its statistics were reset): give at least one batch")
-    return count
-
-
-def bn_batches(x: torch.Tensor, y: torch.Tensor, mean: Sequence[float] | None, std: Sequence[float] | None,
-               count: int, batch_size: int = 128, *, augment: bool = True, seed: int = 0,
-               device: Device = None) -> list[torch.Tensor]:
-    """``count`` fixed, shuffled (and, by default, augmented as in training) input batches for `recalibrate_bn`,
-    drawn once so that every network recalibrated with them sees the same images."""
-    loader = TensorLoader(x, y, batch_size, mean, std, shuffle=True, augment=augment, drop_last=len(x) >= batch_size,
-                          seed=seed, device=device)
-    return [xb for _, (xb, _) in zip(range(count), _batches(loader))]
-
-
 # ---------------------------------------------------------------- short fine-tune (LeGR search)
 
 
@@ -199,7 +84,7 @@ def make_sgd(model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: f
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
 
 
-def _batches(loader: TensorLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def cycle_batches(loader: TensorLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The loader's batches forever: each exhaustion starts its next epoch."""
     if len(loader) == 0:
         raise ValueError("the loader yields no batches (fewer samples than batch_size with drop_last?)")
@@ -231,7 +116,7 @@ def train_steps(model: nn.Module, loader: TensorLoader, steps: int, optimizer: t
         return math.nan
     model.train()
     total = None
-    for _, (xb, yb) in zip(range(steps), _batches(loader)):
+    for _, (xb, yb) in zip(range(steps), cycle_batches(loader)):
         loss_sum, _ = _step(model, optimizer, xb, yb)
         batch_loss = loss_sum / len(yb)
         total = batch_loss if total is None else total + batch_loss

@@ -1,6 +1,6 @@
 """Pruning methods compared under equal budgets.
 
-Every method (a criterion cut by an allocator, see `legr.criteria` and `legr.allocate`) prunes the same source
+Every method (a criterion cut by an allocator, see `legr.methods.criteria` and `legr.methods.allocate`) prunes the same source
 network to the same MACs targets, with the same train/validation/test splits and the same fine-tuning budget, once per
 seed; each (method, seed) is an ordinary resumable `Pipeline` run folder. Afterwards all networks are timed together
 (interleaved rounds), and the per-run rows are aggregated into mean +- std over seeds. Folder layout::
@@ -26,15 +26,15 @@ from typing import Any, Callable
 
 from torch import nn
 
-from legr.artifacts import load_pruned
-from legr.config import CompareConfig, MethodConfig, RunConfig
+from legr.engine.artifacts import load_pruned
+from legr.pipeline.config import CompareConfig, MethodConfig, RunConfig
 from legr.hardware import hardware_label
-from legr.latency import measure_interleaved
+from legr.engine.latency import measure_interleaved
 from legr.paths import atomic_write_text
-from legr.pipeline import Pipeline, member_name
-from legr.plan import Plan
-from legr.ranking import ranked_layers
-from legr.report import RESULTS_JSON, plot_method_curves, plot_widths, read_results
+from legr.pipeline.steps import Pipeline, member_name
+from legr.engine.plan import Plan
+from legr.methods.legr.ranking import ranked_layers
+from legr.reporting import RESULTS_JSON, plot_method_curves, plot_widths, read_results
 
 
 @dataclass(frozen=True)

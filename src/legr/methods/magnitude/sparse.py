@@ -60,7 +60,7 @@ def sparse_weight_names(model_or_state: nn.Module | Mapping[str, Tensor]) -> lis
     """State-dict keys stored in CSR: the ``weight`` of every Linear/Conv module (or, for a state dict, every
     ``*.weight`` with at least 2 dimensions)."""
     if isinstance(model_or_state, nn.Module):
-        from legr.magnitude import prunable_layers
+        from legr.methods.magnitude.pruning import prunable_layers
 
         return [f"{n}.weight" for n in prunable_layers(model_or_state)]
     return [k for k, v in model_or_state.items() if k.endswith("weight") and v.dim() >= 2]

@@ -10,7 +10,7 @@ A channel (a class of ``legr.graph``: a neuron, a filter, or a residual-chain ch
   contribution is the same at every output position (no zero padding touching it); otherwise the unit stays.
 
 Removal repeats until nothing changes (removing one layer's units can kill the next layer's) and keeps at least
-one channel per group. The result is ``legr.surgery.prune(graph, keep)``: a physically smaller
+one channel per group. The result is ``legr.engine.surgery.prune(graph, keep)``: a physically smaller
 ``torch.fx.GraphModule`` with the original parameter names; its outputs equal the input model's (checked on a
 random batch; a mismatch raises ``LegrError`` instead of returning a wrong model).
 """
@@ -26,7 +26,7 @@ from torch import Tensor, fx, nn
 
 from legr.errors import LegrError
 from legr.graph import ChannelGraph, analyze
-from legr.surgery import prune
+from legr.engine.surgery import prune
 
 _WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 

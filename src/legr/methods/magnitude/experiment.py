@@ -1,6 +1,6 @@
 """A whole Han et al. 2015 experiment on a registered model and dataset, as `legr magnitude` and the benchmark run it:
 train (or load) the dense model -> ``run_magnitude`` -> test-set figures, storage both ways, CPU latency of dense
-kernels vs torch sparse kernels -> ``results.json``/``results.csv`` (``legr.report`` rows) + ``summary.json``.
+kernels vs torch sparse kernels -> ``results.json``/``results.csv`` (``legr.reporting`` rows) + ``summary.json``.
 
 Everything lives in one run folder; rerunning the same experiment resumes (base training per epoch, sensitivity,
 each prune/retrain round). The test set is used only for the reported figures.
@@ -22,14 +22,14 @@ from torch import nn
 from legr.data import load_dataset, split_train_val
 from legr.errors import ConfigError
 from legr.hardware import git_revision, hardware_label
-from legr.latency import measure_latency
-from legr.magnitude import count_nonzero, count_params, layer_density
-from legr.magnitude_pipeline import MagnitudeConfig, check_reachable, run_magnitude, sparse_macs
+from legr.engine.latency import measure_latency
+from legr.methods.magnitude.pruning import count_nonzero, count_params, layer_density
+from legr.methods.magnitude.pipeline import MagnitudeConfig, check_reachable, run_magnitude, sparse_macs
 from legr.models import build_model, file_fingerprint, get_model_spec, load_checkpoint, save_state_dict
 from legr.paths import atomic_write_text, make_folder
-from legr.report import write_results
-from legr.sparse import encode_sparse, sparse_kernel_copy, sparse_weight_names, storage_report
-from legr.train import FinetuneConfig, evaluate, finetune
+from legr.reporting import write_results
+from legr.methods.magnitude.sparse import encode_sparse, sparse_kernel_copy, sparse_weight_names, storage_report
+from legr.training import FinetuneConfig, evaluate, finetune
 
 DATASET_LABELS = {"mnist": "MNIST", "cifar10-jpeg": "CIFAR-10-JPEG", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100",
                   "digits": "digits"}

@@ -19,6 +19,7 @@ from torch import fx, nn
 
 from legr.errors import LegrError
 from legr.graph import ChannelGraph
+from legr.registry import Registry
 
 Batches = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
 
@@ -33,22 +34,27 @@ class CriterionContext:
 
 
 Criterion = Callable[[ChannelGraph, nn.Module, CriterionContext], dict[str, np.ndarray]]
-CRITERIA: dict[str, Criterion] = {}
-SUMMARIES: dict[str, str] = {}  # one line per criterion, for `legr methods`
+
+
+@dataclass(frozen=True)
+class CriterionSpec:
+    fn: Criterion
+    summary: str  # one line, for `legr methods`
+
+
+CRITERIA = Registry[CriterionSpec]("criterion")
 
 
 def register_criterion(name: str, summary: str) -> Callable[[Criterion], Criterion]:
     def deco(fn: Criterion) -> Criterion:
-        CRITERIA[name], SUMMARIES[name] = fn, summary
+        CRITERIA.add(name, CriterionSpec(fn, summary))
         return fn
 
     return deco
 
 
 def get_criterion(name: str) -> Criterion:
-    if name not in CRITERIA:
-        raise LegrError(f"unknown criterion '{name}'; available: {', '.join(sorted(CRITERIA))}")
-    return CRITERIA[name]
+    return CRITERIA[name].fn
 
 
 def compute_scores(name: str, graph: ChannelGraph, module: nn.Module,

@@ -1,0 +1,192 @@
+"""Result rows and their files (results.json / results.csv): the contract every step and benchmark shares.
+
+A result row is a plain dict written by code (`legr eval`) and aggregated by a separate step (`legr report`,
+benchmarks). Required keys: ``name``, ``method``, ``model``, ``dataset``, ``macs``, ``params``, ``top1``.
+Common optional keys: ``target`` (MACs fraction or None), ``macs_ratio``, ``params_ratio``, ``compression``
+(original params / params), ``top5``, ``loss``, ``top1_before_ft`` (as cut), ``top1_after_bn`` (after adaptive BN),
+``latency_{cpu,cuda}_b{N}_ms``, ``seed``,
+``config_hash``, ``git_rev``, ``hardware``, ``finetune_epochs``, ``path``. Unknown keys are allowed and kept.
+Accuracies are fractions in [0, 1]; tables and plots show them in percent.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from legr.errors import LegrError
+from legr.paths import atomic_write_text
+
+RESULTS_JSON = "results.json"
+RESULTS_CSV = "results.csv"
+
+REQUIRED_KEYS: tuple[str, ...] = ("name", "method", "model", "dataset", "macs", "params", "top1")
+
+# CSV column order: identity, then metrics (latency columns are inserted after the accuracy metrics), then any
+# unknown keys (first-seen order), then provenance.
+IDENTITY_KEYS: tuple[str, ...] = ("name", "method", "criterion", "model", "dataset", "target")
+METRIC_KEYS: tuple[str, ...] = (
+    "macs", "macs_ratio", "params", "params_ratio", "compression",
+    "top1", "top5", "loss", "top1_before_ft", "top5_before_ft", "top1_after_bn",
+)
+PROVENANCE_KEYS: tuple[str, ...] = (
+    "finetune_epochs", "seed", "config_hash", "git_rev", "hardware", "path",
+)
+
+LATENCY_KEY = re.compile(r"^latency_(cpu|cuda)_b(\d+)_ms$")
+_DEVICE_ORDER = {"cpu": 0, "cuda": 1}
+
+
+def _jsonable(value: Any) -> Any:
+    """`json` default hook: numpy scalars/arrays, paths, sets and tuples become plain JSON values."""
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", None) == 0:
+        return value.item()  # numpy / torch scalar
+    if hasattr(value, "tolist") and callable(value.tolist):
+        return value.tolist()  # numpy array / torch tensor
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _clean(value: Any) -> Any:
+    """Non-finite floats become None, so results.json stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _row_label(row: Mapping[str, Any], index: int) -> str:
+    name = row.get("name") if isinstance(row, Mapping) else None
+    return f"row {index}" + (f" ({name!r})" if name is not None else "")
+
+
+def validate_rows(rows: Any, source: str = "results") -> list[dict[str, Any]]:
+    """Check that ``rows`` is a list of dicts holding every required key; return it as a list."""
+    if not isinstance(rows, (list, tuple)):
+        raise LegrError(f"{source}: expected a list of result rows, got {type(rows).__name__}")
+    problems = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise LegrError(f"{source}: row {i} is a {type(row).__name__}, not an object")
+        missing = [k for k in REQUIRED_KEYS if k not in row]
+        if missing:
+            problems.append(f"{_row_label(row, i)} lacks {', '.join(missing)}")
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more rows" if len(problems) > 5 else "")
+        raise LegrError(f"{source}: result rows miss required keys: {shown} (required: {', '.join(REQUIRED_KEYS)})")
+    return [dict(row) for row in rows]
+
+
+def latency_sort_key(key: str) -> tuple[int, int]:
+    m = LATENCY_KEY.match(key)
+    assert m is not None
+    return _DEVICE_ORDER.get(m.group(1), 9), int(m.group(2))
+
+
+def result_columns(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Union of the rows' keys in a stable order: identity, metrics, latencies, unknown keys, provenance."""
+    seen: dict[str, None] = {}
+    for row in rows:
+        for key in row:
+            seen.setdefault(str(key), None)
+    known = set(IDENTITY_KEYS) | set(METRIC_KEYS) | set(PROVENANCE_KEYS)
+    latency = sorted((k for k in seen if LATENCY_KEY.match(k)), key=latency_sort_key)
+    extra = [k for k in seen if k not in known and not LATENCY_KEY.match(k)]
+    return ([k for k in IDENTITY_KEYS if k in seen] + [k for k in METRIC_KEYS if k in seen] + latency + extra
+            + [k for k in PROVENANCE_KEYS if k in seen])
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    return json.dumps(value, sort_keys=True, default=_jsonable)
+
+
+def write_results(rows: Sequence[Mapping[str, Any]], directory: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Write ``results.json`` (list of rows, indent 1) and ``results.csv`` into ``directory``, each atomically.
+
+    Rows are validated first (required keys); numpy scalars become plain numbers and NaN/inf become null.
+    Returns ``(json_path, csv_path)``.
+    """
+    rows = validate_rows(list(rows), "write_results")
+    try:
+        rows = json.loads(json.dumps(rows, default=_jsonable))  # plain JSON values only (numpy -> float, ...)
+    except (TypeError, ValueError) as exc:
+        raise LegrError(f"write_results: a row holds a value that cannot be written as JSON: {exc}") from exc
+    rows = _clean(rows)
+    directory = Path(directory)
+    json_path, csv_path = directory / RESULTS_JSON, directory / RESULTS_CSV
+    columns = result_columns(rows)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_csv_cell(row.get(c)) for c in columns])
+    atomic_write_text(json_path, json.dumps(rows, indent=1, allow_nan=False) + "\n")
+    atomic_write_text(csv_path, buf.getvalue())
+    return json_path, csv_path
+
+
+def read_results(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Rows of a results.json, given the file or the folder holding it; LegrError if missing, corrupt or invalid."""
+    path = Path(path)
+    file = path / RESULTS_JSON if path.is_dir() else path
+    if not file.is_file():
+        where = f"folder {path}" if path.is_dir() else str(file)
+        raise LegrError(f"no results file at {where} (run `legr eval` first to write {RESULTS_JSON})")
+    try:
+        rows = json.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise LegrError(f"{file} is not a UTF-8 text file: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise LegrError(f"{file} is corrupt (invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
+    except OSError as exc:
+        raise LegrError(f"cannot read {file}: {exc}") from exc
+    return validate_rows(rows, str(file))
+
+
+def config_hash(obj: Any) -> str:
+    """First 12 hex characters of the sha256 of ``obj`` as canonical JSON (sorted keys, no spaces)."""
+    try:
+        text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_jsonable)
+    except (TypeError, ValueError) as exc:
+        raise LegrError(f"config_hash: cannot hash the configuration: {exc}") from exc
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def as_number(value: Any) -> float | None:
+    """A finite float, or None for missing / non-numeric / NaN values."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def baseline_row(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The first row whose method is "baseline" (else whose name is "baseline"), or None."""
+    for key in ("method", "name"):
+        for row in rows:
+            if row.get(key) == "baseline":
+                return row
+    return None
