@@ -33,8 +33,9 @@ import torch  # noqa: E402
 
 from legr.data import load_dataset, split_train_val  # noqa: E402
 from legr.hardware import git_revision, hardware_info, hardware_label  # noqa: E402
-from legr.methods.magnitude.pruning import SensitivityCurve, count_nonzero, count_params, layer_density, sensitivity  # noqa: E402
-from legr.methods.magnitude.pipeline import MagnitudeConfig, run_magnitude  # noqa: E402
+from legr.engine.cost import count_params  # noqa: E402
+from legr.methods.magnitude.pruning import SensitivityCurve, count_nonzero, layer_density, sensitivity  # noqa: E402
+from legr.methods.magnitude.compress import MagnitudeConfig, run_magnitude  # noqa: E402
 from legr.models import build_model, file_fingerprint, load_checkpoint, pretrained_path  # noqa: E402
 from legr.paths import atomic_write_text  # noqa: E402
 from legr.reporting import write_results  # noqa: E402

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 from legr.methods.allocate import solve_uniform
-from legr.engine.cost import CostModel, count_params
+from legr.engine.cost import CostModel, count_params, counted_macs
 from legr.methods.criteria import get_criterion, group_scores
 from legr.graph import analyze
 from legr.hardware import git_revision, hardware_info, hardware_label
@@ -139,22 +139,6 @@ def producer_widths(graph, keep: np.ndarray) -> list[tuple[str, int, int]]:
         ids = layer.producer_ids
         rows.append((name, int(len(ids)), int((keep[graph.classes(ids)] > 0).sum())))
     return rows
-
-
-def flop_counter_macs(model: torch.nn.Module, input_size: tuple[int, ...]) -> float | None:
-    """Per-image MACs of conv/linear layers as torch's FlopCounterMode sees them (FLOPs / 2); None if unavailable."""
-    try:
-        from torch.utils.flop_counter import FlopCounterMode
-    except ImportError:
-        return None
-    was = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-            model(torch.zeros(1, *input_size))
-        return counter.get_total_flops() / 2.0
-    finally:
-        model.train(was)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -458,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         entry: dict[str, Any] = {
             "model": name, "pretrained": pretrained, "input_size": list(input_size), "num_classes": spec.num_classes,
             "base_macs": cost.base_macs, "base_params": cost.base_params, "base_params_counted": base_params_counted,
-            "base_macs_flop_counter": flop_counter_macs(graph.gm, input_size), "baseline": {}, "targets": [],
+            "base_macs_flop_counter": counted_macs(graph.gm, torch.zeros(1, *input_size)), "baseline": {}, "targets": [],
         }
         for target in args.targets:
             keep, ratio = solve_uniform(graph, cost, scores, target * cost.base_macs)
@@ -469,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
             entry["targets"].append({
                 "target": target, "keep_ratio": ratio, "macs": macs, "params": params,
                 "macs_ratio": macs / cost.base_macs, "params_ratio": params / cost.base_params,
-                "params_counted": count_params(pruned), "macs_flop_counter": flop_counter_macs(pruned, input_size),
+                "params_counted": count_params(pruned), "macs_flop_counter": counted_macs(pruned, torch.zeros(1, *input_size)),
                 "pruned_layers": len(changed),
                 "kept_widths_multiple_of_8": sum(k % 8 == 0 for _, k in changed),
                 "widths": [{"layer": ln, "filters": n, "kept": k} for ln, n, k in widths],

@@ -47,14 +47,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the test helpers define the property checked here
 
 from helpers import random_keep, randomize_norms  # noqa: E402
 
-from legr.engine.cost import CostModel, count_params  # noqa: E402
+from legr.engine.cost import CostModel, count_params, counted_macs  # noqa: E402
 from legr.errors import UnsupportedModelError  # noqa: E402
 from legr.graph import analyze  # noqa: E402
 from legr.hardware import git_revision, hardware_info, hardware_label  # noqa: E402
@@ -81,13 +80,6 @@ class CheckFailed(AssertionError):
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise CheckFailed(message)
-
-
-def counted_macs(model: nn.Module, x: torch.Tensor) -> float:
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(x)
-    return counter.get_total_flops() / 2
 
 
 def fingerprint(model: nn.Module) -> tuple[Any, ...]:

@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from helpers import random_keep
-from legr.engine.cost import CostModel, count_params
+from legr.engine.cost import CostModel, count_params, counted_macs
 from legr.graph import analyze
 from legr.models import build_model, list_models
 from legr.engine.surgery import prune
@@ -18,16 +17,9 @@ TORCHVISION_MODELS = [(name, 64) for name in
 COST_MODELS = CIFAR_MODELS + TORCHVISION_MODELS
 
 
-def counted_macs(model: nn.Module, size: int) -> float:
-    """Multiply-accumulates of one image as torch counts them (FlopCounterMode reports 2 FLOPs per MAC)."""
-    param = next(model.parameters())
-    x = torch.randn(1, 3, size, size, dtype=param.dtype)
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(x)
-    flops = counter.get_total_flops()
-    assert flops % 2 == 0
-    return flops / 2
+def image_macs(model: nn.Module, size: int) -> float:
+    """Multiply-accumulates of one image as torch counts them."""
+    return counted_macs(model, torch.randn(1, 3, size, size, dtype=next(model.parameters()).dtype))
 
 
 def test_cost_zoo_covers_every_cifar_model():
@@ -42,7 +34,7 @@ def test_cost_model_matches_flop_counter_and_pruned_model(name, size):
     cost = CostModel(graph)
     graph.gm.eval()
     # the unpruned network
-    assert cost.base_macs == counted_macs(graph.gm, size)
+    assert cost.base_macs == image_macs(graph.gm, size)
     assert cost.base_params == count_params(graph.gm)
     full = np.ones(graph.num_classes)
     assert cost.macs(full) == cost.base_macs and cost.params(full) == cost.base_params
@@ -52,7 +44,7 @@ def test_cost_model_matches_flop_counter_and_pruned_model(name, size):
         keep = random_keep(graph, rng)
         pruned = prune(graph, keep).eval()
         macs, params = cost.macs(keep), cost.params(keep)
-        assert macs == counted_macs(pruned, size)
+        assert macs == image_macs(pruned, size)
         assert params == count_params(pruned)
         assert cost.costs(keep) == (macs, params)
         assert macs < cost.base_macs and params < cost.base_params
@@ -124,7 +116,7 @@ def test_hand_computed_costs_of_a_tiny_net():
             keep = graph.keep_vector({"conv": list(range(8 - c1, 8)), "pw": list(range(c2))})
             assert (cost.macs(keep), cost.params(keep)) == _tiny_costs(c1, c2)
             pruned = prune(graph, keep).eval()
-            assert counted_macs(pruned, 8) == cost.macs(keep) and count_params(pruned) == cost.params(keep)
+            assert image_macs(pruned, 8) == cost.macs(keep) and count_params(pruned) == cost.params(keep)
 
 
 def test_macs_is_a_cheap_pure_function():

@@ -11,7 +11,7 @@ from legr.errors import BudgetError, CheckpointError, ConfigError, LegrError
 from legr.methods.magnitude.pruning import (Masker, SensitivityCurve, adjust_dropout_, allocate_fractions, dropout_layers,
                             dropout_rate, layer_threshold, prunable_layers, quality_for_fraction, reference_stds,
                             schedule_fractions, sensitivity, threshold_mask)
-from legr.methods.magnitude.pipeline import MagnitudeConfig, load_magnitude, run_magnitude
+from legr.methods.magnitude.compress import MagnitudeConfig, load_magnitude, run_magnitude
 from legr.models import build_model, load_state_dict
 from legr.methods.magnitude.sparse import SparseLinear, load_sparse, save_sparse, sparse_kernel_copy, storage_report, to_csr
 from legr.training import FinetuneConfig, evaluate, finetune

@@ -180,3 +180,17 @@ def test_tables_without_optional_columns():
     assert " ms" not in text and "speedup" not in text and "top-5" not in text
     assert "0.120" in text and "50.0" in text
     assert format_table([]) == "(no results)"
+
+
+def test_atomic_file_replaces_whole_or_not_at_all(tmp_path):
+    from legr.paths import atomic_file
+
+    path = tmp_path / "sub" / "results.json"
+    with atomic_file(path) as fh:
+        fh.write(b"first")
+    with pytest.raises(RuntimeError):
+        with atomic_file(path) as fh:
+            fh.write(b"half of the second")
+            raise RuntimeError("killed midway")
+    assert path.read_bytes() == b"first" and [p.name for p in path.parent.iterdir()] == ["results.json"]
+    assert oct(path.stat().st_mode & 0o777) != oct(0o600)  # readable like any other output, not mkstemp's 0600

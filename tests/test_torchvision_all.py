@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from helpers import assert_pruned_matches_masked, equivalence_setup, random_keep
-from legr.engine.cost import CostModel, count_params
+from legr.engine.cost import CostModel, count_params, counted_macs
 from legr.errors import UnsupportedModelError
 from legr.graph import analyze
 from legr.models import build_model, get_model_spec, list_models
@@ -41,13 +40,6 @@ def fingerprint(model: nn.Module) -> tuple:
         raw = t.contiguous().reshape(-1).view(torch.uint8).numpy()
         digests.append((key, tuple(t.shape), t.dtype, hashlib.blake2b(raw.data).hexdigest()))
     return tuple(digests), tuple(m.training for m in model.modules())
-
-
-def counted_macs(model: nn.Module, x: torch.Tensor) -> float:
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(x)
-    return counter.get_total_flops() / 2
 
 
 def assert_exact_costs(graph, size: int, seed: int = 0) -> None:

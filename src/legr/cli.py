@@ -192,7 +192,7 @@ def magnitude(
 ) -> None:
     """Han et al. 2015 magnitude pruning: sensitivity -> prune/retrain rounds -> dead units removed -> CSR file
     (resumable: rerun the same command after an interruption)."""
-    from legr.methods.magnitude.experiment import experiment_from_options, run_experiment
+    from legr.pipeline.magnitude import experiment_from_options, run_experiment
     from legr.reporting import format_table
 
     cfg = experiment_from_options(model=model, dataset=dataset, weights=weights, target=target,

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from legr.paths import cache_dir
+from legr.paths import atomic_file, cache_dir
 
 CACHE_VERSION = 1
 Arrays = dict[str, np.ndarray]
@@ -56,18 +55,5 @@ def cached_arrays(path: Path, build: Callable[[], Arrays]) -> Arrays:
 
 
 def _write_npz(path: Path, arrays: Arrays) -> None:
-    """Write through a temporary file in the same folder + rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o644 & ~umask)  # mkstemp makes 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as fh:
+        np.savez(fh, **arrays)

@@ -15,6 +15,7 @@ import math
 from typing import Callable
 
 import numpy as np
+import torch
 from torch import nn
 
 from legr.graph import ChannelGraph
@@ -95,3 +96,21 @@ class _Terms:
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def counted_macs(model: nn.Module, x: torch.Tensor) -> float:
+    """Multiply-accumulates of ``model(x)`` as torch itself counts them (`FlopCounterMode` reports 2 FLOPs per MAC),
+    independently of `CostModel`: the oracle the tests and benchmarks check the cost model against. Runs in eval
+    mode without gradients and restores every module's mode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    modes = [(m, m.training) for m in model.modules()]
+    counter = FlopCounterMode(display=False)
+    try:
+        model.eval()
+        with counter, torch.no_grad():
+            model(x)
+    finally:
+        for m, training in modes:
+            m.training = training
+    return counter.get_total_flops() / 2

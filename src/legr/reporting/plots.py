@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from legr.errors import LegrError
+from legr.paths import atomic_file
 from legr.reporting.rows import as_number
 
 
@@ -163,16 +164,10 @@ def figure(width: float, height: float):
 
 
 def save_figure(fig, path: str | os.PathLike[str]) -> Path:
-    """Render ``fig`` to PNG at ``path`` atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        fig.savefig(tmp, format="png", facecolor="white")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """Render ``fig`` to PNG at ``path`` atomically."""
+    with atomic_file(path) as fh:
+        fig.savefig(fh, format="png", facecolor="white")
+    return Path(path)
 
 
 _PALETTE = ["#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#e377c2", "#7f7f7f", "#bcbd22"]

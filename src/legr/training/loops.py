@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -25,6 +24,8 @@ from torch import nn
 from legr.data.loader import TensorLoader
 from legr.errors import CheckpointError, ConfigError
 from legr.models.checkpoint import load_state_dict
+from legr.paths import atomic_file
+from legr.progress import progress_bar
 from legr.training.evaluate import Device, evaluate, model_device
 
 CHECKPOINT_VERSION = 1
@@ -155,7 +156,7 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: Sequence[
     if path is not None and path.exists():
         history = _resume(path, model, optimizer, scheduler, cfg)
     steps = len(loader) if cfg.steps_per_epoch is None else min(len(loader), cfg.steps_per_epoch)
-    with _progress_bar(progress, cfg.epochs, len(history)) as advance:
+    with progress_bar("fine-tune", cfg.epochs, done=len(history), enabled=progress) as advance:
         for epoch in range(len(history), cfg.epochs):
             start = time.perf_counter()
             row = _train_epoch(model, loader, optimizer, epoch, steps, cfg.seed, device)
@@ -167,7 +168,7 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: Sequence[
             history.append(row)
             if path is not None:
                 _save_checkpoint(path, model, optimizer, scheduler, cfg, history)
-            advance(row)
+            advance(_row_text(row))
     model.eval()
     return history
 
@@ -214,22 +215,13 @@ def _seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
 def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                      scheduler: torch.optim.lr_scheduler.MultiStepLR, cfg: FinetuneConfig,
                      history: list[dict[str, Any]]) -> None:
-    """Write the training state through a temporary file in the same folder + ``os.replace``."""
+    """Write the training state atomically (a killed run keeps its previous checkpoint)."""
     sched = scheduler.state_dict()
     sched["milestones"] = dict(sched["milestones"])  # a plain dict: loadable by every weights_only unpickler
     state = {"version": CHECKPOINT_VERSION, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "scheduler": sched, "epoch": history[-1]["epoch"], "history": history, "cfg": asdict(cfg)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as fh:
+        torch.save(state, fh)
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
@@ -300,25 +292,6 @@ def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
 # ---------------------------------------------------------------- progress
 
 
-@contextmanager
-def _progress_bar(enabled: bool, epochs: int, done: int) -> Iterator[Any]:
-    """A rich progress bar over epochs on stderr; yields ``advance(row)``. Non-terminals get no live updates."""
-    if not enabled:
-        yield lambda row: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
-
-    columns = (TextColumn("fine-tune"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn(), TextColumn("{task.fields[stats]}"))
-    with Progress(*columns, console=Console(stderr=True)) as bar:
-        task = bar.add_task("fine-tune", total=epochs, completed=done, stats="")
-
-        def advance(row: dict[str, Any]) -> None:
-            stats = f"loss {row['train_loss']:.4f}  lr {row['lr']:.3g}"
-            if "val_top1" in row:
-                stats += f"  val {100 * row['val_top1']:.2f}%"
-            bar.update(task, advance=1, stats=stats)
-
-        yield advance
+def _row_text(row: dict[str, Any]) -> str:
+    text = f"loss {row['train_loss']:.4f}  lr {row['lr']:.3g}"
+    return text + (f"  val {100 * row['val_top1']:.2f}%" if "val_top1" in row else "")

@@ -24,6 +24,7 @@ import numpy as np
 
 from legr.errors import ConfigError
 from legr.paths import atomic_write_text
+from legr.progress import progress_bar
 
 STATE_VERSION = 1
 C = TypeVar("C")
@@ -221,7 +222,8 @@ def aging_evolution(space: SearchSpace[C], evaluate: Callable[[C, int], float], 
         state = _State(cfg, fingerprint)
     if log_path is not None:
         _rewrite_log(log_path, state.history)
-    with _Progress(progress, cfg.evaluations, len(state.history), state.best()) as bar:
+    with progress_bar("evolution", cfg.evaluations, done=len(state.history), text=_best_text(state.best()),
+                      enabled=progress) as advance:
         while len(state.history) < cfg.evaluations:
             _step(space, evaluate, cfg, state, initial)
             state.save(state_path)
@@ -229,7 +231,7 @@ def aging_evolution(space: SearchSpace[C], evaluate: Callable[[C, int], float], 
             if log_path is not None:
                 with open(log_path, "a") as fh:
                     fh.write(_log_line(state.history[-1], best))
-            bar.advance(best)
+            advance(_best_text(best))
     return _result(space, state)
 
 
@@ -266,33 +268,5 @@ def _result(space: SearchSpace[C], state: _State) -> SearchResult[C]:
                         seconds=sum(m.seconds for m in state.history), population=state.cfg.population)
 
 
-class _Progress:
-    """rich progress bar with ETA and the best fitness so far; a no-op when disabled."""
-
-    def __init__(self, enabled: bool, total: int, done: int, best: _Member | None) -> None:
-        self.enabled, self.total, self.done, self.best = enabled, total, done, best
-        self._bar: Any = None
-
-    def __enter__(self) -> "_Progress":
-        if self.enabled:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
-            self._bar = Progress(TextColumn("[bold]evolution"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                 TextColumn("best {task.fields[best]}"))
-            self._bar.__enter__()
-            self._task = self._bar.add_task("evolution", total=self.total, completed=self.done,
-                                            best=self._fmt(self.best))
-        return self
-
-    @staticmethod
-    def _fmt(best: _Member | None) -> str:
-        return "-" if best is None else f"{best.fitness:.5g} (#{best.index})"
-
-    def advance(self, best: _Member | None) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, advance=1, best=self._fmt(best))
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
+def _best_text(best: _Member | None) -> str:
+    return "best -" if best is None else f"best {best.fitness:.5g} (#{best.index})"

@@ -14,7 +14,7 @@ The pieces, each usable alone:
 
 Prunable layers are every ``nn.Linear`` and ``nn.Conv{1,2,3}d`` weight of any model (biases are kept dense, as in
 the paper's parameter counts they are a negligible share). The run-folder pipeline is in
-``legr.methods.magnitude.pipeline``, dead-unit removal in ``legr.engine.dead_units``, the sparse storage format in ``legr.methods.magnitude.sparse``.
+``legr.methods.magnitude.compress``, dead-unit removal in ``legr.engine.dead_units``, the sparse storage format in ``legr.methods.magnitude.sparse``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from legr.errors import BudgetError, ConfigError, LegrError
+from legr.progress import progress_bar
 
 PRUNABLE_TYPES: tuple[type, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 DEFAULT_FRACTIONS: tuple[float, ...] = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
@@ -48,10 +49,6 @@ def prunable_layers(model: nn.Module, names: Sequence[str] | None = None) -> dic
         raise LegrError(f"not Linear/Conv layers of {type(model).__name__}: {', '.join(missing)} "
                         f"(prunable: {', '.join(found)})")
     return {n: found[n] for n in names}
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def count_nonzero(model: nn.Module) -> int:
@@ -245,7 +242,7 @@ def sensitivity(model: nn.Module, evaluate: Callable[[nn.Module], float],
     stds = dict(stds) if stds is not None else reference_stds(model, list(modules))
     base = float(evaluate(model))
     curves = {}
-    with _bar(progress, len(modules) * len(fractions), "sensitivity") as advance:
+    with progress_bar("sensitivity", len(modules) * len(fractions), enabled=progress) as advance:
         for name, module in modules.items():
             saved = module.weight.detach().clone()
             qualities, accs = [], []
@@ -329,26 +326,3 @@ def schedule_fractions(final: Mapping[str, float], rounds: int) -> list[dict[str
 
 
 # ---------------------------------------------------------------- progress
-
-
-class _bar:
-    """A rich progress bar on stderr (no-op when disabled); ``with _bar(...) as advance: advance(text)``."""
-
-    def __init__(self, enabled: bool, total: int, label: str) -> None:
-        self.enabled, self.total, self.label = enabled, total, label
-
-    def __enter__(self) -> Callable[[str], None]:
-        if not self.enabled:
-            return lambda text="": None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                 TextColumn("{task.fields[stats]}"), console=Console(stderr=True))
-        self.progress.__enter__()
-        task = self.progress.add_task(self.label, total=self.total, stats="")
-        return lambda text="": self.progress.update(task, advance=1, stats=text)
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self.progress.__exit__(*exc)

@@ -23,8 +23,9 @@ from legr.data import load_dataset, split_train_val
 from legr.errors import ConfigError
 from legr.hardware import git_revision, hardware_label
 from legr.engine.latency import measure_latency
-from legr.methods.magnitude.pruning import count_nonzero, count_params, layer_density
-from legr.methods.magnitude.pipeline import MagnitudeConfig, check_reachable, run_magnitude, sparse_macs
+from legr.engine.cost import count_params
+from legr.methods.magnitude.pruning import count_nonzero, layer_density
+from legr.methods.magnitude.compress import MagnitudeConfig, check_reachable, run_magnitude, sparse_macs
 from legr.models import build_model, file_fingerprint, get_model_spec, load_checkpoint, save_state_dict
 from legr.paths import atomic_write_text, make_folder
 from legr.reporting import write_results

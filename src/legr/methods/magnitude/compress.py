@@ -23,8 +23,9 @@ from torch import Tensor, nn
 
 from legr.engine.dead_units import remove_dead_units
 from legr.errors import BudgetError, CheckpointError, ConfigError
+from legr.engine.cost import count_params
 from legr.methods.magnitude.pruning import (DEFAULT_FRACTIONS, Masker, SensitivityCurve, adjust_dropout_, allocate_fractions,
-                            count_params, layer_density, prunable_layers, quality_for_fraction, reference_stds,
+                            layer_density, prunable_layers, quality_for_fraction, reference_stds,
                             schedule_fractions, sensitivity)
 from legr.models.checkpoint import load_state_dict, read_state_dict, save_state_dict
 from legr.paths import atomic_write_text, make_folder
