@@ -1,0 +1,54 @@
+"""The handler registries (one per kind of graph node) and the helpers every handler uses.
+
+A handler takes ``(ctx, node)`` and returns the node's value: a `ChanMap` for a tensor with tracked channels, a list
+of them for tuple outputs, or None. Any op that receives tracked channels and has no handler is refused with an
+error naming it, so an unknown op can never produce a silently wrong model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import fx, nn
+from torchvision.ops import StochasticDepth
+
+from legr.graph.channels import ChanMap
+from legr.graph.context import WalkContext
+
+Handler = Callable[[WalkContext, fx.Node], Any]
+MODULE_HANDLERS: dict[type, Handler] = {}
+FUNCTION_HANDLERS: dict[Any, Handler] = {}
+METHOD_HANDLERS: dict[str, Handler] = {}
+
+# Modules kept as leaves while tracing (beyond torch.nn's own), so they keep their train/eval behaviour.
+LEAF_MODULES: tuple[type, ...] = (StochasticDepth,)
+
+
+def register(modules=(), functions=(), methods=()) -> Callable[[Handler], Handler]:
+    def deco(fn: Handler) -> Handler:
+        for m in modules:
+            MODULE_HANDLERS[m] = fn
+        for f in functions:
+            FUNCTION_HANDLERS[f] = fn
+        for m in methods:
+            METHOD_HANDLERS[m] = fn
+        return fn
+
+    return deco
+
+
+def module_handler(module: nn.Module) -> Handler | None:
+    for cls in type(module).__mro__:
+        if cls in MODULE_HANDLERS:
+            return MODULE_HANDLERS[cls]
+    return None
+
+
+def first_map(ctx: WalkContext, node: fx.Node) -> ChanMap:
+    return ctx.require_map(node, node.args[0] if node.args else next(iter(node.kwargs.values())))
+
+
+def consume(ctx: WalkContext, x: ChanMap) -> None:
+    """A layer reads ``x``: channels that would not be zero once removed cannot be removed."""
+    if not x.zero_safe:
+        ctx.fix(x.ids, "feeds a layer through an op that maps 0 to a non-zero value (e.g. sigmoid)")

@@ -1,0 +1,150 @@
+"""Elementwise, pooling/resizing, softmax and broadcasting binary ops: channels pass through or merge."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torchvision.ops import StochasticDepth
+
+from legr.graph.channels import ChanMap
+from legr.graph.context import WalkContext
+from legr.graph.handlers.base import first_map, register
+
+
+# --- elementwise and shape-preserving ops ------------------------------------------------------------------------
+ZERO_PRESERVING_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Tanh, nn.ELU, nn.Mish, nn.Identity,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, StochasticDepth,
+)
+ZERO_PRESERVING_FUNCTIONS = (
+    F.relu, F.relu_, F.relu6, F.leaky_relu, F.silu, F.gelu, F.hardswish, F.elu, F.mish, torch.relu, torch.relu_,
+    torch.tanh, F.dropout, torch.clone,
+)
+# pooling and resizing: how many trailing dims each acts on (None: every dim after the first two, (N, C, *spatial))
+SPATIAL_OPS: dict[Any, int | None] = {
+    nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3, nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3,
+    nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3, nn.AdaptiveMaxPool1d: 1,
+    nn.AdaptiveMaxPool2d: 2, nn.AdaptiveMaxPool3d: 3, nn.Upsample: None, F.max_pool1d: 1, F.max_pool2d: 2,
+    F.max_pool3d: 3, F.avg_pool1d: 1, F.avg_pool2d: 2, F.avg_pool3d: 3, F.adaptive_avg_pool1d: 1,
+    F.adaptive_avg_pool2d: 2, F.adaptive_max_pool2d: 2, F.interpolate: None,
+}
+ZERO_PRESERVING_METHODS = ("relu", "relu_", "tanh", "contiguous", "clone", "detach", "float", "to", "type_as")
+NONZERO_MODULES = (nn.Sigmoid, nn.Hardsigmoid, nn.Softplus)
+NONZERO_FUNCTIONS = (torch.sigmoid, F.sigmoid, F.hardsigmoid, F.softplus, torch.exp)
+NONZERO_METHODS = ("sigmoid", "sigmoid_", "exp")
+
+
+def _same_rank(ctx: WalkContext, node: fx.Node, x: ChanMap) -> None:
+    if len(ctx.shape(node)) != len(ctx.shape(node.args[0])):
+        ctx.refuse(node, "the op changes the tensor rank")
+
+
+@register(ZERO_PRESERVING_MODULES, ZERO_PRESERVING_FUNCTIONS, ZERO_PRESERVING_METHODS)
+def _passthrough(ctx: WalkContext, node: fx.Node) -> ChanMap:
+    x = first_map(ctx, node)
+    _same_rank(ctx, node, x)
+    return x
+
+
+@register(modules=[k for k in SPATIAL_OPS if isinstance(k, type)],
+          functions=[k for k in SPATIAL_OPS if not isinstance(k, type)])
+def _spatial(ctx: WalkContext, node: fx.Node) -> ChanMap:
+    """Pooling and resizing map zeros to zeros, and pass channels through only when the channel axis is not one of
+    the trailing dims they act on (a 1d pool over a flattened ``(N, C)`` tensor would mix the channels)."""
+    x = first_map(ctx, node)
+    _same_rank(ctx, node, x)
+    rank = len(ctx.shape(node))
+    op = type(ctx.module(node)) if node.op == "call_module" else node.target
+    dims = next((SPATIAL_OPS[k] for k in getattr(op, "__mro__", (op,)) if k in SPATIAL_OPS), None) or rank - 2
+    if x.axis >= rank - dims:
+        ctx.refuse(node, "it pools or resizes along the channel axis")
+    return x
+
+
+@register(NONZERO_MODULES, NONZERO_FUNCTIONS, NONZERO_METHODS)
+def _passthrough_nonzero(ctx: WalkContext, node: fx.Node) -> ChanMap:
+    x = first_map(ctx, node)
+    _same_rank(ctx, node, x)
+    return ChanMap(x.axis, x.ids, zero_safe=False)
+
+
+@register(modules=(nn.Softmax, nn.LogSoftmax), functions=(F.softmax, F.log_softmax, torch.softmax), methods=("softmax",))
+def _softmax(ctx: WalkContext, node: fx.Node) -> ChanMap:
+    x = first_map(ctx, node)
+    dim = ctx.module(node).dim if node.op == "call_module" else node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    rank = len(ctx.shape(node))
+    if dim is None or dim % rank == x.axis:
+        ctx.fix(x.ids, f"normalized together by softmax at '{node.name}'")
+    return ChanMap(x.axis, x.ids, zero_safe=False)
+
+
+# --- broadcasting binary ops -------------------------------------------------------------------------------------
+ADD_LIKE = (operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub)
+MUL_LIKE = (operator.mul, operator.imul, torch.mul)
+DIV_LIKE = (operator.truediv, operator.itruediv, torch.div)
+
+
+def _operands(node: fx.Node) -> list[Any]:
+    return list(node.args[:2]) + [v for k, v in node.kwargs.items() if k in ("other", "input")]
+
+
+def _binary(ctx: WalkContext, node: fx.Node, kind: str) -> ChanMap | None:
+    operands = _operands(node)
+    maps = [(a, ctx.val(a)) for a in operands if isinstance(ctx.val(a), ChanMap)]
+    if not maps:
+        return None
+    out_shape = ctx.shape(node)
+    rank = len(out_shape)
+    axis = {m.axis + rank - len(ctx.shape(a)) for a, m in maps}
+    if len(axis) != 1:
+        ctx.refuse(node, "its operands have their channels on different axes")
+    axis = axis.pop()
+    width = out_shape[axis]
+    full = [m for _, m in maps if len(m.ids) == width]
+    if not full:
+        ctx.refuse(node, "the channel axis is broadcast from a single channel")
+    out = full[0].ids
+    for m in full[1:]:
+        ctx.union(out, m.ids)
+    # tensors without tracked channels that vary along the channel axis (constants, buffers)
+    for a in operands:
+        shape = ctx.shape(a)
+        if shape is not None and not isinstance(ctx.val(a), ChanMap):
+            k = axis - (rank - len(shape))
+            if 0 <= k < len(shape) and shape[k] == width and width > 1:
+                ctx.fix(out, f"combined with an untracked per-channel tensor at '{node.name}'")
+    scalars = [a for a in operands if not isinstance(a, fx.Node) and a not in (0, 0.0, None)]
+    # operands that are not the full channel map (untracked tensors, channels broadcast from one) add a non-zero
+    # value to a removed channel, so a sum is zero there only when every operand is a full, zero-safe map
+    broadcast = [a for a in operands if isinstance(a, fx.Node) and not (
+        isinstance(ctx.val(a), ChanMap) and len(ctx.val(a).ids) == width)]
+    if kind == "mul":
+        zero_safe = any(m.zero_safe for m in full)  # a product with one zero factor is zero
+    elif kind == "div":
+        numerator = ctx.val(operands[0])
+        zero_safe = isinstance(numerator, ChanMap) and numerator.zero_safe
+        denominator = ctx.val(operands[1]) if len(operands) > 1 else None
+        if isinstance(denominator, ChanMap):
+            ctx.fix(out, f"used as a divisor at '{node.name}'")
+    else:
+        zero_safe = all(m.zero_safe for m in full) and not scalars and not broadcast
+    return ChanMap(axis, out, zero_safe)
+
+
+@register(functions=ADD_LIKE, methods=("add", "add_", "sub", "sub_"))
+def _add(ctx: WalkContext, node: fx.Node) -> ChanMap | None:
+    return _binary(ctx, node, "add")
+
+
+@register(functions=MUL_LIKE, methods=("mul", "mul_"))
+def _mul(ctx: WalkContext, node: fx.Node) -> ChanMap | None:
+    return _binary(ctx, node, "mul")
+
+
+@register(functions=DIV_LIKE, methods=("div", "div_"))
+def _div(ctx: WalkContext, node: fx.Node) -> ChanMap | None:
+    return _binary(ctx, node, "div")
