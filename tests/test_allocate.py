@@ -6,14 +6,23 @@ import numpy as np
 import pytest
 import torch
 
-from legr.methods.allocate import (ALLOCATORS, Floors, GlobalSolver, UniformSolver, check_reachable, get_allocator,
-                           min_macs_bound, solve_uniform, uniform_keep)
 from legr.engine.cost import CostModel
-from legr.methods.criteria import CRITERIA, CriterionContext, compute_scores, group_scores
 from legr.errors import BudgetError, LegrError
 from legr.graph import analyze
-from legr.models import build_model
+from legr.methods.allocate import (
+    ALLOCATORS,
+    Floors,
+    GlobalSolver,
+    UniformSolver,
+    check_reachable,
+    get_allocator,
+    min_macs_bound,
+    solve_uniform,
+    uniform_keep,
+)
+from legr.methods.criteria import CRITERIA, CriterionContext, compute_scores, group_scores
 from legr.methods.legr.ranking import Ranking, ranked_layers, stored_scores
+from legr.models import build_model
 
 
 @pytest.fixture(scope="module")

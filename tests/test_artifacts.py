@@ -5,14 +5,14 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from helpers import random_keep
+
 from legr.engine.artifacts import load_pruned, save_pruned
+from legr.engine.plan import Plan
+from legr.engine.surgery import prune
 from legr.errors import CheckpointError, LegrError
 from legr.graph import analyze
 from legr.models import build_model
-from legr.engine.plan import Plan
-from legr.engine.surgery import prune
 
 
 @pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_mobilenet_v2"])

@@ -7,10 +7,10 @@ import statistics
 import pytest
 import yaml
 
+from legr.engine.plan import Plan
+from legr.errors import ConfigError
 from legr.pipeline.compare import Comparison
 from legr.pipeline.config import CompareConfig, parse_config
-from legr.errors import ConfigError
-from legr.engine.plan import Plan
 
 CONFIG = """
 model: {name: digits_cnn, weights: null}

@@ -2,8 +2,8 @@
 
 import pytest
 
-from legr.pipeline.config import artifact_config, load_config, parse_config
 from legr.errors import ConfigError
+from legr.pipeline.config import artifact_config, load_config, parse_config
 
 BASE = {"model": {"name": "digits_cnn"}}
 

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from helpers import random_keep
 from torch import nn
 
-from helpers import random_keep
 from legr.engine.cost import CostModel, count_params, counted_macs
+from legr.engine.surgery import prune
 from legr.graph import analyze
 from legr.models import build_model, list_models
-from legr.engine.surgery import prune
 
 CIFAR_MODELS = [(name, 32) for name in list_models() if name.startswith("cifar_")]
 TORCHVISION_MODELS = [(name, 64) for name in

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from legr.methods.criteria import CRITERIA, CriterionContext, compute_scores, get_criterion, group_scores
 from legr.errors import LegrError
 from legr.graph import analyze
+from legr.methods.criteria import CRITERIA, CriterionContext, compute_scores, get_criterion, group_scores
 from legr.models import build_model
 
 

@@ -16,8 +16,20 @@ import pytest
 import torch
 from PIL import Image
 
-from legr.data import (CIFAR10_CLASSES, IMAGENET_MEAN, IMAGENET_STD, ImageData, TensorLoader, available_datasets,
-                       load_dataset, normalize, random_crop_flip, register_dataset, split_indices, split_train_val)
+from legr.data import (
+    CIFAR10_CLASSES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageData,
+    TensorLoader,
+    available_datasets,
+    load_dataset,
+    normalize,
+    random_crop_flip,
+    register_dataset,
+    split_indices,
+    split_train_val,
+)
 from legr.data.cache import cache_path
 from legr.errors import DatasetError, LegrError
 

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from helpers import randomize_norms
 from torch import nn
 
-from helpers import randomize_norms
+from legr.engine.surgery import prune
 from legr.errors import LegrError
 from legr.graph import analyze
 from legr.models import build_model
-from legr.engine.surgery import prune
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

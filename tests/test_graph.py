@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import assert_pruned_matches_masked, equivalence_setup, random_keep
 from torch import nn
 
-from helpers import assert_pruned_matches_masked, equivalence_setup, random_keep
+from legr.engine.surgery import masked_copy, prune
 from legr.errors import UnsupportedModelError
 from legr.graph import analyze
 from legr.models import build_model
-from legr.engine.surgery import masked_copy, prune
 
 # (model name, input size): every CIFAR model of the zoo and the torchvision models the issue names
 EQUIVALENCE_MODELS = [

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from legr.hardware import git_revision, hardware_info, hardware_label
 from legr.engine.latency import LatencyResult, fixed_threads, measure_interleaved, measure_latencies, measure_latency
+from legr.hardware import git_revision, hardware_info, hardware_label
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,20 +8,39 @@ import torch
 
 from legr.engine.dead_units import remove_dead_units
 from legr.errors import BudgetError, CheckpointError, ConfigError, LegrError
-from legr.methods.magnitude.pruning import (Masker, SensitivityCurve, adjust_dropout_, allocate_fractions, dropout_layers,
-                            dropout_rate, layer_threshold, prunable_layers, quality_for_fraction, reference_stds,
-                            schedule_fractions, sensitivity, threshold_mask)
 from legr.methods.magnitude.compress import MagnitudeConfig, load_magnitude, run_magnitude
+from legr.methods.magnitude.pruning import (
+    Masker,
+    SensitivityCurve,
+    adjust_dropout_,
+    allocate_fractions,
+    dropout_layers,
+    dropout_rate,
+    layer_threshold,
+    prunable_layers,
+    quality_for_fraction,
+    reference_stds,
+    schedule_fractions,
+    sensitivity,
+    threshold_mask,
+)
+from legr.methods.magnitude.sparse import (
+    SparseLinear,
+    load_sparse,
+    save_sparse,
+    sparse_kernel_copy,
+    storage_report,
+    to_csr,
+)
 from legr.models import build_model, load_state_dict
-from legr.methods.magnitude.sparse import SparseLinear, load_sparse, save_sparse, sparse_kernel_copy, storage_report, to_csr
 from legr.training import FinetuneConfig, evaluate, finetune
 
 
 @pytest.fixture(scope="module")
 def mnist():
-    from legr.data import load_dataset, split_train_val
-
     from conftest import shared_path
+
+    from legr.data import load_dataset, split_train_val
 
     shared_path("data", "mnist")
     data = load_dataset("mnist")

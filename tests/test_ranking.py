@@ -6,14 +6,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from legr.methods.allocate import UniformSolver
 from legr.engine.cost import CostModel
-from legr.methods.criteria import compute_scores, group_scores
 from legr.errors import LegrError
 from legr.graph import analyze
-from legr.models import build_model
-from legr.methods.legr.ranking import Ranking, learn_ranking, model_fingerprint, ranked_layers, stored_scores, uniform_transform
+from legr.methods.allocate import UniformSolver
+from legr.methods.criteria import compute_scores, group_scores
 from legr.methods.legr import EvolutionConfig
+from legr.methods.legr.ranking import (
+    Ranking,
+    learn_ranking,
+    model_fingerprint,
+    ranked_layers,
+    stored_scores,
+    uniform_transform,
+)
+from legr.models import build_model
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,15 @@ import hashlib
 import numpy as np
 import pytest
 import torch
+from helpers import assert_pruned_matches_masked, equivalence_setup, random_keep
+from test_graph import assert_equivalent
 from torch import nn
 
-from helpers import assert_pruned_matches_masked, equivalence_setup, random_keep
 from legr.engine.cost import CostModel, count_params, counted_macs
+from legr.engine.surgery import apply_masks_, prune
 from legr.errors import UnsupportedModelError
 from legr.graph import analyze
 from legr.models import build_model, get_model_spec, list_models
-from legr.engine.surgery import apply_masks_, prune
-from test_graph import assert_equivalent
 
 TORCHVISION_MODELS = [name for name in list_models() if get_model_spec(name).source == "torchvision"]
 NEEDS_SPEC_INPUT = ("inception_v3", "vit_", "swin_", "maxvit")  # >= 75 px / fixed position embeddings and windows

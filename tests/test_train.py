@@ -8,14 +8,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from legr.data import TensorLoader, load_dataset, normalize
-from legr.errors import CheckpointError, ConfigError
 from legr.engine.cost import CostModel
-from legr.graph import analyze
-from legr.models import build_model
-from legr.methods.legr.ranking import Ranking, ranked_layers
 from legr.engine.surgery import prune
-from legr.training import (EvalResult, FinetuneConfig, bn_batches, evaluate, finetune, make_sgd, recalibrate_bn,
-                        train_steps)
+from legr.errors import CheckpointError, ConfigError
+from legr.graph import analyze
+from legr.methods.legr.ranking import Ranking, ranked_layers
+from legr.models import build_model
+from legr.training import (
+    EvalResult,
+    FinetuneConfig,
+    bn_batches,
+    evaluate,
+    finetune,
+    make_sgd,
+    recalibrate_bn,
+    train_steps,
+)
 
 
 class TinyCNN(nn.Module):

@@ -7,8 +7,14 @@
 from legr.data import sources as _sources  # noqa: F401  (registers the built-in datasets)
 from legr.data.augment import random_crop_flip
 from legr.data.loader import TensorLoader, normalize
-from legr.data.registry import (IMAGENET_MEAN, IMAGENET_STD, ImageData, available_datasets, load_dataset,
-                                register_dataset)
+from legr.data.registry import (
+                                IMAGENET_MEAN,
+                                IMAGENET_STD,
+                                ImageData,
+                                available_datasets,
+                                load_dataset,
+                                register_dataset,
+)
 from legr.data.sources import CIFAR10_CLASSES, channel_stats
 from legr.data.split import split_indices, split_train_val
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 from torch import fx, nn
 
+from legr.engine.plan import Plan
+from legr.engine.surgery import prune
 from legr.errors import LegrError
 from legr.graph import ChannelGraph, analyze
 from legr.models import build_model, load_checkpoint, save_state_dict
-from legr.engine.plan import Plan
-from legr.engine.surgery import prune
 
 PLAN_FILE, WEIGHTS_FILE = "plan.json", "model.safetensors"
 

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor, fx, nn
 
+from legr.engine.surgery import prune
 from legr.errors import LegrError
 from legr.graph import ChannelGraph, analyze
-from legr.engine.surgery import prune
 
 _WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 

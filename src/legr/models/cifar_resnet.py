@@ -6,9 +6,9 @@ Option B: 1x1 conv (stride s) + BN shortcut named `shortcut.0` / `shortcut.1`.
 
 from __future__ import annotations
 
-from torch import Tensor, nn
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from legr.models.registry import register_model
 

@@ -27,14 +27,14 @@ from typing import Any, Callable
 from torch import nn
 
 from legr.engine.artifacts import load_pruned
-from legr.pipeline.config import CompareConfig, MethodConfig, RunConfig
-from legr.hardware import hardware_label
 from legr.engine.latency import measure_interleaved
-from legr.paths import atomic_write_text
-from legr.pipeline.steps import Pipeline, member_name
 from legr.engine.plan import Plan
+from legr.hardware import hardware_label
 from legr.methods.legr.ranking import ranked_layers
-from legr.reporting import RESULTS_JSON, plot_method_curves, plot_widths, read_results
+from legr.paths import atomic_write_text
+from legr.pipeline.config import CompareConfig, MethodConfig, RunConfig
+from legr.pipeline.steps import Pipeline, member_name
+from legr.reporting import RESULTS_JSON, latency_key, plot_method_curves, plot_widths, read_results
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ class Comparison:
         timings = measure_interleaved(nets, first.data.input_size, e.latency_batch_sizes, device="cpu",
                                       rounds=e.latency_rounds, threads=e.threads, warmup=e.latency_warmup,
                                       repeats=e.latency_repeats)
-        out = {name: {f"latency_cpu_b{b}_ms": r.median_ms for b, r in per.items()} for name, per in timings.items()}
+        out = {name: {latency_key("cpu", b): r.median_ms for b, r in per.items()} for name, per in timings.items()}
         atomic_write_text(path, json.dumps(out, indent=1))
         return out
 

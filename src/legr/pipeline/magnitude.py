@@ -20,16 +20,16 @@ import torch
 from torch import nn
 
 from legr.data import load_dataset, split_train_val
+from legr.engine.cost import count_params
+from legr.engine.latency import measure_latency
 from legr.errors import ConfigError
 from legr.hardware import git_revision, hardware_label
-from legr.engine.latency import measure_latency
-from legr.engine.cost import count_params
-from legr.methods.magnitude.pruning import count_nonzero, layer_density
 from legr.methods.magnitude.compress import MagnitudeConfig, check_reachable, run_magnitude, sparse_macs
+from legr.methods.magnitude.pruning import count_nonzero, layer_density
+from legr.methods.magnitude.sparse import encode_sparse, sparse_kernel_copy, sparse_weight_names, storage_report
 from legr.models import build_model, file_fingerprint, get_model_spec, load_checkpoint, save_state_dict
 from legr.paths import atomic_write_text, make_folder
-from legr.reporting import write_results
-from legr.methods.magnitude.sparse import encode_sparse, sparse_kernel_copy, sparse_weight_names, storage_report
+from legr.reporting import latency_key, write_results
 from legr.training import FinetuneConfig, evaluate, finetune
 
 DATASET_LABELS = {"mnist": "MNIST", "cifar10-jpeg": "CIFAR-10-JPEG", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100",
@@ -131,7 +131,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, progress: bool = T
                 "compression": 1.0, "top1": base_test.top1, "top5": base_test.top5, "loss": base_test.loss,
                 "error": 1 - base_test.top1, "nonzero_params": count_nonzero(dense),
                 "dense_bytes": base_store["dense_bytes"],
-                **{f"latency_cpu_b{b}_ms": v for b, v in lat_base.items()}}
+                **{latency_key("cpu", b): v for b, v in lat_base.items()}}
     nonzero = count_nonzero(final)
     pruned_row = {"name": f"han{cfg.magnitude.target:g}x", "method": "han2015", **common,
                   "target": cfg.magnitude.target, "macs": final_macs, "sparse_macs": final_nnz_macs,
@@ -141,8 +141,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, progress: bool = T
                   "sparse_bytes": final_store["sparse_bytes"], "index_bytes": final_store["index_bytes"],
                   "top1": test.top1, "top5": test.top5, "loss": test.loss, "error": 1 - test.top1,
                   "finetune_epochs": sum(r["epochs"] for r in result.rounds),
-                  **{f"latency_cpu_b{b}_ms": v for b, v in lat_final.items()},
-                  **{f"sparse_kernel_latency_cpu_b{b}_ms": v for b, v in lat_sparse.items()},
+                  **{latency_key("cpu", b): v for b, v in lat_final.items()},
+                  **{"sparse_kernel_" + latency_key("cpu", b): v for b, v in lat_sparse.items()},
                   "path": str(out / "magnitude" / "model.sparse.safetensors")}
     write_results([base_row, pruned_row], out)
     summary = {"rows": [base_row, pruned_row], "base_source": base_source, "base_val_top1": base_val.top1,

@@ -31,24 +31,24 @@ import torch
 import yaml
 from torch import nn
 
-from legr.methods.allocate import Floors, check_reachable, get_allocator
-from legr.engine.artifacts import load_pruned, save_pruned
-from legr.pipeline.config import RunConfig, TrainConfig, artifact_config, dump_config, parse_config
-from legr.engine.cost import CostModel, count_params
-from legr.methods.criteria import CriterionContext, compute_scores
 from legr.data import TensorLoader, load_dataset, split_train_val
+from legr.engine.artifacts import load_pruned, save_pruned
+from legr.engine.cost import CostModel, count_params
+from legr.engine.latency import measure_interleaved
+from legr.engine.plan import Plan
+from legr.engine.surgery import prune
 from legr.errors import ConfigError
 from legr.graph import analyze
 from legr.hardware import git_revision, hardware_label
-from legr.engine.latency import measure_interleaved
-from legr.models import build_model, load_checkpoint, save_state_dict
-from legr.paths import atomic_write_text, make_folder
-from legr.engine.plan import Plan
+from legr.methods.allocate import Floors, check_reachable, get_allocator
+from legr.methods.criteria import CriterionContext, compute_scores
+from legr.methods.legr import EvolutionConfig
 from legr.methods.legr.fitness import CandidateFitness
 from legr.methods.legr.ranking import Ranking, learn_ranking, model_fingerprint, ranked_layers, stored_scores
-from legr.reporting import config_hash, format_table, plot_pareto, read_results, write_results
-from legr.methods.legr import EvolutionConfig
-from legr.engine.surgery import prune
+from legr.models import build_model, load_checkpoint, save_state_dict
+from legr.paths import atomic_write_text, make_folder
+from legr.pipeline.config import RunConfig, TrainConfig, artifact_config, dump_config, parse_config
+from legr.reporting import config_hash, format_table, latency_key, plot_pareto, read_results, write_results
 from legr.training import FinetuneConfig, bn_batches, evaluate, finetune, recalibrate_bn
 
 
@@ -340,7 +340,7 @@ class Pipeline:
                                           rounds=e.latency_rounds, threads=e.threads if device == "cpu" else None,
                                           warmup=e.latency_warmup, repeats=e.latency_repeats)
             for name, per_batch in timings.items():
-                out[name].update({f"latency_{device}_b{b}_ms": r.median_ms for b, r in per_batch.items()})
+                out[name].update({latency_key(device, b): r.median_ms for b, r in per_batch.items()})
         return out
 
     def report(self) -> str:

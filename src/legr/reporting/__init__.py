@@ -1,9 +1,17 @@
 """Reporting: the result-row contract and its files, tables, the Pareto front and plots."""
 
 from legr.reporting.plots import figure, pareto_front, plot_method_curves, plot_pareto, plot_widths, save_figure
-from legr.reporting.rows import RESULTS_CSV, RESULTS_JSON, config_hash, read_results, validate_rows, write_results
+from legr.reporting.rows import (
+                                 RESULTS_CSV,
+                                 RESULTS_JSON,
+                                 config_hash,
+                                 latency_key,
+                                 read_results,
+                                 validate_rows,
+                                 write_results,
+)
 from legr.reporting.tables import format_table, markdown_table
 
-__all__ = ["RESULTS_CSV", "RESULTS_JSON", "config_hash", "figure", "format_table", "markdown_table", "pareto_front",
-           "plot_method_curves", "plot_pareto", "plot_widths", "read_results", "save_figure", "validate_rows",
-           "write_results"]
+__all__ = ["RESULTS_CSV", "RESULTS_JSON", "config_hash", "figure", "format_table", "latency_key", "markdown_table",
+           "pareto_front", "plot_method_curves", "plot_pareto", "plot_widths", "read_results", "save_figure",
+           "validate_rows", "write_results"]

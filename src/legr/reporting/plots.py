@@ -10,7 +10,7 @@ from typing import Any
 
 from legr.errors import LegrError
 from legr.paths import atomic_file
-from legr.reporting.rows import as_number
+from legr.reporting.rows import as_number, latency_key
 
 
 def pareto_front(rows: Sequence[Mapping[str, Any]], x: str = "macs", y: str = "top1") -> list[dict[str, Any]]:
@@ -128,7 +128,7 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str],
             styles[m] = (_PALETTE[k % len(_PALETTE)], _MARKERS[k % len(_MARKERS)])
     styles["baseline"] = ("#d62728", "*")
 
-    lat_key = "latency_cpu_b1_ms"
+    lat_key = latency_key("cpu", 1)
     has_latency = any(as_number(r.get(lat_key)) is not None for r in rows)
     ncols = 2 if has_latency else 1
     fig = figure(6.4 * ncols, 5.0)

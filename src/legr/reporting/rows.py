@@ -42,6 +42,11 @@ PROVENANCE_KEYS: tuple[str, ...] = (
 )
 
 LATENCY_KEY = re.compile(r"^latency_(cpu|cuda)_b(\d+)_ms$")
+
+
+def latency_key(device: str, batch_size: int) -> str:
+    """The result-row column of a latency measurement, e.g. ``latency_cpu_b64_ms`` (median milliseconds)."""
+    return f"latency_{device}_b{batch_size}_ms"
 _DEVICE_ORDER = {"cpu": 0, "cuda": 1}
 
 

@@ -8,8 +8,15 @@ reduce, permute); importing this package registers them all.
 """
 
 from legr.graph.handlers import elementwise, layers, shapes  # noqa: F401  (registers the handlers)
-from legr.graph.handlers.base import (FUNCTION_HANDLERS, LEAF_MODULES, METHOD_HANDLERS, MODULE_HANDLERS, Handler,
-                                      module_handler, register)
+from legr.graph.handlers.base import (
+                                      FUNCTION_HANDLERS,
+                                      LEAF_MODULES,
+                                      METHOD_HANDLERS,
+                                      MODULE_HANDLERS,
+                                      Handler,
+                                      module_handler,
+                                      register,
+)
 
 __all__ = ["FUNCTION_HANDLERS", "LEAF_MODULES", "METHOD_HANDLERS", "MODULE_HANDLERS", "Handler", "module_handler",
            "register"]

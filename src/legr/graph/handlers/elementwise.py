@@ -14,7 +14,6 @@ from legr.graph.channels import ChanMap
 from legr.graph.context import WalkContext
 from legr.graph.handlers.base import first_map, register
 
-
 # --- elementwise and shape-preserving ops ------------------------------------------------------------------------
 ZERO_PRESERVING_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Tanh, nn.ELU, nn.Mish, nn.Identity,

@@ -20,15 +20,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from legr.methods.allocate import BudgetSolver, Floors, get_allocator, solve_uniform
 from legr.engine.cost import CostModel
-from legr.methods.criteria import compute_scores, group_scores
+from legr.engine.surgery import prune
 from legr.errors import LegrError
 from legr.graph import ChannelGraph
-from legr.paths import atomic_write_text
+from legr.methods.allocate import BudgetSolver, Floors, get_allocator, solve_uniform
+from legr.methods.criteria import compute_scores, group_scores
 from legr.methods.legr.affine import AffineSpace, AffineTransform
 from legr.methods.legr.evolution import EvolutionConfig, aging_evolution
-from legr.engine.surgery import prune
+from legr.paths import atomic_write_text
 
 RANKING_VERSION = 2  # 2 adds the allocator and the stored criterion scores
 

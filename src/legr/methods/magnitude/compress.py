@@ -21,15 +21,25 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from legr.engine.cost import count_params
 from legr.engine.dead_units import remove_dead_units
 from legr.errors import BudgetError, CheckpointError, ConfigError
-from legr.engine.cost import count_params
-from legr.methods.magnitude.pruning import (DEFAULT_FRACTIONS, Masker, SensitivityCurve, adjust_dropout_, allocate_fractions,
-                            layer_density, prunable_layers, quality_for_fraction, reference_stds,
-                            schedule_fractions, sensitivity)
+from legr.methods.magnitude.pruning import (
+    DEFAULT_FRACTIONS,
+    Masker,
+    SensitivityCurve,
+    adjust_dropout_,
+    allocate_fractions,
+    layer_density,
+    prunable_layers,
+    quality_for_fraction,
+    reference_stds,
+    schedule_fractions,
+    sensitivity,
+)
+from legr.methods.magnitude.sparse import load_sparse, save_sparse
 from legr.models.checkpoint import load_state_dict, read_state_dict, save_state_dict
 from legr.paths import atomic_write_text, make_folder
-from legr.methods.magnitude.sparse import load_sparse, save_sparse
 from legr.training import FinetuneConfig, evaluate, finetune
 
 MASK_PREFIX = "__mask__."
@@ -276,8 +286,8 @@ def _sensitivity(out: Path, model: nn.Module, score: Callable[[nn.Module], float
 def load_magnitude(run: str | Path, model: nn.Module) -> nn.Module:
     """Rebuild a run's final network from ``plan.json`` + ``model.sparse.safetensors``; ``model``: a fresh
     instance of the source architecture (e.g. ``build_model(name)``)."""
-    from legr.graph import analyze
     from legr.engine.surgery import prune
+    from legr.graph import analyze
 
     run = Path(run)
     plan = _read_json(run / "plan.json")
