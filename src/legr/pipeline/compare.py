@@ -33,15 +33,21 @@ from legr.hardware import hardware_label
 from legr.methods.legr.ranking import ranked_layers
 from legr.paths import atomic_write_text
 from legr.pipeline.config import CompareConfig, MethodConfig, RunConfig
-from legr.pipeline.steps import Pipeline, member_name
-from legr.reporting import RESULTS_JSON, latency_key, plot_method_curves, plot_widths, read_results
+from legr.pipeline.folder import ComparisonFolder, RunFolder, member_name
+from legr.pipeline.steps import Pipeline
+from legr.reporting import (
+    latency_key,
+    plot_method_curves,
+    plot_widths,
+    read_results,
+)
 
 
 @dataclass(frozen=True)
 class RunRef:
     method: MethodConfig
     seed: int
-    folder: Path
+    folder: RunFolder
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -55,6 +61,7 @@ class Comparison:
     def __init__(self, cfg: CompareConfig, out: str | Path, *, progress: bool = True,
                  log: Callable[[str], None] = print):
         self.cfg, self.spec, self.out, self.progress, self.log = cfg, cfg.compare, Path(out), progress, log
+        self.folder = ComparisonFolder(self.out)
         self.shared = cfg.run_config()
         self.targets = sorted(self.shared.targets)
 
@@ -63,10 +70,10 @@ class Comparison:
         """The shared settings with the source network fixed: adapted once (in ``source/``) when base training is on."""
         if self.shared.base_training.epochs == 0:
             return self.shared
-        pipeline = Pipeline(self.shared.model_copy(update={"targets": (self.targets[0],)}), self.out / "source",
+        pipeline = Pipeline(self.shared.model_copy(update={"targets": (self.targets[0],)}), self.folder.source.root,
                             progress=self.progress, log=self.log)
         pipeline.base  # trains (or loads) and saves source/base/model.safetensors
-        weights = str((self.out / "source" / "base" / "model.safetensors").resolve())
+        weights = str(self.folder.source.base_weights.resolve())
         model = self.shared.model.model_copy(update={"weights": weights})
         return self.shared.model_copy(update={"model": model, "base_training": self.shared.base_training.model_copy(
             update={"epochs": 0})})
@@ -78,10 +85,10 @@ class Comparison:
             "eval": source.eval.model_copy(update={"latency": False})})
 
     def runs(self) -> list[RunRef]:
-        return [RunRef(m, s, self.out / f"seed{s}" / m.name) for s in self.spec.seeds for m in self.spec.methods]
+        return [RunRef(m, s, self.folder.run(s, m.name)) for s in self.spec.seeds for m in self.spec.methods]
 
-    def _pipeline(self, cfg: RunConfig, folder: Path) -> Pipeline:
-        return Pipeline(cfg, folder, progress=self.progress, log=self.log)
+    def _pipeline(self, cfg: RunConfig, folder: RunFolder) -> Pipeline:
+        return Pipeline(cfg, folder.root, progress=self.progress, log=self.log)
 
     def run(self) -> dict[str, Any]:
         source = self._source()
@@ -90,11 +97,11 @@ class Comparison:
             self.log(f"[seed {ref.seed}] {ref.method.name} ({ref.method.criterion} + {ref.method.allocator})")
             pipeline = self._pipeline(self._config(source, ref.method, ref.seed), ref.folder)
             first = first or pipeline
-            evaluated = (ref.folder / RESULTS_JSON).exists()  # written last, so the run folder is complete
-            for row in read_results(ref.folder) if evaluated else pipeline.evaluate(baseline=not rows):
+            evaluated = ref.folder.results_json.exists()  # written last, so the run folder is complete
+            for row in read_results(ref.folder.root) if evaluated else pipeline.evaluate(baseline=not rows):
                 if row["method"] != "baseline":
                     row = {**row, "method": ref.method.name, "allocator": row["method"]}
-                rows.append({**row, "run": str(ref.folder.relative_to(self.out))})
+                rows.append({**row, "run": str(ref.folder.root.relative_to(self.out))})
         pipeline_cost = self._pipeline_cost(source)
         latency = self._latency(first)
         for row in rows:
@@ -121,20 +128,19 @@ class Comparison:
             return None
         method = next(m for m in self.spec.methods if m.name == name)
         seed = self.spec.seeds[0]
-        main = self.out / f"seed{seed}" / name
-        timings = json.loads((main / "timings.json").read_text())
+        timings = json.loads(self.folder.run(seed, name).timings.read_text())
         own = self._config(source, method, seed).search_targets
         searches = {}
         for t in self.targets:
             if len(own) == 1 and abs(t - own[0]) < 1e-9:
                 searches[t] = timings["rank"]  # the family's own search is exactly this target's search
                 continue
-            folder = self.out / "per_target" / member_name(name, t)
+            folder = self.folder.per_target(name, t)
             cfg = self._config(source, method, seed, target=t, targets=None).model_copy(update={"targets": (t,)})
             self.log(f"[pipeline cost] {name}: searching separately at {t:.0%} MACs")
             pipeline = self._pipeline(cfg, folder)
             pipeline.rank()
-            searches[t] = json.loads((folder / "timings.json").read_text())["rank"]
+            searches[t] = json.loads(folder.timings.read_text())["rank"]
         per_network = timings.get("prune", 0.0) + timings.get("finetune", 0.0)
         once, separate = timings["rank"], sum(searches.values())
         return {
@@ -146,7 +152,7 @@ class Comparison:
 
     # --- latency ---------------------------------------------------------------------------------------------
     def _latency(self, first: Pipeline) -> dict[str, dict[str, float]]:
-        path = self.out / "latency.json"
+        path = self.folder.latency
         e = self.shared.eval
         if not e.latency:
             return {}
@@ -154,9 +160,9 @@ class Comparison:
             return json.loads(path.read_text())
         nets: dict[str, nn.Module] = {"baseline": first.graph.gm}
         for ref in self.runs():
-            for directory in sorted((ref.folder / "members").iterdir()):
-                net, _ = load_pruned(directory, first.base)
-                nets[f"{ref.folder.relative_to(self.out)}/{directory.relative_to(ref.folder)}"] = net
+            for member in ref.folder.saved_members():
+                net, _ = load_pruned(member.root, first.base)
+                nets[str(member.root.relative_to(self.out))] = net
         self.log(f"timing {len(nets)} networks on the CPU ({e.latency_rounds} interleaved rounds)")
         timings = measure_interleaved(nets, first.data.input_size, e.latency_batch_sizes, device="cpu",
                                       rounds=e.latency_rounds, threads=e.threads, warmup=e.latency_warmup,
@@ -190,7 +196,7 @@ class Comparison:
         for m in self.spec.methods:
             totals = []
             for s in self.spec.seeds:
-                path = self.out / f"seed{s}" / m.name / "timings.json"
+                path = self.folder.run(s, m.name).timings
                 if path.exists():
                     t = json.loads(path.read_text())
                     totals.append(sum(t.get(k, 0.0) for k in ("rank", "prune", "finetune")))
@@ -206,8 +212,7 @@ class Comparison:
         original = {name: len(graph.layers[name].producer_ids) for name in layers}
         per_method = {}
         for m in self.spec.methods:
-            plan_path = self.out / f"seed{self.spec.seeds[0]}" / m.name / "members" / member_name(m.allocator, target) \
-                / "plan.json"
+            plan_path = self.folder.run(self.spec.seeds[0], m.name).member(member_name(m.allocator, target)).plan
             if not plan_path.exists():
                 continue
             keep = Plan.load(plan_path).keep_vector(graph)
@@ -218,12 +223,12 @@ class Comparison:
 
     # --- outputs ---------------------------------------------------------------------------------------------
     def _write(self, result: dict[str, Any]) -> None:
-        atomic_write_text(self.out / "compare.json", json.dumps(result, indent=1, default=float))
-        atomic_write_text(self.out / "summary.md", summary_markdown(result))
+        atomic_write_text(self.folder.compare_json, json.dumps(result, indent=1, default=float))
+        atomic_write_text(self.folder.summary, summary_markdown(result))
         title = f"{result['model']} on {result['dataset']}, {len(result['seeds'])} seeds"
-        plot_method_curves(result["summary"], self.out / "accuracy_vs_macs.png", title=title)
+        plot_method_curves(result["summary"], self.folder.accuracy_plot, title=title)
         w = result["widths"]
-        plot_widths(w["layers"], w["original"], w["methods"], self.out / "widths.png",
+        plot_widths(w["layers"], w["original"], w["methods"], self.folder.widths_plot,
                     title=f"channels kept per layer at {w['target']:.0%} MACs ({result['model']}, seed {w['seed']})")
 
 

@@ -24,10 +24,26 @@ from legr.engine.cost import count_params
 from legr.engine.latency import measure_latency
 from legr.errors import ConfigError
 from legr.hardware import git_revision, hardware_label
-from legr.methods.magnitude.compress import MagnitudeConfig, check_reachable, run_magnitude, sparse_macs
+from legr.methods.magnitude.compress import (
+    MagnitudeConfig,
+    check_reachable,
+    run_magnitude,
+    sparse_macs,
+)
 from legr.methods.magnitude.pruning import count_nonzero, layer_density
-from legr.methods.magnitude.sparse import encode_sparse, sparse_kernel_copy, sparse_weight_names, storage_report
-from legr.models import build_model, file_fingerprint, get_model_spec, load_checkpoint, save_state_dict
+from legr.methods.magnitude.sparse import (
+    encode_sparse,
+    sparse_kernel_copy,
+    sparse_weight_names,
+    storage_report,
+)
+from legr.models import (
+    build_model,
+    file_fingerprint,
+    get_model_spec,
+    load_checkpoint,
+    save_state_dict,
+)
 from legr.paths import atomic_write_text, make_folder
 from legr.reporting import latency_key, write_results
 from legr.training import FinetuneConfig, evaluate, finetune

@@ -1,15 +1,8 @@
 """The LeGR pipeline over one run folder: base -> rank -> prune -> finetune -> evaluate -> report.
 
 Every step writes its artifacts atomically and skips work already on disk, so a killed run restarted with the same
-command continues where it stopped (the search and each fine-tune also resume mid-way). Folder layout::
-
-    config.yaml               resolved configuration (a different config is refused once the run has started)
-    base/model.safetensors    the trained/adapted source network (only when base_training.epochs > 0)
-    search_state.json         evolution state after every candidate;  search_log.jsonl: one line per candidate
-    ranking.json              the ranking: criterion scores + per-layer alpha, kappa (learned for lcp/legr)
-    timings.json              wall seconds of each step that ran (rank, prune, finetune), for pipeline-cost figures
-    members/<name>/           plan.json + model.safetensors (+ finetuned.json once fine-tuned)
-    results.json / .csv       one row per network;  pareto.png: accuracy vs MACs and vs latency
+command continues where it stopped (the search and each fine-tune also resume mid-way). The folder's layout: 
+`legr.pipeline.folder.RunFolder`.
 
 The test split is only used by `evaluate` (and for the before-fine-tune figures recorded at pruning time): search
 fitness uses a validation split carved from the training data (BatchNorm statistics are re-estimated on training
@@ -44,11 +37,31 @@ from legr.methods.allocate import Floors, check_reachable, get_allocator
 from legr.methods.criteria import CriterionContext, compute_scores
 from legr.methods.legr import EvolutionConfig
 from legr.methods.legr.fitness import CandidateFitness
-from legr.methods.legr.ranking import Ranking, learn_ranking, model_fingerprint, ranked_layers, stored_scores
+from legr.methods.legr.ranking import (
+    Ranking,
+    learn_ranking,
+    model_fingerprint,
+    ranked_layers,
+    stored_scores,
+)
 from legr.models import build_model, load_checkpoint, save_state_dict
 from legr.paths import atomic_write_text, make_folder
-from legr.pipeline.config import RunConfig, TrainConfig, artifact_config, dump_config, parse_config
-from legr.reporting import config_hash, format_table, latency_key, plot_pareto, read_results, write_results
+from legr.pipeline.config import (
+    RunConfig,
+    TrainConfig,
+    artifact_config,
+    dump_config,
+    parse_config,
+)
+from legr.pipeline.folder import MemberFolder, RunFolder, member_name
+from legr.reporting import (
+    config_hash,
+    format_table,
+    latency_key,
+    plot_pareto,
+    read_results,
+    write_results,
+)
 from legr.training import FinetuneConfig, bn_batches, evaluate, finetune, recalibrate_bn
 
 
@@ -71,11 +84,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def member_name(allocator: str, target: float) -> str:
-    """A family member's folder name, e.g. ``legr-47`` for the 47% MACs target."""
-    return f"{allocator}-{round(target * 100)}"
-
-
 def finetune_config(cfg: TrainConfig, seed: int) -> FinetuneConfig:
     return FinetuneConfig(**cfg.model_dump(), seed=seed)
 
@@ -83,6 +91,7 @@ def finetune_config(cfg: TrainConfig, seed: int) -> FinetuneConfig:
 class Pipeline:
     def __init__(self, cfg: RunConfig, out: str | Path, *, progress: bool = True, log: Callable[[str], None] = print):
         self.cfg, self.out, self.progress, self.log = cfg, Path(out), progress, log
+        self.folder = RunFolder(self.out)
         self.device = resolve_device(cfg.device)
         self.floors = Floors(cfg.floors.safeguard, cfg.floors.min_channels)
         self._validate()
@@ -99,7 +108,8 @@ class Pipeline:
     def _claim_folder(self) -> None:
         """Refuse a folder that holds another run; `eval` and `device` may differ (e.g. train on a GPU, time on a CPU).
         A folder holding only a config.yaml (a run that never started) is reused."""
-        path = make_folder(self.out) / "config.yaml"
+        make_folder(self.out)
+        path = self.folder.config
         if path.exists() and any(p.name != path.name for p in self.out.iterdir()):
             try:
                 held = artifact_config(parse_config(yaml.safe_load(path.read_text())))
@@ -135,12 +145,12 @@ class Pipeline:
         """The source network (loaded, and trained/adapted first when base_training.epochs > 0), eval mode."""
         model = self._network
         if self.cfg.base_training.epochs > 0:
-            path = self.out / "base" / "model.safetensors"
+            path = self.folder.base_weights
             if path.exists():
                 load_checkpoint(model, path)
             else:
                 self.log(f"training the source network for {self.cfg.base_training.epochs} epochs")
-                self._train(model, self.cfg.base_training, self.out / "base" / "train.pt")
+                self._train(model, self.cfg.base_training, self.folder.base_checkpoint)
                 save_state_dict(model.state_dict(), path)
         return model.eval()
 
@@ -170,7 +180,7 @@ class Pipeline:
         step killed midway and resumed counts only its last part)."""
         start = time.perf_counter()
         yield
-        path = self.out / "timings.json"
+        path = self.folder.timings
         timings = json.loads(path.read_text()) if path.exists() else {}
         timings[step] = timings.get(step, 0.0) + time.perf_counter() - start
         atomic_write_text(path, json.dumps(timings, indent=1))
@@ -188,7 +198,7 @@ class Pipeline:
 
     # --- steps ----------------------------------------------------------------------------------------------
     def rank(self) -> Ranking:
-        path = self.out / "ranking.json"
+        path = self.folder.ranking
         fingerprint = model_fingerprint(self.base)
         if path.exists():
             ranking = Ranking.load(path)
@@ -235,7 +245,7 @@ class Pipeline:
             criterion=cfg.criterion, scores=scores, allocator=cfg.allocator, floors=self.floors,
             mutate_fraction=s.mutate_fraction, seed_uniform=s.seed_uniform,
             search=EvolutionConfig(population=s.population, sample=s.sample, evaluations=s.evaluations, seed=cfg.seed),
-            state_path=self.out / "search_state.json", log_path=self.out / "search_log.jsonl", progress=self.progress,
+            state_path=self.folder.search_state, log_path=self.folder.search_log, progress=self.progress,
         )
         return replace(learned, source=self._source(),
                        search={**learned.search, **s.model_dump(mode="json"), "target": targets[0],
@@ -254,8 +264,9 @@ class Pipeline:
         return {"model": m.name, "num_classes": m.num_classes or self.data.num_classes,
                 "input_size": list(self.data.input_size), "weights": m.weights, "dataset": self.cfg.data.name}
 
-    def member_dirs(self) -> list[Path]:
-        return [self.out / "members" / member_name(self.cfg.allocator, t) for t in sorted(self.cfg.targets)]
+    def members(self) -> list[MemberFolder]:
+        """The family's member folders, by target."""
+        return [self.folder.member(member_name(self.cfg.allocator, t)) for t in sorted(self.cfg.targets)]
 
     def prune(self) -> list[Path]:
         """Cut the ranking at every target; each member's BN statistics are re-estimated (``bn_batches``) before it is
@@ -263,8 +274,8 @@ class Pipeline:
         ranking = self.rank()
         solver = ranking.solver(self.graph, self.cost, self.base, self.floors)
         bn: list[torch.Tensor] | None = None
-        for target, directory in zip(sorted(self.cfg.targets), self.member_dirs()):
-            if (directory / "plan.json").exists():
+        for target, member in zip(sorted(self.cfg.targets), self.members()):
+            if member.plan.exists():
                 continue
             with self._timed("prune"):
                 keep = solver.solve(target * self.cost.base_macs)
@@ -279,34 +290,35 @@ class Pipeline:
             info = {"method": self.cfg.allocator, "criterion": self.cfg.criterion, "target": target, "macs": macs,
                     "params": params, "top1_before_ft": before.top1, "top5_before_ft": before.top5,
                     "top1_after_bn": after_bn, "ranking": ranking.fingerprint}
-            save_pruned(directory, net, Plan.from_keep_vector(self.graph, keep, source=self._source(), info=info))
-            self.log(f"pruned {directory.name}: {macs / 1e6:.2f}M MACs ({macs / self.cost.base_macs:.1%}), "
+            save_pruned(member.root, net, Plan.from_keep_vector(self.graph, keep, source=self._source(), info=info))
+            self.log(f"pruned {member.name}: {macs / 1e6:.2f}M MACs ({macs / self.cost.base_macs:.1%}), "
                      f"{params / 1e3:.1f}K params, top-1 before fine-tuning {before.top1:.2%}"
                      + (f" ({after_bn:.2%} after adaptive BN)" if after_bn is not None else ""))
-        return self.member_dirs()
+        return [m.root for m in self.members()]
 
     def finetune(self) -> None:
-        for directory in self.prune():
-            if (directory / "finetuned.json").exists():
+        self.prune()
+        for member in self.members():
+            if member.finetuned.exists():
                 continue
-            net, _ = load_pruned(directory, self.base)
-            self.log(f"fine-tuning {directory.name} for {self.cfg.finetune.epochs} epochs")
+            net, _ = load_pruned(member.root, self.base)
+            self.log(f"fine-tuning {member.name} for {self.cfg.finetune.epochs} epochs")
             with self._timed("finetune"):
-                history = self._train(net.to(self.device), self.cfg.finetune, directory / "finetune.pt")
-            save_state_dict(net.state_dict(), directory / "model.safetensors")
-            atomic_write_text(directory / "finetuned.json", json.dumps(history, indent=1))
-            (directory / "finetune.pt").unlink(missing_ok=True)
+                history = self._train(net.to(self.device), self.cfg.finetune, member.finetune_checkpoint)
+            save_state_dict(net.state_dict(), member.weights)
+            atomic_write_text(member.finetuned, json.dumps(history, indent=1))
+            member.finetune_checkpoint.unlink(missing_ok=True)
 
     def evaluate(self, baseline: bool = True) -> list[dict[str, Any]]:
         """Test accuracy (and latency) of the source network (unless ``baseline`` is False) and every member."""
         self.finetune()
         nets = {"baseline": self.graph.gm} if baseline else {}  # timed as the same fx module type as the members
         rows = [self._row("baseline", self.base, None, self.cost.base_macs, self.cost.base_params, {})] if baseline else []
-        for directory in self.member_dirs():
-            net, plan = load_pruned(directory, self.base)
-            nets[directory.name] = net.to(self.device)
-            rows.append(self._row(directory.name, nets[directory.name], plan.info.get("target"), plan.info["macs"],
-                                  plan.info["params"], plan.info, str(directory.relative_to(self.out))))
+        for member in self.members():
+            net, plan = load_pruned(member.root, self.base)
+            nets[member.name] = net.to(self.device)
+            rows.append(self._row(member.name, nets[member.name], plan.info.get("target"), plan.info["macs"],
+                                  plan.info["params"], plan.info, str(member.root.relative_to(self.out))))
         if self.cfg.eval.latency:
             for row, timings in zip(rows, self._latency(nets).values()):
                 row.update(timings)
@@ -346,7 +358,7 @@ class Pipeline:
     def report(self) -> str:
         rows = read_results(self.out)
         title = f"{rows[0]['model']} on {rows[0]['dataset']}" if rows else None
-        plot_pareto(rows, self.out / "pareto.png", title=title)
+        plot_pareto(rows, self.folder.pareto, title=title)
         return format_table(rows)
 
     def run(self) -> str:
