@@ -72,9 +72,10 @@ def results_readme(result: dict, config: Path, seconds: float, note: str) -> str
         f"fitness), targets {', '.join(f'{t:.0%}' for t in result['targets'])} of the source MACs, fine-tuning "
         f"{f['epochs']} epochs" + (f" of {f['steps_per_epoch']} steps ({steps} SGD steps)" if steps else "")
         + f" per network, seeds {', '.join(map(str, result['seeds']))}. lcp and legr search with population "
-        f"{s['population']}, sample {s['sample']}, {s['evaluations']} candidates at the lowest target; fitness = "
+        f"{s['population']}, sample {s['sample']}, {s['evaluations']} candidates; fitness = "
         f"{s['fitness']} on the held-out images after adaptive BN on {s['bn_batches']} training batches and "
-        f"{s['tau']} SGD steps, first population seeded with the global and uniform allocations"
+        f"{s['tau']} SGD steps, averaged over {', '.join(f'{t:.0%}' for t in result['search_targets'])} MACs, first "
+        "population seeded with the global and uniform allocations"
         + "".join(f"; {m['name']} changes {m['search']}" for m in c["compare"]["methods"] if m.get("search"))
         + ". Every pruned network's BN statistics are re-estimated on "
         f"{c['bn_batches']} training batches before it is reported or fine-tuned. Test set: the CIFAR-10-JPEG test images, used for nothing "
