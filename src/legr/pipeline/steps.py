@@ -1,7 +1,7 @@
 """The LeGR pipeline over one run folder: base -> rank -> prune -> finetune -> evaluate -> report.
 
 Every step writes its artifacts atomically and skips work already on disk, so a killed run restarted with the same
-command continues where it stopped (the search and each fine-tune also resume mid-way). The folder's layout: 
+command continues where it stopped (the search and each fine-tune also resume mid-way). The folder's layout:
 `legr.pipeline.folder.RunFolder`.
 
 The test split is only used by `evaluate` (and for the before-fine-tune figures recorded at pruning time): search
