@@ -3,14 +3,8 @@
 Every method (a criterion cut by an allocator, see `legr.methods.criteria` and `legr.methods.allocate`) prunes the same source
 network to the same MACs targets, with the same train/validation/test splits and the same fine-tuning budget, once per
 seed; each (method, seed) is an ordinary resumable `Pipeline` run folder. Afterwards all networks are timed together
-(interleaved rounds), and the per-run rows are aggregated into mean +- std over seeds. Folder layout::
-
-    source/                    the adapted source network (only when base_training.epochs > 0), shared by every run
-    seed<S>/<method>/          one pipeline run folder per method and seed (ranking, members, results, timings)
-    per_target/<method>-<T>/   the pipeline-cost method's search repeated at every other target (timed only)
-    latency.json               CPU latency of every network (written once all are fine-tuned)
-    compare.json               runs, summary, family wall times, pipeline cost, per-layer widths
-    summary.md                 the tables;  accuracy_vs_macs.png, widths.png: the plots
+(interleaved rounds), and the per-run rows are aggregated into mean +- std over seeds. The folder's layout:
+`legr.pipeline.folder.ComparisonFolder`.
 
 The seed changes the search, the fine-tuning order, the ``random`` scores and the ``taylor`` batches; the source
 network and the splits are the same for every run. The test split is only used to report accuracy.
