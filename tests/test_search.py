@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -201,6 +202,7 @@ def test_affine_helpers_and_json_roundtrip():
 
 SCRIPT = '''
 import sys, time
+from dataclasses import replace
 from pathlib import Path
 import numpy as np
 from legr.methods.legr import AffineSpace, EvolutionConfig, aging_evolution
@@ -335,3 +337,55 @@ def test_initial_candidates_follow_the_identity(tmp_path):
     with pytest.raises(ConfigError, match="population of at least"):
         aging_evolution(space, toy_fitness, EvolutionConfig(population=1, sample=1, evaluations=2), initial=seeds,
                         progress=False)
+
+
+# ---------------------------------------------------------------- restarts
+
+def test_restarts_are_independent_searches_and_the_fittest_wins(tmp_path):
+    space, state, log = make_space(), tmp_path / "state.json", tmp_path / "log.jsonl"
+    one = EvolutionConfig(population=6, sample=3, evaluations=20, seed=5)
+    single = aging_evolution(space, toy_fitness, one, progress=False)
+    calls: list[int] = []
+    both = aging_evolution(space, lambda c, i: calls.append(i) or toy_fitness(c, i), replace(one, restarts=2),
+                           state_path=state, log_path=log, progress=False)
+    assert calls == list(range(40)) and both.evaluations == 40 and both.restarts == 2
+    assert both.history[:20] == single.history  # restart 0 is the one-restart search, unchanged
+    second = [f for _, f in both.history[20:]]
+    assert second != [f for _, f in single.history[:20]][: len(second)]  # restart 1 draws its own population
+    assert second[:1] == [single.history[0][1]]  # ... but starts from the identity too
+    assert both.best_fitness == max(f for _, f in both.history)
+    assert both.best_index == [f for _, f in both.history].index(both.best_fitness)
+    summary = both.summary()
+    assert summary["restart_best"] == [max(f for _, f in both.history[:20]), max(second)]
+    assert (tmp_path / "state.restart1.json").exists()
+    check_log(log, both)
+    assert [json.loads(x)["restart"] for x in log.read_text().splitlines()] == [0] * 20 + [1] * 20
+    # a one-restart state of the previous version (no "restarts" key recorded) resumes as restart 0
+    assert "restarts" not in json.loads(state.read_text())["config"]
+    resumed = aging_evolution(space, toy_fitness, replace(one, restarts=2), state_path=state, progress=False)
+    same_result(resumed, both)
+    # no run seed's restart repeats another run seed's first search (seeds 0, 1, 2 run side by side)
+    a = aging_evolution(space, toy_fitness, EvolutionConfig(6, 3, 20, seed=0, restarts=2), progress=False)
+    b = aging_evolution(space, toy_fitness, EvolutionConfig(6, 3, 20, seed=1), progress=False)
+    assert a.history[20:] != b.history
+
+
+def test_restarts_resume_after_an_interrupt_in_the_second(tmp_path):
+    space, state = make_space(), tmp_path / "state.json"
+    cfg = EvolutionConfig(population=5, sample=2, evaluations=12, seed=2, restarts=3)
+
+    def interrupted(c, i):
+        if i == 17:
+            raise KeyboardInterrupt
+        return toy_fitness(c, i)
+
+    with pytest.raises(KeyboardInterrupt):
+        aging_evolution(space, interrupted, cfg, state_path=state, progress=False)
+    assert history_len(state) == 12 and history_len(tmp_path / "state.restart1.json") == 5
+    calls: list[int] = []
+    resumed = aging_evolution(space, lambda c, i: calls.append(i) or toy_fitness(c, i), cfg, state_path=state,
+                              progress=False)
+    assert calls == list(range(17, 36))
+    same_result(resumed, aging_evolution(space, toy_fitness, cfg, progress=False))
+    with pytest.raises(ConfigError, match="restarts"):
+        EvolutionConfig(restarts=0)

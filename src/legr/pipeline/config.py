@@ -92,12 +92,14 @@ class SearchConfig(_Strict):
     the mean is the fitness), re-estimate BatchNorm statistics on ``bn_batches`` training batches (adaptive BN;
     augmented when ``finetune.augment`` is), take ``tau`` SGD steps, then the validation ``fitness`` (top-1 by
     default; see benchmarks/results/fitness_correlation for why). The paper's CIFAR setting: ``{bn_batches: 0, tau: 0,
-    fitness: loss, seed_uniform: false, target: <one target>}`` (ImageNet: tau 200).
+    fitness: loss, seed_uniform: false, restarts: 1, target: <one target>}`` (ImageNet: tau 200).
     """
 
     population: int = Field(64, ge=1)
     sample: int = Field(16, ge=1)
-    evaluations: int = Field(400, ge=1)
+    evaluations: int = Field(400, ge=1, description="candidates per restart (the initial population included)")
+    restarts: int = Field(2, ge=1, description="independent searches (own initial population and random stream); the "
+                                               "fittest candidate of all wins (the paper: 1)")
     mutate_fraction: float = Field(0.1, gt=0, le=1)
     bn_batches: int = Field(20, ge=0, description="training batches re-estimating BN statistics before the fitness "
                                                   "(0: keep the source network's statistics, as the paper)")
@@ -310,8 +312,17 @@ def artifact_config(cfg: RunConfig) -> dict[str, Any]:
     """The part of the config that determines a run folder's source network, ranking and members (the search
     targets as resolved: an explicit list equal to the default is the same run)."""
     out = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in EVAL_ONLY}
-    out["search"] = {**out["search"], "target": None, "targets": list(cfg.search_targets)}
+    searched = _allocators()[cfg.allocator].search is not None  # a search's settings matter only to a search
+    out["search"] = {**out["search"], "target": None, "targets": list(cfg.search_targets)} if searched else None
     return out
+
+
+def held_config(raw: Any) -> RunConfig:
+    """A run folder's stored config.yaml, read as written by the version that ran it: a search block from before
+    ``search.restarts`` existed ran one search."""
+    if isinstance(raw, dict) and isinstance(raw.get("search"), dict):
+        raw = {**raw, "search": {"restarts": 1, **raw["search"]}}
+    return parse_config(raw)
 
 
 def dump_config(cfg: RunConfig) -> str:

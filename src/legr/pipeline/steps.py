@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -20,6 +21,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 import yaml
 from torch import nn
@@ -51,7 +53,7 @@ from legr.pipeline.config import (
     TrainConfig,
     artifact_config,
     dump_config,
-    parse_config,
+    held_config,
 )
 from legr.pipeline.folder import MemberFolder, RunFolder, member_name
 from legr.reporting import (
@@ -112,7 +114,7 @@ class Pipeline:
         path = self.folder.config
         if path.exists() and any(p.name != path.name for p in self.out.iterdir()):
             try:
-                held = artifact_config(parse_config(yaml.safe_load(path.read_text())))
+                held = artifact_config(held_config(yaml.safe_load(path.read_text())))
             except (ConfigError, yaml.YAMLError):
                 held = None
             if held != artifact_config(self.cfg):
@@ -244,7 +246,8 @@ class Pipeline:
             self.base, self.graph, fitness, [t * self.cost.base_macs for t in targets],
             criterion=cfg.criterion, scores=scores, allocator=cfg.allocator, floors=self.floors,
             mutate_fraction=s.mutate_fraction, seed_uniform=s.seed_uniform,
-            search=EvolutionConfig(population=s.population, sample=s.sample, evaluations=s.evaluations, seed=cfg.seed),
+            search=EvolutionConfig(population=s.population, sample=s.sample, evaluations=s.evaluations, seed=cfg.seed,
+                                   restarts=s.restarts),
             state_path=self.folder.search_state, log_path=self.folder.search_log, progress=self.progress,
         )
         return replace(learned, source=self._source(),
@@ -269,16 +272,20 @@ class Pipeline:
         return [self.folder.member(member_name(self.cfg.allocator, t)) for t in sorted(self.cfg.targets)]
 
     def prune(self) -> list[Path]:
-        """Cut the ranking at every target; each member's BN statistics are re-estimated (``bn_batches``) before it is
+        """Cut the ranking at every target (a member on disk cut otherwise, e.g. from an earlier search of this
+        folder, is cut again and loses its fine-tune); each member's BN statistics are re-estimated (``bn_batches``) before it is
         saved, and its test top-1 is recorded both as cut (``top1_before_ft``) and after that (``top1_after_bn``)."""
         ranking = self.rank()
         solver = ranking.solver(self.graph, self.cost, self.base, self.floors)
         bn: list[torch.Tensor] | None = None
         for target, member in zip(sorted(self.cfg.targets), self.members()):
+            keep = solver.solve(target * self.cost.base_macs)
             if member.plan.exists():
-                continue
+                if np.array_equal(Plan.load(member.plan).keep_vector(self.graph), keep):
+                    continue
+                self.log(f"{member.name} was cut from another ranking: cutting it again")
+                shutil.rmtree(member.root)
             with self._timed("prune"):
-                keep = solver.solve(target * self.cost.base_macs)
                 net = prune(self.graph, keep)
             before = self._evaluate(net, self.data.test)
             after_bn = None

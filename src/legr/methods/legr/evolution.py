@@ -3,11 +3,15 @@
 The initial population is the space's identity, then the caller's ``initial`` candidates (e.g. transforms that
 reproduce baseline allocations, so the search starts from them), then random members up to ``population``; then
 each step draws ``sample`` members uniformly with replacement, mutates the fittest and replaces the *oldest* member
-by the child.
-One ``np.random.Generator(PCG64(seed))`` drives every random choice, and the whole state (population, history, RNG
-state) is written atomically to ``state_path`` after every evaluated candidate, so a run killed at any moment and
-restarted with the same arguments ends exactly like an uninterrupted one. ``evaluate(candidate, index)`` receives the
-0-based evaluation number so that any randomness inside it can be seeded per candidate, independently of resuming.
+by the child. ``restarts`` > 1 runs that many independent searches one after the other (each with its own initial
+population and random stream) and returns the fittest candidate of all: a population that collapsed into one basin
+early cannot take the whole result with it.
+One ``np.random.Generator`` per restart drives every random choice (``PCG64(seed)`` for the first, so a one-restart
+search is unchanged; ``PCG64([seed, r])`` for restart r), and each restart's state (population, history, RNG state)
+is written atomically to its own state file after every evaluated candidate (``state_path``, then
+``<stem>.restart<r>.json``), so a run killed at any moment and restarted with the same arguments ends exactly like
+an uninterrupted one. ``evaluate(candidate, index)`` receives the
+0-based evaluation number over all restarts so that any randomness inside it can be seeded per candidate, independently of resuming.
 """
 
 from __future__ import annotations
@@ -47,15 +51,17 @@ class SearchSpace(Protocol[C]):
 
 @dataclass(frozen=True)
 class EvolutionConfig:
-    """Aging-evolution settings; ``evaluations`` counts every evaluated candidate, initial population included."""
+    """Aging-evolution settings; ``evaluations`` counts every evaluated candidate of one restart, initial population
+    included (a search evaluates ``evaluations * restarts`` candidates)."""
 
     population: int = 64
     sample: int = 16
     evaluations: int = 400
     seed: int = 0
+    restarts: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("population", "sample", "evaluations", "seed"):
+        for name in ("population", "sample", "evaluations", "seed", "restarts"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"EvolutionConfig.{name} must be an int, got {value!r}")
@@ -68,11 +74,14 @@ class EvolutionConfig:
                               f"({self.population})")
         if self.seed < 0:
             raise ConfigError(f"EvolutionConfig.seed must be >= 0, got {self.seed}")
+        if self.restarts < 1:
+            raise ConfigError(f"EvolutionConfig.restarts must be >= 1, got {self.restarts}")
 
 
 @dataclass(frozen=True)
 class SearchResult(Generic[C]):
-    """Outcome of a search: the fittest candidate ever evaluated (ties: earliest) and the (index, fitness) history."""
+    """Outcome of a search: the fittest candidate ever evaluated (ties: earliest) and the (index, fitness) history,
+    indexed over all restarts (restart r's candidates are ``r * evaluations ...``)."""
 
     best: C
     best_fitness: float
@@ -81,19 +90,25 @@ class SearchResult(Generic[C]):
     evaluations: int
     seconds: float
     population: int
+    restarts: int = 1
 
     def summary(self) -> dict[str, Any]:
-        """JSON-able digest: best, identity (index 0) fitness and fitness quantiles early vs late."""
+        """JSON-able digest: best, identity (index 0) fitness, fitness quantiles early vs late (the first restart) and
+        each restart's best fitness."""
         fit = np.array([f for _, f in self.history], dtype=np.float64)
-        tail = max(1, math.ceil(0.1 * len(fit)))
+        per = self.evaluations // self.restarts
+        first = fit[:per]
+        tail = max(1, math.ceil(0.1 * len(first)))
         return {
             "evaluations": self.evaluations,
             "population": self.population,
             "best_fitness": self.best_fitness,
             "best_index": self.best_index,
             "identity_fitness": float(fit[0]) if len(fit) else None,
-            "initial_population": _quantiles(fit[: self.population]),
-            "last_10pct": _quantiles(fit[-tail:]),
+            "initial_population": _quantiles(first[: self.population]),
+            "last_10pct": _quantiles(first[-tail:]),
+            "restarts": self.restarts,
+            "restart_best": [float(fit[r * per:(r + 1) * per].max()) for r in range(self.restarts)],
             "seconds": round(self.seconds, 3),
         }
 
@@ -123,12 +138,13 @@ def space_fingerprint(space: Any) -> str | None:
 
 
 class _State:
-    """Mutable search state; serializes to/from the JSON written after every evaluation."""
+    """Mutable state of one restart; serializes to/from the JSON written after every evaluation."""
 
-    def __init__(self, cfg: EvolutionConfig, fingerprint: str | None) -> None:
+    def __init__(self, cfg: EvolutionConfig, fingerprint: str | None, restart: int = 0) -> None:
         self.cfg = cfg
+        self.restart = restart
         self.fingerprint = fingerprint
-        self.rng = np.random.Generator(np.random.PCG64(cfg.seed))
+        self.rng = np.random.Generator(np.random.PCG64(cfg.seed if restart == 0 else [cfg.seed, restart]))
         self.population: list[_Member] = []  # oldest first
         self.history: list[_Member] = []
 
@@ -137,42 +153,42 @@ class _State:
             {"index": m.index, "fitness": m.fitness, "candidate": m.candidate,
              **({"parent": m.parent, "seconds": m.seconds} if full else {})} for m in ms]
         return json.dumps({
-            "version": STATE_VERSION, "config": asdict(self.cfg), "space": self.fingerprint,
+            "version": STATE_VERSION, "config": self.config_json(), "space": self.fingerprint,
             "rng": self.rng.bit_generator.state,
             "population": members(self.population, False), "history": members(self.history, True),
         })
+
+    def config_json(self) -> dict[str, int]:
+        """What the state file records of the config: one restart's settings (as before restarts existed, so a
+        one-restart state of an earlier version still resumes), plus the restart number after the first."""
+        out = {k: v for k, v in asdict(self.cfg).items() if k != "restarts"}
+        return {**out, "restart": self.restart} if self.restart else out
 
     def save(self, path: Path | None) -> None:
         if path is not None:
             atomic_write_text(path, self.to_json())
 
     @classmethod
-    def load(cls, path: Path, cfg: EvolutionConfig, fingerprint: str | None) -> "_State":
+    def load(cls, path: Path, cfg: EvolutionConfig, fingerprint: str | None, restart: int = 0) -> "_State":
         hint = "use another state path or delete it to start over"
         try:
             data = json.loads(path.read_text())
             saved_cfg, saved_fp = data["config"], data.get("space")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"search state {path} is unreadable ({exc}); {hint}") from exc
-        if data.get("version") != STATE_VERSION or saved_cfg != asdict(cfg):
-            raise ConfigError(f"search state {path} was written with config {saved_cfg}, not {asdict(cfg)}; {hint}")
+        state = cls(cfg, fingerprint, restart)
+        if data.get("version") != STATE_VERSION or saved_cfg != state.config_json():
+            raise ConfigError(f"search state {path} was written with config {saved_cfg}, not {state.config_json()}; "
+                              f"{hint}")
         if saved_fp != fingerprint:
             raise ConfigError(f"search state {path} belongs to another search space ({saved_fp} != {fingerprint}); "
                               f"{hint}")
-        state = cls(cfg, fingerprint)
         state.rng.bit_generator.state = data["rng"]
         state.history = [_Member(int(h["index"]), float(h["fitness"]), h["candidate"], h.get("parent"),
                                  float(h.get("seconds", 0.0))) for h in data["history"]]
         by_index = {m.index: m for m in state.history}
         state.population = [by_index[int(p["index"])] for p in data["population"]]
         return state
-
-    def best(self) -> _Member | None:
-        best = None
-        for m in self.history:  # strict > keeps the earliest on ties
-            if best is None or m.fitness > best.fitness:
-                best = m
-        return best
 
 
 def _canonical(space: SearchSpace[C], candidate: C) -> tuple[C, Any]:
@@ -186,26 +202,46 @@ def _fitness(value: Any) -> float:
     return -math.inf if math.isnan(f) else f  # a diverged candidate (NaN) is the worst, not incomparable
 
 
-def _log_line(m: _Member, best: _Member) -> str:
-    return json.dumps({"index": m.index, "fitness": m.fitness, "best_fitness": best.fitness,
-                       "best_index": best.index, "seconds": round(m.seconds, 6), "parent": m.parent}) + "\n"
+def _log_line(m: _Member, offset: int, restart: int, best: tuple[int, _Member]) -> str:
+    return json.dumps({"index": offset + m.index, "fitness": m.fitness, "best_fitness": best[1].fitness,
+                       "best_index": best[0], "seconds": round(m.seconds, 6),
+                       "parent": None if m.parent is None else offset + m.parent, "restart": restart}) + "\n"
 
 
-def _rewrite_log(path: Path, history: list[_Member]) -> None:
-    """Rebuild the log from the state's history: no duplicated or missing lines whenever the last run died."""
+def _ranked(states: Sequence[_State]) -> list[tuple[int, int, _Member]]:
+    """(global index, restart, member) of every evaluated candidate, restart by restart."""
+    return [(s.restart * s.cfg.evaluations + m.index, s.restart, m) for s in states for m in s.history]
+
+
+def _best(states: Sequence[_State]) -> tuple[int, _Member] | None:
+    best = None
+    for index, _, m in _ranked(states):  # strict > keeps the earliest on ties
+        if best is None or m.fitness > best[1].fitness:
+            best = (index, m)
+    return best
+
+
+def _rewrite_log(path: Path, states: Sequence[_State]) -> None:
+    """Rebuild the log from the states' histories: no duplicated or missing lines whenever the last run died."""
     lines, best = [], None
-    for m in history:
-        best = m if best is None or m.fitness > best.fitness else best
-        lines.append(_log_line(m, best))
+    for index, restart, m in _ranked(states):
+        best = (index, m) if best is None or m.fitness > best[1].fitness else best
+        lines.append(_log_line(m, index - m.index, restart, best))
     atomic_write_text(path, "".join(lines))
+
+
+def restart_state_path(state_path: Path, restart: int) -> Path:
+    """Restart ``restart``'s state file: ``state_path`` itself for the first, ``<stem>.restart<r><suffix>`` after."""
+    return state_path if restart == 0 else state_path.with_name(f"{state_path.stem}.restart{restart}{state_path.suffix}")
 
 
 def aging_evolution(space: SearchSpace[C], evaluate: Callable[[C, int], float], cfg: EvolutionConfig, *,
                     initial: Sequence[C] = (), state_path: Path | None = None, log_path: Path | None = None,
                     progress: bool = True) -> SearchResult[C]:
-    """Run (or resume from ``state_path``) aging evolution; ``evaluate(candidate, index)`` returns fitness (higher is
-    better). ``initial`` candidates join the first population right after the identity (at most ``population - 1``
-    of them). KeyboardInterrupt propagates after the last finished candidate is on disk: rerun to resume."""
+    """Run (or resume from ``state_path``) aging evolution, ``cfg.restarts`` independent times; ``evaluate(candidate,
+    index)`` returns fitness (higher is better). ``initial`` candidates join every restart's first population right
+    after the identity (at most ``population - 1`` of them). KeyboardInterrupt propagates after the last finished
+    candidate is on disk: rerun to resume."""
     initial = [_canonical(space, c)[1] for c in initial]
     if len(initial) >= cfg.population:
         raise ConfigError(f"{len(initial)} initial candidates need a population of at least {len(initial) + 1}, "
@@ -216,23 +252,28 @@ def aging_evolution(space: SearchSpace[C], evaluate: Callable[[C, int], float], 
         fingerprint = f"{fingerprint}+{digest}"
     state_path = Path(state_path) if state_path is not None else None
     log_path = Path(log_path) if log_path is not None else None
-    if state_path is not None and state_path.exists():
-        state = _State.load(state_path, cfg, fingerprint)
-    else:
-        state = _State(cfg, fingerprint)
+    states = []
+    for r in range(cfg.restarts):
+        path = restart_state_path(state_path, r) if state_path is not None else None
+        states.append(_State.load(path, cfg, fingerprint, r) if path is not None and path.exists()
+                      else _State(cfg, fingerprint, r))
     if log_path is not None:
-        _rewrite_log(log_path, state.history)
-    with progress_bar("evolution", cfg.evaluations, done=len(state.history), text=_best_text(state.best()),
+        _rewrite_log(log_path, states)
+    total = cfg.evaluations * cfg.restarts
+    with progress_bar("evolution", total, done=sum(len(s.history) for s in states), text=_best_text(_best(states)),
                       enabled=progress) as advance:
-        while len(state.history) < cfg.evaluations:
-            _step(space, evaluate, cfg, state, initial)
-            state.save(state_path)
-            best = state.best()
-            if log_path is not None:
-                with open(log_path, "a") as fh:
-                    fh.write(_log_line(state.history[-1], best))
-            advance(_best_text(best))
-    return _result(space, state)
+        for state in states:
+            offset = state.restart * cfg.evaluations
+            path = restart_state_path(state_path, state.restart) if state_path is not None else None
+            while len(state.history) < cfg.evaluations:
+                _step(space, lambda c, i: evaluate(c, offset + i), cfg, state, initial)
+                state.save(path)
+                best = _best(states)
+                if log_path is not None:
+                    with open(log_path, "a") as fh:
+                        fh.write(_log_line(state.history[-1], offset, state.restart, best))
+                advance(_best_text(best))
+    return _result(space, states)
 
 
 def _step(space: SearchSpace[C], evaluate: Callable[[C, int], float], cfg: EvolutionConfig, state: _State,
@@ -260,13 +301,15 @@ def _step(space: SearchSpace[C], evaluate: Callable[[C, int], float], cfg: Evolu
         state.population.pop(0)  # aging: the oldest member dies, whatever its fitness
 
 
-def _result(space: SearchSpace[C], state: _State) -> SearchResult[C]:
-    best = state.best()
+def _result(space: SearchSpace[C], states: Sequence[_State]) -> SearchResult[C]:
+    best = _best(states)
     assert best is not None
-    return SearchResult(best=space.from_json(best.candidate), best_fitness=best.fitness, best_index=best.index,
-                        history=[(m.index, m.fitness) for m in state.history], evaluations=len(state.history),
-                        seconds=sum(m.seconds for m in state.history), population=state.cfg.population)
+    ranked = _ranked(states)
+    return SearchResult(best=space.from_json(best[1].candidate), best_fitness=best[1].fitness, best_index=best[0],
+                        history=[(i, m.fitness) for i, _, m in ranked], evaluations=len(ranked),
+                        seconds=sum(m.seconds for _, _, m in ranked), population=states[0].cfg.population,
+                        restarts=len(states))
 
 
-def _best_text(best: _Member | None) -> str:
-    return "best -" if best is None else f"best {best.fitness:.5g} (#{best.index})"
+def _best_text(best: tuple[int, _Member] | None) -> str:
+    return "best -" if best is None else f"best {best[1].fitness:.5g} (#{best[0]})"
