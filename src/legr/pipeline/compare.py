@@ -64,7 +64,8 @@ class Comparison:
         """The shared settings with the source network fixed: adapted once (in ``source/``) when base training is on."""
         if self.shared.base_training.epochs == 0:
             return self.shared
-        pipeline = Pipeline(self.shared.model_copy(update={"targets": (self.targets[0],)}), self.folder.source.root,
+        only_base = {"targets": (self.targets[0],), "allocator": "uniform"}  # no search settings: changing them
+        pipeline = Pipeline(self.shared.model_copy(update=only_base), self.folder.source.root,  # keeps the source
                             progress=self.progress, log=self.log)
         pipeline.base  # trains (or loads) and saves source/base/model.safetensors
         weights = str(self.folder.source.base_weights.resolve())
