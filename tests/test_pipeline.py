@@ -2,6 +2,7 @@
 figures re-derivable from the saved members, and a rerun that recomputes nothing."""
 
 import json
+import shutil
 
 import pytest
 import yaml
@@ -9,6 +10,7 @@ import yaml
 from legr.data import load_dataset
 from legr.engine.artifacts import load_pruned
 from legr.engine.cost import counted_macs
+from legr.errors import ConfigError
 from legr.pipeline.config import parse_config
 from legr.pipeline.steps import Pipeline
 from legr.training import evaluate
@@ -41,6 +43,9 @@ def test_a_run_writes_the_family_and_its_figures_are_the_saved_members(run):
     data = load_dataset("digits")
     ranking = json.loads((out / "ranking.json").read_text())
     assert ranking["search"]["targets"] == [0.35, 0.7]  # the default family fitness: every target of the run
+    assert ranking["search"]["restarts"] == 2 and len(ranking["search"]["restart_best"]) == 2  # default: 2 searches
+    assert ranking["search"]["best_fitness"] == max(ranking["search"]["restart_best"])
+    assert len((out / "search_log.jsonl").read_text().splitlines()) == 12
     base_macs = rows[0]["macs"]
     for row in rows[1:]:
         net, plan = load_pruned(out / row["path"])
@@ -59,3 +64,44 @@ def test_a_rerun_recomputes_nothing(run):
     held = (out / "config.yaml").read_text()
     Pipeline(cfg, out, progress=False, log=lambda m: None).run()
     assert {p: p.stat().st_mtime_ns for p in files} == files and (out / "config.yaml").read_text() == held
+
+
+def test_a_member_cut_from_another_ranking_is_cut_again(run, tmp_path):
+    cfg, out, _ = run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    (copy / "results.json").unlink()
+    stale, other = copy / "members" / "legr-35", copy / "members" / "legr-70"
+    shutil.rmtree(stale)
+    shutil.copytree(other, stale)  # e.g. left by an earlier search of this folder
+    messages: list[str] = []
+    Pipeline(cfg, copy, progress=False, log=messages.append).run()
+    assert any("legr-35 was cut from another ranking: cutting it again" in m for m in messages)
+    assert not any("legr-70 was cut" in m for m in messages)
+    fresh = {r["name"]: r for r in json.loads((out / "results.json").read_text())}
+    again = {r["name"]: r for r in json.loads((copy / "results.json").read_text())}
+    assert again["legr-35"]["macs"] == fresh["legr-35"]["macs"] and again["legr-35"]["top1"] == fresh["legr-35"]["top1"]
+
+
+def strip_restarts(folder) -> None:
+    """Make ``folder``'s config.yaml look written before ``search.restarts`` existed."""
+    held = yaml.safe_load((folder / "config.yaml").read_text())
+    del held["search"]["restarts"]
+    (folder / "config.yaml").write_text(yaml.safe_dump(held))
+
+
+def test_folders_from_before_restarts(run, tmp_path):
+    cfg, out, _ = run
+    searched = tmp_path / "searched"
+    shutil.copytree(out, searched)
+    strip_restarts(searched)  # it ran one search, the default now runs two: refused, not silently reused
+    with pytest.raises(ConfigError, match="holds a run with a different config"):
+        Pipeline(cfg, searched, progress=False, log=lambda m: None).run()
+    uniform = tmp_path / "uniform"  # a run that searches nothing does not depend on search settings: reused
+    ucfg = cfg.model_copy(update={"allocator": "uniform"})
+    Pipeline(ucfg, uniform, progress=False, log=lambda m: None).run()
+    strip_restarts(uniform)
+    plan = uniform / "members" / "uniform-35" / "plan.json"
+    stamp = plan.stat().st_mtime_ns
+    Pipeline(ucfg, uniform, progress=False, log=lambda m: None).run()
+    assert plan.stat().st_mtime_ns == stamp

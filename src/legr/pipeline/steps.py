@@ -233,7 +233,8 @@ class Pipeline:
                                     allocator=cfg.allocator, scores=stored_scores(scores, layers))
         s = cfg.search
         targets = cfg.search_targets
-        self.log(f"learning the ranking ({cfg.allocator}, {cfg.criterion}, {s.evaluations} candidates, "
+        runs = f" x {s.restarts} independent searches" if s.restarts > 1 else ""
+        self.log(f"learning the ranking ({cfg.allocator}, {cfg.criterion}, {s.evaluations} candidates{runs}, "
                  f"BN batches {s.bn_batches}, tau {s.tau}, val {s.fitness}) at "
                  f"{', '.join(f'{t:.0%}' for t in targets)} of {self.cost.base_macs / 1e6:.2f}M MACs")
         x, y = self.data.train
