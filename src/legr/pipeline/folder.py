@@ -4,7 +4,8 @@ A run folder (`RunFolder`)::
 
     config.yaml               resolved configuration (a different config is refused once the run has started)
     base/model.safetensors    the trained/adapted source network (only when base_training.epochs > 0); base/train.pt
-    search_state.json         evolution state after every candidate;  search_log.jsonl: one line per candidate
+    search_state.json         evolution state after every candidate (search_state.restart<r>.json: restart r);
+    search_log.jsonl          one line per candidate, every restart
     ranking.json              the ranking: criterion scores + per-layer alpha, kappa (learned for lcp/legr)
     timings.json              wall seconds of each step that ran (rank, prune, finetune), for pipeline-cost figures
     members/<name>/           plan.json + model.safetensors (+ finetuned.json once fine-tuned; finetune.pt meanwhile)
