@@ -339,3 +339,70 @@ def test_affine_batch_norm_makes_a_removed_channel_zero_again():
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
     assert_equivalent(model, 16, plans=3)
     assert analyze(model, (3, 16, 16)).group_by_name["0"].prunable
+
+
+# --- functional batch norm (timm's BatchNormAct2d and other norm + activation modules) ----------------------------
+class _BatchNormAct(nn.BatchNorm2d):
+    """timm's BatchNormAct2d in miniature: F.batch_norm with the module's own tensors, then an activation."""
+
+    def __init__(self, n: int, act: nn.Module, affine: bool = True):
+        super().__init__(n, affine=affine)
+        self.act = act
+
+    def forward(self, x):
+        y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training, 0.1, self.eps)
+        return self.act(y)
+
+
+class _NormActNet(nn.Module):
+    def __init__(self, act: nn.Module, affine: bool = True):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), _BatchNormAct(8, nn.SiLU(), affine))
+        self.block = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), _BatchNormAct(8, act),
+                                   nn.Conv2d(8, 8, 3, padding=1), _BatchNormAct(8, nn.Identity()))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head(torch.relu(x + self.block(x)))
+
+
+@pytest.mark.parametrize("act,affine", [(nn.ReLU(), True), (nn.Sigmoid(), True), (nn.ReLU(), False)],
+                         ids=["relu", "sigmoid", "no-affine"])
+def test_functional_batch_norm_of_a_module_is_pruned_with_it(act, affine):
+    torch.manual_seed(0)
+    model = _NormActNet(act, affine)
+    assert_equivalent(model, 16, plans=3, seed=1)
+    graph = analyze(model, (3, 16, 16))
+    assert {"stem.1", "block.1", "block.3"} <= set(graph.layers)  # the norms' tensors are sliced with their channels
+    assert graph.group_by_name["stem.0"].prunable
+    assert graph.group_by_name["block.0"].prunable == (not isinstance(act, nn.Sigmoid))  # sigmoid(0) feeds a conv
+
+
+class _ComputedGamma(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.gamma = nn.Parameter(torch.ones(8))
+
+    def forward(self, x):
+        return F.batch_norm(self.conv(x), None, None, self.gamma * 2, None, True)
+
+
+class _Nested(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(_Unknown())
+
+    def forward(self, x):
+        return self.features(x)
+
+
+@pytest.mark.parametrize("model,message", [
+    (_ComputedGamma,
+     r"op 'batch_norm' at node 'batch_norm' in the model's own forward \(_ComputedGamma\): its weight is computed"),
+    (_Nested, r"op 'cumsum' at node 'cumsum' in module 'features.0' \(_Unknown\): legr has no channel rule"),
+], ids=["computed-gamma", "nested-unknown-op"])
+def test_refusals_name_the_module_that_holds_the_op(model, message):
+    with pytest.raises(UnsupportedModelError, match=message):
+        analyze(model(), (3, 16, 16))

@@ -72,12 +72,22 @@ class WalkContext:
 
     @staticmethod
     def describe(node: fx.Node, modules: dict[str, torch.nn.Module] | None = None) -> str:
+        """The node for a message; a function or method call also names the innermost module whose forward made
+        it (qualified name and class), e.g. ``op 'batch_norm' at node 'batch_norm_3' in module 'stem.bn'
+        (BatchNormAct2d)``."""
         if node.op == "call_module" and modules is not None:
             return f"module '{node.target}' ({type(modules[node.target]).__name__})"
         if node.op == "call_method":
-            return f"method '.{node.target}()' at node '{node.name}'"
-        target = getattr(node.target, "__name__", str(node.target))
-        return f"op '{target}' at node '{node.name}'"
+            what = f"method '.{node.target}()' at node '{node.name}'"
+        else:
+            what = f"op '{getattr(node.target, '__name__', str(node.target))}' at node '{node.name}'"
+        stack = node.meta.get("nn_module_stack") or {}
+        if stack:
+            path, cls = list(stack.values())[-1]
+            what += f" in module '{path}' ({getattr(cls, '__name__', cls)})"
+        elif modules is not None and "" in modules:  # the traced root keeps its class name
+            what += f" in the model's own forward ({type(modules['']).__name__})"
+        return what
 
     def refuse(self, node: fx.Node, reason: str) -> None:
         raise UnsupportedModelError(f"cannot prune through {self.describe(node, self.modules)}: {reason}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from legr.graph.channels import ChanMap, Layer, Tie
@@ -74,6 +76,37 @@ def _batchnorm(ctx: WalkContext, node: fx.Node) -> ChanMap:
         ties.append(Tie("running_var", 0, x.ids, "stat"))
     ctx.add_layer(node, Layer(node.target, "norm", ties))
     affine = bn.weight is not None and bn.bias is not None
+    return ChanMap(1, x.ids, zero_safe=affine or x.zero_safe)
+
+
+@register(functions=(F.batch_norm, torch.batch_norm))
+def _functional_batchnorm(ctx: WalkContext, node: fx.Node) -> ChanMap:
+    """``F.batch_norm`` whose per-channel tensors are attributes of one module (timm's ``BatchNormAct2d`` and other
+    norm + activation modules call it with their own weight, bias and running statistics): the same rule as the
+    module, the tensors tied through their owner. Per-channel tensors computed in the forward are refused."""
+    x = first_map(ctx, node)
+    if x.axis != 1:
+        ctx.refuse(node, "batch norm does not act on the tracked channel axis")
+    names = ("running_mean", "running_var", "weight", "bias")
+    if node.target is torch.batch_norm:  # aten order: input, weight, bias, running_mean, running_var, ...
+        names = ("weight", "bias", "running_mean", "running_var")
+    given = {name: arg for name, arg in zip(names, node.args[1:5])}
+    given.update({k: v for k, v in node.kwargs.items() if k in names})
+    owners, ties = set(), []
+    for name, arg in given.items():
+        if arg is None:
+            continue
+        if not (isinstance(arg, fx.Node) and arg.op == "get_attr"):
+            ctx.refuse(node, f"its {name} is computed in the forward, not a module's parameter or buffer")
+        owner, _, attr = str(arg.target).rpartition(".")
+        owners.add(owner)
+        ties.append(Tie(attr, 0, x.ids, "stat" if name == "running_var" else "out"))
+    if len(owners) > 1:
+        ctx.refuse(node, f"its per-channel tensors belong to different modules ({', '.join(sorted(owners))})")
+    if not ties:  # nothing per channel: an element-wise normalization of each channel
+        return ChanMap(1, x.ids, zero_safe=x.zero_safe)
+    ctx.add_layer(node, Layer(owners.pop(), "norm", ties))
+    affine = given.get("weight") is not None and given.get("bias") is not None
     return ChanMap(1, x.ids, zero_safe=affine or x.zero_safe)
 
 
