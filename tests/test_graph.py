@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from helpers import assert_pruned_matches_masked, equivalence_setup, random_keep
 from torch import nn
 
+from legr.engine.cost import CostModel, counted_macs
 from legr.engine.surgery import masked_copy, prune
 from legr.errors import UnsupportedModelError
 from legr.graph import analyze
@@ -377,6 +378,27 @@ def test_functional_batch_norm_of_a_module_is_pruned_with_it(act, affine):
     assert {"stem.1", "block.1", "block.3"} <= set(graph.layers)  # the norms' tensors are sliced with their channels
     assert graph.group_by_name["stem.0"].prunable
     assert graph.group_by_name["block.0"].prunable == (not isinstance(act, nn.Sigmoid))  # sigmoid(0) feeds a conv
+
+
+class _Linear(nn.Linear):
+    """timm's Linear: an nn.Linear subclass outside torch.nn, so tracing goes through it to F.linear."""
+
+
+def test_functional_linear_of_a_module_is_pruned_with_it():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), _BatchNormAct(8, nn.ReLU()), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), _Linear(8, 12), nn.ReLU(), _Linear(12, 10))
+    assert_equivalent(model, 16, plans=3, seed=2)
+    graph = analyze(model, (3, 16, 16))
+    assert graph.group_by_name["4"].prunable and graph.layers["4"].kind == "linear"
+    keep = np.ones(graph.num_classes)
+    keep[graph.group_by_name["4"].classes[:5]] = 0
+    keep[graph.group_by_name["0"].classes[:3]] = 0
+    pruned = prune(graph, keep)
+    kept = pruned.get_submodule("4").weight.shape[0]  # traced through: a plain holder of the tensors
+    assert kept == pruned.get_submodule("4").bias.shape[0] == pruned.get_submodule("6").weight.shape[1] == 7
+    cost = CostModel(graph)
+    assert cost.macs(keep) == counted_macs(pruned, torch.randn(1, 3, 16, 16, dtype=torch.float64))
 
 
 class _ComputedGamma(nn.Module):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +80,29 @@ def _batchnorm(ctx: WalkContext, node: fx.Node) -> ChanMap:
     return ChanMap(1, x.ids, zero_safe=affine or x.zero_safe)
 
 
+def _owned_tensors(ctx: WalkContext, node: fx.Node, given: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """For a functional layer: the one module owning the non-None tensors ``given`` (role -> argument), and each
+    role's attribute name on it. Tensors computed in the forward, or owned by several modules, are refused."""
+    owners, attrs = set(), {}
+    for role, arg in given.items():
+        if arg is None:
+            continue
+        if not (isinstance(arg, fx.Node) and arg.op == "get_attr"):
+            ctx.refuse(node, f"its {role} is computed in the forward, not a module's parameter or buffer")
+        owner, _, attrs[role] = str(arg.target).rpartition(".")
+        owners.add(owner)
+    if len(owners) > 1:
+        ctx.refuse(node, f"its per-channel tensors belong to different modules ({', '.join(sorted(owners))})")
+    return (owners.pop() if owners else ""), attrs
+
+
+def _arguments(node: fx.Node, names: tuple[str, ...]) -> dict[str, Any]:
+    """``names`` bound to the node's positional arguments after the input, then its keyword arguments."""
+    given = dict(zip(names, node.args[1:1 + len(names)]))
+    given.update({k: v for k, v in node.kwargs.items() if k in names})
+    return given
+
+
 @register(functions=(F.batch_norm, torch.batch_norm))
 def _functional_batchnorm(ctx: WalkContext, node: fx.Node) -> ChanMap:
     """``F.batch_norm`` whose per-channel tensors are attributes of one module (timm's ``BatchNormAct2d`` and other
@@ -90,24 +114,32 @@ def _functional_batchnorm(ctx: WalkContext, node: fx.Node) -> ChanMap:
     names = ("running_mean", "running_var", "weight", "bias")
     if node.target is torch.batch_norm:  # aten order: input, weight, bias, running_mean, running_var, ...
         names = ("weight", "bias", "running_mean", "running_var")
-    given = {name: arg for name, arg in zip(names, node.args[1:5])}
-    given.update({k: v for k, v in node.kwargs.items() if k in names})
-    owners, ties = set(), []
-    for name, arg in given.items():
-        if arg is None:
-            continue
-        if not (isinstance(arg, fx.Node) and arg.op == "get_attr"):
-            ctx.refuse(node, f"its {name} is computed in the forward, not a module's parameter or buffer")
-        owner, _, attr = str(arg.target).rpartition(".")
-        owners.add(owner)
-        ties.append(Tie(attr, 0, x.ids, "stat" if name == "running_var" else "out"))
-    if len(owners) > 1:
-        ctx.refuse(node, f"its per-channel tensors belong to different modules ({', '.join(sorted(owners))})")
-    if not ties:  # nothing per channel: an element-wise normalization of each channel
+    given = _arguments(node, names)
+    owner, attrs = _owned_tensors(ctx, node, given)
+    if not attrs:  # nothing per channel: each channel normalized by its own batch statistics
         return ChanMap(1, x.ids, zero_safe=x.zero_safe)
-    ctx.add_layer(node, Layer(owners.pop(), "norm", ties))
-    affine = given.get("weight") is not None and given.get("bias") is not None
+    ties = [Tie(attr, 0, x.ids, "stat" if role == "running_var" else "out") for role, attr in attrs.items()]
+    ctx.add_layer(node, Layer(owner, "norm", ties))
+    affine = "weight" in attrs and "bias" in attrs
     return ChanMap(1, x.ids, zero_safe=affine or x.zero_safe)
+
+
+@register(functions=(F.linear,))
+def _functional_linear(ctx: WalkContext, node: fx.Node) -> ChanMap:
+    """``F.linear`` with a module's own weight and bias (timm's ``Linear`` traced through): the Linear rule."""
+    x = first_map(ctx, node)
+    owner, attrs = _owned_tensors(ctx, node, _arguments(node, ("weight", "bias")))
+    weight_shape = ctx.shape(node.args[1] if len(node.args) > 1 else node.kwargs["weight"])
+    rank = len(ctx.shape(node.args[0]))
+    if "weight" not in attrs or weight_shape is None or x.axis != rank - 1 or len(x.ids) != weight_shape[1]:
+        ctx.refuse(node, "the linear op does not act on the tracked channel axis with a module's weight")
+    consume(ctx, x)
+    out = ctx.new(weight_shape[0])
+    ties = [Tie(attrs["weight"], 0, out, "out"), Tie(attrs["weight"], 1, x.ids, "in")]
+    if "bias" in attrs:
+        ties.append(Tie(attrs["bias"], 0, out, "out"))
+    ctx.add_layer(node, Layer(owner, "linear", ties, math.prod(ctx.shape(node)[1:-1]), [x.ids, out], out))
+    return ChanMap(x.axis, out)
 
 
 @register(modules=(nn.GroupNorm, nn.LocalResponseNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d))
