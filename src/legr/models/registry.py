@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from legr.errors import CheckpointError
+from legr.errors import CheckpointError, LegrError
 from legr.models.checkpoint import load_checkpoint
 from legr.paths import weights_dir
 from legr.registry import Registry
@@ -26,7 +27,7 @@ class ModelSpec:
     num_classes: int
     input_size: tuple[int, int, int]
     description: str
-    source: str = "legr"  # "legr" (our CIFAR code) or "torchvision"
+    source: str = "legr"  # "legr" (our CIFAR code), "torchvision" or "timm"
     pretrained: str | None = None  # checkpoint path relative to legr.paths.weights_dir(), if one is published
 
 
@@ -56,9 +57,36 @@ def list_models() -> list[str]:
     return MODELS.names()
 
 
+TIMM_PREFIX = "timm:"
+
+
 def get_model_spec(name: str) -> ModelSpec:
-    """The spec of `name`; an unknown name raises `LegrError` suggesting close matches."""
+    """The spec of `name`; an unknown name raises `LegrError` suggesting close matches. ``timm:<architecture>`` is
+    any model of the timm zoo (optional: ``pip install -e ".[timm]"``), built with random weights (never
+    downloaded; pass a checkpoint path for trained ones)."""
+    if name.startswith(TIMM_PREFIX):
+        return _timm_spec(name)
     return MODELS[name]
+
+
+def _timm_spec(name: str) -> ModelSpec:
+    arch = name[len(TIMM_PREFIX):]
+    try:
+        import timm
+    except ImportError:
+        raise LegrError(f"model {name!r} needs timm: pip install -e \".[timm]\"") from None
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
+        raise LegrError(f"unknown timm model {arch!r}" + (f"; did you mean {', '.join(TIMM_PREFIX + c for c in close)}?"
+                                                           if close else "; see timm.list_models()"))
+    cfg = timm.get_pretrained_cfg(arch)
+    input_size = tuple(int(v) for v in getattr(cfg, "input_size", None) or (3, 224, 224))
+    num_classes = int(getattr(cfg, "num_classes", None) or 1000)
+
+    def builder(num_classes: int, **kwargs: Any) -> nn.Module:
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes, **kwargs)
+
+    return ModelSpec(name, builder, num_classes, input_size, f"timm {arch}", source="timm")
 
 
 def build_model(
