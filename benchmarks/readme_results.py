@@ -165,7 +165,9 @@ def compare(folder: str) -> Callable[[], list[str]]:
                f"({base['macs'] / 1e6:.2f}M MACs, CPU b64 {base.get('latency_cpu_b64_ms', float('nan')):.1f} ms). "
                f"Same for every method: splits, targets, {steps or f['epochs']} fine-tuning "
                f"{'SGD steps' if steps else 'epochs'} per network; lcp/legr search with population {s['population']}, "
-               f"sample {s['sample']}, {s['evaluations']} candidates, fitness = validation {s['fitness']} after "
+               f"sample {s['sample']}, {s['evaluations']} candidates"
+               + (f" x {s['restarts']} independent searches (the fitter winner kept)" if s.get("restarts", 1) > 1
+                  else "") + f", fitness = validation {s['fitness']} after "
                f"adaptive BN on {s.get('bn_batches', 0)} training batches"
                + (f" averaged over {', '.join(f'{100 * t:.0f}%' for t in d['search_targets'])} MACs"
                   if len(d.get("search_targets", ())) > 1 else f" at {100 * targets[0]:.0f}% MACs") + ", tau "
@@ -175,6 +177,12 @@ def compare(folder: str) -> Callable[[], list[str]]:
                f"thread(s). Family time = rank + prune + fine-tune of all {len(targets)} networks. Full table (MACs, "
                f"params, CPU latency b1/b64): `benchmarks/results/{folder}/summary.md`.", "", *_table(head, rows)]
         out += _goal(d, summary, targets)
+        restarted = {m: v for m, v in d.get("searches", {}).items() if any(len(r["restart_best"]) > 1 for r in v.values())}
+        if restarted:
+            out += ["", "Validation fitness of each independent search (restart 0 / restart 1 / ...; the fitter "
+                    "winner is kept), per seed:"]
+            out += [f"- {m}: " + "; ".join(f"seed {seed} " + " / ".join(f"{100 * f:.1f}" for f in r["restart_best"])
+                                            for seed, r in v.items()) for m, v in restarted.items()]
         if pc:
             out += ["", f"Pipeline cost ({pc['method']}, seed {pc['seed']}): learning once and cutting {len(targets)} "
                     f"targets took {pc['learn_once_s'] / 60:.1f} min; a separate search per target (same search "

@@ -138,3 +138,12 @@ def test_a_method_may_change_the_shared_search():
     data["compare"]["methods"][2]["search"] = {"tua": 7}
     with pytest.raises(ConfigError, match="unknown config key 'compare.methods.2.search.tua'"):
         parse_config(data, schema=CompareConfig)
+
+
+def test_every_search_reports_its_restarts(comparison):
+    _, result = comparison
+    searches = result["searches"]
+    assert sorted(searches) == ["lcp", "lcp-one"] and all(sorted(s) == ["0", "1"] for s in searches.values())
+    for per_seed in searches.values():
+        for s in per_seed.values():
+            assert len(s["restart_best"]) == 2 and s["best_fitness"] == max(s["restart_best"])  # default: 2 searches

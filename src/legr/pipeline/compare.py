@@ -107,10 +107,21 @@ class Comparison:
             "search_targets": list(self.shared.search_targets),  # the shared search's (a method may change them)
             "config": self.cfg.model_dump(mode="json"),
             "runs": rows, "summary": self._summary(rows), "family_time_s": self._family_times(),
-            "pipeline_cost": pipeline_cost, "widths": self._widths(first),
+            "pipeline_cost": pipeline_cost, "widths": self._widths(first), "searches": self._searches(),
         }
         self._write(result)
         return result
+
+    def _searches(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Per searching method and seed: the winner's validation fitness and each restart's best (ranking.json)."""
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for ref in self.runs():
+            search = json.loads(ref.folder.ranking.read_text()).get("search", {}) if ref.folder.ranking.exists() else {}
+            if "best_fitness" in search:
+                out.setdefault(ref.method.name, {})[str(ref.seed)] = {
+                    "best_fitness": search["best_fitness"], "restart_best": search.get("restart_best",
+                                                                                       [search["best_fitness"]])}
+        return out
 
     @staticmethod
     def _net_id(row: dict[str, Any]) -> str:
