@@ -41,6 +41,7 @@ def test_timm_names_resolve_or_fail_in_one_line():
 def test_a_refused_timm_model_names_the_module():
     model = build_model("timm:cspresnet50", num_classes=10)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(UnsupportedModelError, match=r"'\.split\(\)' at node '\w+' in module 'stages\.0' \(CrossStage\)"):
+    where = r"'\.split\(\)' at node '\w+' in module 'stages\.0' \(CrossStage\)"
+    with pytest.raises(UnsupportedModelError, match=where):
         analyze(model, (3, 64, 64))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

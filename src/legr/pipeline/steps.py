@@ -274,8 +274,9 @@ class Pipeline:
 
     def prune(self) -> list[Path]:
         """Cut the ranking at every target (a member on disk cut otherwise, e.g. from an earlier search of this
-        folder, is cut again and loses its fine-tune); each member's BN statistics are re-estimated (``bn_batches``) before it is
-        saved, and its test top-1 is recorded both as cut (``top1_before_ft``) and after that (``top1_after_bn``)."""
+        folder, is cut again and loses its fine-tune); each member's BN statistics are re-estimated (``bn_batches``)
+        before it is saved, and its test top-1 is recorded both as cut (``top1_before_ft``) and after that
+        (``top1_after_bn``)."""
         ranking = self.rank()
         solver = ranking.solver(self.graph, self.cost, self.base, self.floors)
         bn: list[torch.Tensor] | None = None

@@ -10,8 +10,8 @@ One ``np.random.Generator`` per restart drives every random choice (``PCG64(seed
 search is unchanged; ``PCG64([seed, r])`` for restart r), and each restart's state (population, history, RNG state)
 is written atomically to its own state file after every evaluated candidate (``state_path``, then
 ``<stem>.restart<r>.json``), so a run killed at any moment and restarted with the same arguments ends exactly like
-an uninterrupted one. ``evaluate(candidate, index)`` receives the
-0-based evaluation number over all restarts so that any randomness inside it can be seeded per candidate, independently of resuming.
+an uninterrupted one. ``evaluate(candidate, index)`` receives the 0-based evaluation number over all restarts, so
+that any randomness inside it can be seeded per candidate, independently of resuming.
 """
 
 from __future__ import annotations
@@ -232,7 +232,8 @@ def _rewrite_log(path: Path, states: Sequence[_State]) -> None:
 
 def restart_state_path(state_path: Path, restart: int) -> Path:
     """Restart ``restart``'s state file: ``state_path`` itself for the first, ``<stem>.restart<r><suffix>`` after."""
-    return state_path if restart == 0 else state_path.with_name(f"{state_path.stem}.restart{restart}{state_path.suffix}")
+    name = f"{state_path.stem}.restart{restart}{state_path.suffix}"
+    return state_path if restart == 0 else state_path.with_name(name)
 
 
 def aging_evolution(space: SearchSpace[C], evaluate: Callable[[C, int], float], cfg: EvolutionConfig, *,
