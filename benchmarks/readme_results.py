@@ -32,17 +32,17 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(headers) + " |", "|" + "|".join(align) + "|"] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def tally() -> list[str]:
-    d = _load("torchvision_tally.json")
+def tally(stem: str = "torchvision_tally", what: str = "Every torchvision classification model") -> list[str]:
+    d = _load(f"{stem}.json")
     if d is None:
-        return ["Not run yet: `python benchmarks/torchvision_tally.py`."]
+        return [f"Not run yet: `python benchmarks/{stem}.py`."]
     refused: dict[str, list[str]] = {}
     for row in d["rows"]:
         if row["status"] == "refused":
             reason = row["reason"].split(": ", 1)[-1] if row.get("reason") else "?"
             refused.setdefault(reason, []).append(row["model"])
-    out = [f"Every torchvision classification model ({d['total']}), {d['hardware']}, {d['date'][:10]}: "
-           f"**{d['summary']}** (`benchmarks/results/torchvision_tally.md`). *Handled* means random plans pruned "
+    out = [f"{what} ({d['total']}), {d['hardware']}, {d['date'][:10]}: "
+           f"**{d['summary']}** (`benchmarks/results/{stem}.md`). *Handled* means random plans pruned "
            "physically equal the masked original (float64, max abs diff < 1e-4), the pruned model trains, and the cost "
            "model's MACs equal `torch.utils.flop_counter.FlopCounterMode`'s; *refused* means a one-line "
            "`UnsupportedModelError` before anything is modified:", ""]
@@ -246,6 +246,9 @@ def fitness() -> list[str]:
 
 SECTIONS: list[tuple[str, Callable[[], list[str]]]] = [
     ("Engine coverage (`benchmarks/torchvision_tally.py`)", tally),
+    ("Engine coverage, timm (`benchmarks/timm_tally.py`)",
+     lambda: tally("timm_tally", "Small members of timm's ConvNet families (`timm:<name>`, 64x64 unless the model "
+                                 "needs its own size)")),
     ("Does uniform pruning's MACs saving become latency? (`benchmarks/latency_uniform.py`)", latency),
     ("Budget solver speed (`benchmarks/solver_speed.py`)", solver),
     ("LeGR on ResNet-56, CIFAR-10-JPEG (`benchmarks/legr_resnet56_cifar10jpeg.py`)",
