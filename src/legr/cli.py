@@ -52,7 +52,7 @@ def models(contains: Annotated[str, typer.Argument(help="only names containing t
 
 @app.command()
 def analyze(
-    model: Annotated[str, typer.Argument(help="registered model name")],
+    model: Annotated[str, typer.Argument(help="registered model name (`legr models`) or timm:<name>")],
     weights: Annotated[Optional[str], typer.Option(help="checkpoint path or 'pretrained'")] = None,
     num_classes: Annotated[Optional[int], typer.Option(help="classifier width")] = None,
 ) -> None:
