@@ -30,10 +30,11 @@ def random_keep(graph, rng: np.random.Generator, min_keep: int = 1) -> np.ndarra
         mask = np.zeros(group.size)
         mask[rng.choice(group.size, k, replace=False)] = 1.0
         keep[group.classes] = mask
-    # every producer layer must keep at least one filter for the network to stay connected
-    for layer in graph.layers.values():
-        if layer.producer_ids is not None and keep[graph.classes(layer.producer_ids)].sum() == 0:
-            keep[graph.classes(layer.producer_ids)[0]] = 1.0
+    # every producer layer (and every piece of a channel split) keeps at least one filter: the network stays connected
+    dims = [graph.classes(layer.producer_ids) for layer in graph.layers.values() if layer.producer_ids is not None]
+    for cls in dims + list(graph.segments):
+        if len(cls) and keep[cls].sum() == 0:
+            keep[cls[0]] = 1.0
     return keep
 
 

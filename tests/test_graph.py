@@ -428,3 +428,58 @@ class _Nested(nn.Module):
 def test_refusals_name_the_module_that_holds_the_op(model, message):
     with pytest.raises(UnsupportedModelError, match=message):
         analyze(model(), (3, 16, 16))
+
+
+# --- splits along channels (CSPNet, Res2Net, MixNet) --------------------------------------------------------------
+class _SplitNet(nn.Module):
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        first = 3 if how == "sizes" else 4
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.a, self.b = nn.Conv2d(first, 6, 3, padding=1), nn.Conv2d(8 - first, 6, 1)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 10))
+
+    def forward(self, x):
+        y = torch.relu(self.stem(x))
+        if self.how == "sizes":
+            p, q = torch.split(y, [3, 5], dim=1)
+        elif self.how == "chunk":
+            p, q = y.chunk(2, 1)
+        else:  # an equal split size as a method, then a split along the width
+            p, q = y.split(4, dim=1)
+            p = torch.cat(p.split(8, dim=3), dim=3)
+        return self.head(torch.cat([self.a(p), self.b(q)], 1))
+
+
+@pytest.mark.parametrize("how", ["sizes", "chunk", "method-and-width"])
+def test_split_along_channels_prunes_each_piece(how):
+    torch.manual_seed(0)
+    model = _SplitNet(how)
+    assert_equivalent(model, 16, plans=3, seed=3)
+    graph = analyze(model, (3, 16, 16))
+    first = 3 if how == "sizes" else 4
+    assert [len(s) for s in graph.segments] == [first, 8 - first]
+    keep = np.ones(graph.num_classes)
+    keep[graph.group_by_name["stem"].classes[[0, 1, 6]]] = 0
+    pruned = prune(graph, keep)
+    assert pruned.a.weight.shape[1] == first - 2 and pruned.b.weight.shape[1] == 8 - first - 1
+    assert CostModel(graph).macs(keep) == counted_macs(pruned, torch.randn(1, 3, 16, 16, dtype=torch.float64))
+
+
+def test_budget_solvers_never_empty_a_split_piece():
+    """Scores that rank one piece's channels lowest: without a floor per piece the solver would remove it whole."""
+    from legr.methods.allocate import Floors, GlobalSolver, solve_uniform
+
+    graph = analyze(_SplitNet("sizes"), (3, 16, 16))
+    cost = CostModel(graph)
+    scores = {name: np.arange(len(graph.layers[name].producer_ids), dtype=float) + 1
+              for name, layer in graph.layers.items() if layer.producer_ids is not None}
+    scores["stem"] = np.array([1, 2, 3, 10, 11, 12, 13, 14], dtype=float)  # piece [0:3] lowest
+    floors = Floors(safeguard=0.0, min_channels=1)
+    target = 0.3 * cost.base_macs
+    for keep in (GlobalSolver(graph, cost, scores, floors).solve(target),
+                 solve_uniform(graph, cost, scores, target, floors)[0]):
+        stem = keep[graph.group_by_name["stem"].classes]
+        assert stem[:3].sum() >= 1 and stem[3:].sum() >= 1
+        assert prune(graph, keep)(torch.randn(1, 3, 16, 16)).shape == (1, 10)

@@ -1,5 +1,6 @@
 """timm's ConvNets through the engine (`timm:<name>`): the pruning contract on models built from timm's norm + act
-modules (BatchNormAct2d: functional batch_norm), its Linear (functional linear), squeeze-excite and RepVGG blocks."""
+modules (BatchNormAct2d: functional batch_norm), its Linear (functional linear), squeeze-excite, RepVGG blocks and
+channel splits (CSPNet, MixNet)."""
 
 import numpy as np
 import pytest
@@ -14,8 +15,9 @@ from legr.models import build_model, get_model_spec
 
 pytest.importorskip("timm")
 
-# each refused before the functional batch_norm / linear rules (issue #13)
-MODELS = ["timm:efficientnet_b0", "timm:mobilenetv3_small_050", "timm:lcnet_050", "timm:repvgg_a0"]
+# each refused before the functional batch_norm / linear rules and channel splits (issue #13)
+MODELS = ["timm:efficientnet_b0", "timm:mobilenetv3_small_050", "timm:lcnet_050", "timm:repvgg_a0",
+          "timm:cs3darknet_focus_s", "timm:mixnet_s"]
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -39,9 +41,9 @@ def test_timm_names_resolve_or_fail_in_one_line():
 
 
 def test_a_refused_timm_model_names_the_module():
-    model = build_model("timm:cspresnet50", num_classes=10)
+    model = build_model("timm:dpn48b", num_classes=10)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    where = r"'\.split\(\)' at node '\w+' in module 'stages\.0' \(CrossStage\)"
+    where = r"op 'getitem' at node '\w+' in module 'features\.conv2_1' \(DualPathBlock\)"
     with pytest.raises(UnsupportedModelError, match=where):
         analyze(model, (3, 64, 64))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

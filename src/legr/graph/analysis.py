@@ -62,6 +62,7 @@ class ChannelGraph:
         fixed = {int(self.class_of[e]): reason for e, reason in sorted(ctx.fixed.items(), reverse=True)}
         self.groups = self._build_groups(fixed)
         self.group_by_name = {g.name: g for g in self.groups}
+        self.segments = [np.unique(self.class_of[ids]) for ids in ctx.segments]  # floors apply to each, too
         self.local_index = np.full(self.num_classes, -1, dtype=np.int64)
         for g in self.groups:
             self.local_index[g.classes] = np.arange(g.size)

@@ -34,6 +34,7 @@ class WalkContext:
         self.fixed: dict[int, str] = {}
         self.layers: dict[str, Layer] = {}
         self.patches: list[Patch] = []
+        self.segments: list[np.ndarray] = []  # element ids that must keep >= 1 channel (pieces of a channel split)
         self.values: dict[fx.Node, Any] = {}
 
     # --- elements -------------------------------------------------------------------------------------------

@@ -41,15 +41,21 @@ class Floors:
 
 
 def _producer_dims(graph: ChannelGraph) -> list[np.ndarray]:
-    """Class ids of every distinct producer output dim of the prunable groups."""
+    """Class ids of every distinct producer output dim of the prunable groups, then of every piece of a channel split
+    inside them: floors hold for each piece too (a piece left without channels would feed a conv with zero input
+    channels, which torch turns into zero *output* channels)."""
     dims, seen = [], set()
-    for group in graph.prunable_groups():
-        for name in group.producers:
-            cls = np.unique(graph.classes(graph.layers[name].producer_ids))
-            key = cls.tobytes()
-            if key not in seen:
-                seen.add(key)
-                dims.append(cls)
+    candidates = [np.unique(graph.classes(graph.layers[name].producer_ids))
+                  for group in graph.prunable_groups() for name in group.producers]
+    prunable = np.zeros(graph.num_classes, dtype=bool)
+    for cls in candidates:
+        prunable[cls] = True
+    candidates += [cls for cls in graph.segments if len(cls) and prunable[cls].all()]
+    for cls in candidates:
+        key = cls.tobytes()
+        if key not in seen:
+            seen.add(key)
+            dims.append(cls)
     return dims
 
 

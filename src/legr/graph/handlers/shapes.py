@@ -1,4 +1,4 @@
-"""Concatenation, padding, indexing, reshapes, reductions, permutes and metadata queries."""
+"""Concatenation, splits, padding, indexing, reshapes, reductions, permutes and metadata queries."""
 
 from __future__ import annotations
 
@@ -22,7 +22,11 @@ def _cat(ctx: WalkContext, node: fx.Node) -> ChanMap | None:
     parts = node.args[0] if node.args else node.kwargs["tensors"]
     dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
     rank = len(ctx.shape(node))
-    maps = [ctx.val(p) for p in parts]
+    maps = ctx.val(parts) if isinstance(parts, fx.Node) else [ctx.val(p) for p in parts]  # e.g. cat(x.split(..))
+    if maps is None:
+        return None
+    if not isinstance(maps, (list, tuple)):
+        ctx.refuse(node, "it concatenates the slices of one tensor along its first axis")
     if not any(isinstance(m, ChanMap) for m in maps):
         return None
     if not all(isinstance(m, ChanMap) for m in maps):
@@ -68,6 +72,31 @@ def _pad(ctx: WalkContext, node: fx.Node) -> ChanMap:
 
     ctx.patches.append(Patch(node.name, rewrite))
     return ChanMap(x.axis, np.concatenate([before, x.ids, after]), x.zero_safe)
+
+
+@register(functions=(torch.split, torch.chunk, torch.tensor_split), methods=("split", "chunk", "tensor_split"))
+def _split(ctx: WalkContext, node: fx.Node) -> list[ChanMap]:
+    """Pieces of a tensor. Along the channel axis each piece holds its slice of the channels, pruned independently
+    but never emptied (each piece is a segment the budget floors hold for); the op becomes ``torch.split`` with the
+    pieces' kept counts. Along another axis every piece holds all the channels."""
+    x = first_map(ctx, node)
+    metas = node.meta.get("tensor_meta")
+    rank = len(ctx.shape(node.args[0]))
+    dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0)
+    if not isinstance(dim, int) or not isinstance(metas, (list, tuple)):
+        ctx.refuse(node, "its dimension or its pieces are not known when tracing")
+    if dim % rank != x.axis:
+        return [x.with_ids(x.ids) for _ in metas]
+    ends = np.cumsum([int(m.shape[x.axis]) for m in metas])
+    pieces = [x.ids[a:b] for a, b in zip([0, *ends[:-1]], ends)]
+    ctx.segments.extend(p for p in pieces if len(p))
+
+    def rewrite(n: fx.Node, kept: Callable[[np.ndarray], int]) -> None:
+        n.op, n.target = "call_function", torch.split
+        n.args, n.kwargs = (n.args[0], [kept(p) for p in pieces], dim), {}
+
+    ctx.patches.append(Patch(node.name, rewrite))
+    return [x.with_ids(p) for p in pieces]
 
 
 def _index_items(index: Any, rank: int) -> list[Any]:
