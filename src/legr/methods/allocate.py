@@ -45,11 +45,12 @@ def _producer_dims(graph: ChannelGraph) -> list[np.ndarray]:
     inside them: floors hold for each piece too (a piece left without channels would feed a conv with zero input
     channels, which torch turns into zero *output* channels)."""
     dims, seen = [], set()
-    candidates = [np.unique(graph.classes(graph.layers[name].producer_ids))
-                  for group in graph.prunable_groups() for name in group.producers]
+    groups = graph.prunable_groups()
     prunable = np.zeros(graph.num_classes, dtype=bool)
-    for cls in candidates:
-        prunable[cls] = True
+    for group in groups:
+        prunable[group.classes] = True
+    candidates = [np.unique(graph.classes(graph.layers[name].producer_ids))
+                  for group in groups for name in group.producers]
     candidates += [cls for cls in graph.segments if len(cls) and prunable[cls].all()]
     for cls in candidates:
         key = cls.tobytes()

@@ -24,7 +24,7 @@ from legr.engine.artifacts import load_pruned
 from legr.engine.latency import measure_interleaved
 from legr.engine.plan import Plan
 from legr.hardware import hardware_label
-from legr.methods.legr.ranking import ranked_layers
+from legr.methods.legr.ranking import Ranking, ranked_layers
 from legr.paths import atomic_write_text
 from legr.pipeline.config import CompareConfig, MethodConfig, RunConfig
 from legr.pipeline.folder import ComparisonFolder, RunFolder, member_name
@@ -116,7 +116,7 @@ class Comparison:
         """Per searching method and seed: the winner's validation fitness and each restart's best (ranking.json)."""
         out: dict[str, dict[str, dict[str, Any]]] = {}
         for ref in self.runs():
-            search = json.loads(ref.folder.ranking.read_text()).get("search", {}) if ref.folder.ranking.exists() else {}
+            search = Ranking.load(ref.folder.ranking).search if ref.folder.ranking.exists() else {}
             if "best_fitness" in search:
                 out.setdefault(ref.method.name, {})[str(ref.seed)] = {
                     "best_fitness": search["best_fitness"], "restart_best": search.get("restart_best",

@@ -253,19 +253,16 @@ def aging_evolution(space: SearchSpace[C], evaluate: Callable[[C, int], float], 
         fingerprint = f"{fingerprint}+{digest}"
     state_path = Path(state_path) if state_path is not None else None
     log_path = Path(log_path) if log_path is not None else None
-    states = []
-    for r in range(cfg.restarts):
-        path = restart_state_path(state_path, r) if state_path is not None else None
-        states.append(_State.load(path, cfg, fingerprint, r) if path is not None and path.exists()
-                      else _State(cfg, fingerprint, r))
+    paths = [restart_state_path(state_path, r) if state_path is not None else None for r in range(cfg.restarts)]
+    states = [_State.load(path, cfg, fingerprint, r) if path is not None and path.exists()
+              else _State(cfg, fingerprint, r) for r, path in enumerate(paths)]
     if log_path is not None:
         _rewrite_log(log_path, states)
     total = cfg.evaluations * cfg.restarts
     with progress_bar("evolution", total, done=sum(len(s.history) for s in states), text=_best_text(_best(states)),
                       enabled=progress) as advance:
-        for state in states:
+        for state, path in zip(states, paths):
             offset = state.restart * cfg.evaluations
-            path = restart_state_path(state_path, state.restart) if state_path is not None else None
             while len(state.history) < cfg.evaluations:
                 _step(space, lambda c, i: evaluate(c, offset + i), cfg, state, initial)
                 state.save(path)
