@@ -146,4 +146,4 @@ def test_every_search_reports_its_restarts(comparison):
     assert sorted(searches) == ["lcp", "lcp-one"] and all(sorted(s) == ["0", "1"] for s in searches.values())
     for per_seed in searches.values():
         for s in per_seed.values():
-            assert len(s["restart_best"]) == 2 and s["best_fitness"] == max(s["restart_best"])  # default: 2 searches
+            assert len(s["restart_best"]) == 3 and s["best_fitness"] == max(s["restart_best"])  # default: 3 searches

@@ -43,9 +43,9 @@ def test_a_run_writes_the_family_and_its_figures_are_the_saved_members(run):
     data = load_dataset("digits")
     ranking = json.loads((out / "ranking.json").read_text())
     assert ranking["search"]["targets"] == [0.35, 0.7]  # the default family fitness: every target of the run
-    assert ranking["search"]["restarts"] == 2 and len(ranking["search"]["restart_best"]) == 2  # default: 2 searches
+    assert ranking["search"]["restarts"] == 3 and len(ranking["search"]["restart_best"]) == 3  # default: 3 searches
     assert ranking["search"]["best_fitness"] == max(ranking["search"]["restart_best"])
-    assert len((out / "search_log.jsonl").read_text().splitlines()) == 12
+    assert len((out / "search_log.jsonl").read_text().splitlines()) == 18
     base_macs = rows[0]["macs"]
     for row in rows[1:]:
         net, plan = load_pruned(out / row["path"])
@@ -94,7 +94,7 @@ def test_folders_from_before_restarts(run, tmp_path):
     cfg, out, _ = run
     searched = tmp_path / "searched"
     shutil.copytree(out, searched)
-    strip_restarts(searched)  # it ran one search, the default now runs two: refused, not silently reused
+    strip_restarts(searched)  # it ran one search, the default now runs three: refused, not silently reused
     with pytest.raises(ConfigError, match="holds a run with a different config"):
         Pipeline(cfg, searched, progress=False, log=lambda m: None).run()
     uniform = tmp_path / "uniform"  # a run that searches nothing does not depend on search settings: reused

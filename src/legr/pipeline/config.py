@@ -98,7 +98,7 @@ class SearchConfig(_Strict):
     population: int = Field(64, ge=1)
     sample: int = Field(16, ge=1)
     evaluations: int = Field(400, ge=1, description="candidates per restart (the initial population included)")
-    restarts: int = Field(2, ge=1, description="independent searches (own initial population and random stream); the "
+    restarts: int = Field(3, ge=1, description="independent searches (own initial population and random stream); the "
                                                "fittest candidate of all wins (the paper: 1)")
     mutate_fraction: float = Field(0.1, gt=0, le=1)
     bn_batches: int = Field(20, ge=0, description="training batches re-estimating BN statistics before the fitness "
