@@ -16,10 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-from legr.pipeline.compare import Comparison, summary_markdown
-from legr.pipeline.config import CompareConfig, load_config, parse_set_options
 from legr.errors import LegrError
 from legr.paths import atomic_write_text
+from legr.pipeline.compare import Comparison, summary_markdown
+from legr.pipeline.config import CompareConfig
+from legr.pipeline.config_files import load_config, parse_set_options
 
 ROOT = Path(__file__).resolve().parents[1]
 KEEP = ["compare.json", "summary.md", "accuracy_vs_macs.png", "widths.png"]

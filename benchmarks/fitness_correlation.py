@@ -26,19 +26,20 @@ import torch
 from scipy import stats
 from torch import nn
 
-from legr.methods.allocate import GlobalSolver
-from legr.pipeline.compare import Comparison
-from legr.pipeline.config import CompareConfig, load_config, parse_set_options
-from legr.methods.criteria import compute_scores, group_scores
 from legr.data import TensorLoader
+from legr.engine.surgery import prune
 from legr.errors import LegrError
 from legr.hardware import hardware_label
-from legr.paths import atomic_write_text
-from legr.pipeline.steps import Pipeline
-from legr.methods.legr.ranking import layer_score_std, ranked_layers, uniform_transform
-from legr.reporting import figure, save_figure
+from legr.methods.allocate import GlobalSolver
+from legr.methods.criteria import compute_scores, group_scores
 from legr.methods.legr import AffineSpace, AffineTransform, EvolutionConfig, aging_evolution
-from legr.engine.surgery import prune
+from legr.methods.legr.ranking import layer_score_std, ranked_layers, uniform_transform
+from legr.paths import atomic_write_text
+from legr.pipeline.compare import Comparison
+from legr.pipeline.config import CompareConfig
+from legr.pipeline.config_files import load_config, parse_set_options
+from legr.pipeline.steps import Pipeline
+from legr.reporting import figure, save_figure
 from legr.training import FinetuneConfig, bn_batches, evaluate, finetune, make_sgd, recalibrate_bn, train_steps
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -26,9 +26,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from legr.hardware import git_revision, hardware_info, hardware_label  # noqa: E402
-from legr.pipeline.magnitude import ExperimentConfig, run_experiment  # noqa: E402
 from legr.methods.magnitude.compress import MagnitudeConfig  # noqa: E402
 from legr.paths import atomic_write_text  # noqa: E402
+from legr.pipeline.magnitude import ExperimentConfig, run_experiment  # noqa: E402
 from legr.reporting import write_results  # noqa: E402
 from legr.training import FinetuneConfig  # noqa: E402
 

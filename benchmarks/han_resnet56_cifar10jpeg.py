@@ -32,13 +32,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from legr.data import load_dataset, split_train_val  # noqa: E402
-from legr.hardware import git_revision, hardware_info, hardware_label  # noqa: E402
 from legr.engine.cost import count_params  # noqa: E402
-from legr.methods.magnitude.pruning import SensitivityCurve, count_nonzero, layer_density, sensitivity  # noqa: E402
+from legr.hardware import git_revision, hardware_info, hardware_label  # noqa: E402
 from legr.methods.magnitude.compress import MagnitudeConfig, run_magnitude  # noqa: E402
+from legr.methods.magnitude.pruning import SensitivityCurve, count_nonzero, layer_density, sensitivity  # noqa: E402
 from legr.models import build_model, file_fingerprint, load_checkpoint, pretrained_path  # noqa: E402
 from legr.paths import atomic_write_text  # noqa: E402
-from legr.reporting import write_results  # noqa: E402
+from legr.reporting import BASELINE, write_results  # noqa: E402
 from legr.training import FinetuneConfig, evaluate  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     total = count_params(dense)
     common = {"model": "cifar_resnet56", "dataset": "CIFAR-10-JPEG", "seed": 0, "git_rev": git_revision(ROOT),
               "hardware": hardware_label(), "macs": None}
-    rows = [{"name": "dense", "method": "baseline", **common, "params": total, "nonzero_params": count_nonzero(dense),
+    rows = [{"name": "dense", "method": BASELINE, **common, "params": total, "nonzero_params": count_nonzero(dense),
              "compression": 1.0, "sparsity": 0.0, "top1": base_test.top1, "top5": base_test.top5}]
     retrain = FinetuneConfig(epochs=args.epochs, lr=0.01, milestones=(0.75,), gamma=0.1, augment=True)
     layers_by_level = {}

@@ -53,15 +53,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from legr.methods.allocate import solve_uniform
 from legr.engine.cost import CostModel, count_params, counted_macs
-from legr.methods.criteria import get_criterion, group_scores
+from legr.engine.latency import measure_latency
+from legr.engine.surgery import prune
 from legr.graph import analyze
 from legr.hardware import git_revision, hardware_info, hardware_label
-from legr.engine.latency import measure_latency
+from legr.methods.allocate import solve_uniform
+from legr.methods.criteria import CRITERIA, group_scores
 from legr.models import build_model, get_model_spec
 from legr.paths import atomic_write_text
-from legr.engine.surgery import prune
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODELS = ("cifar_resnet56", "resnet50", "mobilenet_v2")
@@ -434,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         input_size = tuple(spec.input_size)
         graph = analyze(model, input_size)
         cost = CostModel(graph)
-        scores = group_scores(graph, get_criterion(args.criterion)(graph, graph.gm))
+        scores = group_scores(graph, CRITERIA[args.criterion].fn(graph, graph.gm))
         base_params_counted = count_params(graph.gm)
         log(f"\n== {name} ({'pretrained' if pretrained else 'random init'}, input {input_size}, {spec.num_classes} classes):"
             f" {cost.base_macs / 1e6:.1f}M MACs, {cost.base_params / 1e6:.3f}M params")

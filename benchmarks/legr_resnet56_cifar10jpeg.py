@@ -15,9 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from legr.pipeline.config import load_config, parse_set_options
 from legr.errors import LegrError
 from legr.paths import atomic_write_text
+from legr.pipeline.config_files import load_config, parse_set_options
 from legr.pipeline.steps import Pipeline
 from legr.reporting import markdown_table, read_results
 

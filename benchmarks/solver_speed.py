@@ -19,9 +19,9 @@ from pathlib import Path
 from legr.engine.cost import CostModel
 from legr.graph import analyze
 from legr.hardware import git_revision, hardware_label
+from legr.methods.legr.ranking import Ranking, ranked_layers
 from legr.models import build_model, get_model_spec
 from legr.paths import atomic_write_text
-from legr.methods.legr.ranking import Ranking, ranked_layers
 
 TARGETS = (0.3, 0.4, 0.47, 0.5, 0.6, 0.7, 0.8)
 
@@ -53,7 +53,7 @@ def main() -> None:
     rows = []
     for t, keep in zip(TARGETS, keeps):
         removed = int((keep == 0).sum())
-        macs, one_less = cost.macs(keep), solver.macs_after(removed - 1)
+        macs, one_less = cost.macs(keep), solver.cost_after(removed - 1)
         rows.append({"target": t, "macs_ratio": macs / cost.base_macs, "removed_channels": removed,
                      "slack_in_channel_steps": (t * cost.base_macs - macs) / (one_less - macs)})
     result = {

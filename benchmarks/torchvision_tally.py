@@ -55,12 +55,12 @@ sys.path.insert(0, str(REPO / "tests"))  # the test helpers define the property 
 from helpers import random_keep, randomize_norms  # noqa: E402
 
 from legr.engine.cost import CostModel, count_params, counted_macs  # noqa: E402
+from legr.engine.surgery import apply_masks_, prune  # noqa: E402
 from legr.errors import UnsupportedModelError  # noqa: E402
 from legr.graph import analyze  # noqa: E402
 from legr.hardware import git_revision, hardware_info, hardware_label  # noqa: E402
 from legr.models import build_model, get_model_spec, list_models  # noqa: E402
 from legr.paths import atomic_write_text  # noqa: E402
-from legr.engine.surgery import apply_masks_, prune  # noqa: E402
 
 SMALL_INPUT = 64
 

@@ -15,8 +15,7 @@ from legr.methods.allocate import (
     GlobalSolver,
     UniformSolver,
     check_reachable,
-    get_allocator,
-    min_macs_bound,
+    min_cost_bound,
     solve_uniform,
     uniform_keep,
 )
@@ -44,11 +43,27 @@ def test_global_solver_is_exact(resnet56, fraction):
     target = fraction * cost.base_macs
     keep = solver.solve(target)
     removed = int((keep == 0).sum())
-    assert cost.macs(keep) <= target < solver.macs_after(removed - 1)  # one channel fewer removed is too much
+    assert cost.macs(keep) <= target < solver.cost_after(removed - 1)  # one channel fewer removed is too much
     floors = Floors()
     for name, width in _layer_widths(graph, keep).items():
         n = len(graph.layers[name].producer_ids)
         assert width >= floors(n), name
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.6])
+def test_parameter_budgets_are_met_exactly(resnet56, fraction):
+    """unit="params": the same solvers cut at a parameter count (never above it, one channel step below)."""
+    graph, cost, scores = resnet56
+    target = fraction * cost.base_params
+    solver = GlobalSolver(graph, cost, scores, unit="params")
+    keep = solver.solve(target)
+    removed = int((keep == 0).sum())
+    assert cost.params(keep) <= target < solver.cost_after(removed - 1)
+    assert cost.params(keep) != cost.params(GlobalSolver(graph, cost, scores).solve(fraction * cost.base_macs))
+    uniform, ratio = solve_uniform(graph, cost, scores, target, unit="params")
+    assert cost.params(uniform) <= target < cost.params(uniform_keep(graph, scores, ratio + 2e-3))
+    with pytest.raises(BudgetError, match=r"target [0-9.]+K params is below the smallest reachable"):
+        solver.solve(0.5 * solver.min_cost)
 
 
 def test_global_solver_removes_lowest_scores_first(resnet56):
@@ -76,7 +91,7 @@ def test_unreachable_target_names_the_minimum(resnet56):
     solver = GlobalSolver(graph, cost, scores)
     with pytest.raises(BudgetError, match="smallest reachable") as info:
         solver.solve(0.01 * cost.base_macs)
-    assert f"{solver.min_macs / 1e6:.3f}M" in str(info.value)
+    assert f"{solver.min_cost / 1e6:.3f}M" in str(info.value)
 
 
 def test_uniform_keeps_the_same_fraction_everywhere(resnet56):
@@ -108,7 +123,7 @@ def test_allocator_registry():
     assert set(ALLOCATORS) == {"uniform", "global", "lcp", "legr"}
     assert [ALLOCATORS[n].search for n in ("uniform", "global", "lcp", "legr")] == [None, None, "offsets", "affine"]
     with pytest.raises(LegrError, match="unknown allocator 'even'; available: global, lcp, legr, uniform"):
-        get_allocator("even")
+        ALLOCATORS["even"]
 
 
 @pytest.mark.parametrize("allocator", sorted(ALLOCATORS))
@@ -149,22 +164,28 @@ def test_uniform_solver_names_the_smallest_uniform_network(resnet20):
     model, graph, cost, _ = resnet20
     solver = UniformSolver(graph, cost, group_scores(graph, compute_scores("l1", graph, model)))
     with pytest.raises(BudgetError, match="below the smallest uniform network"):
-        solver.solve(0.5 * solver.min_macs)
+        solver.solve(0.5 * solver.min_cost)
 
 
 @pytest.mark.parametrize("name,size", [("cifar_resnet20", 32), ("cifar_resnet56_b", 32), ("cifar_mobilenet_v2", 32),
                                        ("mobilenet_v3_small", 64), ("densenet121", 64)])
-def test_min_macs_bound_holds_for_every_ranking(name, size):
+def test_min_cost_bound_holds_for_every_ranking(name, size):
     """The pre-training reachability check never refuses a target some ranking reaches (and is tight here)."""
     graph = analyze(build_model(name, num_classes=10), (3, size, size))
     cost, rng = CostModel(graph), np.random.default_rng(0)
     for floors in (Floors(), Floors(0.5, 2), Floors(0.0, 1)):
-        bound = min_macs_bound(graph, cost, floors)
+        bound = min_cost_bound(graph, cost, floors)
         reached = []
         for _ in range(3):
             scores = {g.name: rng.random(g.size) for g in graph.prunable_groups()}
-            reached += [solver(graph, cost, scores, floors).min_macs for solver in (GlobalSolver, UniformSolver)]
+            reached += [solver(graph, cost, scores, floors).min_cost for solver in (GlobalSolver, UniformSolver)]
         assert 0 < bound <= min(reached) + 1e-6 * cost.base_macs
-    check_reachable(graph, cost, Floors(), [min_macs_bound(graph, cost, Floors()) / cost.base_macs + 1e-9])
+        params = min_cost_bound(graph, cost, floors, "params")
+        reached = [GlobalSolver(graph, cost, scores, floors, "params").min_cost, UniformSolver(
+            graph, cost, scores, floors, "params").min_cost]
+        assert 0 < params <= min(reached) + 1e-6 * cost.base_params
+    check_reachable(graph, cost, Floors(), [min_cost_bound(graph, cost, Floors()) / cost.base_macs + 1e-9])
     with pytest.raises(BudgetError, match="below the smallest reachable"):
         check_reachable(graph, cost, Floors(), [0.5, 0.001])
+    with pytest.raises(BudgetError, match="params is below the smallest reachable"):
+        check_reachable(graph, cost, Floors(), [0.001], "params")

@@ -60,3 +60,8 @@ def test_no_import_cycles():
         if m not in state:
             visit(m, [])
     assert not cycle, " -> ".join(cycle)
+
+
+def test_every_module_reads_in_one_sitting():
+    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 350}
+    assert not long, long

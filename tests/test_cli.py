@@ -153,7 +153,8 @@ def test_any_criterion_with_any_allocator(config, tmp_path):
     proc = legr("prune", str(config), "--out", str(tmp_path / "x"), "--set", "criterion=magic", check=False)
     assert proc.returncode == 2 and "unknown criterion 'magic'; available: bn_scale, fpgm, l1, l2sq, random, taylor" \
         in proc.stderr
-    assert "taylor" in legr("methods").stdout
+    listing = legr("methods").stdout
+    assert "taylor" in listing and any("magnitude" in line and "params" in line for line in listing.splitlines())
 
 
 def test_compare_refuses_a_run_config(config, tmp_path):
@@ -193,7 +194,7 @@ def test_invalid_runs_are_refused_before_the_folder_is_claimed(config, tmp_path,
 
 def test_a_folder_whose_run_never_started_is_reused(config, tmp_path):
     """Issue #11: a folder holding only config.yaml (e.g. from a failed start) takes the corrected config."""
-    from legr.pipeline.config import load_config
+    from legr.pipeline.config_files import load_config
     from legr.pipeline.steps import Pipeline
 
     out = tmp_path / "run"

@@ -147,3 +147,36 @@ def test_every_search_reports_its_restarts(comparison):
     for per_seed in searches.values():
         for s in per_seed.values():
             assert len(s["restart_best"]) == 3 and s["best_fitness"] == max(s["restart_best"])  # default: 3 searches
+
+
+PARAMS = """
+model: {name: digits_cnn, weights: null}
+data: {name: digits, val_size: 200}
+base_training: {epochs: 10, lr: 0.05, batch_size: 64, augment: false}
+budget: params
+targets: [0.3, 0.6]
+finetune: {epochs: 2, batch_size: 64, augment: false}
+magnitude: {rounds: 2, sensitivity_samples: 100}
+eval: {latency_repeats: 2, latency_warmup: 1, latency_rounds: 1, latency_batch_sizes: [1], threads: 1}
+compare:
+  seeds: [0]
+  methods:
+    - {name: uniform-l1, criterion: l1, allocator: uniform}
+    - {name: han, method: magnitude}
+"""
+
+
+def test_han_et_al_beside_filter_pruning_at_equal_parameter_counts(tmp_path):
+    cfg = parse_config(yaml.safe_load(PARAMS), schema=CompareConfig)
+    result = Comparison(cfg, tmp_path, progress=False, log=lambda m: None).run()
+    base = next(r for r in result["runs"] if r["method"] == "baseline")
+    members = [r for r in result["runs"] if r["method"] != "baseline"]
+    assert sorted((r["method"], r["target"]) for r in members) == [("han", 0.3), ("han", 0.6), ("uniform-l1", 0.3),
+                                                                   ("uniform-l1", 0.6)]
+    for r in members:  # both at the same parameter budgets (non-zero parameters for the sparse members), both timed
+        assert r["budget"] == "params" and r["params"] <= r["target"] * base["params"]
+        assert r["latency_cpu_b1_ms"] > 0
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| han | 30% params |" in summary and "| uniform-l1 | 60% params |" in summary
+    assert "| han | - | magnitude |" in summary
+    assert set(result["widths"]["methods"]) == {"uniform-l1"}  # channel widths: filter pruning only

@@ -3,7 +3,8 @@
 import pytest
 
 from legr.errors import ConfigError
-from legr.pipeline.config import artifact_config, load_config, parse_config
+from legr.pipeline.config import parse_config
+from legr.pipeline.config_files import artifact_config, load_config
 
 BASE = {"model": {"name": "digits_cnn"}}
 
@@ -27,7 +28,7 @@ def test_search_targets():
         assert parse_config({**BASE, "targets": targets}).search_targets == default
     with pytest.raises(ConfigError, match="exclude each other"):
         parse_config({**BASE, "search": {"target": 0.5, "targets": [0.3]}})
-    with pytest.raises(ConfigError, match="search.targets must be MACs fractions"):
+    with pytest.raises(ConfigError, match="search.targets must be fractions"):
         parse_config({**BASE, "search": {"targets": [0.3, 1.5]}})
 
 
@@ -44,7 +45,7 @@ def test_a_run_folder_is_the_same_run_whether_its_search_targets_are_written_or_
         ({**BASE, "serach": {}}, "unknown config key 'serach'"),
         ({**BASE, "search": {"tua": 3}}, "unknown config key 'search.tua'"),
         ({**BASE, "search": {"tau": "many"}}, "config key 'search.tau'"),
-        ({**BASE, "targets": [0.5, 1.5]}, "targets must be MACs fractions"),
+        ({**BASE, "targets": [0.5, 1.5]}, "targets must be fractions"),
         ({**BASE, "search": {"population": 64, "evaluations": 10}}, "evaluations"),
         ({"data": {}}, "missing config key 'model'"),
         ([1, 2], "must be a mapping"),

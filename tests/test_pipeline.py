@@ -105,3 +105,63 @@ def test_folders_from_before_restarts(run, tmp_path):
     stamp = plan.stat().st_mtime_ns
     Pipeline(ucfg, uniform, progress=False, log=lambda m: None).run()
     assert plan.stat().st_mtime_ns == stamp
+
+
+# ------------------------------------------------------------------ other methods and budget units
+MAGNITUDE = """
+model: {name: digits_cnn, weights: null}
+data: {name: digits, val_size: 200}
+method: magnitude
+magnitude: {rounds: 2, sensitivity_samples: 100}
+base_training: {epochs: 4, lr: 0.05, batch_size: 64, augment: false}
+targets: [0.2, 0.5]
+finetune: {epochs: 3, batch_size: 64, augment: false}
+eval: {latency: false}
+"""
+
+
+@pytest.fixture(scope="module")
+def magnitude_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("magnitude")
+    cfg = parse_config(yaml.safe_load(MAGNITUDE))
+    Pipeline(cfg, out, progress=False, log=lambda m: None).run()
+    return cfg, out
+
+
+def test_han_et_al_is_a_family_method_with_parameter_budgets(magnitude_run):
+    """method: magnitude runs through the same pipeline: one sparse member per parameter budget, reported like any."""
+    from legr.methods.magnitude.compress import load_magnitude
+    from legr.methods.magnitude.pruning import count_nonzero
+    from legr.models import build_model
+
+    cfg, out = magnitude_run
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in rows] == ["baseline", "magnitude-20", "magnitude-50"]
+    base = rows[0]
+    data = load_dataset("digits")
+    for row in rows[1:]:
+        assert row["budget"] == "params" and row["method"] == "magnitude"
+        assert row["params"] <= row["target"] * base["params"]  # non-zero parameters within the budget
+        assert row["finetune_epochs"] == cfg.finetune.epochs  # the run's fine-tune budget, spread over 2 rounds
+        rounds = json.loads((out / row["path"] / "rounds.json").read_text())
+        assert [r["epochs"] for r in rounds] == [1, 2]
+        net = load_magnitude(out / row["path"], build_model("digits_cnn", num_classes=10))
+        assert count_nonzero(net) == row["params"]
+        again = evaluate(net, data.test_x, data.test_y, data.mean, data.std)
+        assert again.top1 == row["top1"]
+    assert (out / "sensitivity.json").exists()  # computed once for the family
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "members").rglob("*") if p.is_file()}
+    Pipeline(cfg, out, progress=False, log=lambda m: None).run()
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_filter_pruning_at_parameter_budgets(run, tmp_path):
+    cfg, _, _ = run
+    pcfg = cfg.model_copy(update={"budget": "params", "allocator": "uniform"})
+    Pipeline(pcfg, tmp_path, progress=False, log=lambda m: None).run()
+    rows = json.loads((tmp_path / "results.json").read_text())
+    for row in rows[1:]:
+        assert row["budget"] == "params" and row["params"] <= row["target"] * rows[0]["params"]
+        assert row["params"] > (row["target"] - 0.1) * rows[0]["params"]  # cut at the parameter budget
+    with pytest.raises(ConfigError, match="method magnitude takes budgets in params, not macs"):
+        Pipeline(parse_config({**yaml.safe_load(MAGNITUDE), "budget": "macs"}), tmp_path / "m", progress=False)

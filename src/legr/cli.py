@@ -24,13 +24,13 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars"
 
 
 def _overrides(items: list[str] | None) -> dict:
-    from legr.pipeline.config import parse_set_options
+    from legr.pipeline.config_files import parse_set_options
 
     return parse_set_options(items or [])
 
 
 def _pipeline(config: Path, out: Path | None, overrides: list[str] | None, quiet: bool):
-    from legr.pipeline.config import load_config
+    from legr.pipeline.config_files import load_config
     from legr.pipeline.steps import Pipeline
 
     cfg = load_config(config, _overrides(overrides))
@@ -74,14 +74,16 @@ def analyze(
 
 @app.command()
 def rank(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
-    """Learn the global ranking (resumable: rerun the same command after an interruption)."""
-    ranking = _pipeline(config, out, set_, quiet).rank()
-    console.print(f"ranking over {len(ranking.layers)} layers, best fitness {ranking.search.get('best_fitness')}")
+    """Learn the global ranking, or the method's one-time work (resumable: rerun the same command after an
+    interruption)."""
+    pipeline = _pipeline(config, out, set_, quiet)
+    console.print(pipeline.method.describe(pipeline.rank()))
 
 
 @app.command()
 def prune(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
-    """Cut the learned ranking at every target: one pruned network (plan + weights) per target."""
+    """Cut the learned ranking at every target: one pruned network (plan + weights) per target (method magnitude:
+    each member's prune -> retrain rounds)."""
     for directory in _pipeline(config, out, set_, quiet).prune():
         console.print(str(directory))
 
@@ -119,15 +121,19 @@ def run(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: Quiet
 
 @app.command()
 def methods() -> None:
-    """List the filter criteria and budget allocators (any criterion combines with any allocator)."""
+    """List the compression methods, and filter pruning's criteria and budget allocators (any criterion combines
+    with any allocator)."""
+    from legr.methods import METHODS
     from legr.methods.allocate import ALLOCATORS
     from legr.methods.criteria import CRITERIA
 
-    table = Table("kind", "name", "description")
+    table = Table("kind", "name", "budgets", "description")
+    for name, method in METHODS.items():
+        table.add_row("method", name, ", ".join(method.budgets), method.description)
     for name, criterion in CRITERIA.items():
-        table.add_row("criterion", name, criterion.summary)
+        table.add_row("criterion", name, "", criterion.summary)
     for name, allocator in ALLOCATORS.items():
-        table.add_row("allocator", name, allocator.description)
+        table.add_row("allocator", name, "", allocator.description)
     Console().print(table)
 
 
@@ -135,7 +141,8 @@ def methods() -> None:
 def compare(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Compare methods under equal budgets (same network, splits, targets, fine-tuning, seeds); see configs/compare_*."""
     from legr.pipeline.compare import Comparison
-    from legr.pipeline.config import CompareConfig, load_config
+    from legr.pipeline.config import CompareConfig
+    from legr.pipeline.config_files import load_config
 
     cfg = load_config(config, _overrides(set_), schema=CompareConfig)
     folder = out or Path("runs") / config.stem

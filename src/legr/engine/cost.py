@@ -12,13 +12,20 @@ operations (tens of microseconds for a CIFAR ResNet), so search and budget solve
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
 from legr.graph import ChannelGraph
+
+BudgetUnit = Literal["macs", "params"]
+
+
+def format_cost(value: float, unit: BudgetUnit) -> str:
+    """``12.070M MACs`` / ``77.32K params``."""
+    return f"{value / 1e6:.3f}M MACs" if unit == "macs" else f"{value / 1e3:.2f}K params"
 
 
 class CostModel:
@@ -69,11 +76,20 @@ class CostModel:
     def params(self, keep: np.ndarray) -> float:
         return self._params(self.widths(keep))
 
-    def macs_bound(self, lower: Callable[[np.ndarray], float]) -> float:
-        """MACs with each tracked dim at ``lower(class of each of its positions)`` kept positions. When ``lower``
-        bounds every dim's kept count from below, this bounds the MACs of every such keep vector from below (each
-        term is a product of non-negative counts)."""
-        return self._macs(np.append([lower(cls) for cls in self._pos_cls], 1.0))
+    def of(self, unit: BudgetUnit) -> Callable[[np.ndarray], float]:
+        """The cost a budget in ``unit`` counts, as a function of the keep vector (`macs` or `params`)."""
+        return {"macs": self.macs, "params": self.params}[unit]
+
+    def base(self, unit: BudgetUnit) -> float:
+        """The unpruned network's cost in ``unit``."""
+        return {"macs": self.base_macs, "params": self.base_params}[unit]
+
+    def bound(self, unit: BudgetUnit, lower: Callable[[np.ndarray], float]) -> float:
+        """Cost in ``unit`` with each tracked dim at ``lower(class of each of its positions)`` kept positions. When
+        ``lower`` bounds every dim's kept count from below, this bounds the cost of every such keep vector from below
+        (each term is a product of non-negative counts)."""
+        terms = {"macs": self._macs, "params": self._params}[unit]
+        return terms(np.append([lower(cls) for cls in self._pos_cls], 1.0))
 
     def costs(self, keep: np.ndarray) -> tuple[float, float]:
         w = self.widths(keep)

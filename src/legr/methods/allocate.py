@@ -1,4 +1,4 @@
-"""From channel scores and a MACs budget to a keep vector.
+"""From channel scores and a budget (MACs or parameters, the ``unit``) to a keep vector.
 
 Floors (the LeGR "safeguard"): every producer layer of N filters keeps at least
 ``min(N, max(ceil(safeguard * N), min_channels))`` of them, so no layer is ever emptied.
@@ -25,7 +25,7 @@ from typing import Callable, Literal, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from legr.engine.cost import CostModel
+from legr.engine.cost import BudgetUnit, CostModel, format_cost
 from legr.errors import BudgetError
 from legr.graph import ChannelGraph
 from legr.registry import Registry
@@ -60,9 +60,9 @@ def _producer_dims(graph: ChannelGraph) -> list[np.ndarray]:
     return dims
 
 
-def min_macs_bound(graph: ChannelGraph, cost: CostModel, floors: Floors) -> float:
-    """A lower bound on the MACs of every plan that respects ``floors``, whatever the ranking (so it can be checked
-    before any network is trained or scored): a tracked dim keeps at least its channels outside the prunable groups
+def min_cost_bound(graph: ChannelGraph, cost: CostModel, floors: Floors, unit: BudgetUnit = "macs") -> float:
+    """A lower bound on the cost in ``unit`` of every plan that respects ``floors``, whatever the ranking (so it can
+    be checked before any network is trained or scored): a tracked dim keeps at least its channels outside the prunable groups
     plus the floor of the largest-floored producer dim it contains (times that dim's least repetition)."""
     prunable = np.zeros(graph.num_classes, dtype=bool)
     for group in graph.prunable_groups():
@@ -74,17 +74,19 @@ def min_macs_bound(graph: ChannelGraph, cost: CostModel, floors: Floors) -> floa
         inside = [floors(len(d)) * int(count[d].min()) for d in dims if count[d].min() > 0]
         return float(np.count_nonzero(~prunable[cls]) + max(inside, default=0))
 
-    return cost.macs_bound(lower)
+    return cost.bound(unit, lower)
 
 
-def check_reachable(graph: ChannelGraph, cost: CostModel, floors: Floors, targets: Sequence[float]) -> None:
-    """Raise `BudgetError` for any MACs fraction in ``targets`` that no plan can reach (see `min_macs_bound`)."""
-    bound = min_macs_bound(graph, cost, floors)
-    low = [t for t in targets if t * cost.base_macs < bound]
+def check_reachable(graph: ChannelGraph, cost: CostModel, floors: Floors, targets: Sequence[float],
+                    unit: BudgetUnit = "macs") -> None:
+    """Raise `BudgetError` for any fraction (of the source's cost in ``unit``) in ``targets`` that no plan can reach
+    (see `min_cost_bound`)."""
+    bound, base = min_cost_bound(graph, cost, floors, unit), cost.base(unit)
+    low = [t for t in targets if t * base < bound]
     if low:
         raise BudgetError(
-            f"target {min(low):g} of {cost.base_macs / 1e6:.3f}M MACs is below the smallest reachable: no plan goes "
-            f"under {bound / 1e6:.3f}M MACs ({bound / cost.base_macs:.1%}) with floors safeguard={floors.safeguard:g}, "
+            f"target {min(low):g} of {format_cost(base, unit)} is below the smallest reachable: no plan goes "
+            f"under {format_cost(bound, unit)} ({bound / base:.1%}) with floors safeguard={floors.safeguard:g}, "
             f"min_channels={floors.min_channels}"
         )
 
@@ -97,10 +99,11 @@ def _class_scores(graph: ChannelGraph, scores: Mapping[str, np.ndarray]) -> np.n
 
 
 class GlobalSolver:
-    """Exact global-threshold budget solver for one ranking (reusable across many targets)."""
+    """Exact global-threshold budget solver for one ranking (reusable across many targets; budgets in ``unit``)."""
 
-    def __init__(self, graph: ChannelGraph, cost: CostModel, scores: Mapping[str, np.ndarray], floors: Floors = Floors()):
-        self.graph, self.cost = graph, cost
+    def __init__(self, graph: ChannelGraph, cost: CostModel, scores: Mapping[str, np.ndarray], floors: Floors = Floors(),
+                 unit: BudgetUnit = "macs"):
+        self.graph, self.cost, self.unit, self.measure = graph, cost, unit, cost.of(unit)
         class_score = _class_scores(graph, scores)
         candidates = np.flatnonzero(~np.isnan(class_score))
         order = candidates[np.argsort(class_score[candidates], kind="stable")]
@@ -118,27 +121,27 @@ class GlobalSolver:
                 remaining[ds] -= 1
                 removal.append(c)
         self.removal = np.array(removal, dtype=np.int64)
-        self.min_macs = self.macs_after(len(self.removal))
+        self.min_cost = self.cost_after(len(self.removal))
 
     def keep_after(self, n: int) -> np.ndarray:
         keep = np.ones(self.graph.num_classes)
         keep[self.removal[:n]] = 0.0
         return keep
 
-    def macs_after(self, n: int) -> float:
-        return self.cost.macs(self.keep_after(n))
+    def cost_after(self, n: int) -> float:
+        return self.measure(self.keep_after(n))
 
-    def solve(self, target_macs: float) -> np.ndarray:
-        if target_macs < self.min_macs:
+    def solve(self, target: float) -> np.ndarray:
+        if target < self.min_cost:
             raise BudgetError(
-                f"target {target_macs / 1e6:.3f}M MACs is below the smallest reachable "
-                f"{self.min_macs / 1e6:.3f}M MACs ({self.min_macs / self.cost.base_macs:.1%} of the original) "
-                "with the current floors"
+                f"target {format_cost(target, self.unit)} is below the smallest reachable "
+                f"{format_cost(self.min_cost, self.unit)} ({self.min_cost / self.cost.base(self.unit):.1%} of the "
+                "original) with the current floors"
             )
-        lo, hi = 0, len(self.removal)  # smallest n with macs_after(n) <= target lies in [lo, hi]
+        lo, hi = 0, len(self.removal)  # smallest n with cost_after(n) <= target lies in [lo, hi]
         while lo < hi:
             mid = (lo + hi) // 2
-            if self.macs_after(mid) <= target_macs:
+            if self.cost_after(mid) <= target:
                 hi = mid
             else:
                 lo = mid + 1
@@ -166,20 +169,22 @@ def uniform_keep(graph: ChannelGraph, scores: Mapping[str, np.ndarray], ratio: f
 
 
 def solve_uniform(
-    graph: ChannelGraph, cost: CostModel, scores: Mapping[str, np.ndarray], target_macs: float,
-    floors: Floors = Floors(), tol: float = 1e-4,
+    graph: ChannelGraph, cost: CostModel, scores: Mapping[str, np.ndarray], target: float,
+    floors: Floors = Floors(), tol: float = 1e-4, unit: BudgetUnit = "macs",
 ) -> tuple[np.ndarray, float]:
-    """Largest uniform keep ratio whose network fits ``target_macs``; returns (keep vector, ratio)."""
+    """Largest uniform keep ratio whose network costs at most ``target`` (in ``unit``); returns (keep vector,
+    ratio)."""
+    measure = cost.of(unit)
     lowest = uniform_keep(graph, scores, 0.0, floors)
-    if cost.macs(lowest) > target_macs:
+    if measure(lowest) > target:
         raise BudgetError(
-            f"target {target_macs / 1e6:.3f}M MACs is below the smallest uniform network "
-            f"({cost.macs(lowest) / 1e6:.3f}M MACs) with the current floors"
+            f"target {format_cost(target, unit)} is below the smallest uniform network "
+            f"({format_cost(measure(lowest), unit)}) with the current floors"
         )
     lo, hi = 0.0, 1.0
     while hi - lo > tol:
         mid = (lo + hi) / 2
-        if cost.macs(uniform_keep(graph, scores, mid, floors)) <= target_macs:
+        if measure(uniform_keep(graph, scores, mid, floors)) <= target:
             lo = mid
         else:
             hi = mid
@@ -189,23 +194,25 @@ def solve_uniform(
 class UniformSolver:
     """`solve_uniform` behind the `BudgetSolver` interface (the keep ratio of the last solve is ``ratio``)."""
 
-    def __init__(self, graph: ChannelGraph, cost: CostModel, scores: Mapping[str, np.ndarray], floors: Floors = Floors()):
-        self.graph, self.cost, self.scores, self.floors = graph, cost, scores, floors
-        self.min_macs = cost.macs(uniform_keep(graph, scores, 0.0, floors))
+    def __init__(self, graph: ChannelGraph, cost: CostModel, scores: Mapping[str, np.ndarray], floors: Floors = Floors(),
+                 unit: BudgetUnit = "macs"):
+        self.graph, self.cost, self.scores, self.floors, self.unit = graph, cost, scores, floors, unit
+        self.min_cost = cost.of(unit)(uniform_keep(graph, scores, 0.0, floors))
         self.ratio: float | None = None
 
-    def solve(self, target_macs: float) -> np.ndarray:
-        keep, self.ratio = solve_uniform(self.graph, self.cost, self.scores, target_macs, self.floors)
+    def solve(self, target: float) -> np.ndarray:
+        keep, self.ratio = solve_uniform(self.graph, self.cost, self.scores, target, self.floors, unit=self.unit)
         return keep
 
 
 class BudgetSolver(Protocol):
-    min_macs: float
+    min_cost: float  # the smallest cost it reaches, in its unit
 
-    def solve(self, target_macs: float) -> np.ndarray: ...
+    def solve(self, target: float) -> np.ndarray: ...
 
 
-SolverFactory = Callable[[ChannelGraph, CostModel, Mapping[str, np.ndarray], Floors], BudgetSolver]
+# (graph, cost, scores, floors, unit) -> solver of budgets in that unit ("macs" or "params")
+SolverFactory = Callable[[ChannelGraph, CostModel, Mapping[str, np.ndarray], Floors, BudgetUnit], BudgetSolver]
 
 
 @dataclass(frozen=True)
@@ -227,10 +234,6 @@ ALLOCATORS = Registry[Allocator]("allocator")
 
 def register_allocator(allocator: Allocator) -> Allocator:
     return ALLOCATORS.add(allocator.name, allocator)
-
-
-def get_allocator(name: str) -> Allocator:
-    return ALLOCATORS[name]
 
 
 register_allocator(Allocator("uniform", UniformSolver, None, "same keep ratio in every layer (Li et al. 2017)"))

@@ -53,14 +53,10 @@ def register_criterion(name: str, summary: str) -> Callable[[Criterion], Criteri
     return deco
 
 
-def get_criterion(name: str) -> Criterion:
-    return CRITERIA[name].fn
-
-
 def compute_scores(name: str, graph: ChannelGraph, module: nn.Module,
                    context: CriterionContext = CriterionContext()) -> dict[str, np.ndarray]:
     """Per-filter scores of every producer layer under the registered criterion ``name``."""
-    return get_criterion(name)(graph, module, context)
+    return CRITERIA[name].fn(graph, module, context)
 
 
 def _per_filter(graph: ChannelGraph, module: nn.Module, score: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, np.ndarray]:

@@ -1,8 +1,9 @@
 """Pruning methods compared under equal budgets.
 
-Every method (a criterion cut by an allocator, see `legr.methods.criteria` and `legr.methods.allocate`) prunes the same source
-network to the same MACs targets, with the same train/validation/test splits and the same fine-tuning budget, once per
-seed; each (method, seed) is an ordinary resumable `Pipeline` run folder. Afterwards all networks are timed together
+Every method (a criterion cut by an allocator, see `legr.methods.criteria` and `legr.methods.allocate`, or another
+registered method such as Han et al.'s ``magnitude``) prunes the same source network to the same targets (fractions of
+each method's budget unit: MACs for filter pruning, parameters for magnitude pruning; the tables say which), with the
+same train/validation/test splits and the same fine-tuning budget, once per seed; each (method, seed) is an ordinary resumable `Pipeline` run folder. Afterwards all networks are timed together
 (interleaved rounds), and the per-run rows are aggregated into mean +- std over seeds. The folder's layout:
 `legr.pipeline.folder.ComparisonFolder`.
 
@@ -20,7 +21,6 @@ from typing import Any, Callable
 
 from torch import nn
 
-from legr.engine.artifacts import load_pruned
 from legr.engine.latency import measure_interleaved
 from legr.engine.plan import Plan
 from legr.hardware import hardware_label
@@ -30,6 +30,8 @@ from legr.pipeline.config import CompareConfig, MethodConfig, RunConfig
 from legr.pipeline.folder import ComparisonFolder, RunFolder, member_name
 from legr.pipeline.steps import Pipeline
 from legr.reporting import (
+    BASELINE,
+    is_baseline,
     latency_key,
     plot_method_curves,
     plot_widths,
@@ -64,7 +66,7 @@ class Comparison:
         """The shared settings with the source network fixed: adapted once (in ``source/``) when base training is on."""
         if self.shared.base_training.epochs == 0:
             return self.shared
-        only_base = {"targets": (self.targets[0],), "allocator": "uniform"}  # no search settings: changing them
+        only_base = {"targets": (self.targets[0],), "method": "filters", "allocator": "uniform"}  # no search settings: changing them
         pipeline = Pipeline(self.shared.model_copy(update=only_base), self.folder.source.root,  # keeps the source
                             progress=self.progress, log=self.log)
         pipeline.base  # trains (or loads) and saves source/base/model.safetensors
@@ -75,8 +77,9 @@ class Comparison:
 
     def _config(self, source: RunConfig, method: MethodConfig, seed: int, **search: Any) -> RunConfig:
         return source.model_copy(update={
-            "criterion": method.criterion, "allocator": method.allocator, "seed": seed,
+            "method": method.method, "criterion": method.criterion, "allocator": method.allocator, "seed": seed,
             "search": self.cfg.method_search(method).model_copy(update=search),
+            "magnitude": self.cfg.method_magnitude(method),
             "eval": source.eval.model_copy(update={"latency": False})})
 
     def runs(self) -> list[RunRef]:
@@ -87,18 +90,22 @@ class Comparison:
 
     def run(self) -> dict[str, Any]:
         source = self._source()
-        rows, first = [], None
+        rows, pipelines = [], []
         for ref in self.runs():
-            self.log(f"[seed {ref.seed}] {ref.method.name} ({ref.method.criterion} + {ref.method.allocator})")
+            what = f"{ref.method.criterion} + {ref.method.allocator}" if ref.method.method == "filters" \
+                else ref.method.method
+            self.log(f"[seed {ref.seed}] {ref.method.name} ({what})")
             pipeline = self._pipeline(self._config(source, ref.method, ref.seed), ref.folder)
-            first = first or pipeline
+            pipelines.append(pipeline)
             evaluated = ref.folder.results_json.exists()  # written last, so the run folder is complete
             for row in read_results(ref.folder.root) if evaluated else pipeline.evaluate(baseline=not rows):
-                if row["method"] != "baseline":
-                    row = {**row, "method": ref.method.name, "allocator": row["method"]}
+                if not is_baseline(row):
+                    row = {**row, "method": ref.method.name, "allocator": row["method"],
+                           "budget": row.get("budget") or "macs"}
                 rows.append({**row, "run": str(ref.folder.root.relative_to(self.out))})
         pipeline_cost = self._pipeline_cost(source)
-        latency = self._latency(first)
+        first = pipelines[0]
+        latency = self._latency(pipelines)
         for row in rows:
             row.update(latency.get(self._net_id(row), {}))
         result = {
@@ -125,7 +132,7 @@ class Comparison:
 
     @staticmethod
     def _net_id(row: dict[str, Any]) -> str:
-        return "baseline" if row["method"] == "baseline" else f"{row['run']}/{row['path']}"
+        return BASELINE if is_baseline(row) else f"{row['run']}/{row['path']}"
 
     # --- pipeline cost: learn once vs. search per target -----------------------------------------------------
     def _pipeline_cost(self, source: RunConfig) -> dict[str, Any] | None:
@@ -143,7 +150,7 @@ class Comparison:
                 continue
             folder = self.folder.per_target(name, t)
             cfg = self._config(source, method, seed, target=t, targets=None).model_copy(update={"targets": (t,)})
-            self.log(f"[pipeline cost] {name}: searching separately at {t:.0%} MACs")
+            self.log(f"[pipeline cost] {name}: searching separately at {t:.0%}")
             pipeline = self._pipeline(cfg, folder)
             pipeline.rank()
             searches[t] = json.loads(folder.timings.read_text())["rank"]
@@ -157,17 +164,18 @@ class Comparison:
         }
 
     # --- latency ---------------------------------------------------------------------------------------------
-    def _latency(self, first: Pipeline) -> dict[str, dict[str, float]]:
+    def _latency(self, pipelines: list[Pipeline]) -> dict[str, dict[str, float]]:
         path = self.folder.latency
         e = self.shared.eval
         if not e.latency:
             return {}
         if path.exists():
             return json.loads(path.read_text())
-        nets: dict[str, nn.Module] = {"baseline": first.graph.gm}
-        for ref in self.runs():
-            for member in ref.folder.saved_members():
-                net, _ = load_pruned(member.root, first.base)
+        first = pipelines[0]
+        nets: dict[str, nn.Module] = {BASELINE: first.graph.gm}
+        for pipeline in pipelines:
+            for member in pipeline.members():
+                net, _ = pipeline.method.load(member)
                 nets[str(member.root.relative_to(self.out))] = net
         self.log(f"timing {len(nets)} networks on the CPU ({e.latency_rounds} interleaved rounds)")
         timings = measure_interleaved(nets, first.data.input_size, e.latency_batch_sizes, device="cpu",
@@ -182,13 +190,14 @@ class Comparison:
         """One row per (method, target): means over seeds, and std of the accuracies."""
         out = []
         keys = sorted({k for r in rows for k in r if k.startswith("latency_")})
-        for name in ["baseline"] + [m.name for m in self.spec.methods]:
-            for target in ([None] if name == "baseline" else self.targets):
-                mine = [r for r in rows if r["method"] == name and (name == "baseline" or r["target"] == target)]
+        for name in [BASELINE] + [m.name for m in self.spec.methods]:
+            for target in ([None] if name == BASELINE else self.targets):
+                mine = [r for r in rows if r["method"] == name and (name == BASELINE or r["target"] == target)]
                 if not mine:
                     continue
                 entry: dict[str, Any] = {"method": name, "target": target, "n": len(mine),
-                                         "criterion": mine[0].get("criterion"), "allocator": mine[0].get("allocator")}
+                                         "criterion": mine[0].get("criterion"), "allocator": mine[0].get("allocator"),
+                                         "budget": mine[0].get("budget")}
                 for key in ["macs", "params", "macs_ratio", "params_ratio", *keys]:
                     entry[key] = _mean_std([r.get(key) for r in mine])[0]
                 for key in ["top1", "top1_before_ft", "top1_after_bn"]:
@@ -219,13 +228,13 @@ class Comparison:
         per_method = {}
         for m in self.spec.methods:
             plan_path = self.folder.run(self.spec.seeds[0], m.name).member(member_name(m.allocator, target)).plan
-            if not plan_path.exists():
+            if m.method != "filters" or not plan_path.exists():
                 continue
             keep = Plan.load(plan_path).keep_vector(graph)
             per_method[m.name] = {name: int(keep[graph.classes(graph.layers[name].producer_ids)].sum())
                                   for name in layers}
-        return {"target": target, "seed": self.spec.seeds[0], "layers": layers, "original": original,
-                "methods": per_method}
+        return {"target": target, "budget": self.shared.budget or "macs", "seed": self.spec.seeds[0], "layers": layers,
+                "original": original, "methods": per_method}
 
     # --- outputs ---------------------------------------------------------------------------------------------
     def _write(self, result: dict[str, Any]) -> None:
@@ -235,7 +244,8 @@ class Comparison:
         plot_method_curves(result["summary"], self.folder.accuracy_plot, title=title)
         w = result["widths"]
         plot_widths(w["layers"], w["original"], w["methods"], self.folder.widths_plot,
-                    title=f"channels kept per layer at {w['target']:.0%} MACs ({result['model']}, seed {w['seed']})")
+                    title=f"channels kept per layer at {w['target']:.0%} {w.get('budget', 'macs').replace('macs', 'MACs')} "
+                          f"({result['model']}, seed {w['seed']})")
 
 
 def _pm(mean: float | None, std: float | None) -> str:
@@ -261,7 +271,8 @@ def summary_markdown(result: dict[str, Any]) -> str:
             "top-1 after adaptive BN %", "top-1 after FT %"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join([":---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
     for r in result["summary"]:
-        cells = [r["method"], "-" if r["target"] is None else f"{r['target']:.0%}", f"{r['macs'] / 1e6:.2f}",
+        unit = " params" if r.get("budget") == "params" else ""  # MACs: the unit of every target before methods
+        cells = [r["method"], "-" if r["target"] is None else f"{r['target']:.0%}{unit}", f"{r['macs'] / 1e6:.2f}",
                  f"{r['params'] / 1e3:.1f}", *[("-" if r.get(k) is None else f"{r[k]:.2f}") for k in lat],
                  _pm(r.get("top1_before_ft"), r.get("top1_before_ft_std")),
                  _pm(r.get("top1_after_bn"), r.get("top1_after_bn_std")), _pm(r["top1"], r["top1_std"])]
@@ -271,7 +282,9 @@ def summary_markdown(result: dict[str, Any]) -> str:
     methods = {m["name"]: m for m in result["config"]["compare"]["methods"]}
     for name, t in result["family_time_s"].items():
         cell = "-" if t["mean_s"] is None else f"{_duration(t['mean_s'])} ± {_duration(t['std_s'] or 0.0)}"
-        lines.append(f"| {name} | {methods[name]['criterion']} | {methods[name]['allocator']} | {cell} |")
+        m = methods[name]
+        what = (m["criterion"], m["allocator"]) if m.get("method", "filters") == "filters" else ("-", m["method"])
+        lines.append(f"| {name} | {what[0]} | {what[1]} | {cell} |")
     pc = result.get("pipeline_cost")
     if pc:
         k = len(pc["targets"])

@@ -7,10 +7,8 @@ these typed objects or plain arguments.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -43,8 +41,14 @@ def _allocators() -> Registry:
     return ALLOCATORS
 
 
+def _methods() -> Registry:
+    from legr.methods import METHODS
+    return METHODS
+
+
 CriterionName = Annotated[str, AfterValidator(_known(_criteria))]  # a name registered in legr.methods.criteria
 AllocatorName = Annotated[str, AfterValidator(_known(_allocators))]  # a name registered in legr.methods.allocate
+MethodName = Annotated[str, AfterValidator(_known(_methods))]  # a name registered in legr.methods.base.METHODS
 
 
 class _Strict(BaseModel):
@@ -125,7 +129,31 @@ class SearchConfig(_Strict):
             raise ValueError("search.target and search.targets exclude each other: give one")
         bad = [t for t in self.targets or () if not 0 < t <= 1]
         if bad:
-            raise ValueError(f"search.targets must be MACs fractions in (0, 1], got {bad}")
+            raise ValueError(f"search.targets must be fractions in (0, 1], got {bad}")
+        return self
+
+
+class MagnitudeSection(_Strict):
+    """Han et al. 2015 (``method: magnitude``): each member keeps ``target`` of the source's parameters non-zero,
+    reached in ``rounds`` prune -> retrain rounds over which the run's ``finetune`` epochs are spread."""
+
+    rounds: int = Field(3, ge=1, description="prune -> retrain rounds (needs finetune.epochs >= rounds)")
+    fractions: tuple[float, ...] = Field((0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99),
+                                         min_length=1, description="pruned fractions of the sensitivity analysis")
+    sensitivity_samples: int | None = Field(None, ge=1, description="validation images it scores on (null: all)")
+    regularization: Literal["l1", "l2"] = "l2"
+    reg_strength: float = Field(5e-4, ge=0, description="L2 weight decay (replaces finetune.weight_decay) or L1 "
+                                                        "coefficient")
+    scale_dropout: bool = Field(True, description="Dropout rate x sqrt(kept connections / all) while retraining")
+    remove_dead: bool = Field(True, description="physically remove neurons/filters left without weights")
+    layers: tuple[str, ...] | None = Field(None, description="Linear/Conv layers to prune (null: all)")
+    allocation: Literal["cost", "tolerance"] = "cost"
+
+    @model_validator(mode="after")
+    def _check(self) -> "MagnitudeSection":
+        bad = [f for f in self.fractions if not 0 < f < 1]
+        if bad:
+            raise ValueError(f"magnitude.fractions must lie in (0, 1), got {bad}")
         return self
 
 
@@ -142,6 +170,11 @@ class EvalConfig(_Strict):
 class RunConfig(_Strict):
     model: ModelConfig
     data: DataConfig = DataConfig()
+    method: MethodName = Field("filters", description="compression method (`legr methods`): filters (criterion + "
+                                                      "allocator) or magnitude (Han et al.)")
+    budget: Literal["macs", "params"] | None = Field(None, description="what targets are fractions of: the source's "
+                                                                       "MACs or parameters (null: the method's own "
+                                                                       "unit: filters macs, magnitude params)")
     criterion: CriterionName = Field("l2sq", description="filter criterion (see `legr methods`)")
     criterion_batches: int = Field(8, ge=1, description="training batches seen by data-dependent criteria (taylor)")
     allocator: AllocatorName = Field("legr", description="budget allocator: uniform, global, lcp or legr (`legr methods`)")
@@ -150,7 +183,9 @@ class RunConfig(_Strict):
     floors: FloorsConfig = FloorsConfig()
     base_training: TrainConfig = TrainConfig(epochs=0)
     search: SearchConfig = SearchConfig()
-    targets: tuple[float, ...] = Field((0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), min_length=1)
+    magnitude: MagnitudeSection = MagnitudeSection()
+    targets: tuple[float, ...] = Field((0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), min_length=1,
+                                       description="fractions of the source's cost in the budget unit")
     finetune: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     seed: int = 0
@@ -160,12 +195,12 @@ class RunConfig(_Strict):
     def _check_targets(self) -> "RunConfig":
         bad = [t for t in self.targets if not 0 < t <= 1]
         if bad:
-            raise ValueError(f"targets must be MACs fractions in (0, 1], got {bad}")
+            raise ValueError(f"targets must be fractions in (0, 1], got {bad}")
         return self
 
     @property
     def search_targets(self) -> tuple[float, ...]:
-        """MACs fractions the search scores each candidate at (the first also places the uniform seed).
+        """Budget fractions the search scores each candidate at (the first also places the uniform seed).
 
         Default: the family-aware fitness at the run's lowest, middle and highest targets, so that one ranking serves
         the whole family (benchmarks/results/compare_resnet20_cifar10jpeg: a single-target search at the lowest
@@ -179,13 +214,16 @@ class RunConfig(_Strict):
 
 
 class MethodConfig(_Strict):
-    """One compared method: a criterion cut by an allocator (any pair is valid)."""
+    """One compared method: a criterion cut by an allocator (any pair is valid), or another registered method."""
 
     name: str = Field(description="label in tables and plots, e.g. legr-l2sq")
+    method: MethodName = "filters"
     criterion: CriterionName = "l2sq"
     allocator: AllocatorName = "legr"
     search: dict[str, Any] = Field(default_factory=dict, description="this method's changes to the shared search "
                                                                      "section, e.g. {tau: 50}")
+    magnitude: dict[str, Any] = Field(default_factory=dict, description="this method's changes to the shared "
+                                                                        "magnitude section, e.g. {rounds: 2}")
 
 
 class CompareSection(_Strict):
@@ -205,7 +243,8 @@ class CompareSection(_Strict):
         if self.pipeline_cost is not None:
             if self.pipeline_cost not in names:
                 raise ValueError(f"pipeline_cost names '{self.pipeline_cost}', which is not a method ({', '.join(names)})")
-            if _allocators()[self.methods[names.index(self.pipeline_cost)].allocator].search is None:
+            chosen = self.methods[names.index(self.pipeline_cost)]
+            if chosen.method != "filters" or _allocators()[chosen.allocator].search is None:
                 raise ValueError(f"pipeline_cost names '{self.pipeline_cost}', whose allocator searches nothing "
                                  "(use an lcp or legr method)")
         return self
@@ -219,16 +258,22 @@ class CompareConfig(RunConfig):
     @model_validator(mode="after")
     def _check_search_overrides(self) -> "CompareConfig":
         for i, m in enumerate(self.compare.methods):
-            try:
-                self.method_search(m)
-            except ValidationError as exc:
-                raise ValueError(_explain(exc, ("compare", "methods", i, "search"))) from None
+            for section, check in (("search", self.method_search), ("magnitude", self.method_magnitude)):
+                try:
+                    check(m)
+                except ValidationError as exc:
+                    raise ValueError(_explain(exc, ("compare", "methods", i, section))) from None
         return self
 
     def method_search(self, method: MethodConfig) -> SearchConfig:
         """The search settings ``method`` runs with: the shared ones, changed by its ``search`` entries."""
         return SearchConfig.model_validate({**self.search.model_dump(), **method.search}) if method.search \
             else self.search
+
+    def method_magnitude(self, method: MethodConfig) -> MagnitudeSection:
+        """The magnitude settings ``method`` runs with: the shared ones, changed by its ``magnitude`` entries."""
+        return MagnitudeSection.model_validate({**self.magnitude.model_dump(), **method.magnitude}) \
+            if method.magnitude else self.magnitude
 
     def run_config(self) -> RunConfig:
         return RunConfig.model_validate(self.model_dump(exclude={"compare"}))
@@ -270,60 +315,3 @@ def _with_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
                 raise ConfigError(f"config key '{dotted}': '{key}' is not a section")
         node[leaf] = value
     return data
-
-
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None, schema: type[RunConfig] = RunConfig) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}{_yaml_position(exc)} is not valid YAML: {problem}") from None
-    return parse_config(data or {}, overrides, schema)
-
-
-def _yaml_position(exc: yaml.YAMLError) -> str:
-    """``:line:column`` (1-based) of a YAML error, where PyYAML marks one."""
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    return f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
-
-
-def parse_set_options(items: list[str]) -> dict[str, Any]:
-    """``["search.tau=0", "targets=[0.3, 0.5]"]`` -> ``{"search.tau": 0, "targets": [0.3, 0.5]}`` (values are YAML)."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {key.strip()}: '{value}' is not a valid YAML value") from None
-    return out
-
-
-# sections that do not change what a run folder holds: a finished run may be evaluated elsewhere with other settings
-EVAL_ONLY = ("eval", "device")
-
-
-def artifact_config(cfg: RunConfig) -> dict[str, Any]:
-    """The part of the config that determines a run folder's source network, ranking and members (the search
-    targets as resolved: an explicit list equal to the default is the same run)."""
-    out = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in EVAL_ONLY}
-    searched = _allocators()[cfg.allocator].search is not None  # a search's settings matter only to a search
-    out["search"] = {**out["search"], "target": None, "targets": list(cfg.search_targets)} if searched else None
-    return out
-
-
-def held_config(raw: Any) -> RunConfig:
-    """A run folder's stored config.yaml, read as written by the version that ran it: a search block from before
-    ``search.restarts`` existed ran one search."""
-    if isinstance(raw, dict) and isinstance(raw.get("search"), dict):
-        raw = {**raw, "search": {"restarts": 1, **raw["search"]}}
-    return parse_config(raw)
-
-
-def dump_config(cfg: RunConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

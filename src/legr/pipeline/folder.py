@@ -7,8 +7,10 @@ A run folder (`RunFolder`)::
     search_state.json         evolution state after every candidate (search_state.restart<r>.json: restart r);
     search_log.jsonl          one line per candidate, every restart
     ranking.json              the ranking: criterion scores + per-layer alpha, kappa (learned for lcp/legr)
+    sensitivity.json          method magnitude: each layer's validation top-1 at each pruned fraction
     timings.json              wall seconds of each step that ran (rank, prune, finetune), for pipeline-cost figures
-    members/<name>/           plan.json + model.safetensors (+ finetuned.json once fine-tuned; finetune.pt meanwhile)
+    members/<name>/           plan.json + model.safetensors (+ finetuned.json once fine-tuned; finetune.pt meanwhile);
+                              method magnitude: its rounds' files and model.sparse.safetensors (+ finetuned.json)
     results.json / .csv       one row per network;  pareto.png: accuracy vs MACs and vs latency
 
 A comparison folder (`ComparisonFolder`): ``source/`` (the adapted source network's run folder), ``seed<S>/<method>/``
@@ -25,9 +27,9 @@ from legr.engine.artifacts import PLAN_FILE, WEIGHTS_FILE
 from legr.reporting import RESULTS_CSV, RESULTS_JSON
 
 
-def member_name(allocator: str, target: float) -> str:
-    """A family member's folder name, e.g. ``legr-47`` for the 47% MACs target."""
-    return f"{allocator}-{round(target * 100)}"
+def member_name(prefix: str, target: float) -> str:
+    """A family member's folder name, e.g. ``legr-47`` for the 47% MACs target of allocator legr."""
+    return f"{prefix}-{round(target * 100)}"
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class RunFolder:
     base_checkpoint = property(lambda self: self.root / "base" / "train.pt")
     timings = property(lambda self: self.root / "timings.json")
     ranking = property(lambda self: self.root / "ranking.json")
+    sensitivity = property(lambda self: self.root / "sensitivity.json")
     search_state = property(lambda self: self.root / "search_state.json")
     search_log = property(lambda self: self.root / "search_log.jsonl")
     members = property(lambda self: self.root / "members")

@@ -45,7 +45,7 @@ from legr.models import (
     save_state_dict,
 )
 from legr.paths import atomic_write_text, make_folder
-from legr.reporting import latency_key, write_results
+from legr.reporting import BASELINE, latency_key, write_results
 from legr.training import FinetuneConfig, evaluate, finetune
 
 DATASET_LABELS = {"mnist": "MNIST", "cifar10-jpeg": "CIFAR-10-JPEG", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100",
@@ -143,7 +143,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, progress: bool = T
     remaining = layer_density(result.masked, list(result.stds))
     common = {"model": cfg.model, "dataset": DATASET_LABELS.get(cfg.dataset, cfg.dataset), "seed": cfg.seed,
               "git_rev": git_revision(Path(__file__).parent), "hardware": hardware_label()}
-    base_row = {"name": "dense", "method": "baseline", **common, "macs": dense_macs, "params": count_params(dense),
+    base_row = {"name": "dense", "method": BASELINE, **common, "macs": dense_macs, "params": count_params(dense),
                 "compression": 1.0, "top1": base_test.top1, "top5": base_test.top5, "loss": base_test.loss,
                 "error": 1 - base_test.top1, "nonzero_params": count_nonzero(dense),
                 "dense_bytes": base_store["dense_bytes"],

@@ -10,7 +10,7 @@ from typing import Any
 
 from legr.errors import LegrError
 from legr.paths import atomic_file
-from legr.reporting.rows import as_number, latency_key
+from legr.reporting.rows import BASELINE, as_number, is_baseline, latency_key
 
 
 def pareto_front(rows: Sequence[Mapping[str, Any]], x: str = "macs", y: str = "top1") -> list[dict[str, Any]]:
@@ -68,9 +68,9 @@ def _panel(ax, rows: Sequence[Mapping[str, Any]], xkey: str, xscale: float, xlab
                 label="Pareto front")
         ax.scatter(fx, fy, s=190, facecolors="none", edgecolors="#e09b00", linewidths=1.6, zorder=4)
 
-    base = [r for r in pts if r.get("method") == "baseline"]
+    base = [r for r in pts if is_baseline(r)]
     for method, (color, marker) in styles.items():
-        if method == "baseline":
+        if method == BASELINE:
             continue
         mine = sorted((r for r in pts if r.get("method") == method), key=X)
         if not mine:
@@ -89,7 +89,7 @@ def _panel(ax, rows: Sequence[Mapping[str, Any]], xkey: str, xscale: float, xlab
                    zorder=5, label=f"baseline ({Y(r):.2f}% top-1)" if i == 0 else None)
 
     for k, r in enumerate(pts):
-        if annotate or k in front_idx or r.get("method") == "baseline":
+        if annotate or k in front_idx or is_baseline(r):
             ax.annotate(str(r.get("name", "")), (X(r), Y(r)), xytext=(5, -11), textcoords="offset points",
                         fontsize=7.5, color="0.2", zorder=6)
 
@@ -123,10 +123,10 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str],
     methods = list(dict.fromkeys(str(r.get("method")) for r in rows))
     styles: dict[str, tuple[str, str]] = {}
     for m in methods:
-        if m != "baseline":
+        if m != BASELINE:
             k = len(styles)
             styles[m] = (_PALETTE[k % len(_PALETTE)], _MARKERS[k % len(_MARKERS)])
-    styles["baseline"] = ("#d62728", "*")
+    styles[BASELINE] = ("#d62728", "*")
 
     lat_key = latency_key("cpu", 1)
     has_latency = any(as_number(r.get(lat_key)) is not None for r in rows)
@@ -183,7 +183,7 @@ def plot_method_curves(summary: Sequence[Mapping[str, Any]], path: str | os.Path
         raise LegrError("plot_method_curves: no summary row has both top1 and macs to plot")
     fig = figure(12.8, 5.0)
     axes = fig.subplots(1, 2)
-    methods = [m for m in dict.fromkeys(str(r["method"]) for r in rows) if m != "baseline"]
+    methods = [m for m in dict.fromkeys(str(r["method"]) for r in rows) if m != BASELINE]
     before = ("top1_after_bn", "before fine-tuning, after adaptive BN") \
         if any(as_number(r.get("top1_after_bn")) is not None for r in rows) else ("top1_before_ft", "right after pruning")
     for ax, (key, label) in zip(axes, (("top1", "after fine-tuning"), before)):
@@ -195,7 +195,7 @@ def plot_method_curves(summary: Sequence[Mapping[str, Any]], path: str | os.Path
                             yerr=[100 * (r.get(f"{key}_std") or 0.0) for r in mine], color=_PALETTE[k % len(_PALETTE)],
                             marker=_MARKERS[k % len(_MARKERS)], lw=1.6, ms=6, capsize=3, label=method)
         for r in rows:
-            if r["method"] == "baseline":
+            if is_baseline(r):
                 ax.axhline(100 * r["top1"], color="0.35", ls="--", lw=1, label=f"baseline ({100 * r['top1']:.2f}%)")
         ax.set_xlabel("multiply-accumulates per image (MMACs)")
         ax.set_ylabel("test top-1 (%), mean ± std over seeds")

@@ -1,11 +1,12 @@
 """Result rows and their files (results.json / results.csv): the contract every step and benchmark shares.
 
 A result row is a plain dict written by code (`legr eval`) and aggregated by a separate step (`legr report`,
-benchmarks). Required keys: ``name``, ``method``, ``model``, ``dataset``, ``macs``, ``params``, ``top1``.
-Common optional keys: ``target`` (MACs fraction or None), ``macs_ratio``, ``params_ratio``, ``compression``
-(original params / params), ``top5``, ``loss``, ``top1_before_ft`` (as cut), ``top1_after_bn`` (after adaptive BN),
-``latency_{cpu,cuda}_b{N}_ms``, ``seed``,
-``config_hash``, ``git_rev``, ``hardware``, ``finetune_epochs``, ``path``. Unknown keys are allowed and kept.
+benchmarks); `ResultRow` types it. Required keys: ``name``, ``method`` (`BASELINE` for the source network),
+``model``, ``dataset``, ``macs``, ``params``, ``top1``. Common optional keys: ``target`` (a fraction of the source's
+cost in ``budget`` units, or None), ``budget``, ``macs_ratio``, ``params_ratio``, ``compression`` (original params /
+params), ``top5``, ``loss``, ``top1_before_ft`` (as cut), ``top1_after_bn`` (after adaptive BN),
+``latency_{cpu,cuda}_b{N}_ms``, ``seed``, ``config_hash``, ``git_rev``, ``hardware``, ``finetune_epochs``, ``path``.
+Unknown keys are allowed and kept.
 Accuracies are fractions in [0, 1]; tables and plots show them in percent.
 """
 
@@ -20,15 +21,13 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from legr.errors import LegrError
 from legr.paths import atomic_write_text
 
 RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
-
-REQUIRED_KEYS: tuple[str, ...] = ("name", "method", "model", "dataset", "macs", "params", "top1")
 
 # CSV column order: identity, then metrics (latency columns are inserted after the accuracy metrics), then any
 # unknown keys (first-seen order), then provenance.
@@ -42,6 +41,46 @@ PROVENANCE_KEYS: tuple[str, ...] = (
 )
 
 LATENCY_KEY = re.compile(r"^latency_(cpu|cuda)_b(\d+)_ms$")
+
+
+class _Required(TypedDict):
+    name: str
+    method: str  # the method's name, or BASELINE for the source network
+    model: str
+    dataset: str
+    macs: float
+    params: float
+    top1: float
+
+
+class ResultRow(_Required, total=False):
+    """One evaluated network (the keys every writer knows; rows may carry more, e.g. latency columns)."""
+
+    criterion: str | None
+    target: float | None  # fraction of the source's cost in ``budget`` units
+    budget: str | None  # "macs" or "params"; None for the source network
+    macs_ratio: float
+    params_ratio: float
+    compression: float
+    top5: float
+    loss: float
+    top1_before_ft: float | None
+    top1_after_bn: float | None
+    finetune_epochs: int | None
+    seed: int
+    config_hash: str
+    git_rev: str
+    hardware: str
+    path: str
+
+
+REQUIRED_KEYS: tuple[str, ...] = tuple(_Required.__annotations__)
+BASELINE = "baseline"  # the ``method`` (and default ``name``) of the row that describes the source network
+
+
+def is_baseline(row: Mapping[str, Any]) -> bool:
+    """Whether ``row`` describes the source network rather than a compressed one."""
+    return row.get("method") == BASELINE
 
 
 def latency_key(device: str, batch_size: int) -> str:
@@ -189,9 +228,9 @@ def as_number(value: Any) -> float | None:
 
 
 def baseline_row(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The first row whose method is "baseline" (else whose name is "baseline"), or None."""
+    """The first row that `is_baseline` (else whose name is ``BASELINE``), or None."""
     for key in ("method", "name"):
         for row in rows:
-            if row.get(key) == "baseline":
+            if row.get(key) == BASELINE:
                 return row
     return None

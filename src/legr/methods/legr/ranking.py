@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from legr.engine.cost import CostModel
+from legr.engine.cost import BudgetUnit, CostModel
 from legr.engine.surgery import prune
 from legr.errors import LegrError
 from legr.graph import ChannelGraph
-from legr.methods.allocate import BudgetSolver, Floors, get_allocator, solve_uniform
+from legr.methods.allocate import ALLOCATORS, BudgetSolver, Floors, solve_uniform
 from legr.methods.criteria import compute_scores, group_scores
 from legr.methods.legr.affine import AffineSpace, AffineTransform
 from legr.methods.legr.evolution import EvolutionConfig, aging_evolution
@@ -97,8 +97,9 @@ class Ranking:
     def group_scores(self, graph: ChannelGraph, model: nn.Module) -> dict[str, np.ndarray]:
         return group_scores(graph, self.layer_scores(graph, model), self.transform)
 
-    def solver(self, graph: ChannelGraph, cost: CostModel, model: nn.Module, floors: Floors = Floors()) -> BudgetSolver:
-        return get_allocator(self.allocator).solver(graph, cost, self.group_scores(graph, model), floors)
+    def solver(self, graph: ChannelGraph, cost: CostModel, model: nn.Module, floors: Floors = Floors(),
+               unit: BudgetUnit = "macs") -> BudgetSolver:
+        return ALLOCATORS[self.allocator].solver(graph, cost, self.group_scores(graph, model), floors, unit)
 
     # --- JSON artifact ---------------------------------------------------------------------------------------
     def to_json(self) -> str:
@@ -128,7 +129,7 @@ class Ranking:
             )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise LegrError(f"{path} is not a valid ranking file ({type(exc).__name__}: {exc})") from exc
-        get_allocator(ranking.allocator)
+        ALLOCATORS[ranking.allocator]
         return ranking
 
 
@@ -137,9 +138,9 @@ def layer_score_std(scores: Mapping[str, np.ndarray], layers: Sequence[str]) -> 
     return [float(np.std(scores[name])) if len(scores[name]) > 1 else float(abs(scores[name]).mean()) for name in layers]
 
 
-def uniform_transform(graph: ChannelGraph, cost: CostModel, scores: Mapping[str, np.ndarray], target_macs: float,
-                      floors: Floors = Floors()) -> tuple[np.ndarray, np.ndarray]:
-    """Per-layer ``(alpha, kappa)`` (in `ranked_layers` order) whose global cut at ``target_macs`` reproduces the
+def uniform_transform(graph: ChannelGraph, cost: CostModel, scores: Mapping[str, np.ndarray], target: float,
+                      floors: Floors = Floors(), unit: BudgetUnit = "macs") -> tuple[np.ndarray, np.ndarray]:
+    """Per-layer ``(alpha, kappa)`` (in `ranked_layers` order) whose global cut at ``target`` (in ``unit``) reproduces the
     uniform allocation (`solve_uniform`) of the raw ``scores``, within one channel per layer.
 
     alpha is 1 everywhere (so LCP's offset-only space holds it too); kappa shifts each layer so that, in every set of
@@ -150,7 +151,7 @@ def uniform_transform(graph: ChannelGraph, cost: CostModel, scores: Mapping[str,
     layers = ranked_layers(graph)
     index = {name: i for i, name in enumerate(layers)}
     group_raw = group_scores(graph, scores)
-    keep, _ = solve_uniform(graph, cost, group_raw, target_macs, floors)
+    keep, _ = solve_uniform(graph, cost, group_raw, target, floors, unit=unit)
     rows, offsets, gaps = [], [], []  # one row per channel set: its producers' coverage and its kappa sum
     for group in graph.prunable_groups():
         cover: dict[int, set[str]] = {}
@@ -189,6 +190,7 @@ def learn_ranking(
     fitness: NetworkFitness,
     target_macs: float | Sequence[float],
     *,
+    unit: BudgetUnit = "macs",
     criterion: str = "l2sq",
     scores: Mapping[str, np.ndarray] | None = None,
     allocator: str = "legr",
@@ -202,7 +204,8 @@ def learn_ranking(
 ) -> Ranking:
     """Learn LeGR's per-layer affine transform by aging evolution.
 
-    Each candidate ranking prunes ``model`` (weights restored from memory) to ``target_macs`` and is scored by
+    Each candidate ranking prunes ``model`` (weights restored from memory) to ``target_macs`` (costs in ``unit``:
+    MACs, or parameters with ``unit="params"``) and is scored by
     ``fitness(pruned_network, candidate_index)`` (higher is better, e.g. validation top-1 after `recalibrate_bn`).
     Several targets (a family-aware search): the candidate's fitness is the mean over the networks it cuts at each.
     ``scores`` are the criterion's per-filter scores (default: computed from the weights); ``allocator`` "lcp" learns
@@ -210,7 +213,7 @@ def learn_ranking(
     the transform that reproduces the uniform allocation at the first target (`uniform_transform`), so the search
     starts from both baselines. Resumable through ``state_path``.
     """
-    spec = get_allocator(allocator)
+    spec = ALLOCATORS[allocator]
     if spec.search is None:
         raise LegrError(f"allocator '{allocator}' learns nothing; use `Ranking.identity` for it")
     targets = [float(target_macs)] if np.isscalar(target_macs) else [float(t) for t in target_macs]
@@ -222,19 +225,20 @@ def learn_ranking(
     space = AffineSpace(layers, layer_score_std(scores, layers), mutate_fraction=mutate_fraction,
                         learn_alpha=spec.search == "affine")
     index = {name: i for i, name in enumerate(layers)}
-    raw_solver = spec.solver(graph, cost, group_scores(graph, scores), floors)
+    raw_solver = spec.solver(graph, cost, group_scores(graph, scores), floors, unit)
     for t in targets:
         raw_solver.solve(t)  # fail early if unreachable
-    initial = [AffineTransform(*uniform_transform(graph, cost, scores, targets[0], floors))] if seed_uniform else []
+    initial = [AffineTransform(*uniform_transform(graph, cost, scores, targets[0], floors, unit))] if seed_uniform \
+        else []
 
     def evaluate(candidate, i: int) -> float:
         transformed = group_scores(graph, scores, lambda name, v: candidate.apply(index[name], v))
-        solver = spec.solver(graph, cost, transformed, floors)
+        solver = spec.solver(graph, cost, transformed, floors, unit)
         return float(np.mean([fitness(prune(graph, solver.solve(t)), i) for t in targets]))
 
     result = aging_evolution(space, evaluate, search, initial=initial, state_path=state_path, log_path=log_path,
                              progress=progress)
-    summary = {**result.summary(), "target_macs": targets[0] if len(targets) == 1 else targets}
+    summary = {**result.summary(), "target_macs": targets[0] if len(targets) == 1 else targets, "budget": unit}
     if seed_uniform:
         summary["uniform_fitness"] = result.history[1][1]
     return Ranking(

@@ -185,18 +185,12 @@ def run_magnitude(model: nn.Module, input_size: Sequence[int], train: tuple[Tens
     layers = list(prunable_layers(model, cfg.layers))
     stds = reference_stds(model, layers)
     original_p = {n: m.p for n, m in model.named_modules() if isinstance(m, nn.modules.dropout._DropoutNd)}
-    sens_x, sens_y = val
-    if cfg.sensitivity_samples is not None and cfg.sensitivity_samples < len(sens_x):  # a random subset: datasets
-        pick = torch.randperm(len(sens_x), generator=torch.Generator().manual_seed(0))  # may be sorted by class
-        pick = pick[:cfg.sensitivity_samples].to(sens_x.device)
-        sens_x, sens_y = sens_x[pick], sens_y[pick.to(sens_y.device)]
-    score = lambda m: evaluate(m, sens_x, sens_y, mean, std).top1  # noqa: E731
 
     fractions = None
     if cfg.qualities is None:
         if curves is not None and not (out / "sensitivity.json").exists():
             _write_json(out / "sensitivity.json", {n: c.to_dict() for n, c in curves.items()})
-        curves = _sensitivity(out, model, score, cfg, layers, stds, progress, log)
+        curves = analyze_sensitivity(model, val, mean, std, cfg, out / "sensitivity.json", progress=progress, log=log)
         fractions, _ = allocate_fractions(curves, cfg.target, count_params(model), cfg.allocation)
         kept = {n: 100 * (1 - f) for n, f in fractions.items()}
         shown = list(kept.items()) if len(kept) <= 8 else [
@@ -269,16 +263,25 @@ def _load_round(path: Path, model: nn.Module, masker: Masker) -> None:
     masker.load(masks)
 
 
-def _sensitivity(out: Path, model: nn.Module, score: Callable[[nn.Module], float], cfg: MagnitudeConfig,
-                 layers: list[str], stds: dict[str, float], progress: bool,
-                 log: Callable[[str], None]) -> dict[str, SensitivityCurve]:
-    path = out / "sensitivity.json"
+def analyze_sensitivity(model: nn.Module, val: tuple[Tensor, Tensor], mean: Sequence[float] | None,
+                        std: Sequence[float] | None, cfg: MagnitudeConfig, path: Path, *, progress: bool = True,
+                        log: Callable[[str], None] = lambda m: None) -> dict[str, SensitivityCurve]:
+    """Each pruned layer's validation top-1 when it alone is pruned by each of ``cfg.fractions`` (on at most
+    ``cfg.sensitivity_samples`` random ``val`` images), read from ``path`` when it exists, else computed and saved
+    there."""
     if path.exists():
         raw = _read_json(path)
         return {n: SensitivityCurve(**{k: tuple(v) if isinstance(v, list) else v for k, v in c.items()})
                 for n, c in raw.items()}
+    layers = list(prunable_layers(model, cfg.layers))
+    x, y = val
+    if cfg.sensitivity_samples is not None and cfg.sensitivity_samples < len(x):  # a random subset: datasets
+        pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))  # may be sorted by class
+        pick = pick[:cfg.sensitivity_samples].to(x.device)
+        x, y = x[pick], y[pick.to(y.device)]
     log(f"sensitivity analysis: {len(layers)} layers x {len(cfg.fractions)} fractions")
-    curves = sensitivity(model, score, cfg.fractions, layers, stds, progress)
+    curves = sensitivity(model, lambda m: evaluate(m, x, y, mean, std).top1, cfg.fractions, layers,
+                         reference_stds(model, layers), progress)
     _write_json(path, {n: c.to_dict() for n, c in curves.items()})
     return curves
 
@@ -322,5 +325,5 @@ def per_layer_remaining(model: nn.Module, names: Sequence[str] | None = None) ->
     return layer_density(model, names)
 
 
-__all__ = ["MagnitudeConfig", "MagnitudeResult", "check_reachable", "load_magnitude", "per_layer_remaining",
+__all__ = ["MagnitudeConfig", "MagnitudeResult", "analyze_sensitivity", "check_reachable", "load_magnitude", "per_layer_remaining",
            "run_magnitude", "sparse_macs"]

@@ -78,15 +78,15 @@ def threshold_mask(weight: Tensor, quality: float, std: float | None = None) -> 
 def quality_for_fraction(weight: Tensor, fraction: float, std: float) -> float:
     """The quality whose threshold ``quality * std`` prunes at least ``fraction`` of ``weight`` (zeros included).
 
-    The threshold is the ``round(fraction * n)``-th smallest magnitude, so ``threshold_mask`` prunes exactly that
-    many weights unless magnitudes tie.
+    The threshold is the ``ceil(fraction * n)``-th smallest magnitude, so ``threshold_mask`` prunes exactly that
+    many weights unless magnitudes tie (then more): a layer never keeps more than its share of a parameter budget.
     """
     if not 0.0 <= fraction < 1.0:
         raise ConfigError(f"pruned fraction must be in [0, 1), got {fraction}")
     if std <= 0:
         raise LegrError("a layer whose weights have zero standard deviation cannot be pruned by Han's rule")
     mags = weight.detach().abs().flatten()
-    k = int(round(fraction * mags.numel()))
+    k = math.ceil(fraction * mags.numel() - 1e-9)
     if k == 0:
         return 0.0
     return float(torch.kthvalue(mags.float().cpu(), k).values) / std

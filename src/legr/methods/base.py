@@ -1,0 +1,130 @@
+"""What a compression method provides to the pipeline, so that `legr run`, `legr compare`, `legr eval` and the report
+treat every method alike.
+
+A method turns the run's source network into a *family*: one member per budget. It declares the units its budgets
+may count (``budgets``: ``macs`` and/or ``params``, targets being fractions of the source network's; the first is the
+default, the run's ``budget`` key picks another), and implements four steps over the run folder, each resumable (work
+found finished on disk is not redone):
+
+- ``prepare()``: the one-time work shared by every member (learn a ranking, run a sensitivity analysis ...);
+- ``cut(prepared, target, member)``: produce the member for one budget in its folder (``legr prune``);
+- ``finetune(member)``: recover its accuracy (default: the run's SGD fine-tune; a method that retrains while it
+  cuts, such as Han et al.'s rounds, does nothing here);
+- ``load(member)``: the member's network and its figures (``macs``, ``params``, ``target`` ...) for evaluation.
+
+The pipeline gives a method its `RunContext` (data splits, source network, folder, logging, training helpers).
+Adding a method = a class implementing `Method` + ``register_method`` (`legr methods` lists it; a config selects it
+with ``method: <name>``).
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+
+from legr.engine.cost import BudgetUnit
+from legr.errors import ConfigError
+from legr.models import save_state_dict
+from legr.paths import atomic_write_text
+from legr.registry import Registry
+
+if TYPE_CHECKING:
+    from legr.engine.cost import CostModel
+    from legr.graph import ChannelGraph
+    from legr.training import EvalResult
+
+
+class RunContext(Protocol):
+    """What a run offers its method (`legr.pipeline.steps.Pipeline` implements it)."""
+
+    cfg: Any  # the run's typed configuration (`legr.pipeline.config.RunConfig`)
+    folder: Any  # the run folder (`legr.pipeline.folder.RunFolder`)
+    data: Any  # train / val / test splits, normalization, input size, classes
+    device: torch.device
+    progress: bool
+    base: nn.Module  # the source network (trained or adapted first when the run asks), eval mode
+    graph: ChannelGraph
+    cost: CostModel
+
+    def log(self, message: str) -> None: ...
+
+    def timed(self, step: str) -> AbstractContextManager[None]: ...
+
+    def train(self, model: nn.Module, cfg: Any, checkpoint: Path) -> list[dict]: ...
+
+    def accuracy(self, model: nn.Module, split: tuple[torch.Tensor, torch.Tensor]) -> EvalResult: ...
+
+    def bn_batches(self, count: int) -> list[torch.Tensor]: ...
+
+    def source_info(self) -> dict[str, Any]: ...
+
+
+class Method(ABC):
+    """One way of compressing the source network into a family (see the module doc)."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    budgets: ClassVar[tuple[BudgetUnit, ...]]
+
+    def __init__(self, run: RunContext) -> None:
+        self.run = run
+        wanted = run.cfg.budget
+        if wanted is not None and wanted not in self.budgets:
+            raise ConfigError(f"method {self.name} takes budgets in {' or '.join(self.budgets)}, not {wanted}: "
+                              "remove the budget key or choose another method")
+
+    @property
+    def budget(self) -> BudgetUnit:
+        """The unit of this run's targets."""
+        return self.run.cfg.budget or self.budgets[0]
+
+    def validate(self) -> None:
+        """Refuse (with a one-line `LegrError`) what can be checked before any training: e.g. unreachable budgets."""
+
+    @property
+    def prefix(self) -> str:
+        """Member folder names: ``<prefix>-<target in %>``."""
+        return self.name
+
+    @abstractmethod
+    def prepare(self) -> Any:
+        """The one-time work every member shares (resumable); returns it."""
+
+    def describe(self, prepared: Any) -> str:
+        """One line on what `prepare` produced (`legr rank` prints it)."""
+        return f"{self.name}: prepared"
+
+    @abstractmethod
+    def cut(self, prepared: Any, target: float, member: Any) -> None:
+        """Write the member for ``target`` (a fraction of the source's ``budget`` unit) into ``member`` (a
+        `MemberFolder`), from what `prepare` returned; a member already there and still valid is kept."""
+
+    def finetune(self, member: Any) -> None:
+        """Recover the member's accuracy with the run's fine-tuning recipe (resumable; ``member.finetuned`` marks it
+        done)."""
+        net, _ = self.load(member)
+        cfg = self.run.cfg.finetune
+        self.run.log(f"fine-tuning {member.name} for {cfg.epochs} epochs")
+        with self.run.timed("finetune"):
+            history = self.run.train(net.to(self.run.device), cfg, member.finetune_checkpoint)
+        save_state_dict(net.state_dict(), member.weights)
+        atomic_write_text(member.finetuned, json.dumps(history, indent=1))
+        member.finetune_checkpoint.unlink(missing_ok=True)
+
+    @abstractmethod
+    def load(self, member: Any) -> tuple[nn.Module, dict[str, Any]]:
+        """The member's network (on the CPU, eval mode) and its figures: at least ``target``, ``macs``, ``params``
+        (what the budget unit counts: for a sparse network, its non-zero parameters)."""
+
+
+METHODS = Registry[type[Method]]("method")
+
+
+def register_method(method: type[Method]) -> type[Method]:
+    return METHODS.add(method.name, method)

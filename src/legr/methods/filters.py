@@ -1,0 +1,167 @@
+"""Structured filter pruning: a criterion scores every filter, an allocator turns the scores into per-layer widths
+for a MACs budget (uniform, global, LCP's learned offsets, LeGR's learned affine transforms), and surgery removes the
+filters. Any criterion combines with any allocator (`legr.methods.criteria`, `legr.methods.allocate`).
+
+``prepare`` computes the ranking (``ranking.json``; for lcp/legr the evolutionary search with its fitness, resumable
+after every candidate), ``cut`` solves the budget on it and removes the channels (the member's BN statistics are
+re-estimated on training batches before it is saved), ``finetune`` is the run's SGD recipe.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from legr.data import TensorLoader
+from legr.engine.artifacts import load_pruned, save_pruned
+from legr.engine.cost import count_params, format_cost
+from legr.engine.plan import Plan
+from legr.engine.surgery import prune
+from legr.errors import ConfigError
+from legr.methods.allocate import ALLOCATORS, Floors, check_reachable
+from legr.methods.base import Method, register_method
+from legr.methods.criteria import CriterionContext, compute_scores
+from legr.methods.legr import EvolutionConfig
+from legr.methods.legr.fitness import CandidateFitness
+from legr.methods.legr.ranking import Ranking, learn_ranking, model_fingerprint, ranked_layers, stored_scores
+from legr.training import recalibrate_bn
+
+
+@register_method
+class FilterPruning(Method):
+    name = "filters"
+    description = "structured: a filter criterion cut by a budget allocator (uniform, global, LCP, LeGR)"
+    budgets = ("macs", "params")
+
+    def __init__(self, run) -> None:
+        super().__init__(run)
+        self.cfg = run.cfg
+        self.allocator = ALLOCATORS[self.cfg.allocator]  # the name was checked when the config was read
+
+    @property
+    def floors(self) -> Floors:
+        return Floors(self.cfg.floors.safeguard, self.cfg.floors.min_channels)
+
+    @property
+    def prefix(self) -> str:
+        return self.cfg.allocator
+
+    def validate(self) -> None:
+        if self.allocator.search is not None and len(self.run.data.val[0]) == 0:
+            raise ConfigError("the search needs a validation split: set data.val_size > 0")
+        check_reachable(self.run.graph, self.run.cost, self.floors, (*self.cfg.targets, *self.cfg.search_targets),
+                        self.budget)
+
+    # --- prepare: the ranking ---------------------------------------------------------------------------------
+    def prepare(self) -> Ranking:
+        path = self.run.folder.ranking
+        fingerprint = model_fingerprint(self.run.base)
+        if path.exists():
+            ranking = Ranking.load(path)
+            ranking.check(self.run.graph, fingerprint)
+            self._check_search_targets(ranking, path)
+            return ranking
+        with self.run.timed("rank"):
+            ranking = self._make_ranking(fingerprint)
+        ranking.save(path)
+        return ranking
+
+    def _check_search_targets(self, ranking: Ranking, path: Path) -> None:
+        """A learned ranking is reused only by a config that searches at the same targets (a folder written before
+        the family-aware default searched at the lowest target only)."""
+        held = ranking.search.get("targets") or ([ranking.search["target"]] if "target" in ranking.search else None)
+        if held is None or self.allocator.search is None:
+            return
+        wanted = self.cfg.search_targets
+        if len(held) != len(wanted) or any(abs(a - b) > 1e-9 for a, b in zip(held, wanted)):
+            unit = {"macs": "MACs", "params": "parameters"}[self.budget]
+            raise ConfigError(f"{path} was searched at {', '.join(f'{t:.0%}' for t in held)} {unit} but the config "
+                              f"searches at {', '.join(f'{t:.0%}' for t in wanted)}: set search.targets to match "
+                              "or use another output folder")
+
+    def _criterion_context(self) -> CriterionContext:
+        """Seed + a fixed sample of ``criterion_batches`` training batches (never validation or test images)."""
+        run, cfg = self.run, self.cfg
+        x, y = run.data.train
+
+        def batches():
+            loader = TensorLoader(x, y, cfg.finetune.batch_size, run.data.mean, run.data.std, shuffle=True,
+                                  seed=cfg.seed, device=run.device)
+            return itertools.islice(loader, cfg.criterion_batches)
+
+        return CriterionContext(seed=cfg.seed, batches=batches)
+
+    def _make_ranking(self, fingerprint: str) -> Ranking:
+        run, cfg = self.run, self.cfg
+        scores = compute_scores(cfg.criterion, run.graph, run.base, self._criterion_context())
+        if self.allocator.search is None:
+            layers = ranked_layers(run.graph)
+            return Ranking.identity(layers, criterion=cfg.criterion, fingerprint=fingerprint,
+                                    source=run.source_info(), allocator=cfg.allocator,
+                                    scores=stored_scores(scores, layers))
+        s = cfg.search
+        targets = cfg.search_targets
+        runs = f" x {s.restarts} independent searches" if s.restarts > 1 else ""
+        run.log(f"learning the ranking ({cfg.allocator}, {cfg.criterion}, {s.evaluations} candidates{runs}, "
+                f"BN batches {s.bn_batches}, tau {s.tau}, val {s.fitness}) at "
+                f"{', '.join(f'{t:.0%}' for t in targets)} of {format_cost(run.cost.base(self.budget), self.budget)}")
+        x, y = run.data.train
+        fitness = CandidateFitness(
+            lambda net: run.accuracy(net, run.data.val), bn=run.bn_batches(s.bn_batches), tau=s.tau,
+            train_loader=lambda i: TensorLoader(x, y, s.batch_size, run.data.mean, run.data.std, shuffle=True,
+                                                augment=True, seed=cfg.seed * 100_003 + i, device=run.device),
+            sgd=(s.lr, s.momentum, s.weight_decay), metric=s.fitness)
+        learned = learn_ranking(
+            run.base, run.graph, fitness, [t * run.cost.base(self.budget) for t in targets], unit=self.budget,
+            criterion=cfg.criterion, scores=scores, allocator=cfg.allocator, floors=self.floors,
+            mutate_fraction=s.mutate_fraction, seed_uniform=s.seed_uniform,
+            search=EvolutionConfig(population=s.population, sample=s.sample, evaluations=s.evaluations, seed=cfg.seed,
+                                   restarts=s.restarts),
+            state_path=run.folder.search_state, log_path=run.folder.search_log, progress=run.progress,
+        )
+        return replace(learned, source=run.source_info(),
+                       search={**learned.search, **s.model_dump(mode="json"), "target": targets[0],
+                               "targets": list(targets)})
+
+    def describe(self, ranking: Ranking) -> str:
+        return f"ranking over {len(ranking.layers)} layers, best fitness {ranking.search.get('best_fitness')}"
+
+    # --- cut: one member per budget -----------------------------------------------------------------------------
+    def cut(self, ranking: Ranking, target: float, member: Any) -> None:
+        """Cut the ranking at ``target``; a member on disk cut otherwise (e.g. from an earlier search of this folder)
+        is cut again and loses its fine-tune. BN statistics are re-estimated (``bn_batches``) before it is saved, and
+        its test top-1 is recorded both as cut (``top1_before_ft``) and after that (``top1_after_bn``)."""
+        run, cfg = self.run, self.cfg
+        keep = ranking.solver(run.graph, run.cost, run.base, self.floors, self.budget).solve(
+            target * run.cost.base(self.budget))
+        if member.plan.exists():
+            if np.array_equal(Plan.load(member.plan).keep_vector(run.graph), keep):
+                return
+            run.log(f"{member.name} was cut from another ranking: cutting it again")
+            shutil.rmtree(member.root)
+        with run.timed("prune"):
+            net = prune(run.graph, keep)
+        before = run.accuracy(net, run.data.test)
+        after_bn = None
+        if cfg.bn_batches:
+            recalibrate_bn(net, run.bn_batches(cfg.bn_batches))
+            after_bn = run.accuracy(net, run.data.test).top1
+        macs, params = run.cost.costs(keep)
+        info = {"method": cfg.allocator, "criterion": cfg.criterion, "target": target, "macs": macs,
+                "params": params, "top1_before_ft": before.top1, "top5_before_ft": before.top5,
+                "top1_after_bn": after_bn, "ranking": ranking.fingerprint}
+        save_pruned(member.root, net, Plan.from_keep_vector(run.graph, keep, source=run.source_info(), info=info))
+        run.log(f"pruned {member.name}: {macs / 1e6:.2f}M MACs ({macs / run.cost.base_macs:.1%}), "
+                f"{params / 1e3:.1f}K params, top-1 before fine-tuning {before.top1:.2%}"
+                + (f" ({after_bn:.2%} after adaptive BN)" if after_bn is not None else ""))
+
+    def load(self, member: Any) -> tuple[nn.Module, dict[str, Any]]:
+        net, plan = load_pruned(member.root, self.run.base)
+        assert int(plan.info["params"]) == count_params(net), "cost model and network disagree on the parameter count"
+        return net, plan.info
