@@ -86,6 +86,18 @@ def solver() -> list[str]:
             f"every target met from below within {worst:.2f} channel steps (`benchmarks/results/solver_speed.json`)."]
 
 
+def analysis() -> list[str]:
+    d = _load("analysis_speed.json")
+    if d is None:
+        return ["Not run yet: `python benchmarks/analysis_speed.py`."]
+    rows = [[r["model"], "x".join(str(s) for s in r["input"][1:]), f"{r['params'] / 1e6:.1f}M", str(r["groups"]),
+             f"{r['median_s']:.2f} s", f"{r['ratio_to_target']:.2f}"] for r in d["rows"]]
+    return [f"`legr.graph.analyze` + the cost model, median of {d['repeats']} runs after a warm-up ({d['hardware']}, "
+            f"{d['threads']} threads; target: under {d['target_s']:g} s for a ResNet-50-size model; "
+            "`benchmarks/results/analysis_speed.json`):", ""] \
+        + _table(["model", "input", "params", "groups", "analysis", "/ target"], rows)
+
+
 def legr_run(folder: str, title: str) -> Callable[[], list[str]]:
     def block() -> list[str]:
         rows = _load(f"{folder}/results.json")
@@ -249,6 +261,7 @@ SECTIONS: list[tuple[str, Callable[[], list[str]]]] = [
     ("Engine coverage, timm (`benchmarks/timm_tally.py`)",
      lambda: tally("timm_tally", "Small members of timm's ConvNet families (`timm:<name>`, 64x64 unless the model "
                                  "needs its own size)")),
+    ("Analysis speed (`benchmarks/analysis_speed.py`)", analysis),
     ("Does uniform pruning's MACs saving become latency? (`benchmarks/latency_uniform.py`)", latency),
     ("Budget solver speed (`benchmarks/solver_speed.py`)", solver),
     ("LeGR on ResNet-56, CIFAR-10-JPEG (`benchmarks/legr_resnet56_cifar10jpeg.py`)",

@@ -5,7 +5,8 @@ For every torchvision classification model of the registry (``get_model_spec(nam
 built with ``num_classes=10`` and random init (seed 0), in one process, one model at a time:
 
 - ``analyze`` raises `legr.errors.UnsupportedModelError` -> **refused**, provided the message is one line and the
-  model (parameters, buffers, train/eval mode) is unchanged;
+  model (parameters, buffers, train/eval mode) is unchanged; so is a model in which every channel group is fixed
+  (nothing prunable: `legr run` refuses it with one line before anything trains);
 - otherwise the same property as ``tests/test_graph.py::assert_equivalent`` (plans=1) must hold -> **handled**:
   float64, eval mode, batch norms given random statistics (``tests/helpers.randomize_norms``); one random plan
   (``tests/helpers.random_keep``); the physically pruned network equals the masked original (max abs diff
@@ -41,6 +42,7 @@ import resource
 import sys
 import time
 import traceback
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -140,7 +142,12 @@ def check_model(name: str, seed: int, row: dict[str, Any]) -> dict[str, Any]:
         return row
     _check(fingerprint(model) == before, "analyze changed the model")
     row["groups"], row["prunable_groups"] = len(graph.groups), len(graph.prunable_groups())
-    _check(row["prunable_groups"] > 0, "nothing prunable was found")
+    if not graph.prunable_groups():  # what `legr run` refuses with one line (allocate.check_reachable)
+        reasons = Counter(g.reason for g in graph.groups if g.reason)
+        row["reason"] = "nothing prunable: every channel group is fixed, most often because of " \
+            + reasons.most_common(1)[0][0]
+        row["status"], row["stage"] = "refused", None
+        return row
 
     row["stage"] = "cost model (unpruned)"
     cost = CostModel(graph)

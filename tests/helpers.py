@@ -8,7 +8,8 @@ from legr.graph import analyze
 
 
 def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every batch norm non-trivial statistics and affine parameters, so masked channels cannot hide."""
+    """Give every batch norm non-trivial statistics and affine parameters (layer norms and layer scales too), so masked
+    channels cannot hide."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
@@ -19,6 +20,13 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
                 if m.affine:
                     m.weight.copy_(torch.rand(n, generator=g) + 0.5)
                     m.bias.copy_(torch.randn(n, generator=g) * 0.2)
+            elif isinstance(m, (nn.LayerNorm, nn.GroupNorm)) and m.weight is not None:
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.2)
+        for name, p in model.named_parameters():  # layer scales start near 0 (ConvNeXt: 1e-6), hiding their branch
+            if name.rpartition(".")[2] in ("gamma", "layer_scale"):
+                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
     return model
 
 

@@ -112,7 +112,7 @@ def test_a_ranking_searched_at_other_targets_is_refused(config, tmp_path):
     [
         (["run", "missing.yaml"], "config file not found"),
         (["analyze", "resnet_56"], "unknown model"),
-        (["analyze", "shufflenet_v2_x0_5"], "mixes the channel dimension"),
+        (["analyze", "vit_b_16"], "the reshape hard-codes the channel size"),
         (["report", "nowhere"], "results"),
         (["export", "nowhere", "x.onnx"], "no plan.json"),
     ],

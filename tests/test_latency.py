@@ -138,3 +138,49 @@ def test_interleaved_rounds_time_every_network() -> None:
     assert out["big"][4].median_ms > out["small"][4].median_ms
     with pytest.raises(ValueError, match="rounds"):
         measure_interleaved(nets, (3, 32, 32), rounds=0)
+
+
+def _fake_timer(monkeypatch: pytest.MonkeyPatch, slow_calls: set[int]) -> list[str]:
+    """Replace the timer behind `measure_interleaved`: every network takes 10 ms, except the calls numbered in
+    ``slow_calls`` (a busy spell: 30 ms). Returns the log of which network each call timed."""
+    import legr.engine.latency as latency
+
+    calls: list[str] = []
+
+    def fake(model, input_size, batch_size, **kw):
+        calls.append(model.name)
+        ms = 30.0 if len(calls) - 1 in slow_calls else 10.0
+        return LatencyResult(ms, ms, ms, ms, 0.0, 1, batch_size, "cpu", 1)
+
+    monkeypatch.setattr(latency, "measure_latency", fake)
+    return calls
+
+
+class _Named(nn.Identity):
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+
+
+def test_a_slow_round_is_measured_again_and_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _fake_timer(monkeypatch, slow_calls={3})  # round 2 of "b" (rounds interleave a, b)
+    out = measure_interleaved({"a": _Named("a"), "b": _Named("b")}, (3, 8, 8), (1,), rounds=3)
+    assert calls == ["a", "b"] * 3 + ["b"] * 3  # only the disagreeing figure is measured again
+    assert out["b"][1].median_ms == 10.0 and out["b"][1].spread == 0.0 and not out["b"][1].noisy
+    assert out["a"][1].spread == 0.0 and not out["a"][1].noisy
+
+
+def test_a_figure_that_stays_noisy_is_flagged_in_rows_and_tables(monkeypatch: pytest.MonkeyPatch) -> None:
+    from legr.reporting import BUSY_MACHINE, format_table, latency_columns, markdown_table
+
+    _fake_timer(monkeypatch, slow_calls={3, 7})  # "b" slow in its first measurement and in its re-measurement
+    out = measure_interleaved({"a": _Named("a"), "b": _Named("b")}, (3, 8, 8), (1,), rounds=3)
+    assert out["b"][1].noisy and out["b"][1].spread == pytest.approx(2.0) and not out["a"][1].noisy
+    rows = [{"name": n, "method": "x", "model": "m", "dataset": "d", "macs": 1.0, "params": 1.0, "top1": 0.5,
+             **latency_columns("cpu", out[n])} for n in ("a", "b")]
+    assert rows[1]["latency_cpu_b1_ms_noisy"] is True and "latency_cpu_b1_ms_noisy" not in rows[0]
+    assert rows[1]["latency_cpu_b1_ms_spread"] == pytest.approx(2.0)
+    table = format_table(rows)
+    assert "10.00?" in table.splitlines()[3] and "?" not in table.splitlines()[2] and BUSY_MACHINE in table
+    assert BUSY_MACHINE in markdown_table(rows)
+    assert BUSY_MACHINE not in format_table(rows[:1])

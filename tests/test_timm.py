@@ -1,6 +1,6 @@
 """timm's ConvNets through the engine (`timm:<name>`): the pruning contract on models built from timm's norm + act
 modules (BatchNormAct2d: functional batch_norm), its Linear (functional linear), squeeze-excite, RepVGG blocks and
-channel splits (CSPNet, MixNet)."""
+channel splits (CSPNet, MixNet), channel slices (GhostNet, DPN), ConvNeXt and NF-ResNet."""
 
 import numpy as np
 import pytest
@@ -17,7 +17,9 @@ pytest.importorskip("timm")
 
 # each refused before the functional batch_norm / linear rules and channel splits (issue #13)
 MODELS = ["timm:efficientnet_b0", "timm:mobilenetv3_small_050", "timm:lcnet_050", "timm:repvgg_a0",
-          "timm:cs3darknet_focus_s", "timm:mixnet_s"]
+          "timm:cs3darknet_focus_s", "timm:mixnet_s",
+          # channel slices, channels-last ConvNeXt blocks, weight-standardized convolutions
+          "timm:ghostnet_100", "timm:dpn48b", "timm:convnext_atto", "timm:nf_resnet26"]
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -41,9 +43,9 @@ def test_timm_names_resolve_or_fail_in_one_line():
 
 
 def test_a_refused_timm_model_names_the_module():
-    model = build_model("timm:dpn48b", num_classes=10)
+    model = build_model("timm:botnet26t_256", num_classes=10)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    where = r"op 'getitem' at node '\w+' in module 'features\.conv2_1' \(DualPathBlock\)"
+    where = r"method '\.reshape\(\)' at node '\w+' in module 'stages\.2\.1\.self_attn' \(BottleneckAttn\)"
     with pytest.raises(UnsupportedModelError, match=where):
-        analyze(model, (3, 64, 64))
+        analyze(model, (3, 256, 256))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

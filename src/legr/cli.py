@@ -59,6 +59,7 @@ def analyze(
     """Show a model's channel groups (what is pruned together), its MACs and parameters."""
     from legr.engine.cost import CostModel
     from legr.graph import analyze as analyze_model
+    from legr.graph.tracing import SPECIALIZED
     from legr.models import build_model, get_model_spec
 
     net = build_model(model, num_classes=num_classes, pretrained={"pretrained": True, None: False}.get(weights, weights))
@@ -70,6 +71,9 @@ def analyze(
     Console().print(table)
     Console().print(f"{model}: {cost.base_macs / 1e6:.2f}M MACs, {cost.base_params / 1e6:.3f}M params, "
                     f"{len(graph.prunable_groups())}/{len(graph.groups)} groups prunable")
+    if SPECIALIZED in graph.gm.meta:
+        Console().print(f"its forward branches on tensor shapes: traced for input {graph.gm.meta[SPECIALIZED]}, "
+                        "pruned networks hold for that input size")
 
 
 @app.command()

@@ -6,13 +6,15 @@ import statistics
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from legr.errors import LegrError
+
+NOISY_SPREAD = 0.15  # rounds of one measurement disagreeing by more (relative) are measured again, then flagged
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,8 @@ class LatencyResult:
     batch_size: int
     device: str
     threads: int
+    spread: float = 0.0  # relative disagreement: (max - min) / median of the rounds' medians, else IQR / median
+    noisy: bool = False  # the spread stayed above the limit after a re-measurement (a busy machine)
 
     @property
     def per_image_ms(self) -> float:
@@ -104,8 +108,9 @@ def measure_latency(
         model.train(was_training)
         model.to(home)
     q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else (times[0],) * 3
+    median = statistics.median(times)
     return LatencyResult(
-        median_ms=statistics.median(times),
+        median_ms=median,
         mean_ms=statistics.fmean(times),
         min_ms=min(times),
         max_ms=max(times),
@@ -114,6 +119,7 @@ def measure_latency(
         batch_size=batch_size,
         device=str(dev),
         threads=n_threads,
+        spread=(q3 - q1) / median if median > 0 else 0.0,
     )
 
 
@@ -142,27 +148,43 @@ def measure_interleaved(
     *,
     device: str | torch.device = "cpu",
     rounds: int = 3,
+    max_spread: float = NOISY_SPREAD,
     **kw: Any,
 ) -> dict[str, dict[int, LatencyResult]]:
     """Time several networks fairly: `rounds` rounds, each timing every network at every batch size once.
 
     Comparing networks timed one after another on a shared machine compares the machine's load, not the networks;
     interleaving spreads a slow spell over all of them. Per network and batch size, `median_ms` is the median of the
-    rounds' medians (min/max over all forwards, repeats summed). Other keywords go to `measure_latency`.
+    rounds' medians (min/max over all forwards, repeats summed) and `spread` how far the rounds disagree ((max - min)
+    / median of their medians). A figure whose rounds disagree by more than ``max_spread`` is measured again (the same
+    number of rounds, interleaved with the other such figures) and replaced; if it still disagrees, it is marked
+    ``noisy``. Other keywords go to `measure_latency`.
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
-    runs: dict[str, dict[int, list[LatencyResult]]] = {name: {b: [] for b in batch_sizes} for name in models}
+    wanted = [(name, b) for b in batch_sizes for name in models]
+    out = _rounds(models, input_size, wanted, device, rounds, kw)
+    again = [key for key in wanted if out[key].spread > max_spread] if rounds > 1 else []
+    if again:
+        retried = _rounds(models, input_size, again, device, rounds, kw)
+        out.update({key: replace(r, noisy=r.spread > max_spread) for key, r in retried.items()})
+    return {name: {b: out[(name, b)] for b in batch_sizes} for name in models}
+
+
+def _rounds(models: Mapping[str, nn.Module], input_size: tuple[int, ...], wanted: list[tuple[str, int]],
+            device: str | torch.device, rounds: int, kw: dict[str, Any]) -> dict[tuple[str, int], LatencyResult]:
+    runs: dict[tuple[str, int], list[LatencyResult]] = {key: [] for key in wanted}
     for _ in range(rounds):
-        for b in batch_sizes:
-            for name, model in models.items():
-                runs[name][b].append(measure_latency(model, input_size, b, device=device, **kw))
-    return {name: {b: _combine(rs) for b, rs in per_batch.items()} for name, per_batch in runs.items()}
+        for name, b in wanted:
+            runs[(name, b)].append(measure_latency(models[name], input_size, b, device=device, **kw))
+    return {key: _combine(rs) for key, rs in runs.items()}
 
 
 def _combine(results: list[LatencyResult]) -> LatencyResult:
+    medians = [r.median_ms for r in results]
+    median = statistics.median(medians)
     return LatencyResult(
-        median_ms=statistics.median(r.median_ms for r in results),
+        median_ms=median,
         mean_ms=statistics.fmean(r.mean_ms for r in results),
         min_ms=min(r.min_ms for r in results),
         max_ms=max(r.max_ms for r in results),
@@ -171,4 +193,5 @@ def _combine(results: list[LatencyResult]) -> LatencyResult:
         batch_size=results[0].batch_size,
         device=results[0].device,
         threads=results[0].threads,
+        spread=(max(medians) - min(medians)) / median if len(results) > 1 and median > 0 else results[0].spread,
     )

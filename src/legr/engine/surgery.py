@@ -2,7 +2,8 @@
 
 The physical route slices every tied parameter/buffer of a deep copy of the analysed graph module, updates the
 module attributes (in/out channels, groups, features) and rewrites channel-dependent literals (e.g. the channel
-padding of an option-A shortcut). The result is an ordinary `torch.fx.GraphModule` whose parameter names match the
+padding of an option-A shortcut); a module whose rule asks for it is first folded into a plain form (a
+weight-standardized convolution into `StandardizedConv2d`). The result is an ordinary `torch.fx.GraphModule` whose parameter names match the
 original model's, so it trains, exports and saves like any module.
 """
 
@@ -13,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from legr.graph import ChannelGraph
@@ -39,7 +41,13 @@ def _fix_norm(m: nn.modules.batchnorm._NormBase) -> None:
         m.num_features = sized.shape[0]
 
 
-FIXUPS.update({nn.Conv1d: _fix_conv, nn.Conv2d: _fix_conv, nn.Conv3d: _fix_conv, nn.Linear: _fix_linear,
+def _fix_group_norm(m: nn.GroupNorm) -> None:
+    size = m.num_channels // m.num_groups  # whole groups are removed
+    m.num_channels = m.weight.shape[0]
+    m.num_groups = m.num_channels // size
+
+
+FIXUPS.update({nn.GroupNorm: _fix_group_norm, nn.Conv1d: _fix_conv, nn.Conv2d: _fix_conv, nn.Conv3d: _fix_conv, nn.Linear: _fix_linear,
                nn.BatchNorm1d: _fix_norm, nn.BatchNorm2d: _fix_norm, nn.BatchNorm3d: _fix_norm})
 
 
@@ -50,12 +58,45 @@ def _fixup(module: nn.Module) -> None:
             return
 
 
+class StandardizedConv2d(nn.Conv2d):
+    """A weight-standardized convolution folded for pruning: ``weight`` holds the filters as standardized (and
+    scaled) over the source's full fan-in, used times the per-filter ``gain`` when the source had one."""
+
+    def __init__(self, source: nn.Conv2d) -> None:
+        super().__init__(source.in_channels, source.out_channels, source.kernel_size, source.stride, source.padding,
+                         source.dilation, source.groups, source.bias is not None, source.padding_mode,
+                         device=source.weight.device, dtype=source.weight.dtype)
+        with torch.no_grad():
+            w = source.weight
+            standardized = F.batch_norm(w.reshape(1, w.shape[0], -1), None, None, training=True, momentum=0.0,
+                                        eps=source.eps).reshape_as(w)
+            self.weight.copy_(standardized * getattr(source, "scale", 1.0))
+            if source.bias is not None:
+                self.bias.copy_(source.bias)
+        gain = getattr(source, "gain", None)
+        self.gain = nn.Parameter(gain.detach().clone()) if gain is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight * self.gain if self.gain is not None else self.weight, self.bias)
+
+
+# Modules replaced before their parameters are sliced (`Layer.fold` names the rule).
+FOLDS: dict[str, Callable[[nn.Module], nn.Module]] = {"weight_standardization": StandardizedConv2d}
+
+
+def _fold(gm: fx.GraphModule, name: str, rule: str) -> nn.Module:
+    parent, _, attr = name.rpartition(".")
+    folded = FOLDS[rule](gm.get_submodule(name))
+    setattr(gm.get_submodule(parent), attr, folded)
+    return folded
+
+
 def prune(graph: ChannelGraph, keep: np.ndarray) -> fx.GraphModule:
     """Return a physically smaller copy of ``graph.gm`` keeping the channels where ``keep`` is non-zero."""
     gm = copy.deepcopy(graph.gm)
     with torch.no_grad():
         for layer in graph.layers.values():
-            module = gm.get_submodule(layer.name)
+            module = _fold(gm, layer.name, layer.fold) if layer.fold else gm.get_submodule(layer.name)
             for param in {t.param for t in layer.ties}:
                 tensor = getattr(module, param)
                 new = tensor.detach()

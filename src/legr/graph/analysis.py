@@ -14,22 +14,7 @@ from legr.errors import LegrError, UnsupportedModelError
 from legr.graph import handlers
 from legr.graph.channels import ChanMap, Layer, UnionFind
 from legr.graph.context import Patch, WalkContext
-
-
-class _Tracer(fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, handlers.LEAF_MODULES) or super().is_leaf_module(m, qualname)
-
-
-def trace(model: nn.Module) -> fx.GraphModule:
-    """Symbolically trace ``model`` (its Python control flow is evaluated in its current train/eval mode)."""
-    tracer = _Tracer()
-    try:
-        graph = tracer.trace(model)
-    except Exception as exc:  # fx raises many types; the user needs to know tracing is the problem
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UnsupportedModelError(f"cannot trace {type(model).__name__} with torch.fx: {first}") from exc
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+from legr.graph.tracing import trace
 
 
 @dataclass(frozen=True)
@@ -150,6 +135,8 @@ def _tracked(ctx: WalkContext, node: fx.Node) -> bool:
 
 
 def _visit(ctx: WalkContext, node: fx.Node) -> Any:
+    if node in ctx.preset:
+        return ctx.preset.pop(node)
     if node.op == "placeholder":
         shape = ctx.shape(node)
         return ChanMap(1, ctx.new(shape[1], fixed="network input")) if shape and len(shape) >= 2 else None
@@ -158,6 +145,8 @@ def _visit(ctx: WalkContext, node: fx.Node) -> Any:
     if node.op == "output":
         fx.node.map_arg(node.args, lambda n: _fix_output(ctx, ctx.val(n)) or n)
         return None
+    if not _tracked(ctx, node):  # a function of parameters and constants only (a layer scale reshaped, a position
+        return None             # table's MLP): nothing to follow; a tracked op that reads it decides
     if node.op == "call_module":
         handler = handlers.module_handler(ctx.module(node))
     elif node.op == "call_function":
@@ -165,8 +154,6 @@ def _visit(ctx: WalkContext, node: fx.Node) -> Any:
     else:
         handler = handlers.METHOD_HANDLERS.get(node.target)
     if handler is None:
-        if not _tracked(ctx, node):
-            return None
         ctx.refuse(node, "legr has no channel rule for it")
     return handler(ctx, node)
 
@@ -201,9 +188,9 @@ def analyze(model: nn.Module, input_shape: Sequence[int], batch_size: int = 2) -
     was_training = model.training
     model.eval()
     try:
-        gm = trace(model)
         param = next(model.parameters(), None)
         example = torch.randn(batch_size, *input_shape, dtype=getattr(param, "dtype", None), device=getattr(param, "device", None))
+        gm = trace(model, example)
         try:
             with torch.no_grad():
                 ShapeProp(gm).propagate(example)

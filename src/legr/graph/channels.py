@@ -84,3 +84,4 @@ class Layer:
     macs_coef: float = 0.0
     macs_dims: list[np.ndarray] = field(default_factory=list)
     producer_ids: np.ndarray | None = None  # output elements this layer creates or scores (conv/linear/depthwise)
+    fold: str | None = None  # the module is replaced by its folded form before slicing (`legr.engine.surgery.FOLDS`)

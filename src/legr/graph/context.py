@@ -36,6 +36,7 @@ class WalkContext:
         self.patches: list[Patch] = []
         self.segments: list[np.ndarray] = []  # element ids that must keep >= 1 channel (pieces of a channel split)
         self.values: dict[fx.Node, Any] = {}
+        self.preset: dict[fx.Node, Any] = {}  # values decided by an earlier node's rule (e.g. a channel shuffle's)
 
     # --- elements -------------------------------------------------------------------------------------------
     def new(self, n: int, fixed: str | None = None) -> np.ndarray:

@@ -20,6 +20,7 @@ any criterion combines with any allocator.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Literal, Mapping, Protocol, Sequence
 
@@ -81,6 +82,11 @@ def check_reachable(graph: ChannelGraph, cost: CostModel, floors: Floors, target
                     unit: BudgetUnit = "macs") -> None:
     """Raise `BudgetError` for any fraction (of the source's cost in ``unit``) in ``targets`` that no plan can reach
     (see `min_cost_bound`)."""
+    if not graph.prunable_groups():
+        reasons = Counter(g.reason for g in graph.groups if g.reason)
+        raise BudgetError("nothing in this model can be pruned: every channel group is fixed"
+                          + (f", most often because of {reasons.most_common(1)[0][0]}" if reasons else "")
+                          + " (`legr analyze` lists each group and why)")
     bound, base = min_cost_bound(graph, cost, floors, unit), cost.base(unit)
     low = [t for t in targets if t * base < bound]
     if low:

@@ -31,8 +31,10 @@ from legr.pipeline.folder import ComparisonFolder, RunFolder, member_name
 from legr.pipeline.steps import Pipeline
 from legr.reporting import (
     BASELINE,
+    BUSY_MACHINE,
+    LATENCY_KEY,
     is_baseline,
-    latency_key,
+    latency_columns,
     plot_method_curves,
     plot_widths,
     read_results,
@@ -181,7 +183,9 @@ class Comparison:
         timings = measure_interleaved(nets, first.data.input_size, e.latency_batch_sizes, device="cpu",
                                       rounds=e.latency_rounds, threads=e.threads, warmup=e.latency_warmup,
                                       repeats=e.latency_repeats)
-        out = {name: {latency_key("cpu", b): r.median_ms for b, r in per.items()} for name, per in timings.items()}
+        out = {name: latency_columns("cpu", per) for name, per in timings.items()}
+        if any(v is True for cols in out.values() for v in cols.values()):
+            self.log(f"warning: {BUSY_MACHINE}")
         atomic_write_text(path, json.dumps(out, indent=1))
         return out
 
@@ -189,7 +193,7 @@ class Comparison:
     def _summary(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One row per (method, target): means over seeds, and std of the accuracies."""
         out = []
-        keys = sorted({k for r in rows for k in r if k.startswith("latency_")})
+        keys = sorted({k for r in rows for k in r if LATENCY_KEY.match(k)})
         for name in [BASELINE] + [m.name for m in self.spec.methods]:
             for target in ([None] if name == BASELINE else self.targets):
                 mine = [r for r in rows if r["method"] == name and (name == BASELINE or r["target"] == target)]

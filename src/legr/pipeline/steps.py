@@ -39,10 +39,11 @@ from legr.pipeline.config_files import artifact_config, dump_config, held_config
 from legr.pipeline.folder import MemberFolder, RunFolder, member_name
 from legr.reporting import (
     BASELINE,
+    BUSY_MACHINE,
     ResultRow,
     config_hash,
     format_table,
-    latency_key,
+    latency_columns,
     plot_pareto,
     read_results,
     write_results,
@@ -251,7 +252,9 @@ class Pipeline:
                                           rounds=e.latency_rounds, threads=e.threads if device == "cpu" else None,
                                           warmup=e.latency_warmup, repeats=e.latency_repeats)
             for name, per_batch in timings.items():
-                out[name].update({latency_key(device, b): r.median_ms for b, r in per_batch.items()})
+                out[name].update(latency_columns(device, per_batch))
+        if any(v is True for cols in out.values() for v in cols.values()):
+            self.log(f"warning: {BUSY_MACHINE}")
         return out
 
     def report(self) -> str:

@@ -3,11 +3,14 @@
 from legr.reporting.plots import figure, pareto_front, plot_method_curves, plot_pareto, plot_widths, save_figure
 from legr.reporting.rows import (
                                  BASELINE,
+                                 BUSY_MACHINE,
+                                 LATENCY_KEY,
                                  RESULTS_CSV,
                                  RESULTS_JSON,
                                  ResultRow,
                                  config_hash,
                                  is_baseline,
+                                 latency_columns,
                                  latency_key,
                                  read_results,
                                  validate_rows,
@@ -15,6 +18,7 @@ from legr.reporting.rows import (
 )
 from legr.reporting.tables import format_table, markdown_table
 
-__all__ = ["BASELINE", "RESULTS_CSV", "RESULTS_JSON", "ResultRow", "config_hash", "figure", "format_table",
-           "is_baseline", "latency_key", "markdown_table", "pareto_front", "plot_method_curves", "plot_pareto",
-           "plot_widths", "read_results", "save_figure", "validate_rows", "write_results"]
+__all__ = ["BASELINE", "BUSY_MACHINE", "LATENCY_KEY", "RESULTS_CSV", "RESULTS_JSON", "ResultRow", "config_hash",
+           "figure", "format_table", "is_baseline", "latency_columns", "latency_key", "markdown_table",
+           "pareto_front", "plot_method_curves", "plot_pareto", "plot_widths", "read_results", "save_figure",
+           "validate_rows", "write_results"]

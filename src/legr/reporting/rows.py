@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
+from legr.engine.latency import NOISY_SPREAD, LatencyResult
 from legr.errors import LegrError
 from legr.paths import atomic_write_text
 
@@ -86,6 +87,27 @@ def is_baseline(row: Mapping[str, Any]) -> bool:
 def latency_key(device: str, batch_size: int) -> str:
     """The result-row column of a latency measurement, e.g. ``latency_cpu_b64_ms`` (median milliseconds)."""
     return f"latency_{device}_b{batch_size}_ms"
+
+
+def latency_columns(device: str, per_batch: Mapping[int, LatencyResult]) -> dict[str, Any]:
+    """One network's timings as result-row columns: `latency_key` (the median), ``<key>_spread`` (how far its rounds
+    disagree, relative) and, when it stayed noisy after a re-measurement, ``<key>_noisy: True``."""
+    out: dict[str, Any] = {}
+    for b, r in per_batch.items():
+        key = latency_key(device, b)
+        out.update({key: r.median_ms, f"{key}_spread": round(r.spread, 4)})
+        if r.noisy:
+            out[f"{key}_noisy"] = True
+    return out
+
+
+def noisy_latency(row: Mapping[str, Any], key: str) -> bool:
+    return bool(row.get(f"{key}_noisy"))
+
+
+BUSY_MACHINE = (f"latencies marked ? disagreed between rounds by more than {NOISY_SPREAD:.0%} even when measured "
+                "again: the machine looks busy (other processes, or more threads than free cores); rerun `legr eval` "
+                "with fewer threads (eval.threads, or OMP_NUM_THREADS=1)")
 _DEVICE_ORDER = {"cpu": 0, "cuda": 1}
 
 

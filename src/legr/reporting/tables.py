@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from legr.reporting.rows import LATENCY_KEY, as_number, baseline_row, latency_sort_key
+from legr.reporting.rows import BUSY_MACHINE, LATENCY_KEY, as_number, baseline_row, latency_sort_key, noisy_latency
 
 
 def _ratio(row: Mapping[str, Any], base: Mapping[str, Any] | None, key: str) -> float | None:
@@ -61,7 +61,8 @@ def _table_columns(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[b
         columns.append(("top-5 %", True, lambda r: _fmt(None if as_number(r.get("top5")) is None else 100 * as_number(r["top5"]), 2)))
     for key in _latency_keys(rows):
         device, bs = LATENCY_KEY.match(key).groups()
-        columns.append((f"{device.upper()} b{bs} ms", True, lambda r, k=key: _fmt_sig(as_number(r.get(k)))))
+        columns.append((f"{device.upper()} b{bs} ms", True,
+                        lambda r, k=key: _fmt_sig(as_number(r.get(k))) + ("?" if noisy_latency(r, k) else "")))
     # speedup vs baseline on the CPU at the smallest measured batch size (batch 1 normally)
     cpu = [k for k in _latency_keys(rows, "cpu") if base is not None and as_number(base.get(k))]
     if cpu:
@@ -95,7 +96,12 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     def line(values: Sequence[str]) -> str:
         return "  ".join(v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right)).rstrip()
 
-    return "\n".join([line(headers), "  ".join("-" * w for w in widths)] + [line(c) for c in cells])
+    return "\n".join([line(headers), "  ".join("-" * w for w in widths)] + [line(c) for c in cells] + _footer(rows))
+
+
+def _footer(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    noisy = any(noisy_latency(r, k) for r in rows for k in _latency_keys(rows))
+    return [BUSY_MACHINE] if noisy else []
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -109,4 +115,4 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     out = ["| " + " | ".join(esc(h) for h in headers) + " |",
            "|" + "|".join("---:" if r else ":---" for r in right) + "|"]
     out += ["| " + " | ".join(esc(c) for c in cell) + " |" for cell in cells]
-    return "\n".join(out)
+    return "\n".join(out + [f"\n{line}" for line in _footer(rows)])

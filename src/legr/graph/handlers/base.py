@@ -20,14 +20,17 @@ MODULE_HANDLERS: dict[type, Handler] = {}
 FUNCTION_HANDLERS: dict[Any, Handler] = {}
 METHOD_HANDLERS: dict[str, Handler] = {}
 
-# Modules kept as leaves while tracing (beyond torch.nn's own), so they keep their train/eval behaviour.
-LEAF_MODULES: tuple[type, ...] = (StochasticDepth,)
+# Modules kept as leaves while tracing (beyond torch.nn's own): to keep their train/eval behaviour, or because
+# their rule is the module's, not the ops inside it (``register(..., leaf=True)``).
+LEAF_MODULES: list[type] = [StochasticDepth]
 
 
-def register(modules=(), functions=(), methods=()) -> Callable[[Handler], Handler]:
+def register(modules=(), functions=(), methods=(), leaf: bool = False) -> Callable[[Handler], Handler]:
     def deco(fn: Handler) -> Handler:
         for m in modules:
             MODULE_HANDLERS[m] = fn
+            if leaf:
+                LEAF_MODULES.append(m)
         for f in functions:
             FUNCTION_HANDLERS[f] = fn
         for m in methods:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torchvision.ops import StochasticDepth
 
-from legr.graph.channels import ChanMap
+from legr.graph.channels import ChanMap, Layer, Tie
 from legr.graph.context import WalkContext
 from legr.graph.handlers.base import first_map, register
 
@@ -109,20 +109,25 @@ def _binary(ctx: WalkContext, node: fx.Node, kind: str) -> ChanMap | None:
     out = full[0].ids
     for m in full[1:]:
         ctx.union(out, m.ids)
-    # tensors without tracked channels that vary along the channel axis (constants, buffers)
+    # tensors without tracked channels that vary along the channel axis: a module's per-channel parameter (a layer
+    # scale ``gamma * x``, a bias ``x + beta``) is sliced with the channels; anything else keeps them
+    scaled = []
     for a in operands:
         shape = ctx.shape(a)
         if shape is not None and not isinstance(ctx.val(a), ChanMap):
             k = axis - (rank - len(shape))
             if 0 <= k < len(shape) and shape[k] == width and width > 1:
-                ctx.fix(out, f"combined with an untracked per-channel tensor at '{node.name}'")
+                if kind == "div" or not _tie_channel_parameter(ctx, a, out):
+                    ctx.fix(out, f"combined with an untracked per-channel tensor at '{node.name}'")
+                else:
+                    scaled.append(a)
     scalars = [a for a in operands if not isinstance(a, fx.Node) and a not in (0, 0.0, None)]
     # operands that are not the full channel map (untracked tensors, channels broadcast from one) add a non-zero
     # value to a removed channel, so a sum is zero there only when every operand is a full, zero-safe map
-    broadcast = [a for a in operands if isinstance(a, fx.Node) and not (
+    broadcast = [a for a in operands if isinstance(a, fx.Node) and a not in scaled and not (
         isinstance(ctx.val(a), ChanMap) and len(ctx.val(a).ids) == width)]
     if kind == "mul":
-        zero_safe = any(m.zero_safe for m in full)  # a product with one zero factor is zero
+        zero_safe = any(m.zero_safe for m in full) or bool(scaled)  # a product with one zero factor is zero
     elif kind == "div":
         numerator = ctx.val(operands[0])
         zero_safe = isinstance(numerator, ChanMap) and numerator.zero_safe
@@ -132,6 +137,31 @@ def _binary(ctx: WalkContext, node: fx.Node, kind: str) -> ChanMap | None:
     else:
         zero_safe = all(m.zero_safe for m in full) and not scalars and not broadcast
     return ChanMap(axis, out, zero_safe)
+
+
+_SHAPE_ONLY = ("view", "reshape", "unsqueeze", "squeeze", "flatten", torch.reshape, torch.unsqueeze, torch.squeeze)
+
+
+def _tie_channel_parameter(ctx: WalkContext, arg: fx.Node, ids) -> bool:
+    """Tie a per-channel parameter reached through shape-only ops (``gamma.reshape(1, -1, 1, 1)``) to ``ids``, as a
+    producer tensor of its owner module (masked and sliced with the channels); False if ``arg`` is anything else."""
+    node = arg
+    while node.op != "get_attr":
+        if node.target not in _SHAPE_ONLY or len(node.all_input_nodes) != 1:
+            return False
+        node = node.all_input_nodes[0]
+    owner, _, attr = str(node.target).rpartition(".")
+    param = getattr(ctx.gm.get_submodule(owner), attr)
+    dims = [d for d, n in enumerate(param.shape) if n != 1]
+    if not isinstance(param, nn.Parameter) or len(dims) != 1 or param.shape[dims[0]] != len(ids):
+        return False
+    layer = ctx.layers.get(owner)
+    if layer is None:
+        layer = ctx.add_layer(node, Layer(owner, "scale"))
+    elif layer.kind != "scale" or any(t.param == attr for t in layer.ties):
+        return False  # the owner is another kind of layer, or this parameter scales several tensors
+    layer.ties.append(Tie(attr, dims[0], ids, "out"))
+    return True
 
 
 @register(functions=ADD_LIKE, methods=("add", "add_", "sub", "sub_"))

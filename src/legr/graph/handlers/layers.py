@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 from legr.graph.channels import ChanMap, Layer, Tie
-from legr.graph.context import WalkContext
+from legr.graph.context import Patch, WalkContext
 from legr.graph.handlers.base import consume, first_map, register
 
 
@@ -45,6 +46,36 @@ def _conv(ctx: WalkContext, node: fx.Node) -> ChanMap:
     layer.producer_ids = out
     ctx.add_layer(node, layer)
     return ChanMap(1, out)
+
+
+def _weight_standardized() -> tuple[type, ...]:
+    """timm's weight-standardized convolutions (BiT's StdConv2d, NFNets' ScaledStdConv2d), when timm is installed."""
+    try:
+        from timm.layers import std_conv
+    except ImportError:
+        return ()
+    names = ("StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame")
+    return tuple(getattr(std_conv, n) for n in names if hasattr(std_conv, n))
+
+
+@register(modules=_weight_standardized(), leaf=True)
+def _standardized_conv(ctx: WalkContext, node: fx.Node) -> ChanMap:
+    """A convolution whose weight is standardized per filter over its fan-in before use. Removing an input channel
+    would change every filter's mean and variance, so surgery first folds the module into a plain convolution holding
+    the weight as standardized over the full fan-in (exact: `legr.engine.surgery.fold_standardized`), then slices it
+    like any convolution; the filters' ``gain`` goes with them. The ``Same``-padding variants (padding computed in
+    the forward) are not folded: they keep their input channels."""
+    conv = ctx.module(node)
+    foldable = type(conv).__name__ in ("StdConv2d", "ScaledStdConv2d")
+    if conv.groups == 1 and not foldable:
+        ctx.fix(first_map(ctx, node).ids, f"the fan-in of weight-standardized convolution '{node.target}'")
+    out = _conv(ctx, node)
+    layer = ctx.layers[node.target]
+    gain = getattr(conv, "gain", None)
+    if layer.kind != "grouped" and isinstance(gain, torch.Tensor) and gain.shape[:1] == (conv.out_channels,):
+        layer.ties.append(Tie("gain", 0, out.ids, "out"))
+    layer.fold = "weight_standardization" if foldable else None
+    return out
 
 
 @register(modules=(nn.Linear,))
@@ -142,7 +173,55 @@ def _functional_linear(ctx: WalkContext, node: fx.Node) -> ChanMap:
     return ChanMap(x.axis, out)
 
 
-@register(modules=(nn.GroupNorm, nn.LocalResponseNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d))
+def _group_norm_rule(ctx: WalkContext, node: fx.Node, x: ChanMap, groups: int, owner: str,
+                     attrs: dict[str, str]) -> ChanMap:
+    """Group norm with per-channel ``weight``/``bias`` (timm's ``GroupNormAct``, BiT): the channels of a group are
+    normalized together, so a group is removed whole (its channels are one element) and the others are unchanged;
+    the group count becomes the kept count over the group size."""
+    if x.axis != 1 or len(x.ids) % groups:
+        ctx.refuse(node, "group norm does not act on the tracked channel axis")
+    size = len(x.ids) // groups
+    grid = x.ids.reshape(groups, size)
+    for k in range(1, size):
+        ctx.union(grid[:, 0], grid[:, k])
+    ctx.add_layer(node, Layer(owner, "norm", [Tie(attr, 0, x.ids, "out") for attr in attrs.values()]))
+    return ChanMap(1, x.ids, zero_safe="weight" in attrs and "bias" in attrs or x.zero_safe)
+
+
+@register(functions=(F.group_norm, torch.group_norm))
+def _functional_groupnorm(ctx: WalkContext, node: fx.Node) -> ChanMap:
+    x = first_map(ctx, node)
+    given = _arguments(node, ("num_groups", "weight", "bias"))
+    groups = given.pop("num_groups", None)
+    if not isinstance(groups, int):
+        ctx.refuse(node, "its group count is not known when tracing")
+    owner, attrs = _owned_tensors(ctx, node, given)
+    if not attrs:
+        ctx.fix(x.ids, f"normalized together by the group norm at '{node.name}'")
+        return x
+    out = _group_norm_rule(ctx, node, x, groups, owner, attrs)
+    size = len(x.ids) // groups
+
+    def rewrite(n: fx.Node, kept: Callable[[np.ndarray], int]) -> None:
+        if len(n.args) > 1:
+            n.args = (n.args[0], kept(x.ids) // size, *n.args[2:])
+        else:
+            n.kwargs = {**n.kwargs, "num_groups": kept(x.ids) // size}
+
+    ctx.patches.append(Patch(node.name, rewrite))
+    return out
+
+
+@register(modules=(nn.GroupNorm,))
+def _groupnorm(ctx: WalkContext, node: fx.Node) -> ChanMap:
+    module = ctx.module(node)
+    if module.weight is None:
+        return _channel_mixing_norm(ctx, node)
+    attrs = {"weight": "weight", "bias": "bias"} if module.bias is not None else {"weight": "weight"}
+    return _group_norm_rule(ctx, node, first_map(ctx, node), module.num_groups, node.target, attrs)
+
+
+@register(modules=(nn.LocalResponseNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d))
 def _channel_mixing_norm(ctx: WalkContext, node: fx.Node) -> ChanMap:
     x = first_map(ctx, node)
     module = ctx.module(node)
@@ -152,13 +231,29 @@ def _channel_mixing_norm(ctx: WalkContext, node: fx.Node) -> ChanMap:
     return x
 
 
+def _layer_norm_rule(ctx: WalkContext, node: fx.Node, x: ChanMap, dims: int, bias: bool) -> ChanMap:
+    """A layer norm over the last ``dims`` axes. Over the channel axis (ConvNeXt's LayerNorm2d, channels-last
+    blocks) it normalizes the channels together, so none of them can be removed without changing the others.
+    Over other axes it maps an all-zero channel to its bias (its parameters are not per channel, so masking cannot
+    zero them): zero-safe out only without a bias and with a zero-safe input."""
+    if x.axis >= len(ctx.shape(node)) - dims:
+        ctx.fix(x.ids, f"normalized together by the layer norm at '{node.name}'")
+        return ChanMap(x.axis, x.ids, zero_safe=False)
+    return ChanMap(x.axis, x.ids, zero_safe=x.zero_safe and not bias)
+
+
 @register(modules=(nn.LayerNorm,))
 def _layernorm(ctx: WalkContext, node: fx.Node) -> ChanMap:
-    """A LayerNorm over trailing non-channel axes maps an all-zero channel to its bias (its parameters are not per
-    channel, so masking cannot zero them): zero-safe out only without a bias and with a zero-safe input."""
-    x = first_map(ctx, node)
     ln = ctx.module(node)
-    rank = len(ctx.shape(node))
-    if x.axis >= rank - len(ln.normalized_shape):
-        ctx.refuse(node, "LayerNorm normalizes over the channel axis")
-    return ChanMap(x.axis, x.ids, zero_safe=x.zero_safe and ln.bias is None)
+    return _layer_norm_rule(ctx, node, first_map(ctx, node), len(ln.normalized_shape), ln.bias is not None)
+
+
+@register(functions=(F.layer_norm, torch.layer_norm))
+def _functional_layernorm(ctx: WalkContext, node: fx.Node) -> ChanMap:
+    """``F.layer_norm`` (timm's and torchvision's ``LayerNorm2d``): the LayerNorm rule."""
+    given = _arguments(node, ("normalized_shape", "weight", "bias"))
+    shape = given.get("normalized_shape")
+    if not isinstance(shape, (list, tuple, int)):
+        ctx.refuse(node, "its normalized shape is not known when tracing")
+    dims = 1 if isinstance(shape, int) else len(shape)
+    return _layer_norm_rule(ctx, node, first_map(ctx, node), dims, given.get("bias") is not None)

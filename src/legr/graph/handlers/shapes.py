@@ -1,4 +1,4 @@
-"""Concatenation, splits, padding, indexing, reshapes, reductions, permutes and metadata queries."""
+"""Concatenation, splits, padding, channel slices, reshapes (and the channel shuffle), reductions and permutes."""
 
 from __future__ import annotations
 
@@ -44,19 +44,27 @@ def _cat(ctx: WalkContext, node: fx.Node) -> ChanMap | None:
     return ChanMap(axis, maps[0].ids)
 
 
-@register(functions=(F.pad,))
+@register(modules=(nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd,
+                  nn.modules.padding._ReplicationPadNd, nn.modules.padding._CircularPadNd), functions=(F.pad,))
 def _pad(ctx: WalkContext, node: fx.Node) -> ChanMap:
     """Padding other axes keeps a removed channel zero unless it pads with a non-zero constant; padding the channel
     axis (zeros only) adds zero elements, whose kept counts rewrite the literal sizes."""
     x = first_map(ctx, node)
-    pad = list(node.args[1] if len(node.args) > 1 else node.kwargs["pad"])
+    if node.op == "call_module":  # nn.ConstantPad2d, nn.ZeroPad2d, nn.ReflectionPad2d, ...: its padding attribute
+        module = ctx.module(node)
+        pad, value = list(module.padding), getattr(module, "value", None)
+        mode = "constant" if hasattr(module, "value") else "other"
+    else:
+        pad = list(node.args[1] if len(node.args) > 1 else node.kwargs["pad"])
+        mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
+        value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else None)
     rank = len(ctx.shape(node.args[0]))
-    k = 2 * (rank - 1 - x.axis)  # F.pad lists (before, after) pairs starting from the last dim
-    mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
-    value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else None)
-    zero_fill = mode != "constant" or value in (None, 0, 0.0)
+    k = 2 * (rank - 1 - x.axis)  # pads list (before, after) pairs starting from the last dim
+    zero_fill = mode != "constant" or value in (None, 0, 0.0)  # reflecting or replicating zeros gives zeros
     if k + 1 >= len(pad) or (pad[k] == 0 and pad[k + 1] == 0):
         return ChanMap(x.axis, x.ids, x.zero_safe and zero_fill)
+    if node.op == "call_module":
+        ctx.refuse(node, "the padding module pads the channel axis")
     if any(isinstance(p, fx.Node) for p in pad[k : k + 2]) or mode != "constant" or not zero_fill:
         ctx.refuse(node, "channel padding must be constant zeros with literal sizes")
     before = ctx.new(pad[k])
@@ -99,13 +107,45 @@ def _split(ctx: WalkContext, node: fx.Node) -> list[ChanMap]:
     return [x.with_ids(p) for p in pieces]
 
 
-def _index_items(index: Any, rank: int) -> list[Any]:
-    items = list(index) if isinstance(index, tuple) else [index]
-    if any(i is Ellipsis for i in items):
-        at = items.index(Ellipsis)
-        fill = rank - sum(1 for i in items if i is not None and i is not Ellipsis)
-        items = items[:at] + [slice(None)] * fill + items[at + 1 :]
-    return items + [slice(None)] * (rank - sum(1 for i in items if i is not None))
+def _index_items(index: Any, rank: int) -> list[tuple[Any, int | None]]:
+    """The index as one item per axis it touches (``None`` items add an axis), each with its position in ``index``
+    (None for the full slices an Ellipsis or a short index stands for)."""
+    given = list(index) if isinstance(index, tuple) else [index]
+    items: list[tuple[Any, int | None]] = []
+    for pos, item in enumerate(given):
+        if item is Ellipsis:
+            fill = rank - sum(1 for i in given if i is not None and i is not Ellipsis)
+            items += [(slice(None), None)] * fill
+        else:
+            items.append((item, pos))
+    return items + [(slice(None), None)] * (rank - sum(1 for i, _ in items if i is not None))
+
+
+def _channel_slice(ctx: WalkContext, node: fx.Node, value: ChanMap, item: slice, pos: int) -> np.ndarray:
+    """``x[:, a:b]``: the channels inside the slice, pruned like any others (the slice never becomes empty: it is a
+    segment the budget floors hold for); its literal bounds become the kept counts before them."""
+    width = len(value.ids)
+    bounds = (item.start, item.stop, item.step)
+    if any(b is not None and not isinstance(b, int) for b in bounds) or item.step not in (None, 1):
+        ctx.refuse(node, "it slices the channel dimension with a step or with bounds computed in the forward")
+    start, stop, _ = item.indices(width)
+    stop = max(start, stop)
+    ids = value.ids[start:stop]
+    if len(ids) == 0:
+        ctx.refuse(node, "it takes an empty slice of the channel dimension")
+    if len(ids) == width:
+        return ids
+    ctx.segments.append(ids)
+    before, through = value.ids[:start], value.ids[:stop]
+
+    def rewrite(n: fx.Node, kept: Callable[[np.ndarray], int]) -> None:
+        new = slice(kept(before), kept(through))
+        source, index = n.args
+        n.args = (source, tuple(new if k == pos else i for k, i in enumerate(index)) if isinstance(index, tuple)
+                  else new)
+
+    ctx.patches.append(Patch(node.name, rewrite))
+    return ids
 
 
 @register(functions=(operator.getitem,))
@@ -117,14 +157,15 @@ def _getitem(ctx: WalkContext, node: fx.Node) -> Any:
     if not isinstance(value, ChanMap):
         return None
     axis_in, axis_out = 0, 0
-    for item in _index_items(index, len(ctx.shape(source))):
+    for item, pos in _index_items(index, len(ctx.shape(source))):
         if item is None:
             axis_out += 1
             continue
         if axis_in == value.axis:
-            if item != slice(None):
+            if not isinstance(item, slice):
                 ctx.refuse(node, "it indexes the channel dimension with fixed positions")
-            return ChanMap(axis_out, value.ids, value.zero_safe)
+            ids = value.ids if item == slice(None) else _channel_slice(ctx, node, value, item, pos)
+            return ChanMap(axis_out, ids, value.zero_safe)
         if isinstance(item, fx.Node) or isinstance(item, (list, tuple, torch.Tensor)):
             ctx.refuse(node, "advanced indexing is not supported on tensors with tracked channels")
         axis_in += 1
@@ -133,7 +174,7 @@ def _getitem(ctx: WalkContext, node: fx.Node) -> Any:
 
 
 # --- shape changes -----------------------------------------------------------------------------------------------
-def _reshape_value(ctx: WalkContext, node: fx.Node, x: ChanMap) -> ChanMap:
+def _reshape_value(ctx: WalkContext, node: fx.Node, x: ChanMap) -> Any:
     """Follow the channel axis through a reshape; channels may merge with the dims after them (flatten)."""
     in_shape, out_shape = ctx.shape(node.args[0]), ctx.shape(node)
     width = in_shape[x.axis]
@@ -146,7 +187,57 @@ def _reshape_value(ctx: WalkContext, node: fx.Node, x: ChanMap) -> ChanMap:
             if math.prod(in_shape[x.axis + 1 : x.axis + 1 + m]) == inner:
                 _check_literal_size(ctx, node, b)
                 return ChanMap(b, np.repeat(x.ids, inner), x.zero_safe)
-    ctx.refuse(node, f"the reshape {list(in_shape)} -> {list(out_shape)} mixes the channel dimension with others")
+    shuffled = _channel_shuffle(ctx, node, x)
+    if shuffled is None:
+        ctx.refuse(node, f"the reshape {list(in_shape)} -> {list(out_shape)} mixes the channel dimension with others")
+    return shuffled
+
+
+class _Shuffling:
+    """The value of a channel shuffle's inner nodes (tracked by the shuffle's rule, usable by nothing else)."""
+
+
+_SWAPS = ("transpose", "swapaxes", torch.transpose, torch.swapaxes)
+_SAME = ("contiguous", "clone")
+
+
+def _only_user(node: fx.Node) -> fx.Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def _channel_shuffle(ctx: WalkContext, node: fx.Node, x: ChanMap) -> ChanMap | None:
+    """ShuffleNet's channel shuffle: view ``(.., C, ..)`` as ``(.., g, C/g, ..)``, swap those two axes, view back.
+    It permutes the channels (position ``i * C/g + j`` moves to ``j * g + i``); a pruned network can shuffle the same
+    way only if every group keeps the same positions ``j``, so position ``j`` of each group is one element across
+    the groups. Returns the value after the shuffle (its inner nodes get theirs ahead), or None for another reshape."""
+    in_shape, out_shape = ctx.shape(node.args[0]), ctx.shape(node)
+    a = x.axis
+    if (len(out_shape) != len(in_shape) + 1 or out_shape[:a] != in_shape[:a] or out_shape[a + 2:] != in_shape[a + 1:]
+            or out_shape[a] * out_shape[a + 1] != in_shape[a]):
+        return None
+    swap = _only_user(node)
+    if swap is None or swap.target not in _SWAPS or swap.args[0] is not node:
+        return None
+    rank, dims = len(out_shape), swap.args[1:3]
+    if not all(isinstance(d, int) for d in dims) or sorted(d % rank for d in dims) != [a, a + 1]:
+        return None
+    inner, back = [node, swap], _only_user(swap)
+    while back is not None and back.target in _SAME:
+        inner.append(back)
+        back = _only_user(back)
+    if back is None or back.target not in ("view", "reshape", torch.reshape) or ctx.shape(back) != in_shape:
+        return None
+    _check_literal_size(ctx, node, a + 1)  # the group width shrinks with pruning; the group count does not
+    _check_literal_size(ctx, back, a)
+    groups, width = out_shape[a], out_shape[a + 1]
+    grid = x.ids.reshape(groups, width)
+    for g in range(1, groups):
+        ctx.union(grid[0], grid[g])
+    for n in inner[1:]:
+        ctx.preset[n] = _Shuffling()
+    ctx.preset[back] = ChanMap(a, grid.T.reshape(-1).copy(), x.zero_safe)
+    return _Shuffling()
 
 
 def _check_literal_size(ctx: WalkContext, node: fx.Node, axis: int) -> None:
@@ -194,9 +285,7 @@ def _permute(ctx: WalkContext, node: fx.Node) -> ChanMap:
         perm[a], perm[b] = b, a
     else:
         perm = [d % rank for d in (args[0] if len(args) == 1 and isinstance(args[0], (list, tuple)) else args)]
-    if perm[x.axis] != x.axis:
-        ctx.refuse(node, "it moves the channel axis (channels-last layouts are not supported)")
-    return x
+    return ChanMap(perm.index(x.axis), x.ids, x.zero_safe)  # channels-last blocks: later ops check their axis
 
 
 @register(methods=("size", "dim", "numel"), functions=(getattr, len))
