@@ -189,3 +189,35 @@ def test_min_cost_bound_holds_for_every_ranking(name, size):
         check_reachable(graph, cost, Floors(), [0.5, 0.001])
     with pytest.raises(BudgetError, match="params is below the smallest reachable"):
         check_reachable(graph, cost, Floors(), [0.001], "params")
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.5, 0.7])
+def test_round_to_keeps_every_width_a_multiple_and_meets_the_budget_exactly(fraction):
+    model = build_model("resnet18", num_classes=10)
+    graph = analyze(model, (3, 64, 64))
+    cost, scores = CostModel(graph), group_scores(graph, compute_scores("l2sq", graph, model))
+    floors = Floors(round_to=8)
+    target = fraction * cost.base_macs
+    solver = GlobalSolver(graph, cost, scores, floors)
+    keep = solver.solve(target)
+    steps = int(np.searchsorted(solver.ends, int((keep == 0).sum())))
+    assert cost.macs(keep) <= target < solver.cost_after(steps - 1)  # one step (8 channels or a remainder) less: over
+    uniform = UniformSolver(graph, cost, scores, floors).solve(target)
+    assert cost.macs(uniform) <= target
+    for k in (keep, uniform):
+        for group in graph.prunable_groups():
+            width = int(k[group.classes].sum())
+            assert width % 8 == 0 or width == group.size, group.name
+            assert width >= floors(group.size)
+    # the lowest-scored channels of a group go first, 8 at a time
+    group = max(graph.prunable_groups(), key=lambda g: g.size)
+    removed = keep[group.classes] == 0
+    if removed.any():
+        assert scores[group.name][removed].max() <= scores[group.name][~removed].min()
+
+
+def test_round_to_one_is_the_channel_solver(resnet56):
+    graph, cost, scores = resnet56
+    a, b = GlobalSolver(graph, cost, scores), GlobalSolver(graph, cost, scores, Floors(round_to=1))
+    assert np.array_equal(a.removal, b.removal) and np.array_equal(b.ends, np.arange(len(b.removal) + 1))
+    assert Floors(0.1, 2, 8)(16) == 8 and Floors(0.1, 2, 8)(5) == 5 and Floors(0.3, 2, 8)(64) == 24

@@ -39,6 +39,14 @@ def test_a_run_folder_is_the_same_run_whether_its_search_targets_are_written_or_
     assert artifact_config(default) == artifact_config(written) != artifact_config(single)
 
 
+def test_rounded_widths_are_another_run_and_the_default_keeps_old_folders():
+    default, rounded = parse_config(BASE), parse_config({**BASE, "floors": {"round_to": 8}})
+    assert "round_to" not in artifact_config(default)["floors"]  # folders written before the key still match
+    assert artifact_config(rounded)["floors"]["round_to"] == 8
+    with pytest.raises(ConfigError, match="floors.round_to"):
+        parse_config({**BASE, "floors": {"round_to": 0}})
+
+
 @pytest.mark.parametrize(
     "data,message",
     [

@@ -46,7 +46,8 @@ class FilterPruning(Method):
 
     @property
     def floors(self) -> Floors:
-        return Floors(self.cfg.floors.safeguard, self.cfg.floors.min_channels)
+        f = self.cfg.floors
+        return Floors(f.safeguard, f.min_channels, f.round_to)
 
     @property
     def prefix(self) -> str:

@@ -72,6 +72,7 @@ class DataConfig(_Strict):
 class FloorsConfig(_Strict):
     safeguard: float = Field(0.1, ge=0.0, le=1.0, description="each layer keeps at least this fraction")
     min_channels: int = Field(2, ge=1, description="... and at least this many channels")
+    round_to: int = Field(1, ge=1, description="keep widths that are multiples of this (8: widths that run fast)")
 
 
 class TrainConfig(_Strict):

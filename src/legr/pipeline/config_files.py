@@ -62,6 +62,8 @@ def artifact_config(cfg: RunConfig) -> dict[str, Any]:
     for key in ("method", "budget"):  # a folder written before methods and budgets existed ran filters on MACs
         if out[key] in (None, "filters", "macs"):
             del out[key]
+    if out["floors"]["round_to"] == 1:  # ... and before widths could be rounded
+        del out["floors"]["round_to"]
     searched = ALLOCATORS[cfg.allocator].search is not None  # a search's settings matter only to a search
     out["search"] = {**out["search"], "target": None, "targets": list(cfg.search_targets)} if searched else None
     return out
