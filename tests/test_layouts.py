@@ -198,6 +198,33 @@ def test_group_norm_removes_whole_groups(functional):
     assert_equivalent(_GroupNormNet(functional), 8, plans=3)
 
 
+class _InstanceNormNet(nn.Module):
+    def __init__(self, functional: bool, affine: bool):
+        super().__init__()
+        self.functional = functional
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.norm = nn.InstanceNorm2d(8, affine=affine)
+        self.head = _head(8)
+
+    def forward(self, x):
+        y = self.a(x)
+        y = F.instance_norm(y, weight=self.norm.weight, bias=self.norm.bias) if self.functional else self.norm(y)
+        return self.head(self.b(F.relu(y)))
+
+
+@pytest.mark.parametrize("functional,affine", [(False, True), (False, False), (True, True)],
+                         ids=["module", "module-no-affine", "functional"])
+def test_instance_norm_normalizes_each_channel_on_its_own(functional, affine):
+    model = _InstanceNormNet(functional, affine)
+    if affine:
+        with torch.no_grad():
+            model.norm.weight.uniform_(0.5, 1.5)
+            model.norm.bias.uniform_(-0.2, 0.2)
+    graph = analyze(model, (3, 8, 8))
+    assert graph.group_by_name["a"].prunable and graph.group_by_name["a"].size == 8
+    assert_equivalent(model, 8, plans=2, seed=1)
+
+
 def test_a_padding_module_on_the_channel_axis_is_refused():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ConstantPad3d((0, 0, 0, 0, 1, 1), 0.0), nn.Conv2d(10, 4, 1))
     with pytest.raises(UnsupportedModelError, match="pads the channel axis"):

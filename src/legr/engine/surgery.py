@@ -3,8 +3,8 @@
 The physical route slices every tied parameter/buffer of a deep copy of the analysed graph module, updates the
 module attributes (in/out channels, groups, features) and rewrites channel-dependent literals (e.g. the channel
 padding of an option-A shortcut); a module whose rule asks for it is first folded into a plain form (a
-weight-standardized convolution into `StandardizedConv2d`). The result is an ordinary `torch.fx.GraphModule` whose parameter names match the
-original model's, so it trains, exports and saves like any module.
+weight-standardized convolution into `StandardizedConv2d`). The result is an ordinary `torch.fx.GraphModule` whose
+parameter names match the original model's, so it trains, exports and saves like any module.
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ def _fix_group_norm(m: nn.GroupNorm) -> None:
     m.num_groups = m.num_channels // size
 
 
-FIXUPS.update({nn.GroupNorm: _fix_group_norm, nn.Conv1d: _fix_conv, nn.Conv2d: _fix_conv, nn.Conv3d: _fix_conv, nn.Linear: _fix_linear,
-               nn.BatchNorm1d: _fix_norm, nn.BatchNorm2d: _fix_norm, nn.BatchNorm3d: _fix_norm})
+FIXUPS.update({nn.GroupNorm: _fix_group_norm, nn.Conv1d: _fix_conv, nn.Conv2d: _fix_conv, nn.Conv3d: _fix_conv,
+               nn.Linear: _fix_linear, nn.BatchNorm1d: _fix_norm, nn.BatchNorm2d: _fix_norm, nn.BatchNorm3d: _fix_norm,
+               nn.InstanceNorm1d: _fix_norm, nn.InstanceNorm2d: _fix_norm, nn.InstanceNorm3d: _fix_norm})
 
 
 def _fixup(module: nn.Module) -> None:

@@ -95,10 +95,12 @@ def _linear(ctx: WalkContext, node: fx.Node) -> ChanMap:
     return ChanMap(x.axis, out)
 
 
-@register(modules=(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d))
+@register(modules=(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d,
+                   nn.InstanceNorm3d))
 def _batchnorm(ctx: WalkContext, node: fx.Node) -> ChanMap:
-    """Zero-safe out when affine (masking zeroes gamma and beta: a removed channel leaves as 0 whatever came in);
-    without affine parameters a removed channel leaves as ``(x - 0) / sqrt(var + eps)``: zero only if ``x`` is."""
+    """Batch and instance norm normalize each channel on its own. Zero-safe out when affine (masking zeroes gamma and
+    beta: a removed channel leaves as 0 whatever came in); without affine parameters a removed channel leaves as
+    ``(x - 0) / sqrt(var + eps)``: zero only if ``x`` is."""
     bn = ctx.module(node)
     x = first_map(ctx, node)
     if x.axis != 1:
@@ -106,7 +108,14 @@ def _batchnorm(ctx: WalkContext, node: fx.Node) -> ChanMap:
     ties = [Tie(name, 0, x.ids, "out") for name in ("weight", "bias", "running_mean") if getattr(bn, name) is not None]
     if bn.running_var is not None:
         ties.append(Tie("running_var", 0, x.ids, "stat"))
-    ctx.add_layer(node, Layer(node.target, "norm", ties))
+    if ties:
+        ctx.add_layer(node, Layer(node.target, "norm", ties))
+    else:  # nothing to slice (an instance norm without affine parameters): only its width attribute changes
+
+        def rewrite(n: fx.Node, kept: Callable[[np.ndarray], int]) -> None:
+            n.graph.owning_module.get_submodule(str(n.target)).num_features = kept(x.ids)
+
+        ctx.patches.append(Patch(node.name, rewrite))
     affine = bn.weight is not None and bn.bias is not None
     return ChanMap(1, x.ids, zero_safe=affine or x.zero_safe)
 
@@ -134,7 +143,7 @@ def _arguments(node: fx.Node, names: tuple[str, ...]) -> dict[str, Any]:
     return given
 
 
-@register(functions=(F.batch_norm, torch.batch_norm))
+@register(functions=(F.batch_norm, torch.batch_norm, F.instance_norm, torch.instance_norm))
 def _functional_batchnorm(ctx: WalkContext, node: fx.Node) -> ChanMap:
     """``F.batch_norm`` whose per-channel tensors are attributes of one module (timm's ``BatchNormAct2d`` and other
     norm + activation modules call it with their own weight, bias and running statistics): the same rule as the
@@ -143,7 +152,7 @@ def _functional_batchnorm(ctx: WalkContext, node: fx.Node) -> ChanMap:
     if x.axis != 1:
         ctx.refuse(node, "batch norm does not act on the tracked channel axis")
     names = ("running_mean", "running_var", "weight", "bias")
-    if node.target is torch.batch_norm:  # aten order: input, weight, bias, running_mean, running_var, ...
+    if node.target in (torch.batch_norm, torch.instance_norm):  # aten order: input, weight, bias, running_mean, ...
         names = ("weight", "bias", "running_mean", "running_var")
     given = _arguments(node, names)
     owner, attrs = _owned_tensors(ctx, node, given)
@@ -221,7 +230,7 @@ def _groupnorm(ctx: WalkContext, node: fx.Node) -> ChanMap:
     return _group_norm_rule(ctx, node, first_map(ctx, node), module.num_groups, node.target, attrs)
 
 
-@register(modules=(nn.LocalResponseNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d))
+@register(modules=(nn.LocalResponseNorm,))
 def _channel_mixing_norm(ctx: WalkContext, node: fx.Node) -> ChanMap:
     x = first_map(ctx, node)
     module = ctx.module(node)
