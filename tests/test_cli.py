@@ -12,11 +12,12 @@ import pytest
 
 from legr.errors import LegrError
 
+# one search per run keeps these subprocess tests short; restarts are tested in-process (test_search, test_pipeline)
 TINY = """
 model: {name: digits_cnn, weights: null}
 data: {name: digits, val_size: 200}
 base_training: {epochs: 3, lr: 0.05, batch_size: 64, augment: false}
-search: {population: 6, sample: 3, evaluations: 24, tau: 4, batch_size: 64, bn_batches: 4}
+search: {population: 6, sample: 3, evaluations: 24, tau: 4, batch_size: 64, bn_batches: 4, restarts: 1}
 targets: [0.3, 0.6]
 finetune: {epochs: 1, batch_size: 64, augment: false}
 eval: {latency_repeats: 3, latency_warmup: 1, latency_batch_sizes: [1, 8]}
@@ -39,7 +40,8 @@ def config(tmp_path: Path) -> Path:
 
 
 DEMO_TINY = ["--set", "base_training.epochs=3", "--set", "search.population=6", "--set", "search.sample=3",
-             "--set", "search.evaluations=12", "--set", "search.tau=4", "--set", "targets=[0.3, 0.6]",
+             "--set", "search.evaluations=12", "--set", "search.tau=4", "--set", "search.restarts=1",
+             "--set", "targets=[0.3, 0.6]",
              "--set", "finetune.epochs=1", "--set", "eval.latency_repeats=3", "--set", "eval.latency_batch_sizes=[1, 8]"]
 
 

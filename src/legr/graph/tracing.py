@@ -104,6 +104,7 @@ def _first_line(exc: BaseException) -> str:
 def trace(model: nn.Module, example: torch.Tensor | None = None) -> fx.GraphModule:
     """Trace ``model`` (its Python control flow is evaluated in its current train/eval mode). With ``example``, a
     model that symbolic tracing cannot follow is recorded on that input instead (see the module doc)."""
+    handlers.register_library_rules()  # before deciding which modules are leaves
     try:
         tracer = _Tracer()
         graph = tracer.trace(model)

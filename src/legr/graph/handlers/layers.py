@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, Callable
 
 import numpy as np
@@ -12,7 +13,7 @@ from torch import fx, nn
 
 from legr.graph.channels import ChanMap, Layer, Tie
 from legr.graph.context import Patch, WalkContext
-from legr.graph.handlers.base import consume, first_map, register
+from legr.graph.handlers.base import MODULE_HANDLERS, consume, first_map, register
 
 
 # --- parametric layers -------------------------------------------------------------------------------------------
@@ -48,17 +49,20 @@ def _conv(ctx: WalkContext, node: fx.Node) -> ChanMap:
     return ChanMap(1, out)
 
 
-def _weight_standardized() -> tuple[type, ...]:
-    """timm's weight-standardized convolutions (BiT's StdConv2d, NFNets' ScaledStdConv2d), when timm is installed."""
-    try:
-        from timm.layers import std_conv
-    except ImportError:
-        return ()
+def register_library_rules() -> None:
+    """Register the rules for third-party modules whose library is loaded (a model built from a library has loaded
+    it; importing timm here for every analysis would cost half a second): timm's weight-standardized convolutions
+    (BiT's StdConv2d, NFNets' ScaledStdConv2d). Called before each trace; registering twice changes nothing."""
+    if "timm" not in sys.modules:
+        return
+    from timm.layers import std_conv
+
     names = ("StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame")
-    return tuple(getattr(std_conv, n) for n in names if hasattr(std_conv, n))
+    classes = tuple(getattr(std_conv, n) for n in names if hasattr(std_conv, n))
+    if classes and classes[0] not in MODULE_HANDLERS:
+        register(modules=classes, leaf=True)(_standardized_conv)
 
 
-@register(modules=_weight_standardized(), leaf=True)
 def _standardized_conv(ctx: WalkContext, node: fx.Node) -> ChanMap:
     """A convolution whose weight is standardized per filter over its fan-in before use. Removing an input channel
     would change every filter's mean and variance, so surgery first folds the module into a plain convolution holding
