@@ -31,13 +31,13 @@ from legr.pipeline.folder import ComparisonFolder, RunFolder, member_name
 from legr.pipeline.steps import Pipeline
 from legr.reporting import (
     BASELINE,
-    BUSY_MACHINE,
     LATENCY_KEY,
     is_baseline,
     latency_columns,
     plot_method_curves,
     plot_widths,
     read_results,
+    warn_if_noisy,
 )
 
 
@@ -184,8 +184,7 @@ class Comparison:
                                       rounds=e.latency_rounds, threads=e.threads, warmup=e.latency_warmup,
                                       repeats=e.latency_repeats)
         out = {name: latency_columns("cpu", per) for name, per in timings.items()}
-        if any(v is True for cols in out.values() for v in cols.values()):
-            self.log(f"warning: {BUSY_MACHINE}")
+        warn_if_noisy(out, self.log)
         atomic_write_text(path, json.dumps(out, indent=1))
         return out
 

@@ -39,13 +39,13 @@ from legr.pipeline.config_files import artifact_config, dump_config, held_config
 from legr.pipeline.folder import MemberFolder, RunFolder, member_name
 from legr.reporting import (
     BASELINE,
-    BUSY_MACHINE,
     ResultRow,
     config_hash,
     format_table,
     latency_columns,
     plot_pareto,
     read_results,
+    warn_if_noisy,
     write_results,
 )
 from legr.training import EvalResult, FinetuneConfig, bn_batches, evaluate, finetune
@@ -253,8 +253,7 @@ class Pipeline:
                                           warmup=e.latency_warmup, repeats=e.latency_repeats)
             for name, per_batch in timings.items():
                 out[name].update(latency_columns(device, per_batch))
-        if any(v is True for cols in out.values() for v in cols.values()):
-            self.log(f"warning: {BUSY_MACHINE}")
+        warn_if_noisy(out, self.log)
         return out
 
     def report(self) -> str:

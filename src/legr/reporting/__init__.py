@@ -14,6 +14,7 @@ from legr.reporting.rows import (
                                  latency_key,
                                  read_results,
                                  validate_rows,
+                                 warn_if_noisy,
                                  write_results,
 )
 from legr.reporting.tables import format_table, markdown_table
@@ -21,4 +22,4 @@ from legr.reporting.tables import format_table, markdown_table
 __all__ = ["BASELINE", "BUSY_MACHINE", "LATENCY_KEY", "RESULTS_CSV", "RESULTS_JSON", "ResultRow", "config_hash",
            "figure", "format_table", "is_baseline", "latency_columns", "latency_key", "markdown_table",
            "pareto_front", "plot_method_curves", "plot_pareto", "plot_widths", "read_results", "save_figure",
-           "validate_rows", "write_results"]
+           "validate_rows", "warn_if_noisy", "write_results"]

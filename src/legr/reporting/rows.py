@@ -19,7 +19,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -103,6 +103,12 @@ def latency_columns(device: str, per_batch: Mapping[int, LatencyResult]) -> dict
 
 def noisy_latency(row: Mapping[str, Any], key: str) -> bool:
     return bool(row.get(f"{key}_noisy"))
+
+
+def warn_if_noisy(columns: Mapping[str, Mapping[str, Any]], log: Callable[[str], None]) -> None:
+    """Say once that the machine looks busy when any network's `latency_columns` hold a noisy figure."""
+    if any(k.endswith("_noisy") and v for cols in columns.values() for k, v in cols.items()):
+        log(f"warning: {BUSY_MACHINE}")
 
 
 BUSY_MACHINE = (f"latencies marked ? disagreed between rounds by more than {NOISY_SPREAD:.0%} even when measured "

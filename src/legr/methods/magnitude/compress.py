@@ -188,9 +188,11 @@ def run_magnitude(model: nn.Module, input_size: Sequence[int], train: tuple[Tens
 
     fractions = None
     if cfg.qualities is None:
-        if curves is not None and not (out / "sensitivity.json").exists():
+        if curves is None:
+            curves = analyze_sensitivity(model, val, mean, std, cfg, out / "sensitivity.json", progress=progress,
+                                         log=log)
+        elif not (out / "sensitivity.json").exists():  # the run's shared analysis, kept beside the member
             _write_json(out / "sensitivity.json", {n: c.to_dict() for n, c in curves.items()})
-        curves = analyze_sensitivity(model, val, mean, std, cfg, out / "sensitivity.json", progress=progress, log=log)
         fractions, _ = allocate_fractions(curves, cfg.target, count_params(model), cfg.allocation)
         kept = {n: 100 * (1 - f) for n, f in fractions.items()}
         shown = list(kept.items()) if len(kept) <= 8 else [
@@ -325,5 +327,5 @@ def per_layer_remaining(model: nn.Module, names: Sequence[str] | None = None) ->
     return layer_density(model, names)
 
 
-__all__ = ["MagnitudeConfig", "MagnitudeResult", "analyze_sensitivity", "check_reachable", "load_magnitude", "per_layer_remaining",
-           "run_magnitude", "sparse_macs"]
+__all__ = ["MagnitudeConfig", "MagnitudeResult", "analyze_sensitivity", "check_reachable", "load_magnitude",
+           "per_layer_remaining", "run_magnitude", "sparse_macs"]
