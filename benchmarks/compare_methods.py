@@ -19,7 +19,7 @@ from pathlib import Path
 from legr.errors import LegrError
 from legr.paths import atomic_write_text
 from legr.pipeline.compare import Comparison, summary_markdown
-from legr.pipeline.config import CompareConfig
+from legr.pipeline.compare_config import CompareConfig
 from legr.pipeline.config_files import load_config, parse_set_options
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -36,7 +36,7 @@ from legr.methods.legr import AffineSpace, AffineTransform, EvolutionConfig, agi
 from legr.methods.legr.ranking import layer_score_std, ranked_layers, uniform_transform
 from legr.paths import atomic_write_text
 from legr.pipeline.compare import Comparison
-from legr.pipeline.config import CompareConfig
+from legr.pipeline.compare_config import CompareConfig
 from legr.pipeline.config_files import load_config, parse_set_options
 from legr.pipeline.steps import Pipeline
 from legr.reporting import figure, save_figure

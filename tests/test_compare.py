@@ -10,7 +10,8 @@ import yaml
 from legr.engine.plan import Plan
 from legr.errors import ConfigError
 from legr.pipeline.compare import Comparison
-from legr.pipeline.config import CompareConfig, parse_config
+from legr.pipeline.compare_config import CompareConfig
+from legr.pipeline.config import parse_config
 
 CONFIG = """
 model: {name: digits_cnn, weights: null}

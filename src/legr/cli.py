@@ -145,7 +145,7 @@ def methods() -> None:
 def compare(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Compare methods under equal budgets (same network, splits, targets, fine-tuning, seeds); see configs/compare_*."""
     from legr.pipeline.compare import Comparison
-    from legr.pipeline.config import CompareConfig
+    from legr.pipeline.compare_config import CompareConfig
     from legr.pipeline.config_files import load_config
 
     cfg = load_config(config, _overrides(set_), schema=CompareConfig)

@@ -12,25 +12,42 @@ operations (tens of microseconds for a CIFAR ResNet), so search and budget solve
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal
+from typing import Callable, Literal, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
+from legr.errors import LegrError
 from legr.graph import ChannelGraph
 
-BudgetUnit = Literal["macs", "params"]
+BudgetUnit = Literal["macs", "params", "latency"]
+UNIT_NAMES = {"macs": "MACs", "params": "parameters", "latency": "latency"}
 
 
 def format_cost(value: float, unit: BudgetUnit) -> str:
-    """``12.070M MACs`` / ``77.32K params``."""
-    return f"{value / 1e6:.3f}M MACs" if unit == "macs" else f"{value / 1e3:.2f}K params"
+    """``12.070M MACs`` / ``77.32K params`` / ``3.25 ms``."""
+    return {"macs": f"{value / 1e6:.3f}M MACs", "params": f"{value / 1e3:.2f}K params",
+            "latency": f"{value:.2f} ms"}[unit]
+
+
+class LatencyPredictor(Protocol):
+    """What the cost model needs of a latency model (`legr.engine.latency_model.LatencyModel`)."""
+
+    base_ms: float  # the unpruned network
+
+    def predict(self, keep: np.ndarray) -> float: ...
+
+    def bound(self, lower: Callable[[np.ndarray], float]) -> float: ...
 
 
 class CostModel:
-    def __init__(self, graph: ChannelGraph) -> None:
+    """MACs and params of any keep vector; with a latency model (``latency``), its predicted latency too (unit
+    ``latency``, in ms)."""
+
+    def __init__(self, graph: ChannelGraph, latency: LatencyPredictor | None = None) -> None:
         self.graph = graph
+        self.latency = latency
         self._dims: dict[int, int] = {}  # id(ids array) -> dim index
         self._pos_dim: list[np.ndarray] = []
         self._pos_cls: list[np.ndarray] = []
@@ -77,19 +94,28 @@ class CostModel:
         return self._params(self.widths(keep))
 
     def of(self, unit: BudgetUnit) -> Callable[[np.ndarray], float]:
-        """The cost a budget in ``unit`` counts, as a function of the keep vector (`macs` or `params`)."""
-        return {"macs": self.macs, "params": self.params}[unit]
+        """The cost a budget in ``unit`` counts, as a function of the keep vector (`macs`, `params` or `latency`)."""
+        return self._latency_model().predict if unit == "latency" else {"macs": self.macs, "params": self.params}[unit]
 
     def base(self, unit: BudgetUnit) -> float:
         """The unpruned network's cost in ``unit``."""
-        return {"macs": self.base_macs, "params": self.base_params}[unit]
+        return self._latency_model().base_ms if unit == "latency" else \
+            {"macs": self.base_macs, "params": self.base_params}[unit]
 
     def bound(self, unit: BudgetUnit, lower: Callable[[np.ndarray], float]) -> float:
         """Cost in ``unit`` with each tracked dim at ``lower(class of each of its positions)`` kept positions. When
         ``lower`` bounds every dim's kept count from below, this bounds the cost of every such keep vector from below
-        (each term is a product of non-negative counts)."""
+        (each term is a product of non-negative counts; the latency model's coefficients are non-negative too)."""
+        if unit == "latency":
+            return self._latency_model().bound(lower)
         terms = {"macs": self._macs, "params": self._params}[unit]
         return terms(np.append([lower(cls) for cls in self._pos_cls], 1.0))
+
+    def _latency_model(self) -> LatencyPredictor:
+        if self.latency is None:
+            raise LegrError("a latency budget needs a latency model of the network on the target device "
+                            "(`legr.engine.latency_model.build_latency_model`)")
+        return self.latency
 
     def costs(self, keep: np.ndarray) -> tuple[float, float]:
         w = self.widths(keep)

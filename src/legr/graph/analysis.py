@@ -40,6 +40,7 @@ class ChannelGraph:
         self.gm = gm
         self.input_shape = input_shape
         self.layers: dict[str, Layer] = ctx.layers
+        self.node_ids = _node_ids(gm, ctx)
         self.patches: list[Patch] = ctx.patches
         roots = ctx.uf.roots()
         _, self.class_of = np.unique(roots, return_inverse=True)  # element -> class
@@ -121,6 +122,28 @@ class ChannelGraph:
         for g in self.groups:
             yield {"group": g.name, "channels": g.size, "producers": len(g.producers), "prunable": g.prunable,
                    "reason": g.reason or ""}
+
+
+def _node_ids(gm: fx.GraphModule, ctx: WalkContext) -> dict[str, list[np.ndarray]]:
+    """Per computing node, the element arrays of the channels it writes, then of those it reads (the widths its cost
+    depends on: `legr.engine.latency_model`)."""
+    out: dict[str, list[np.ndarray]] = {}
+    for node in gm.graph.nodes:
+        if node.op not in ("call_module", "call_function", "call_method"):
+            continue
+        found: list[np.ndarray] = []
+        _collect_ids(ctx.values.get(node), found)
+        fx.node.map_arg((node.args, node.kwargs), lambda n: _collect_ids(ctx.val(n), found) or n)
+        out[node.name] = found
+    return out
+
+
+def _collect_ids(value: Any, found: list[np.ndarray]) -> None:
+    if isinstance(value, ChanMap):
+        found.append(value.ids)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _collect_ids(v, found)
 
 
 def _unique_in_order(values: np.ndarray) -> np.ndarray:

@@ -278,3 +278,17 @@ register_allocator(Allocator("uniform", UniformSolver, None, "same keep ratio in
 register_allocator(Allocator("global", GlobalSolver, None, "raw criterion ranked across all layers"))
 register_allocator(Allocator("lcp", GlobalSolver, "offsets", "global ranking + learned per-layer offset (Chin et al. 2018)"))
 register_allocator(Allocator("legr", GlobalSolver, "affine", "global ranking + learned per-layer affine transform (LeGR)"))
+
+
+def random_plans(graph: ChannelGraph, cost: CostModel, count: int, seed: int = 0, floors: Floors = Floors()) -> list[np.ndarray]:
+    """``count`` random allocations that respect ``floors``, for measuring what widths cost (the probes of a latency
+    model): random filter scores, scaled by a random factor per layer (so widths differ between layers as a learned
+    ranking's do), cut globally at a MACs fraction drawn uniformly between the smallest reachable and the whole
+    network."""
+    rng = np.random.default_rng(seed)
+    plans = []
+    for _ in range(count):
+        scores = {g.name: rng.random(g.size) * math.exp(rng.normal(0.0, 1.0)) for g in graph.prunable_groups()}
+        solver = GlobalSolver(graph, cost, scores, floors)
+        plans.append(solver.solve(rng.uniform(solver.min_cost, cost.base_macs)))
+    return plans

@@ -2,7 +2,7 @@
 treat every method alike.
 
 A method turns the run's source network into a *family*: one member per budget. It declares the units its budgets
-may count (``budgets``: ``macs`` and/or ``params``, targets being fractions of the source network's; the first is the
+may count (``budgets``: ``macs``, ``params`` and/or ``latency``, targets being fractions of the source network's; the first is the
 default, the run's ``budget`` key picks another), and implements four steps over the run folder, each resumable (work
 found finished on disk is not redone):
 
@@ -74,7 +74,7 @@ class Method(ABC):
 
     def __init__(self, run: RunContext) -> None:
         self.run = run
-        wanted = run.cfg.budget
+        wanted = run.cfg.budget_unit
         if wanted is not None and wanted not in self.budgets:
             raise ConfigError(f"method {self.name} takes budgets in {' or '.join(self.budgets)}, not {wanted}: "
                               "remove the budget key or choose another method")
@@ -82,7 +82,7 @@ class Method(ABC):
     @property
     def budget(self) -> BudgetUnit:
         """The unit of this run's targets."""
-        return self.run.cfg.budget or self.budgets[0]
+        return self.run.cfg.budget_unit or self.budgets[0]
 
     def validate(self) -> None:
         """Refuse (with a one-line `LegrError`) what can be checked before any training: e.g. unreachable budgets."""

@@ -20,7 +20,7 @@ from torch import nn
 
 from legr.data import TensorLoader
 from legr.engine.artifacts import load_pruned, save_pruned
-from legr.engine.cost import count_params, format_cost
+from legr.engine.cost import UNIT_NAMES, count_params, format_cost
 from legr.engine.plan import Plan
 from legr.engine.surgery import prune
 from legr.errors import ConfigError
@@ -37,7 +37,7 @@ from legr.training import recalibrate_bn
 class FilterPruning(Method):
     name = "filters"
     description = "structured: a filter criterion cut by a budget allocator (uniform, global, LCP, LeGR)"
-    budgets = ("macs", "params")
+    budgets = ("macs", "params", "latency")
 
     def __init__(self, run) -> None:
         super().__init__(run)
@@ -81,7 +81,7 @@ class FilterPruning(Method):
             return
         wanted = self.cfg.search_targets
         if len(held) != len(wanted) or any(abs(a - b) > 1e-9 for a, b in zip(held, wanted)):
-            unit = {"macs": "MACs", "params": "parameters"}[self.budget]
+            unit = UNIT_NAMES[self.budget]
             raise ConfigError(f"{path} was searched at {', '.join(f'{t:.0%}' for t in held)} {unit} but the config "
                               f"searches at {', '.join(f'{t:.0%}' for t in wanted)}: set search.targets to match "
                               "or use another output folder")
@@ -119,7 +119,7 @@ class FilterPruning(Method):
                                                 augment=True, seed=cfg.seed * 100_003 + i, device=run.device),
             sgd=(s.lr, s.momentum, s.weight_decay), metric=s.fitness)
         learned = learn_ranking(
-            run.base, run.graph, fitness, [t * run.cost.base(self.budget) for t in targets], unit=self.budget,
+            run.base, run.graph, fitness, [t * run.cost.base(self.budget) for t in targets], unit=self.budget, cost=run.cost,
             criterion=cfg.criterion, scores=scores, allocator=cfg.allocator, floors=self.floors,
             mutate_fraction=s.mutate_fraction, seed_uniform=s.seed_uniform,
             search=EvolutionConfig(population=s.population, sample=s.sample, evaluations=s.evaluations, seed=cfg.seed,
@@ -157,9 +157,12 @@ class FilterPruning(Method):
         info = {"method": cfg.allocator, "criterion": cfg.criterion, "target": target, "macs": macs,
                 "params": params, "top1_before_ft": before.top1, "top5_before_ft": before.top5,
                 "top1_after_bn": after_bn, "ranking": ranking.fingerprint}
+        if run.cost.latency is not None:
+            info["predicted_ms"] = run.cost.latency.predict(keep)
         save_pruned(member.root, net, Plan.from_keep_vector(run.graph, keep, source=run.source_info(), info=info))
+        predicted = f", predicted {info['predicted_ms']:.2f} ms" if "predicted_ms" in info else ""
         run.log(f"pruned {member.name}: {macs / 1e6:.2f}M MACs ({macs / run.cost.base_macs:.1%}), "
-                f"{params / 1e3:.1f}K params, top-1 before fine-tuning {before.top1:.2%}"
+                f"{params / 1e3:.1f}K params{predicted}, top-1 before fine-tuning {before.top1:.2%}"
                 + (f" ({after_bn:.2%} after adaptive BN)" if after_bn is not None else ""))
 
     def load(self, member: Any) -> tuple[nn.Module, dict[str, Any]]:

@@ -26,7 +26,8 @@ from legr.engine.plan import Plan
 from legr.hardware import hardware_label
 from legr.methods.legr.ranking import Ranking, ranked_layers
 from legr.paths import atomic_write_text
-from legr.pipeline.config import CompareConfig, MethodConfig, RunConfig
+from legr.pipeline.compare_config import CompareConfig, MethodConfig
+from legr.pipeline.config import RunConfig
 from legr.pipeline.folder import ComparisonFolder, RunFolder, member_name
 from legr.pipeline.steps import Pipeline
 from legr.reporting import (
@@ -236,7 +237,7 @@ class Comparison:
             keep = Plan.load(plan_path).keep_vector(graph)
             per_method[m.name] = {name: int(keep[graph.classes(graph.layers[name].producer_ids)].sum())
                                   for name in layers}
-        return {"target": target, "budget": self.shared.budget or "macs", "seed": self.spec.seeds[0], "layers": layers,
+        return {"target": target, "budget": self.shared.budget_unit or "macs", "seed": self.spec.seeds[0], "layers": layers,
                 "original": original, "methods": per_method}
 
     # --- outputs ---------------------------------------------------------------------------------------------
@@ -274,7 +275,7 @@ def summary_markdown(result: dict[str, Any]) -> str:
             "top-1 after adaptive BN %", "top-1 after FT %"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join([":---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
     for r in result["summary"]:
-        unit = " params" if r.get("budget") == "params" else ""  # MACs: the unit of every target before methods
+        unit = {"params": " params", "latency": " latency"}.get(r.get("budget"), "")  # MACs: every target's unit before methods
         cells = [r["method"], "-" if r["target"] is None else f"{r['target']:.0%}{unit}", f"{r['macs'] / 1e6:.2f}",
                  f"{r['params'] / 1e3:.1f}", *[("-" if r.get(k) is None else f"{r[k]:.2f}") for k in lat],
                  _pm(r.get("top1_before_ft"), r.get("top1_before_ft_std")),

@@ -158,6 +158,29 @@ class MagnitudeSection(_Strict):
         return self
 
 
+class LatencyBudget(_Strict):
+    """``budget: latency`` (these defaults) or ``budget: {unit: latency, batch_size: 64, threads: 1, ...}``: targets
+    are fractions of the source network's latency as predicted by a latency model measured on this machine (per
+    graph node, on ``probes`` random allocations; cached per device: `legr.engine.latency_model`)."""
+
+    unit: Literal["latency"] = "latency"
+    batch_size: int = Field(1, ge=1, description="the batch the latency is measured at")
+    threads: int | None = Field(1, ge=1, description="CPU threads (null: torch's default)")
+    device: Literal["cpu", "cuda"] = "cpu"
+    probes: int = Field(16, ge=2, description="random allocations the model is fitted on (besides the full network)")
+    rounds: int = Field(5, ge=1, description="interleaved timing rounds over the probes")
+    repeats: int = Field(3, ge=1, description="timed forwards per probe and round")
+    clock: Literal["wall", "cpu"] = Field("wall", description="cpu: thread CPU time (threads: 1), for busy machines")
+    statistic: Literal["median", "min"] = Field("median", description="the modelled figure: median or fastest forward")
+
+    def setting(self) -> Any:
+        """The engine's `LatencySetting` for this budget."""
+        from legr.engine.latency_model import LatencySetting
+
+        return LatencySetting(batch_size=self.batch_size, threads=self.threads, device=self.device,
+                              repeats=self.repeats, rounds=self.rounds, clock=self.clock, statistic=self.statistic)
+
+
 class EvalConfig(_Strict):
     batch_size: int = Field(512, ge=1)
     latency: bool = True
@@ -165,7 +188,8 @@ class EvalConfig(_Strict):
     latency_repeats: int = Field(20, ge=1)
     latency_warmup: int = Field(5, ge=0)
     latency_rounds: int = Field(3, ge=1, description="interleaved rounds over all networks; median of round medians")
-    threads: int | None = Field(None, ge=1, description="CPU threads for latency; default: all")
+    threads: int | None = Field(None, ge=1, description="CPU threads for latency; default: all (with a latency "
+                                                        "budget: the budget's threads, and its batch size is timed)")
 
 
 class RunConfig(_Strict):
@@ -173,9 +197,9 @@ class RunConfig(_Strict):
     data: DataConfig = DataConfig()
     method: MethodName = Field("filters", description="compression method (`legr methods`): filters (criterion + "
                                                       "allocator) or magnitude (Han et al.)")
-    budget: Literal["macs", "params"] | None = Field(None, description="what targets are fractions of: the source's "
-                                                                       "MACs or parameters (null: the method's own "
-                                                                       "unit: filters macs, magnitude params)")
+    budget: Literal["macs", "params"] | LatencyBudget | None = Field(
+        None, description="what targets are fractions of: the source's MACs, parameters or latency (`latency` or a "
+                          "latency section; null: the method's own unit: filters macs, magnitude params)")
     criterion: CriterionName = Field("l2sq", description="filter criterion (see `legr methods`)")
     criterion_batches: int = Field(8, ge=1, description="training batches seen by data-dependent criteria (taylor)")
     allocator: AllocatorName = Field("legr", description="budget allocator: uniform, global, lcp or legr (`legr methods`)")
@@ -191,6 +215,28 @@ class RunConfig(_Strict):
     eval: EvalConfig = EvalConfig()
     seed: int = 0
     device: str = Field("auto", description="'auto' (cuda when available), 'cpu' or 'cuda'")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _latency_shorthand(cls, data: Any) -> Any:
+        """``budget: latency`` is a latency section with its defaults; a section's own errors name its keys."""
+        budget = data.get("budget") if isinstance(data, dict) else None
+        if budget == "latency":
+            return {**data, "budget": {"unit": "latency"}}
+        if isinstance(budget, dict):
+            try:
+                LatencyBudget.model_validate(budget)
+            except ValidationError as exc:
+                raise ValueError(_explain(exc, ("budget",))) from None
+        elif budget is not None and budget not in ("macs", "params"):
+            raise ValueError(f"config key 'budget': must be macs, params, latency or a latency section "
+                             f"({{unit: latency, batch_size: .., threads: ..}}), got {budget!r}")
+        return data
+
+    @property
+    def budget_unit(self) -> str | None:
+        """The unit the targets count (``macs``, ``params``, ``latency``), None for the method's default."""
+        return self.budget.unit if isinstance(self.budget, LatencyBudget) else self.budget
 
     @model_validator(mode="after")
     def _check_targets(self) -> "RunConfig":
@@ -212,72 +258,6 @@ class RunConfig(_Strict):
             return self.search.targets
         ordered = sorted(set(self.targets))
         return tuple(sorted({ordered[0], ordered[len(ordered) // 2], ordered[-1]}))
-
-
-class MethodConfig(_Strict):
-    """One compared method: a criterion cut by an allocator (any pair is valid), or another registered method."""
-
-    name: str = Field(description="label in tables and plots, e.g. legr-l2sq")
-    method: MethodName = "filters"
-    criterion: CriterionName = "l2sq"
-    allocator: AllocatorName = "legr"
-    search: dict[str, Any] = Field(default_factory=dict, description="this method's changes to the shared search "
-                                                                     "section, e.g. {tau: 50}")
-    magnitude: dict[str, Any] = Field(default_factory=dict, description="this method's changes to the shared "
-                                                                        "magnitude section, e.g. {rounds: 2}")
-
-
-class CompareSection(_Strict):
-    methods: tuple[MethodConfig, ...] = Field(min_length=1)
-    seeds: tuple[int, ...] = Field((0, 1), min_length=1, description="every method runs once per seed")
-    width_target: float | None = Field(None, gt=0, le=1, description="target of the per-layer width plot; "
-                                                                     "default: the middle target")
-    pipeline_cost: str | None = Field(None, description="method whose search is also run once per target, "
-                                                           "to time 'learn once' against 'search per target'")
-
-    @model_validator(mode="after")
-    def _check(self) -> "CompareSection":
-        names = [m.name for m in self.methods]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"method names must be unique, repeated: {dup}")
-        if self.pipeline_cost is not None:
-            if self.pipeline_cost not in names:
-                raise ValueError(f"pipeline_cost names '{self.pipeline_cost}', which is not a method ({', '.join(names)})")
-            chosen = self.methods[names.index(self.pipeline_cost)]
-            if chosen.method != "filters" or _allocators()[chosen.allocator].search is None:
-                raise ValueError(f"pipeline_cost names '{self.pipeline_cost}', whose allocator searches nothing "
-                                 "(use an lcp or legr method)")
-        return self
-
-
-class CompareConfig(RunConfig):
-    """A run config (the settings every method shares) plus the ``compare`` section."""
-
-    compare: CompareSection
-
-    @model_validator(mode="after")
-    def _check_search_overrides(self) -> "CompareConfig":
-        for i, m in enumerate(self.compare.methods):
-            for section, check in (("search", self.method_search), ("magnitude", self.method_magnitude)):
-                try:
-                    check(m)
-                except ValidationError as exc:
-                    raise ValueError(_explain(exc, ("compare", "methods", i, section))) from None
-        return self
-
-    def method_search(self, method: MethodConfig) -> SearchConfig:
-        """The search settings ``method`` runs with: the shared ones, changed by its ``search`` entries."""
-        return SearchConfig.model_validate({**self.search.model_dump(), **method.search}) if method.search \
-            else self.search
-
-    def method_magnitude(self, method: MethodConfig) -> MagnitudeSection:
-        """The magnitude settings ``method`` runs with: the shared ones, changed by its ``magnitude`` entries."""
-        return MagnitudeSection.model_validate({**self.magnitude.model_dump(), **method.magnitude}) \
-            if method.magnitude else self.magnitude
-
-    def run_config(self) -> RunConfig:
-        return RunConfig.model_validate(self.model_dump(exclude={"compare"}))
 
 
 def _explain(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> str:

@@ -57,7 +57,7 @@ def artifact_config(cfg: RunConfig) -> dict[str, Any]:
     targets as resolved: an explicit list equal to the default is the same run)."""
     out = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in EVAL_ONLY}
     if cfg.method != "filters":  # a method's own section matters only to it
-        return {**out, **dict.fromkeys(FILTER_KEYS), "budget": cfg.budget or METHODS[cfg.method].budgets[0]}
+        return {**out, **dict.fromkeys(FILTER_KEYS), "budget": out["budget"] or METHODS[cfg.method].budgets[0]}
     del out["magnitude"]
     for key in ("method", "budget"):  # a folder written before methods and budgets existed ran filters on MACs
         if out[key] in (None, "filters", "macs"):

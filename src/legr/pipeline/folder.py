@@ -8,6 +8,7 @@ A run folder (`RunFolder`)::
     search_log.jsonl          one line per candidate, every restart
     ranking.json              the ranking: criterion scores + per-layer alpha, kappa (learned for lcp/legr)
     sensitivity.json          method magnitude: each layer's validation top-1 at each pruned fraction
+    latency_model.json        budget latency: the latency model the members were cut with (cached per device too)
     timings.json              wall seconds of each step that ran (rank, prune, finetune), for pipeline-cost figures
     members/<name>/           plan.json + model.safetensors (+ finetuned.json once fine-tuned; finetune.pt meanwhile);
                               method magnitude: its rounds' files and model.sparse.safetensors (+ finetuned.json)
@@ -56,6 +57,7 @@ class RunFolder:
         object.__setattr__(self, "root", Path(self.root))
 
     config = property(lambda self: self.root / "config.yaml")
+    latency_model = property(lambda self: self.root / "latency_model.json")
     base_weights = property(lambda self: self.root / "base" / "model.safetensors")
     base_checkpoint = property(lambda self: self.root / "base" / "train.pt")
     timings = property(lambda self: self.root / "timings.json")

@@ -21,20 +21,23 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 import yaml
 from torch import nn
 
 from legr.data import load_dataset, split_train_val
 from legr.engine.cost import CostModel
+from legr.engine.latency_model import build_latency_model
 from legr.engine.latency import measure_interleaved
 from legr.errors import ConfigError
 from legr.graph import analyze
 from legr.hardware import git_revision, hardware_label
 from legr.methods import METHODS, Method
+from legr.methods.allocate import random_plans
 from legr.models import build_model, load_checkpoint, save_state_dict
 from legr.paths import atomic_write_text, make_folder
-from legr.pipeline.config import RunConfig, TrainConfig
+from legr.pipeline.config import LatencyBudget, RunConfig, TrainConfig
 from legr.pipeline.config_files import artifact_config, dump_config, held_config
 from legr.pipeline.folder import MemberFolder, RunFolder, member_name
 from legr.reporting import (
@@ -100,6 +103,8 @@ class Pipeline:
                 raise ConfigError(f"run folder {self.out} holds a run with a different config; "
                                   "use another output folder or delete it")
         atomic_write_text(path, dump_config(self.cfg))
+        if self.cost.latency is not None:
+            atomic_write_text(self.folder.latency_model, self.cost.latency.to_json())
 
     # --- inputs ---------------------------------------------------------------------------------------------
     @cached_property
@@ -143,7 +148,17 @@ class Pipeline:
 
     @cached_property
     def cost(self) -> CostModel:
-        return CostModel(self.graph)
+        """MACs and params of any plan; with a latency budget also its predicted latency, from a latency model of
+        the source network measured on this machine (or read from its cache)."""
+        cost = CostModel(self.graph)
+        budget = self.cfg.budget
+        if not isinstance(budget, LatencyBudget) or self.cfg.method != "filters":
+            return cost  # other methods refuse a latency budget when they are built
+        setting = budget.setting()
+        self.log(f"latency model of {self.cfg.model.name} ({setting.label}): measured once per device, then cached")
+        plans = [np.ones(self.graph.num_classes)] + random_plans(self.graph, cost, budget.probes, seed=0)
+        model = build_latency_model(self.graph, setting, plans, progress=self.progress, log=self.log)
+        return CostModel(self.graph, latency=model)
 
     # --- what a method uses (`legr.methods.base.RunContext`) ---------------------------------------------------
     def train(self, model: nn.Module, cfg: TrainConfig, checkpoint: Path) -> list[dict]:
@@ -212,8 +227,10 @@ class Pipeline:
         """Test accuracy (and latency) of the source network (unless ``baseline`` is False) and every member."""
         self.finetune()
         nets = {BASELINE: self.graph.gm} if baseline else {}  # timed as the same fx module type as the members
-        rows = [self._row(BASELINE, self.base, {"macs": self.cost.base_macs, "params": self.cost.base_params})] \
-            if baseline else []
+        source = {"macs": self.cost.base_macs, "params": self.cost.base_params}
+        if self.cost.latency is not None:
+            source["predicted_ms"] = self.cost.latency.base_ms
+        rows = [self._row(BASELINE, self.base, source)] if baseline else []
         for member in self.members():
             net, info = self.method.load(member)
             nets[member.name] = net.to(self.device)
@@ -236,7 +253,7 @@ class Pipeline:
             "macs_ratio": macs / self.cost.base_macs, "params_ratio": params / self.cost.base_params,
             "compression": self.cost.base_params / params, "top1": result.top1, "top5": result.top5,
             "loss": result.loss, "top1_before_ft": info.get("top1_before_ft"),
-            "top1_after_bn": info.get("top1_after_bn"), **extra,
+            "top1_after_bn": info.get("top1_after_bn"), "predicted_ms": info.get("predicted_ms"), **extra,
             "finetune_epochs": info.get("finetune_epochs", self.cfg.finetune.epochs) if member else None,
             "seed": self.cfg.seed, "config_hash": config_hash(artifact_config(self.cfg)),
             "git_rev": git_revision(), "hardware": hardware_label(), "path": path,
@@ -245,11 +262,15 @@ class Pipeline:
     def _latency(self, nets: dict[str, nn.Module]) -> dict[str, dict[str, float]]:
         """Per network, `latency_<device>_b<batch>_ms`: all networks timed in interleaved rounds (see
         `measure_interleaved`), on the CPU and, when the run uses one, the GPU."""
-        e = self.cfg.eval
+        e, budget = self.cfg.eval, self.cfg.budget
+        threads, batches = e.threads, tuple(e.latency_batch_sizes)
+        if isinstance(budget, LatencyBudget):  # time the members where their budget was set, too
+            threads = budget.threads if threads is None else threads
+            batches = tuple(sorted({*batches, budget.batch_size}))
         out: dict[str, dict[str, float]] = {name: {} for name in nets}
         for device in ["cpu"] + (["cuda"] if self.device.type == "cuda" else []):
-            timings = measure_interleaved(nets, self.data.input_size, e.latency_batch_sizes, device=device,
-                                          rounds=e.latency_rounds, threads=e.threads if device == "cpu" else None,
+            timings = measure_interleaved(nets, self.data.input_size, batches, device=device,
+                                          rounds=e.latency_rounds, threads=threads if device == "cpu" else None,
                                           warmup=e.latency_warmup, repeats=e.latency_repeats)
             for name, per_batch in timings.items():
                 out[name].update(latency_columns(device, per_batch))

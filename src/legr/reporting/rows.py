@@ -4,7 +4,8 @@ A result row is a plain dict written by code (`legr eval`) and aggregated by a s
 benchmarks); `ResultRow` types it. Required keys: ``name``, ``method`` (`BASELINE` for the source network),
 ``model``, ``dataset``, ``macs``, ``params``, ``top1``. Common optional keys: ``target`` (a fraction of the source's
 cost in ``budget`` units, or None), ``budget``, ``macs_ratio``, ``params_ratio``, ``compression`` (original params /
-params), ``top5``, ``loss``, ``top1_before_ft`` (as cut), ``top1_after_bn`` (after adaptive BN),
+params), ``top5``, ``loss``, ``top1_before_ft`` (as cut), ``top1_after_bn`` (after adaptive BN), ``predicted_ms`` (a latency budget's
+prediction),
 ``latency_{cpu,cuda}_b{N}_ms``, ``seed``, ``config_hash``, ``git_rev``, ``hardware``, ``finetune_epochs``, ``path``.
 Unknown keys are allowed and kept.
 Accuracies are fractions in [0, 1]; tables and plots show them in percent.
@@ -35,7 +36,7 @@ RESULTS_CSV = "results.csv"
 IDENTITY_KEYS: tuple[str, ...] = ("name", "method", "criterion", "model", "dataset", "target")
 METRIC_KEYS: tuple[str, ...] = (
     "macs", "macs_ratio", "params", "params_ratio", "compression",
-    "top1", "top5", "loss", "top1_before_ft", "top5_before_ft", "top1_after_bn",
+    "top1", "top5", "loss", "top1_before_ft", "top5_before_ft", "top1_after_bn", "predicted_ms",
 )
 PROVENANCE_KEYS: tuple[str, ...] = (
     "finetune_epochs", "seed", "config_hash", "git_rev", "hardware", "path",
@@ -59,7 +60,7 @@ class ResultRow(_Required, total=False):
 
     criterion: str | None
     target: float | None  # fraction of the source's cost in ``budget`` units
-    budget: str | None  # "macs" or "params"; None for the source network
+    budget: str | None  # "macs", "params" or "latency"; None for the source network
     macs_ratio: float
     params_ratio: float
     compression: float
@@ -67,6 +68,7 @@ class ResultRow(_Required, total=False):
     loss: float
     top1_before_ft: float | None
     top1_after_bn: float | None
+    predicted_ms: float | None  # a latency budget's prediction (ms, at the budget's batch size and threads)
     finetune_epochs: int | None
     seed: int
     config_hash: str

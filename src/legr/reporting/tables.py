@@ -59,6 +59,8 @@ def _table_columns(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[b
                                                             else 100 * as_number(r["top1_after_bn"]), 2)))
     if any(as_number(r.get("top5")) is not None for r in rows):
         columns.append(("top-5 %", True, lambda r: _fmt(None if as_number(r.get("top5")) is None else 100 * as_number(r["top5"]), 2)))
+    if any(as_number(r.get("predicted_ms")) is not None for r in rows):  # a latency budget's prediction
+        columns.append(("predicted ms", True, lambda r: _fmt_sig(as_number(r.get("predicted_ms")))))
     for key in _latency_keys(rows):
         device, bs = LATENCY_KEY.match(key).groups()
         columns.append((f"{device.upper()} b{bs} ms", True,

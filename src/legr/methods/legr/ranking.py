@@ -191,6 +191,7 @@ def learn_ranking(
     target_macs: float | Sequence[float],
     *,
     unit: BudgetUnit = "macs",
+    cost: CostModel | None = None,
     criterion: str = "l2sq",
     scores: Mapping[str, np.ndarray] | None = None,
     allocator: str = "legr",
@@ -205,7 +206,8 @@ def learn_ranking(
     """Learn LeGR's per-layer affine transform by aging evolution.
 
     Each candidate ranking prunes ``model`` (weights restored from memory) to ``target_macs`` (costs in ``unit``:
-    MACs, or parameters with ``unit="params"``) and is scored by
+    MACs, parameters with ``unit="params"``, predicted ms with ``unit="latency"`` and a ``cost`` model that holds a
+    latency model) and is scored by
     ``fitness(pruned_network, candidate_index)`` (higher is better, e.g. validation top-1 after `recalibrate_bn`).
     Several targets (a family-aware search): the candidate's fitness is the mean over the networks it cuts at each.
     ``scores`` are the criterion's per-filter scores (default: computed from the weights); ``allocator`` "lcp" learns
@@ -219,7 +221,7 @@ def learn_ranking(
     targets = [float(target_macs)] if np.isscalar(target_macs) else [float(t) for t in target_macs]
     if not targets:
         raise LegrError("learn_ranking needs at least one target")
-    cost = CostModel(graph)
+    cost = cost or CostModel(graph)
     layers = ranked_layers(graph)
     scores = dict(scores) if scores is not None else compute_scores(criterion, graph, model)
     space = AffineSpace(layers, layer_score_std(scores, layers), mutate_fraction=mutate_fraction,
