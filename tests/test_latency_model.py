@@ -226,3 +226,26 @@ def test_config_latency_budgets():
     with pytest.raises(ConfigError, match="method magnitude takes budgets in params, not latency"):
         from legr.pipeline.steps import Pipeline
         Pipeline(parse_config({**base, "method": "magnitude", "budget": "latency"}), "/nonexistent", progress=False)
+
+
+def test_members_are_cut_against_the_clock(resnet20, monkeypatch):
+    """meet_measured corrects a model that is 25% optimistic for small networks: the plan it returns measures
+    within 5% below the target (here the 'clock' is a known function of the plan)."""
+    import legr.engine.latency_check as check
+
+    model, graph, cost = resnet20
+    latency, truth = _model(graph, cost)
+    cost = CostModel(graph, latency=latency)
+    solver = GlobalSolver(graph, cost, group_scores(graph, compute_scores("l1", graph, model)), Floors(), "latency")
+
+    def clock(graph_, keep, setting, rounds, warmup):  # measured ratio = predicted ratio x (1.25 - 0.25 x it)
+        share = latency.predict(keep) / latency.base_ms
+        return share * (1.25 - 0.25 * share), 0.01
+
+    monkeypatch.setattr(check, "measured_ratio", clock)
+    keep, record = check.meet_measured(graph, solver, 0.6, latency, LatencySetting())
+    ratio = record["measured_ratio"]
+    assert 0.6 * 0.95 <= ratio <= 0.6 and not record["over_target"]
+    assert len(record["steps"]) >= 2  # the first cut, trusting the prediction, measured over the target
+    assert record["steps"][0]["measured_ratio"] > 0.6
+    assert np.array_equal(keep, solver.solve(record["asked_ms"]))

@@ -165,3 +165,33 @@ def test_filter_pruning_at_parameter_budgets(run, tmp_path):
         assert row["params"] > (row["target"] - 0.1) * rows[0]["params"]  # cut at the parameter budget
     with pytest.raises(ConfigError, match="method magnitude takes budgets in params, not macs"):
         Pipeline(parse_config({**yaml.safe_load(MAGNITUDE), "budget": "macs"}), tmp_path / "m", progress=False)
+
+
+LATENCY = """
+model: {name: digits_cnn, weights: null}
+data: {name: digits, val_size: 200}
+base_training: {epochs: 1, lr: 0.05, batch_size: 64, augment: false}
+budget: {unit: latency, batch_size: 16, probes: 3, rounds: 2, repeats: 1}
+allocator: uniform
+bn_batches: 2
+targets: [0.85]
+finetune: {epochs: 0}
+eval: {latency_batch_sizes: [1], latency_rounds: 1, latency_repeats: 2}
+"""
+
+
+def test_a_latency_budget_run_cuts_members_against_the_clock(tmp_path):
+    cfg = parse_config(yaml.safe_load(LATENCY))
+    messages: list[str] = []
+    Pipeline(cfg, tmp_path, progress=False, log=messages.append).evaluate()
+    rows = json.loads((tmp_path / "results.json").read_text())
+    base, member = rows[0], rows[1]
+    assert member["budget"] == "latency" and member["predicted_ms"] < base["predicted_ms"]
+    assert "latency_cpu_b16_ms" in member  # the budget's batch size is timed beside eval's
+    plan = json.loads((tmp_path / "members" / "uniform-85" / "plan.json").read_text())
+    check = plan["info"]["latency_check"]
+    assert 1 <= len(check["steps"]) <= 4 and check["measured_ratio"] in [s["measured_ratio"] for s in check["steps"]]
+    assert json.loads((tmp_path / "latency_model.json").read_text())["device"]["batch_size"] == 16
+    stamp = (tmp_path / "members" / "uniform-85" / "plan.json").stat().st_mtime_ns
+    Pipeline(cfg, tmp_path, progress=False, log=messages.append).prune()  # no new measurement cuts it otherwise
+    assert (tmp_path / "members" / "uniform-85" / "plan.json").stat().st_mtime_ns == stamp

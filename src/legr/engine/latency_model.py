@@ -16,7 +16,8 @@ size:
 The prediction is a sum of ``coef * width_a * width_b`` terms over tracked channel dims, the structure of the MACs
 and params models (`legr.engine.cost`), so the lower bound of `CostModel.bound` holds for it too. Evaluating it takes
 microseconds. Its accuracy (median and max relative error over random plans not used to fit it) is measured by
-`validate` and `benchmarks/latency_budget.py`.
+`legr.engine.latency_check.validate` and `benchmarks/latency_budget.py`; `legr.engine.latency_check.meet_measured`
+corrects a member's cut by timing it.
 
 Models are cached under ``$LEGR_CACHE/latency/`` by a key over the device fingerprint (CPU model or GPU name,
 threads, batch size, torch version), the architecture (graph code and parameter shapes) and the probes; the probes
@@ -39,7 +40,7 @@ from scipy.optimize import nnls
 from torch import fx
 
 from legr.engine.cost import _Terms
-from legr.engine.latency import CLOCKS, clock_for, fixed_threads, measure_interleaved, measure_latency
+from legr.engine.latency import CLOCKS, clock_for, fixed_threads, measure_latency
 from legr.engine.surgery import prune
 from legr.errors import LegrError
 from legr.graph import ChannelGraph
@@ -322,15 +323,3 @@ def build_latency_model(graph: ChannelGraph, setting: LatencySetting, plans: Seq
     atomic_write_text(path, model.to_json())
     partial.unlink(missing_ok=True)
     return model
-
-
-def validate(model: LatencyModel, plans: Sequence[np.ndarray], setting: LatencySetting,
-             warmup: int = 1) -> list[tuple[float, float]]:
-    """(predicted, measured) ms of each plan, cut physically and timed in interleaved rounds on ``setting``
-    (`measure_interleaved`; ``median``: the median of the rounds' medians, ``min``: the fastest forward)."""
-    nets = {str(i): prune(model.graph, keep) for i, keep in enumerate(plans)}
-    timing = {**setting.timing(), "warmup": warmup}
-    measured = measure_interleaved(nets, model.graph.input_shape, [setting.batch_size], rounds=setting.rounds,
-                                   **timing)
-    return [(model.predict(keep), getattr(measured[str(i)][setting.batch_size], f"{setting.statistic}_ms"))
-            for i, keep in enumerate(plans)]

@@ -107,9 +107,12 @@ class Method(ABC):
 
     def finetune(self, member: Any) -> None:
         """Recover the member's accuracy with the run's fine-tuning recipe (resumable; ``member.finetuned`` marks it
-        done)."""
-        net, _ = self.load(member)
+        done; ``finetune.epochs: 0`` leaves the member as cut)."""
         cfg = self.run.cfg.finetune
+        if cfg.epochs == 0:  # the members are evaluated as cut (and BN-recalibrated)
+            atomic_write_text(member.finetuned, "[]")
+            return
+        net, _ = self.load(member)
         self.run.log(f"fine-tuning {member.name} for {cfg.epochs} epochs")
         with self.run.timed("finetune"):
             history = self.run.train(net.to(self.run.device), cfg, member.finetune_checkpoint)

@@ -21,10 +21,11 @@ from torch import nn
 from legr.data import TensorLoader
 from legr.engine.artifacts import load_pruned, save_pruned
 from legr.engine.cost import UNIT_NAMES, count_params, format_cost
+from legr.engine.latency_check import meet_measured
 from legr.engine.plan import Plan
 from legr.engine.surgery import prune
 from legr.errors import ConfigError
-from legr.methods.allocate import ALLOCATORS, Floors, check_reachable
+from legr.methods.allocate import ALLOCATORS, BudgetSolver, Floors, check_reachable
 from legr.methods.base import Method, register_method
 from legr.methods.criteria import CriterionContext, compute_scores
 from legr.methods.legr import EvolutionConfig
@@ -139,8 +140,12 @@ class FilterPruning(Method):
         is cut again and loses its fine-tune. BN statistics are re-estimated (``bn_batches``) before it is saved, and
         its test top-1 is recorded both as cut (``top1_before_ft``) and after that (``top1_after_bn``)."""
         run, cfg = self.run, self.cfg
-        keep = ranking.solver(run.graph, run.cost, run.base, self.floors, self.budget).solve(
-            target * run.cost.base(self.budget))
+        solver = ranking.solver(run.graph, run.cost, run.base, self.floors, self.budget)
+        checked = None
+        if self.budget == "latency" and cfg.budget.measure_members:
+            keep, checked = self._measured_cut(solver, ranking, target, member)
+        else:
+            keep = solver.solve(target * run.cost.base(self.budget))
         if member.plan.exists():
             if np.array_equal(Plan.load(member.plan).keep_vector(run.graph), keep):
                 return
@@ -159,11 +164,33 @@ class FilterPruning(Method):
                 "top1_after_bn": after_bn, "ranking": ranking.fingerprint}
         if run.cost.latency is not None:
             info["predicted_ms"] = run.cost.latency.predict(keep)
+        if checked is not None:
+            info["latency_check"] = checked
         save_pruned(member.root, net, Plan.from_keep_vector(run.graph, keep, source=run.source_info(), info=info))
         predicted = f", predicted {info['predicted_ms']:.2f} ms" if "predicted_ms" in info else ""
         run.log(f"pruned {member.name}: {macs / 1e6:.2f}M MACs ({macs / run.cost.base_macs:.1%}), "
                 f"{params / 1e3:.1f}K params{predicted}, top-1 before fine-tuning {before.top1:.2%}"
                 + (f" ({after_bn:.2%} after adaptive BN)" if after_bn is not None else ""))
+
+    def _measured_cut(self, solver: BudgetSolver, ranking: Ranking, target: float,
+                      member: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        """A latency budget cut against the clock (`meet_measured`); a member already cut that way from this ranking
+        for this target is kept (timings differ between runs: measuring again could cut it otherwise)."""
+        run, budget = self.run, self.cfg.budget
+        if member.plan.exists():
+            plan = Plan.load(member.plan)
+            held = plan.info.get("latency_check") or {}
+            if plan.info.get("ranking") == ranking.fingerprint and plan.info.get("target") == target and held:
+                keep = solver.solve(held["asked_ms"])
+                if np.array_equal(plan.keep_vector(run.graph), keep):
+                    return keep, held
+        keep, record = meet_measured(run.graph, solver, target, run.cost.latency, budget.setting())
+        run.log(f"{member.name}: measured at {record['measured_ratio']:.1%} of the source network's latency "
+                f"(target {target:.0%}, {len(record['steps'])} cut(s))")
+        if record["over_target"]:
+            run.log(f"warning: {member.name} stayed above its latency target after {len(record['steps'])} "
+                    "measured cuts (a busy machine? see eval's latency spread)")
+        return keep, record
 
     def load(self, member: Any) -> tuple[nn.Module, dict[str, Any]]:
         net, plan = load_pruned(member.root, self.run.base)

@@ -172,6 +172,8 @@ class LatencyBudget(_Strict):
     repeats: int = Field(3, ge=1, description="timed forwards per probe and round")
     clock: Literal["wall", "cpu"] = Field("wall", description="cpu: thread CPU time (threads: 1), for busy machines")
     statistic: Literal["median", "min"] = Field("median", description="the modelled figure: median or fastest forward")
+    measure_members: bool = Field(True, description="cut each member against its measured latency (a few timed "
+                                                    "cuts), not the prediction alone")
 
     def setting(self) -> Any:
         """The engine's `LatencySetting` for this budget."""
