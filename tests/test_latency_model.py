@@ -158,8 +158,11 @@ def test_measured_probes_time_every_computing_node_and_resume(tiny, tmp_path):
     setting = LatencySetting(batch_size=4, rounds=2, repeats=1, min_time_s=0)
     state = tmp_path / "state.json"
     probes = measure_probes(graph, plans, setting, state=state, progress=False)
-    computing = {n.name for n in graph.gm.graph.nodes if n.op.startswith("call_")}
-    assert all(set(p.node_ms) == computing and p.total_ms > 0 for p in probes)
+    from legr.engine.surgery import fold_batchnorm
+
+    computing = {n.name for n in fold_batchnorm(graph.gm).graph.nodes if n.op.startswith("call_")}
+    assert all(set(p.node_ms) == computing and p.total_ms > 0 for p in probes)  # as deployed: batch norms folded
+    assert len(computing) < sum(n.op.startswith("call_") for n in graph.gm.graph.nodes)
     assert probes[0].widths > probes[1].widths or probes[0].widths != probes[1].widths
     first = json.loads(state.read_text())
     assert len(first) == 2
@@ -249,3 +252,24 @@ def test_members_are_cut_against_the_clock(resnet20, monkeypatch):
     assert len(record["steps"]) >= 2  # the first cut, trusting the prediction, measured over the target
     assert record["steps"][0]["measured_ratio"] > 0.6
     assert np.array_equal(keep, solver.solve(record["asked_ms"]))
+
+
+@pytest.mark.parametrize("name,shape", [("cifar_resnet56", (3, 32, 32)), ("cifar_mobilenet_v2", (3, 32, 32))])
+def test_deployed_members_have_their_batch_norms_folded(name, shape):
+    from legr.engine.surgery import fold_batchnorm, prune
+
+    model = build_model(name, pretrained=False)
+    with torch.no_grad():  # statistics and affine parameters far from the identity
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    graph = analyze(model, shape)
+    net = prune(graph, random_plans(graph, CostModel(graph), 1, seed=3)[0]).train()
+    folded = fold_batchnorm(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert net.training and any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # the input is unchanged
+    x = torch.randn(4, *shape)
+    with torch.no_grad():
+        reference = net.eval()(x)
+        assert (folded(x) - reference).abs().max() <= 1e-4 * reference.abs().max()

@@ -34,8 +34,8 @@ def validate(model: LatencyModel, plans: Sequence[np.ndarray], setting: LatencyS
              warmup: int = 1) -> list[tuple[float, float]]:
     """(predicted, measured) ms of each plan, cut physically and timed in interleaved rounds on ``setting``
     (`measure_interleaved`; ``median``: the median of the rounds' medians, ``min``: the fastest forward)."""
-    measured = _measure({str(i): prune(model.graph, keep) for i, keep in enumerate(plans)}, model.graph, setting,
-                        warmup)
+    nets = {str(i): setting.deployed(prune(model.graph, keep)) for i, keep in enumerate(plans)}
+    measured = _measure(nets, model.graph, setting, warmup)
     return [(model.predict(keep), measured[str(i)]) for i, keep in enumerate(plans)]
 
 
@@ -52,7 +52,7 @@ def measured_ratio(graph: ChannelGraph, keep: np.ndarray, setting: LatencySettin
     """The cut network's latency over the source network's, timed back to back in each of ``rounds`` rounds: the
     median of the per-round ratios (a slow spell of the machine slows both networks of a round alike) and their
     spread ((max - min) / median)."""
-    nets = (graph.gm, prune(graph, keep))
+    nets = (setting.deployed(graph.gm), setting.deployed(prune(graph, keep)))
     timing = {**setting.timing(), "warmup": warmup}
     ratios = []
     for _ in range(rounds):

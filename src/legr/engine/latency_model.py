@@ -37,11 +37,11 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.optimize import nnls
-from torch import fx
+from torch import fx, nn
 
 from legr.engine.cost import _Terms
 from legr.engine.latency import CLOCKS, clock_for, fixed_threads, measure_latency
-from legr.engine.surgery import prune
+from legr.engine.surgery import fold_batchnorm, prune
 from legr.errors import LegrError
 from legr.graph import ChannelGraph
 from legr.hardware import hardware_info
@@ -59,7 +59,8 @@ class LatencySetting:
     "wall" (elapsed) or "cpu" (thread CPU time, for one thread on a busy machine: `legr.engine.latency.CLOCKS`); ``rounds``
     interleaved rounds over all plans (a slow spell of the machine hits every plan alike); ``statistic``: what is
     modelled, the ``median`` forward or the fastest (``min``: on a machine shared with other work, the figure other
-    load disturbs least)."""
+    load disturbs least); ``fold_bn``: networks are timed as deployed, batch norms folded into their convolutions
+    (`legr.engine.surgery.fold_batchnorm`)."""
 
     batch_size: int = 1
     threads: int | None = 1
@@ -69,6 +70,7 @@ class LatencySetting:
     rounds: int = 5
     clock: str = "wall"
     statistic: str = "median"
+    fold_bn: bool = True
 
     def __post_init__(self) -> None:
         if min(self.batch_size, self.repeats, self.rounds, self.threads or 1) < 1 or self.min_time_s < 0:
@@ -81,6 +83,10 @@ class LatencySetting:
         clock_for(self.clock, self.device, self.threads)
         if self.statistic not in STATISTICS:
             raise LegrError(f"latency statistic must be {' or '.join(STATISTICS)}, got '{self.statistic}'")
+
+    def deployed(self, net: nn.Module) -> nn.Module:
+        """``net`` in the form this setting times (batch norms folded when ``fold_bn``)."""
+        return fold_batchnorm(net) if self.fold_bn else net
 
     def timing(self) -> dict[str, Any]:
         """Keywords of `measure_latency` for this setting."""
@@ -188,7 +194,7 @@ def measure_probes(graph: ChannelGraph, plans: Sequence[np.ndarray], setting: La
     ``state`` after each one, and a restarted measurement of the same plans continues from there."""
     dims = _Dims(graph)
     device = torch.device(setting.device)
-    nets = [prune(graph, keep).to(device).eval() for keep in plans]
+    nets = [setting.deployed(prune(graph, keep)).to(device).eval() for keep in plans]
     x = torch.randn((setting.batch_size, *graph.input_shape), generator=torch.Generator().manual_seed(0)).to(device)
     now = CLOCKS[setting.clock]
     rounds = _read_rounds(state, len(plans))

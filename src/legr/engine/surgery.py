@@ -117,6 +117,21 @@ def prune(graph: ChannelGraph, keep: np.ndarray) -> fx.GraphModule:
     return gm
 
 
+def fold_batchnorm(net: nn.Module) -> nn.Module:
+    """The network as deployed: a copy in eval mode with every batch norm that is a convolution's only reader folded
+    into it (`torch.fx.experimental.optimization.fuse`; equal outputs up to float rounding). ``net`` is unchanged; a
+    network that is not a `torch.fx.GraphModule` (pruning always returns one) is returned as it is."""
+    from torch.fx.experimental.optimization import fuse
+
+    if not isinstance(net, fx.GraphModule):
+        return net
+    was_training = net.training
+    try:
+        return fuse(net.eval())
+    finally:
+        net.train(was_training)
+
+
 def apply_masks_(module: nn.Module, graph: ChannelGraph, keep: np.ndarray) -> nn.Module:
     """Zero, in place, every producer weight, bias and batch-norm affine/mean entry of removed channels.
 

@@ -22,6 +22,7 @@ from typing import Any, Callable
 from torch import nn
 
 from legr.engine.latency import measure_interleaved
+from legr.engine.surgery import fold_batchnorm
 from legr.engine.plan import Plan
 from legr.hardware import hardware_label
 from legr.methods.legr.ranking import Ranking, ranked_layers
@@ -180,6 +181,8 @@ class Comparison:
             for member in pipeline.members():
                 net, _ = pipeline.method.load(member)
                 nets[str(member.root.relative_to(self.out))] = net
+        if e.fold_bn:
+            nets = {name: fold_batchnorm(net) for name, net in nets.items()}
         self.log(f"timing {len(nets)} networks on the CPU ({e.latency_rounds} interleaved rounds)")
         timings = measure_interleaved(nets, first.data.input_size, e.latency_batch_sizes, device="cpu",
                                       rounds=e.latency_rounds, threads=e.threads, warmup=e.latency_warmup,

@@ -172,6 +172,7 @@ class LatencyBudget(_Strict):
     repeats: int = Field(3, ge=1, description="timed forwards per probe and round")
     clock: Literal["wall", "cpu"] = Field("wall", description="cpu: thread CPU time (threads: 1), for busy machines")
     statistic: Literal["median", "min"] = Field("median", description="the modelled figure: median or fastest forward")
+    fold_bn: bool = Field(True, description="time networks as deployed: batch norms folded into the convolutions")
     measure_members: bool = Field(True, description="cut each member against its measured latency (a few timed "
                                                     "cuts), not the prediction alone")
 
@@ -180,7 +181,8 @@ class LatencyBudget(_Strict):
         from legr.engine.latency_model import LatencySetting
 
         return LatencySetting(batch_size=self.batch_size, threads=self.threads, device=self.device,
-                              repeats=self.repeats, rounds=self.rounds, clock=self.clock, statistic=self.statistic)
+                              repeats=self.repeats, rounds=self.rounds, clock=self.clock, statistic=self.statistic,
+                              fold_bn=self.fold_bn)
 
 
 class EvalConfig(_Strict):
@@ -190,6 +192,8 @@ class EvalConfig(_Strict):
     latency_repeats: int = Field(20, ge=1)
     latency_warmup: int = Field(5, ge=0)
     latency_rounds: int = Field(3, ge=1, description="interleaved rounds over all networks; median of round medians")
+    fold_bn: bool = Field(True, description="time the networks as deployed: batch norms folded into the convolutions "
+                                            "(torch.fx fuse; accuracy is unchanged)")
     threads: int | None = Field(None, ge=1, description="CPU threads for latency; default: all (with a latency "
                                                         "budget: the budget's threads, and its batch size is timed)")
 

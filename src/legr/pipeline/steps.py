@@ -30,6 +30,7 @@ from legr.data import load_dataset, split_train_val
 from legr.engine.cost import CostModel
 from legr.engine.latency_model import build_latency_model
 from legr.engine.latency import measure_interleaved
+from legr.engine.surgery import fold_batchnorm
 from legr.errors import ConfigError
 from legr.graph import analyze
 from legr.hardware import git_revision, hardware_label
@@ -261,12 +262,15 @@ class Pipeline:
 
     def _latency(self, nets: dict[str, nn.Module]) -> dict[str, dict[str, float]]:
         """Per network, `latency_<device>_b<batch>_ms`: all networks timed in interleaved rounds (see
-        `measure_interleaved`), on the CPU and, when the run uses one, the GPU."""
+        `measure_interleaved`), on the CPU and, when the run uses one, the GPU; batch norms folded first when
+        ``eval.fold_bn``."""
         e, budget = self.cfg.eval, self.cfg.budget
         threads, batches = e.threads, tuple(e.latency_batch_sizes)
         if isinstance(budget, LatencyBudget):  # time the members where their budget was set, too
             threads = budget.threads if threads is None else threads
             batches = tuple(sorted({*batches, budget.batch_size}))
+        if e.fold_bn:
+            nets = {name: fold_batchnorm(net) for name, net in nets.items()}
         out: dict[str, dict[str, float]] = {name: {} for name in nets}
         for device in ["cpu"] + (["cuda"] if self.device.type == "cuda" else []):
             timings = measure_interleaved(nets, self.data.input_size, batches, device=device,
