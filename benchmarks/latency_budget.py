@@ -190,8 +190,8 @@ def markdown(result: dict[str, Any]) -> str:
               "## (b) Latency-targeted members: measured latency / (target x the baseline's measured latency)", "",
               "Cut by the prediction alone, and cut against the clock (`meet_measured`, what `legr prune` does by "
               "default: cut, time against the source, cut again at a corrected budget).", "",
-              "| model | batch | allocator | round_to | target | cut by | predicted ms | measured ms | measured / target | "
-              "MACs ratio |", "|---|---:|---|---:|---:|---|---:|---:|---:|---:|"]
+              "| model | batch | allocator | round_to | target | cut by | predicted ms | measured ms | "
+              "measured / target | MACs ratio |", "|---|---:|---|---:|---:|---|---:|---:|---:|---:|"]
     for p in result["parts"]:
         for r in (r for r in p["rows"] if r["part"] == "b"):
             if r.get("unreachable"):
@@ -200,8 +200,8 @@ def markdown(result: dict[str, Any]) -> str:
                              f"{r['min_ms']:.2f} ms | | | |")
                 continue
             how = f"measured ({r['cuts']} cuts)" if r.get("measured_cut") else "prediction"
-            lines.append(f"| {p['model']} | {p['batch_size']} | {r['allocator']} | {r['round_to']} | {r['target']:.0%} | "
-                         f"{how} | {r['predicted_ms']:.2f} | {r['measured_ms']:.2f}{' ?' if r['noisy'] else ''} | "
+            lines.append(f"| {p['model']} | {p['batch_size']} | {r['allocator']} | {r['round_to']} | "
+                         f"{r['target']:.0%} | {how} | {r['predicted_ms']:.2f} | {r['measured_ms']:.2f}{' ?' if r['noisy'] else ''} | "
                          f"{r['latency_ratio'] / r['target']:.3f} | {r['macs_ratio']:.3f} |")
     lines += ["", "## (c) Speed-up efficiency at MACs targets (latency speed-up / MACs speed-up)", "",
               "| model | batch | allocator | target MACs | efficiency round_to 1 | efficiency round_to 8 | "

@@ -75,6 +75,50 @@ def latency() -> list[str]:
     return out[:-1] or ["Not run yet: `python benchmarks/latency_uniform.py`."]
 
 
+def latency_budget() -> list[str]:
+    d = _load("latency_budget.json")
+    if d is None or not d.get("parts"):
+        return ["Not run yet: `python benchmarks/latency_budget.py`."]
+    parts = d["parts"]
+    out = [f"{d['hardware']}, {d['date'][:10]}, `{d['command']}`; clock: {d['clock']} (the thread's CPU time: this "
+           f"shared VM's wall clock swings by up to 2x within seconds), statistic: {d['statistic']} (the fastest "
+           "forward); networks timed as deployed (batch norms folded); random weights (timings do not depend on "
+           "them). Details: `benchmarks/results/latency_budget.md`.", "",
+           "**(a) Latency model** (fitted on the full network + 16 random allocations, checked on 30 others + the full "
+           "network; ratio error: of the predicted latency relative to the full network's, what a fractional "
+           "budget relies on). Goal: median error <= 5%, max <= 15%:", ""]
+    out += _table(["model", "batch", "full network ms (measured / predicted)", "median error", "max error",
+                   "median ratio error", "max ratio error"],
+                  [[p["model"], str(p["batch_size"]), f"{p['baseline_ms']:.2f} / {p['predicted_baseline_ms']:.2f}",
+                    f"{p['summary']['median_rel_err']:.1%}", f"{p['summary']['max_rel_err']:.1%}",
+                    f"{p['summary']['median_ratio_err']:.1%}", f"{p['summary']['max_ratio_err']:.1%}"] for p in parts])
+    out += ["", "**(b) Latency-targeted members** at 30/50/70% of the source network's latency (uniform and the "
+            "non-uniform allocator, round_to 1 and 8): measured latency / target, min-max over the members, cut by "
+            "the prediction alone and against the clock (`measure_members`, the default). Goal: within 5% below the "
+            "target:", ""]
+    rows = []
+    for p in parts:
+        b = [r for r in p["rows"] if r["part"] == "b" and not r.get("unreachable")]
+        cells = []
+        for measured in (False, True):
+            land = [r["latency_ratio"] / r["target"] for r in b if r["measured_cut"] == measured]
+            ok = sum(0.95 <= x <= 1.0 for x in land)
+            cells.append(f"{min(land):.2f}-{max(land):.2f} ({ok}/{len(land)} within)" if land else "-")
+        unreachable = sum(1 for r in p["rows"] if r.get("unreachable"))
+        rows.append([p["model"], str(p["batch_size"]), *cells, str(unreachable)])
+    out += _table(["model", "batch", "by prediction", "against the clock", "unreachable targets"], rows)
+    out += ["", "**(c) Speed-up efficiency** (latency speed-up / MACs speed-up) at 50% MACs, round_to 1 -> 8. Goal: "
+            "uniform with round_to 8 >= 0.9 at batch 64 and >= 0.8 at batch 1:", ""]
+    rows = []
+    for p in parts:
+        c = {(r["allocator"], r["round_to"]): r for r in p["rows"] if r["part"] == "c" and r["target"] == 0.5}
+        allocs = sorted({a for a, _ in c}, key=lambda a: a != "uniform")
+        rows.append([p["model"], str(p["batch_size"]),
+                     *[f"{c[(a, 1)]['efficiency']:.2f} -> **{c[(a, 8)]['efficiency']:.2f}** ({a})" for a in allocs]])
+    out += _table(["model", "batch", "uniform", "non-uniform"], rows)
+    return out
+
+
 def solver() -> list[str]:
     d = _load("solver_speed.json")
     if d is None or "solve_only_median_s" not in d:
@@ -263,6 +307,7 @@ SECTIONS: list[tuple[str, Callable[[], list[str]]]] = [
                                  "needs its own size)")),
     ("Analysis speed (`benchmarks/analysis_speed.py`)", analysis),
     ("Does uniform pruning's MACs saving become latency? (`benchmarks/latency_uniform.py`)", latency),
+    ("Latency budgets (`benchmarks/latency_budget.py`)", latency_budget),
     ("Budget solver speed (`benchmarks/solver_speed.py`)", solver),
     ("LeGR on ResNet-56, CIFAR-10-JPEG (`benchmarks/legr_resnet56_cifar10jpeg.py`)",
      lambda: legr_run("legr_resnet56_cifar10jpeg", "2-core CPU budget")()

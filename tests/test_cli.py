@@ -25,7 +25,7 @@ eval: {latency_repeats: 3, latency_warmup: 1, latency_batch_sizes: [1, 8]}
 
 
 def legr(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **kw.pop("env", {})}
     proc = subprocess.run([sys.executable, "-m", "legr.cli", *args], capture_output=True, text=True, env=env, **kw)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -117,6 +117,8 @@ def test_a_ranking_searched_at_other_targets_is_refused(config, tmp_path):
         (["analyze", "vit_b_16"], "the reshape hard-codes the channel size"),
         (["report", "nowhere"], "results"),
         (["export", "nowhere", "x.onnx"], "no plan.json"),
+        (["latency", "digits_cnn", "--clock", "cpu", "--threads", "2"], "threads: 1"),
+        (["latency", "digits_cnn", "--batch-size", "0"], "batch_size"),
     ],
 )
 def test_errors_are_one_line_with_exit_code_2(args, message, tmp_path):
@@ -216,3 +218,10 @@ def test_unreachable_magnitude_target_is_refused_before_training(tmp_path):
                 "--out", str(out), "--quiet", check=False, timeout=120)
     assert proc.returncode == 2 and "beyond what the sensitivity grid allows" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_latency_measures_and_checks_a_latency_model(tmp_path):
+    proc = legr("latency", "digits_cnn", "--probes", "3", "--check", "2", "-q",
+                env={"LEGR_CACHE": str(tmp_path / "cache")})
+    assert "full network" in proc.stderr and "check on 2 new random allocations: median error" in proc.stderr
+    assert len(list((tmp_path / "cache" / "latency").glob("*.json"))) == 1

@@ -77,6 +77,55 @@ def analyze(
 
 
 @app.command()
+def latency(
+    model: Annotated[str, typer.Argument(help="registered model name (`legr models`) or timm:<name>")],
+    batch_size: Annotated[int, typer.Option(help="batch the latency is measured at")] = 1,
+    threads: Annotated[int, typer.Option(help="CPU threads")] = 1,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    probes: Annotated[int, typer.Option(help="random allocations the model is fitted on")] = 16,
+    check: Annotated[int, typer.Option(help="fresh random allocations it is checked on (0: none)")] = 10,
+    clock: Annotated[str, typer.Option(help="wall, or cpu (thread CPU time, 1 thread: busy machines)")] = "wall",
+    statistic: Annotated[str, typer.Option(help="median or min (the fastest forward)")] = "median",
+    num_classes: Annotated[Optional[int], typer.Option(help="classifier width")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Measure a model's latency model on this machine (or read it from the cache) and check its predictions
+    against fresh timings of random allocations (what `budget: latency` relies on)."""
+    import numpy as np
+
+    from legr.engine.cost import CostModel
+    from legr.engine.latency_check import validate
+    from legr.engine.latency_model import LatencySetting, build_latency_model
+    from legr.graph import analyze as analyze_model
+    from legr.methods.allocate import random_plans
+    from legr.models import build_model, get_model_spec
+
+    if probes < 2 or check < 0:
+        raise LegrError("--probes must be >= 2 and --check >= 0")
+    setting = LatencySetting(batch_size=batch_size, threads=threads, device=device, clock=clock, statistic=statistic)
+    graph = analyze_model(build_model(model, num_classes=num_classes), get_model_spec(model).input_size)
+    cost = CostModel(graph)
+    full = np.ones(graph.num_classes)
+    lat = build_latency_model(graph, setting, [full] + random_plans(graph, cost, probes, seed=0), progress=not quiet,
+                              log=console.print)
+    fit = lat.info["fit"]
+    console.print(f"{model} ({setting.label}): full network {lat.base_ms:.3f} ms predicted; fit on {fit['probes']} "
+                  f"probes: median error {fit['median_rel_err']:.1%}, max {fit['max_rel_err']:.1%}")
+    if check:
+        plans = random_plans(graph, cost, check, seed=1000)
+        pairs = validate(lat, plans, setting)
+        table = Table("plan", "MACs %", "predicted ms", "measured ms", "error")
+        errors = []
+        for i, ((p, m), keep) in enumerate(zip(pairs, plans)):
+            errors.append(abs(p - m) / m)
+            table.add_row(str(i), f"{100 * cost.macs(keep) / cost.base_macs:.1f}", f"{p:.3f}", f"{m:.3f}",
+                          f"{(p - m) / m:+.1%}")
+        Console().print(table)
+        console.print(f"check on {check} new random allocations: median error {float(np.median(errors)):.1%}, "
+                      f"max {max(errors):.1%}")
+
+
+@app.command()
 def rank(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Learn the global ranking, or the method's one-time work (resumable: rerun the same command after an
     interruption)."""

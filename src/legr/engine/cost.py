@@ -67,8 +67,8 @@ class CostModel:
                 tied = ties.get((module_name, pname), [])
                 untied = math.prod(s for d, s in enumerate(p.shape) if d not in {t.dim for t in tied})
                 params.append((float(untied), [self._dim(t.ids) for t in tied]))
-        self._macs = _Terms(macs)
-        self._params = _Terms(params)
+        self._macs = CostTerms(macs)
+        self._params = CostTerms(params)
         self._pos_dim_arr = np.concatenate(self._pos_dim) if self._pos_dim else np.zeros(0, dtype=np.int64)
         self._pos_cls_arr = np.concatenate(self._pos_cls) if self._pos_cls else np.zeros(0, dtype=np.int64)
         full = np.ones(graph.num_classes)
@@ -122,7 +122,7 @@ class CostModel:
         return self._macs(w), self._params(w)
 
 
-class _Terms:
+class CostTerms:
     """Sum over terms of ``coef * width[a] * width[b]`` (index -1 = the constant 1)."""
 
     def __init__(self, terms: list[tuple[float, list[int]]]) -> None:

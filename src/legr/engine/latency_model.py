@@ -3,9 +3,10 @@
 How the model is made (`build_latency_model`), on the device at hand (CPU at a thread count, or CUDA), at one batch
 size:
 
-1. *Probes*: a few plans (the full network and random allocations, supplied by the caller) are cut physically and
-   run through a timing interpreter that records every graph node's time (median over repeats); the whole forward
-   of each is timed as usual (`measure_latency`).
+1. *Probes*: a few plans (the full network and random allocations, supplied by the caller) are cut physically, put
+   in their deployed form (batch norms folded), and timed in interleaved rounds: a timing interpreter records every
+   graph node's time, and the whole forward is timed as usual (`measure_latency`); per node and per plan, the
+   setting's statistic (median or min) over the rounds is kept.
 2. *Per node*: its time is fitted by non-negative least squares as ``c0 + sum_d c_d * x_d + c_x * x_1 * x_2`` over
    the kept fractions ``x_d`` of the channel dims it writes and reads (a conv: its output and input widths, so the
    product is its MACs; a batch norm or an add: its one width). Non-negative coefficients make every node's time
@@ -20,8 +21,8 @@ microseconds. Its accuracy (median and max relative error over random plans not 
 corrects a member's cut by timing it.
 
 Models are cached under ``$LEGR_CACHE/latency/`` by a key over the device fingerprint (CPU model or GPU name,
-threads, batch size, torch version), the architecture (graph code and parameter shapes) and the probes; the probes
-measured so far are written after each one, so a killed build resumes where it stopped.
+threads, batch size, torch version, clock), the setting, the architecture (graph code and parameter shapes) and the
+probes; the rounds measured so far are written after each one, so a killed build resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import torch
 from scipy.optimize import nnls
 from torch import fx, nn
 
-from legr.engine.cost import _Terms
+from legr.engine.cost import CostTerms
 from legr.engine.latency import CLOCKS, clock_for, fixed_threads, measure_latency
 from legr.engine.surgery import fold_batchnorm, prune
 from legr.errors import LegrError
@@ -55,11 +56,11 @@ STATISTICS = {"median": statistics.median, "min": min}
 @dataclass(frozen=True)
 class LatencySetting:
     """Where and how latency is modelled: ``device`` ("cpu" or "cuda"), ``threads`` (CPU; None: torch's current
-    count), ``batch_size``; ``repeats`` timed passes per probe (at least ``min_time_s`` seconds of them); ``clock``
-    "wall" (elapsed) or "cpu" (thread CPU time, for one thread on a busy machine: `legr.engine.latency.CLOCKS`); ``rounds``
-    interleaved rounds over all plans (a slow spell of the machine hits every plan alike); ``statistic``: what is
-    modelled, the ``median`` forward or the fastest (``min``: on a machine shared with other work, the figure other
-    load disturbs least); ``fold_bn``: networks are timed as deployed, batch norms folded into their convolutions
+    count), ``batch_size``; ``repeats`` timed passes per probe (at least ``min_time_s`` seconds of them);
+    ``clock`` "wall" (elapsed) or "cpu" (thread CPU time, for one thread on a busy machine:
+    `legr.engine.latency.CLOCKS`); ``rounds`` interleaved rounds over all plans (a slow spell of the machine hits
+    every plan alike); ``statistic``: what is modelled, the ``median`` forward or the fastest (``min``: on a machine
+    shared with other work, the figure other load disturbs least); ``fold_bn``: networks are timed as deployed, batch norms folded into their convolutions
     (`legr.engine.surgery.fold_batchnorm`)."""
 
     batch_size: int = 1
@@ -145,7 +146,7 @@ class _Dims:
         self._pos_cls = np.concatenate(self.classes or [np.zeros(0, int)])
 
     def widths(self, keep: np.ndarray) -> np.ndarray:
-        """Kept count of every dim, then a trailing 1 (the constant of `_Terms`)."""
+        """Kept count of every dim, then a trailing 1 (the constant of `CostTerms`)."""
         counts = np.bincount(self._pos_dim, weights=keep[self._pos_cls], minlength=len(self.classes))
         return np.append(counts, 1.0)
 
@@ -158,7 +159,8 @@ class _Dims:
 
 @dataclass(frozen=True)
 class Probe:
-    """One measured plan: the kept width of every dim, each node's median time and the whole forward's (ms)."""
+    """One measured plan: the kept width of every dim, each node's time and the whole forward's (ms; the setting's
+    statistic over the rounds)."""
 
     widths: tuple[float, ...]
     node_ms: dict[str, float]
@@ -166,7 +168,7 @@ class Probe:
 
 
 class _NodeTimer(fx.Interpreter):
-    """Runs a graph module node by node, adding each computing node's wall time (ms) to ``times``."""
+    """Runs a graph module node by node, recording each computing node's time (ms, on clock ``now``) in ``times``."""
 
     def __init__(self, gm: fx.GraphModule, device: torch.device, now: Callable[[], float]) -> None:
         super().__init__(gm)
@@ -190,8 +192,8 @@ def measure_probes(graph: ChannelGraph, plans: Sequence[np.ndarray], setting: La
                    state: Path | None = None, progress: bool = True) -> list[Probe]:
     """Cut every plan physically and time it on ``setting``'s device in ``setting.rounds`` interleaved rounds (each
     round times every plan once: a pass of the timing interpreter, then whole forwards), so that a slow spell of the
-    machine hits all plans alike; each figure is the median over rounds. The rounds done so far are saved in
-    ``state`` after each one, and a restarted measurement of the same plans continues from there."""
+    machine hits all plans alike; each figure is the setting's statistic over rounds. The rounds done so far are
+    saved in ``state`` after each one, and a restarted measurement of the same plans continues from there."""
     dims = _Dims(graph)
     device = torch.device(setting.device)
     nets = [setting.deployed(prune(graph, keep)).to(device).eval() for keep in plans]
@@ -246,7 +248,7 @@ class LatencyModel:
             for (a, b), c in zip(self.dims.features(node), values):
                 norm = self.dims.size[a] * self.dims.size[b]  # fractions -> counts (size[-1] is 1)
                 terms.append((scale * c / norm, [d for d in (a, b) if d >= 0]))
-        self._terms = _Terms(terms)
+        self._terms = CostTerms(terms)
         self.base_ms = self.predict(np.ones(graph.num_classes))
 
     def predict(self, keep: np.ndarray) -> float:
@@ -301,7 +303,8 @@ def fit_latency_model(graph: ChannelGraph, probes: Sequence[Probe], info: dict[s
     model = LatencyModel(graph, coefs, float(scale), float(offset),
                          {"architecture": architecture_fingerprint(graph), **(info or {})})
     rel = np.abs(scale * fitted + offset - totals) / totals
-    model.info["fit"] = {"probes": len(probes), "median_rel_err": float(np.median(rel)), "max_rel_err": float(rel.max())}
+    model.info["fit"] = {"probes": len(probes), "median_rel_err": float(np.median(rel)),
+                         "max_rel_err": float(rel.max())}
     return model
 
 
@@ -310,7 +313,7 @@ def build_latency_model(graph: ChannelGraph, setting: LatencySetting, plans: Seq
                         log: Callable[[str], None] = lambda _: None) -> LatencyModel:
     """Measure ``plans`` (the first should be the full network) on ``setting``'s device and fit a `LatencyModel`,
     or read it from the cache (default ``$LEGR_CACHE/latency``) when this device, architecture and plans were
-    measured before. Probes are saved after each one, so an interrupted build resumes."""
+    measured before. The rounds are saved after each one, so an interrupted build resumes."""
     fingerprint = device_fingerprint(setting)
     h = hashlib.sha256(json.dumps([fingerprint, asdict(setting)], sort_keys=True).encode()
                        + architecture_fingerprint(graph).encode())

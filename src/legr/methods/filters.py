@@ -120,7 +120,8 @@ class FilterPruning(Method):
                                                 augment=True, seed=cfg.seed * 100_003 + i, device=run.device),
             sgd=(s.lr, s.momentum, s.weight_decay), metric=s.fitness)
         learned = learn_ranking(
-            run.base, run.graph, fitness, [t * run.cost.base(self.budget) for t in targets], unit=self.budget, cost=run.cost,
+            run.base, run.graph, fitness, [t * run.cost.base(self.budget) for t in targets], unit=self.budget,
+            cost=run.cost,
             criterion=cfg.criterion, scores=scores, allocator=cfg.allocator, floors=self.floors,
             mutate_fraction=s.mutate_fraction, seed_uniform=s.seed_uniform,
             search=EvolutionConfig(population=s.population, sample=s.sample, evaluations=s.evaluations, seed=cfg.seed,

@@ -240,8 +240,8 @@ class Comparison:
             keep = Plan.load(plan_path).keep_vector(graph)
             per_method[m.name] = {name: int(keep[graph.classes(graph.layers[name].producer_ids)].sum())
                                   for name in layers}
-        return {"target": target, "budget": self.shared.budget_unit or "macs", "seed": self.spec.seeds[0], "layers": layers,
-                "original": original, "methods": per_method}
+        return {"target": target, "budget": self.shared.budget_unit or "macs", "seed": self.spec.seeds[0],
+                "layers": layers, "original": original, "methods": per_method}
 
     # --- outputs ---------------------------------------------------------------------------------------------
     def _write(self, result: dict[str, Any]) -> None:
@@ -278,7 +278,7 @@ def summary_markdown(result: dict[str, Any]) -> str:
             "top-1 after adaptive BN %", "top-1 after FT %"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join([":---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
     for r in result["summary"]:
-        unit = {"params": " params", "latency": " latency"}.get(r.get("budget"), "")  # MACs: every target's unit before methods
+        unit = {"params": " params", "latency": " latency"}.get(r.get("budget"), "")  # MACs: no unit shown
         cells = [r["method"], "-" if r["target"] is None else f"{r['target']:.0%}{unit}", f"{r['macs'] / 1e6:.2f}",
                  f"{r['params'] / 1e3:.1f}", *[("-" if r.get(k) is None else f"{r[k]:.2f}") for k in lat],
                  _pm(r.get("top1_before_ft"), r.get("top1_before_ft_std")),
