@@ -184,8 +184,9 @@ class Comparison:
         if e.fold_bn:
             nets = {name: fold_batchnorm(net) for name, net in nets.items()}
         self.log(f"timing {len(nets)} networks on the CPU ({e.latency_rounds} interleaved rounds)")
-        timings = measure_interleaved(nets, first.data.input_size, e.latency_batch_sizes, device="cpu",
-                                      rounds=e.latency_rounds, threads=e.threads, warmup=e.latency_warmup,
+        threads, batches = self.shared.latency_timing()
+        timings = measure_interleaved(nets, first.data.input_size, batches, device="cpu",
+                                      rounds=e.latency_rounds, threads=threads, warmup=e.latency_warmup,
                                       repeats=e.latency_repeats)
         out = {name: latency_columns("cpu", per) for name, per in timings.items()}
         warn_if_noisy(out, self.log)

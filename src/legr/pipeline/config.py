@@ -239,6 +239,15 @@ class RunConfig(_Strict):
                              f"({{unit: latency, batch_size: .., threads: ..}}), got {budget!r}")
         return data
 
+    def latency_timing(self) -> tuple[int | None, tuple[int, ...]]:
+        """CPU threads and batch sizes the evaluation times networks at: eval's, and with a latency budget also the
+        budget's batch size (with its threads unless eval.threads is set)."""
+        threads, batches = self.eval.threads, tuple(self.eval.latency_batch_sizes)
+        if isinstance(self.budget, LatencyBudget):
+            threads = self.budget.threads if threads is None else threads
+            batches = tuple(sorted({*batches, self.budget.batch_size}))
+        return threads, batches
+
     @property
     def budget_unit(self) -> str | None:
         """The unit the targets count (``macs``, ``params``, ``latency``), None for the method's default."""

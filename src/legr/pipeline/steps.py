@@ -264,11 +264,8 @@ class Pipeline:
         """Per network, `latency_<device>_b<batch>_ms`: all networks timed in interleaved rounds (see
         `measure_interleaved`), on the CPU and, when the run uses one, the GPU; batch norms folded first when
         ``eval.fold_bn``."""
-        e, budget = self.cfg.eval, self.cfg.budget
-        threads, batches = e.threads, tuple(e.latency_batch_sizes)
-        if isinstance(budget, LatencyBudget):  # time the members where their budget was set, too
-            threads = budget.threads if threads is None else threads
-            batches = tuple(sorted({*batches, budget.batch_size}))
+        e = self.cfg.eval
+        threads, batches = self.cfg.latency_timing()
         if e.fold_bn:
             nets = {name: fold_batchnorm(net) for name, net in nets.items()}
         out: dict[str, dict[str, float]] = {name: {} for name in nets}
