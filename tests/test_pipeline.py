@@ -180,7 +180,7 @@ eval: {latency_batch_sizes: [1], latency_rounds: 1, latency_repeats: 2}
 """
 
 
-def test_a_latency_budget_run_cuts_members_against_the_clock(tmp_path):
+def test_a_latency_budget_run_cuts_members_against_the_clock(tmp_path, monkeypatch):
     cfg = parse_config(yaml.safe_load(LATENCY))
     messages: list[str] = []
     Pipeline(cfg, tmp_path, progress=False, log=messages.append).evaluate()
@@ -193,5 +193,9 @@ def test_a_latency_budget_run_cuts_members_against_the_clock(tmp_path):
     assert 1 <= len(check["steps"]) <= 4 and check["measured_ratio"] in [s["measured_ratio"] for s in check["steps"]]
     assert json.loads((tmp_path / "latency_model.json").read_text())["device"]["batch_size"] == 16
     stamp = (tmp_path / "members" / "uniform-85" / "plan.json").stat().st_mtime_ns
+    import legr.engine.latency_model as lm
+
+    monkeypatch.setattr(lm, "measure_probes", lambda *a, **k: pytest.fail("the run's latency model was measured again"))
+    monkeypatch.setenv("LEGR_CACHE", str(tmp_path / "elsewhere"))  # another machine: its cache is empty
     Pipeline(cfg, tmp_path, progress=False, log=messages.append).prune()  # no new measurement cuts it otherwise
     assert (tmp_path / "members" / "uniform-85" / "plan.json").stat().st_mtime_ns == stamp

@@ -28,7 +28,7 @@ from torch import nn
 
 from legr.data import load_dataset, split_train_val
 from legr.engine.cost import CostModel
-from legr.engine.latency_model import build_latency_model
+from legr.engine.latency_model import LatencyModel, build_latency_model
 from legr.engine.latency import measure_interleaved
 from legr.engine.surgery import fold_batchnorm
 from legr.errors import ConfigError
@@ -150,11 +150,15 @@ class Pipeline:
     @cached_property
     def cost(self) -> CostModel:
         """MACs and params of any plan; with a latency budget also its predicted latency, from a latency model of
-        the source network measured on this machine (or read from its cache)."""
+        the source network measured on this machine (or read from its cache), or the run folder's own once it has
+        one (``latency_model.json``: the model its members were cut with, also when `legr eval` runs elsewhere)."""
         cost = CostModel(self.graph)
         budget = self.cfg.budget
         if not isinstance(budget, LatencyBudget) or self.cfg.method != "filters":
             return cost  # other methods refuse a latency budget when they are built
+        if self.folder.latency_model.exists():  # the model this run's members were cut with (eval may run elsewhere)
+            return CostModel(self.graph, latency=LatencyModel.from_json(self.folder.latency_model.read_text(),
+                                                                        self.graph))
         setting = budget.setting()
         self.log(f"latency model of {self.cfg.model.name} ({setting.label}): measured once per device, then cached")
         plans = [np.ones(self.graph.num_classes)] + random_plans(self.graph, cost, budget.probes, seed=0)
