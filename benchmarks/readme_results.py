@@ -119,6 +119,15 @@ def latency_budget() -> list[str]:
     return out
 
 
+def latency_accuracy() -> list[str]:
+    path = RESULTS / "latency_accuracy" / "latency_accuracy.md"
+    if not path.is_file():
+        return ["Not run yet: `python benchmarks/latency_accuracy.py` (issue 14 (d); about 1.5-2 h per seed on one "
+                "core)."]
+    return path.read_text().split("\n", 2)[2].strip().splitlines() + ["",
+            "![accuracy vs latency](benchmarks/results/latency_accuracy/accuracy_vs_latency.png)"]
+
+
 def solver() -> list[str]:
     d = _load("solver_speed.json")
     if d is None or "solve_only_median_s" not in d:
@@ -308,6 +317,7 @@ SECTIONS: list[tuple[str, Callable[[], list[str]]]] = [
     ("Analysis speed (`benchmarks/analysis_speed.py`)", analysis),
     ("Does uniform pruning's MACs saving become latency? (`benchmarks/latency_uniform.py`)", latency),
     ("Latency budgets (`benchmarks/latency_budget.py`)", latency_budget),
+    ("Accuracy at equal measured latency (`benchmarks/latency_accuracy.py`)", latency_accuracy),
     ("Budget solver speed (`benchmarks/solver_speed.py`)", solver),
     ("LeGR on ResNet-56, CIFAR-10-JPEG (`benchmarks/legr_resnet56_cifar10jpeg.py`)",
      lambda: legr_run("legr_resnet56_cifar10jpeg", "2-core CPU budget")()

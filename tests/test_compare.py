@@ -181,3 +181,22 @@ def test_han_et_al_beside_filter_pruning_at_equal_parameter_counts(tmp_path):
     assert "| han | 30% params |" in summary and "| uniform-l1 | 60% params |" in summary
     assert "| han | - | magnitude |" in summary
     assert set(result["widths"]["methods"]) == {"uniform-l1"}  # channel widths: filter pruning only
+
+
+def test_a_method_may_have_its_own_budget_and_targets(tmp_path):
+    """The equal-latency study (benchmarks/latency_accuracy.py): methods under a shared latency budget beside one
+    searched and cut at its own MACs targets."""
+    raw = yaml.safe_load(CONFIG)
+    raw["budget"] = {"unit": "latency", "batch_size": 8}
+    raw["compare"]["methods"] = [{"name": "legr", "allocator": "legr"},
+                                 {"name": "legr-macs", "allocator": "legr", "budget": "macs", "targets": [0.2, 0.5]}]
+    raw["compare"]["pipeline_cost"] = None
+    cfg = parse_config(raw, schema=CompareConfig)
+    comparison = Comparison(cfg, tmp_path, progress=False, log=lambda m: None)
+    source = cfg.run_config()
+    latency, macs = (comparison._config(source, m, 0) for m in cfg.compare.methods)
+    assert latency.budget_unit == "latency" and latency.budget.batch_size == 8 and latency.targets == (0.4, 0.7)
+    assert macs.budget_unit == "macs" and macs.targets == (0.2, 0.5)
+    with pytest.raises(ConfigError, match="fractions"):
+        raw["compare"]["methods"][1]["targets"] = [1.5]
+        parse_config(raw, schema=CompareConfig)

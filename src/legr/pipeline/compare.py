@@ -28,7 +28,7 @@ from legr.hardware import hardware_label
 from legr.methods.legr.ranking import Ranking, ranked_layers
 from legr.paths import atomic_write_text
 from legr.pipeline.compare_config import CompareConfig, MethodConfig
-from legr.pipeline.config import RunConfig
+from legr.pipeline.config import LatencyBudget, RunConfig
 from legr.pipeline.folder import ComparisonFolder, RunFolder, member_name
 from legr.pipeline.steps import Pipeline
 from legr.reporting import (
@@ -80,11 +80,15 @@ class Comparison:
             update={"epochs": 0})})
 
     def _config(self, source: RunConfig, method: MethodConfig, seed: int, **search: Any) -> RunConfig:
+        own: dict[str, Any] = {} if method.targets is None else {"targets": method.targets}
+        if method.budget is not None:  # "latency": the shared latency section (its defaults if there is none)
+            shared = source.budget if isinstance(source.budget, LatencyBudget) else LatencyBudget()
+            own["budget"] = shared if method.budget == "latency" else method.budget
         return source.model_copy(update={
             "method": method.method, "criterion": method.criterion, "allocator": method.allocator, "seed": seed,
             "search": self.cfg.method_search(method).model_copy(update=search),
             "magnitude": self.cfg.method_magnitude(method),
-            "eval": source.eval.model_copy(update={"latency": False})})
+            "eval": source.eval.model_copy(update={"latency": False}), **own})
 
     def runs(self) -> list[RunRef]:
         return [RunRef(m, s, self.folder.run(s, m.name)) for s in self.spec.seeds for m in self.spec.methods]
@@ -198,8 +202,9 @@ class Comparison:
         """One row per (method, target): means over seeds, and std of the accuracies."""
         out = []
         keys = sorted({k for r in rows for k in r if LATENCY_KEY.match(k)})
+        own = {m.name: sorted(m.targets) for m in self.spec.methods if m.targets is not None}
         for name in [BASELINE] + [m.name for m in self.spec.methods]:
-            for target in ([None] if name == BASELINE else self.targets):
+            for target in ([None] if name == BASELINE else own.get(name, self.targets)):
                 mine = [r for r in rows if r["method"] == name and (name == BASELINE or r["target"] == target)]
                 if not mine:
                     continue

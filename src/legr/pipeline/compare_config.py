@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -30,6 +30,17 @@ class MethodConfig(_Strict):
                                                                      "section, e.g. {tau: 50}")
     magnitude: dict[str, Any] = Field(default_factory=dict, description="this method's changes to the shared "
                                                                         "magnitude section, e.g. {rounds: 2}")
+    budget: Literal["macs", "params", "latency"] | None = Field(None, description="this method's budget unit "
+                                                                "(latency: the shared latency section's settings)")
+    targets: tuple[float, ...] | None = Field(None, min_length=1, description="this method's targets (fractions "
+                                                                              "in its budget unit)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "MethodConfig":
+        bad = [t for t in self.targets or () if not 0 < t <= 1]
+        if bad:
+            raise ValueError(f"targets must be fractions in (0, 1], got {bad}")
+        return self
 
 
 class CompareSection(_Strict):
