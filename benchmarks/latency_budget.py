@@ -127,6 +127,7 @@ def run_part(name: str, batch: int, args: argparse.Namespace, log) -> dict[str, 
                     if unit == "latency" and (round_to == 8 or setting.repeats > 1):  # cut against the clock
                         # (what `legr prune` does; for networks over a second, with round_to 8 only)
                         cuts[key + "-measured"] = meet_measured(graph, solver, t, model_lat, setting,
+                                                                rounds=min(5, setting.rounds),
                                                                 warmup=checking(setting)["warmup"])
                     for k, (plan, record) in cuts.items():
                         nets[k] = setting.deployed(prune(graph, plan))
