@@ -119,6 +119,13 @@ def latency_budget() -> list[str]:
     return out
 
 
+def conv_widths() -> list[str]:
+    path = RESULTS / "conv_widths.md"
+    if not path.is_file():
+        return ["Not run yet: `python benchmarks/conv_widths.py`."]
+    return path.read_text().split("\n", 2)[2].strip().splitlines()
+
+
 def latency_accuracy() -> list[str]:
     path = RESULTS / "latency_accuracy" / "latency_accuracy.md"
     if not path.is_file():
@@ -317,6 +324,7 @@ SECTIONS: list[tuple[str, Callable[[], list[str]]]] = [
     ("Analysis speed (`benchmarks/analysis_speed.py`)", analysis),
     ("Does uniform pruning's MACs saving become latency? (`benchmarks/latency_uniform.py`)", latency),
     ("Latency budgets (`benchmarks/latency_budget.py`)", latency_budget),
+    ("Is a convolution's time smooth in its width? (`benchmarks/conv_widths.py`)", conv_widths),
     ("Accuracy at equal measured latency (`benchmarks/latency_accuracy.py`)", latency_accuracy),
     ("Budget solver speed (`benchmarks/solver_speed.py`)", solver),
     ("LeGR on ResNet-56, CIFAR-10-JPEG (`benchmarks/legr_resnet56_cifar10jpeg.py`)",

@@ -2,7 +2,8 @@
 a latency budget so that the *measured* latency meets it (`meet_measured`).
 
 A smooth model of each node's time cannot know everything a kernel library does: on this project's CPU a 3x3
-convolution keeping 16 of its filters ran twice as slowly as one keeping 15 (another kernel is chosen), and a busy
+convolution keeping 16 of its filters ran twice as slowly as one keeping 15 (another kernel is chosen;
+`benchmarks/conv_widths.py`), and a busy
 machine shifts every timing. `meet_measured` closes the loop for the few networks that are kept (the family's
 members): cut at the predicted budget, time the cut network against the source network back to back, and cut again
 at a budget corrected by the measured ratio, keeping the largest network measured within the target.
