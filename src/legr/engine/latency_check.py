@@ -23,21 +23,16 @@ from legr.engine.surgery import prune
 from legr.graph import ChannelGraph
 
 
-def _measure(nets: dict[str, Any], graph: ChannelGraph, setting: LatencySetting, warmup: int,
-             rounds: int | None = None) -> dict[str, float]:
-    timing = {**setting.timing(), "warmup": warmup}
-    measured = measure_interleaved(nets, graph.input_shape, [setting.batch_size], rounds=rounds or setting.rounds,
-                                   **timing)
-    return {name: getattr(m[setting.batch_size], f"{setting.statistic}_ms") for name, m in measured.items()}
-
-
 def validate(model: LatencyModel, plans: Sequence[np.ndarray], setting: LatencySetting,
              warmup: int = 1) -> list[tuple[float, float]]:
     """(predicted, measured) ms of each plan, cut physically and timed in interleaved rounds on ``setting``
     (`measure_interleaved`; ``median``: the median of the rounds' medians, ``min``: the fastest forward)."""
     nets = {str(i): setting.deployed(prune(model.graph, keep)) for i, keep in enumerate(plans)}
-    measured = _measure(nets, model.graph, setting, warmup)
-    return [(model.predict(keep), measured[str(i)]) for i, keep in enumerate(plans)]
+    timing = {**setting.timing(), "warmup": warmup}
+    measured = measure_interleaved(nets, model.graph.input_shape, [setting.batch_size], rounds=setting.rounds,
+                                   **timing)
+    return [(model.predict(keep), getattr(measured[str(i)][setting.batch_size], f"{setting.statistic}_ms"))
+            for i, keep in enumerate(plans)]
 
 
 class LatencySolver(Protocol):
