@@ -2,6 +2,7 @@
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from legr.graph import analyze
@@ -38,10 +39,8 @@ def random_keep(graph, rng: np.random.Generator, min_keep: int = 1) -> np.ndarra
         mask = np.zeros(group.size)
         mask[rng.choice(group.size, k, replace=False)] = 1.0
         keep[group.classes] = mask
-    # every producer layer (and every piece of a channel split) keeps at least one filter: the network stays connected
-    dims = [graph.classes(layer.producer_ids) for layer in graph.layers.values() if layer.producer_ids is not None]
-    for cls in dims + list(graph.segments):
-        if len(cls) and keep[cls].sum() == 0:
+    for cls, _ in graph.keep_rules.nonempty:  # every layer and split piece keeps a channel, as prune requires
+        if keep[cls].sum() == 0:
             keep[cls[0]] = 1.0
     return keep
 
@@ -63,3 +62,126 @@ def assert_pruned_matches_masked(a: torch.Tensor, b: torch.Tensor, original: tor
     scale = b.abs().max().item()
     assert (a - b).abs().max().item() < 1e-4 and (a - b).abs().max().item() <= 1e-9 * max(1.0, scale)
     assert not torch.allclose(b, original), "the plan did not change the network: the test would prove nothing"
+
+
+# --- random compositions of the supported ops (zero-safety property tests) ---------------------------------------
+ACTIVATIONS = [nn.ReLU, nn.Sigmoid, nn.Hardsigmoid, nn.Softplus, nn.GELU, lambda: nn.GELU(approximate="tanh"),
+               nn.SiLU, nn.Tanh, nn.Hardswish, nn.ELU, nn.Mish, nn.LeakyReLU]
+
+
+class _Shift(nn.Module):
+    """Adds a per-channel buffer: not pruned with the channels, so the analysis keeps them."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.register_buffer("offset", torch.randn(1, width, 1, 1))
+
+    def forward(self, x):
+        return x + self.offset
+
+
+class RandomNet(nn.Module):
+    """conv stem -> a random sequence of channel-preserving steps -> conv -> pool -> linear, on 3x12x12 inputs.
+
+    Steps: activations (zero-preserving or not), batch norms with/without affine parameters and running stats,
+    LayerNorm over the width with/without bias, convs, depthwise convs, residual adds, sigmoid-style gates, adding,
+    subtracting from, multiplying or dividing by a scalar, adding a one-channel map broadcast over the channels,
+    concatenation (then a 1x1 conv), spatial padding with a zero or non-zero value (then a conv), spatial softmax,
+    average pooling; with ``kinds=RandomNet.ALL_KINDS`` also a LayerNorm over the channels (channels-last, through
+    permutes), adding a per-channel buffer, a chunk along the channels (one piece activated, then concatenated back)
+    and a channel slice (the first two channels added to the last two).
+    """
+
+    KINDS = ("act", "bn", "ln", "conv", "dw", "res", "gate", "scalar", "rsub", "scale", "div", "bcast", "cat", "pad",
+             "softmax", "pool")
+    ALL_KINDS = KINDS + ("lnc", "shift", "chunk", "slice")
+
+    def __init__(self, rng: np.random.Generator, steps: int = 4, width: int = 6, size: int = 12,
+                 kinds: tuple[str, ...] = KINDS):
+        super().__init__()
+        act = lambda: ACTIVATIONS[rng.integers(len(ACTIVATIONS))]()  # noqa: E731
+        self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.kinds = [str(k) for k in rng.choice(kinds, steps)]
+        self.steps = nn.ModuleList()
+        self.values = []
+        for kind in self.kinds:
+            flag = lambda: bool(rng.integers(2))  # noqa: E731
+            self.values.append(float(rng.choice([0.0, 0.5])))
+            if kind == "act":
+                step = act()
+            elif kind == "bn":
+                step = nn.BatchNorm2d(width, affine=flag(), track_running_stats=flag())
+            elif kind == "ln":
+                step = nn.LayerNorm(size, elementwise_affine=flag(), bias=flag())
+            elif kind == "conv":
+                step = nn.Conv2d(width, width, 3, padding=1, bias=flag())
+            elif kind == "dw":
+                step = nn.Conv2d(width, width, 3, padding=1, groups=width, bias=flag())
+            elif kind in ("res", "gate"):
+                step = nn.Sequential(act(), nn.Conv2d(width, width, 1), act())
+            elif kind == "pad":
+                step = nn.Conv2d(width, width, 3)
+            elif kind == "bcast":
+                step = nn.Conv2d(width, 1, 1)
+            elif kind == "cat":
+                step = nn.ModuleList([act(), nn.Conv2d(2 * width, width, 1)])
+            elif kind == "lnc":
+                step = nn.LayerNorm(width, elementwise_affine=flag(), bias=flag())
+            elif kind == "shift":
+                step = _Shift(width)
+            elif kind == "chunk":
+                step = act()
+            else:
+                step = nn.Identity()
+            self.steps.append(step)
+        self.head = nn.Conv2d(width, 5, 3, padding=1)
+        self.fc = nn.Linear(5, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for kind, step, value in zip(self.kinds, self.steps, self.values):
+            if kind == "res":
+                x = x + step(x)
+            elif kind == "gate":
+                x = x * step(F.adaptive_avg_pool2d(x, 1))
+            elif kind == "scalar":
+                x = x + 1.0
+            elif kind == "rsub":
+                x = 1.0 - x
+            elif kind == "scale":
+                x = x * 2.0
+            elif kind == "div":
+                x = x / 2.0
+            elif kind == "bcast":
+                x = x + step(x)
+            elif kind == "cat":
+                x = step[1](torch.cat([x, step[0](x)], 1))
+            elif kind == "pad":
+                x = step(F.pad(x, (1, 1, 1, 1), value=value))
+            elif kind == "softmax":
+                x = torch.softmax(x, -1)
+            elif kind == "pool":
+                x = F.avg_pool2d(x, 3, 1, 1)
+            elif kind == "lnc":
+                x = step(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            elif kind == "chunk":
+                a, b = x.chunk(2, 1)
+                x = torch.cat([step(a), b], 1)
+            elif kind == "slice":
+                x = torch.cat([x[:, :2] + x[:, -2:], x[:, 2:]], 1)
+            else:
+                x = step(x)
+        return self.fc(F.adaptive_avg_pool2d(self.head(x), 1).flatten(1))
+
+
+def randomize_all(model: nn.Module, seed: int) -> nn.Module:
+    """Random parameters and statistics everywhere, so a channel that is not zero after masking cannot hide."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            if "running_var" in name:
+                tensor.copy_(torch.rand(tensor.shape, generator=g) + 0.5)
+            elif tensor.is_floating_point():
+                tensor.copy_(torch.randn(tensor.shape, generator=g) * 0.5)
+    return model
+

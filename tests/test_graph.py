@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_pruned_matches_masked, equivalence_setup, random_keep
+from helpers import RandomNet, assert_pruned_matches_masked, equivalence_setup, random_keep, randomize_all
 from torch import nn
 
 from legr.engine.cost import CostModel, counted_macs
@@ -175,106 +175,13 @@ def test_tied_parameters_are_refused():
 
 
 # --- zero-safety: random compositions of the supported ops --------------------------------------------------------
-ACTIVATIONS = [nn.ReLU, nn.Sigmoid, nn.Hardsigmoid, nn.Softplus, nn.GELU, lambda: nn.GELU(approximate="tanh"),
-               nn.SiLU, nn.Tanh, nn.Hardswish, nn.ELU, nn.Mish, nn.LeakyReLU]
-
-
-class _RandomNet(nn.Module):
-    """conv stem -> a random sequence of channel-preserving steps -> conv -> pool -> linear, on 3x12x12 inputs.
-
-    Steps: activations (zero-preserving or not), batch norms with/without affine parameters and running stats,
-    LayerNorm over the width with/without bias, convs, depthwise convs, residual adds, sigmoid-style gates, adding,
-    subtracting from, multiplying or dividing by a scalar, adding a one-channel map broadcast over the channels,
-    concatenation (then a 1x1 conv), spatial padding with a zero or non-zero value (then a conv), spatial softmax,
-    average pooling.
-    """
-
-    KINDS = ("act", "bn", "ln", "conv", "dw", "res", "gate", "scalar", "rsub", "scale", "div", "bcast", "cat", "pad",
-             "softmax", "pool")
-
-    def __init__(self, rng: np.random.Generator, steps: int = 4, width: int = 6, size: int = 12):
-        super().__init__()
-        act = lambda: ACTIVATIONS[rng.integers(len(ACTIVATIONS))]()  # noqa: E731
-        self.stem = nn.Conv2d(3, width, 3, padding=1)
-        self.kinds = [str(k) for k in rng.choice(self.KINDS, steps)]
-        self.steps = nn.ModuleList()
-        self.values = []
-        for kind in self.kinds:
-            flag = lambda: bool(rng.integers(2))  # noqa: E731
-            self.values.append(float(rng.choice([0.0, 0.5])))
-            if kind == "act":
-                step = act()
-            elif kind == "bn":
-                step = nn.BatchNorm2d(width, affine=flag(), track_running_stats=flag())
-            elif kind == "ln":
-                step = nn.LayerNorm(size, elementwise_affine=flag(), bias=flag())
-            elif kind == "conv":
-                step = nn.Conv2d(width, width, 3, padding=1, bias=flag())
-            elif kind == "dw":
-                step = nn.Conv2d(width, width, 3, padding=1, groups=width, bias=flag())
-            elif kind in ("res", "gate"):
-                step = nn.Sequential(act(), nn.Conv2d(width, width, 1), act())
-            elif kind == "pad":
-                step = nn.Conv2d(width, width, 3)
-            elif kind == "bcast":
-                step = nn.Conv2d(width, 1, 1)
-            elif kind == "cat":
-                step = nn.ModuleList([act(), nn.Conv2d(2 * width, width, 1)])
-            else:
-                step = nn.Identity()
-            self.steps.append(step)
-        self.head = nn.Conv2d(width, 5, 3, padding=1)
-        self.fc = nn.Linear(5, 4)
-
-    def forward(self, x):
-        x = self.stem(x)
-        for kind, step, value in zip(self.kinds, self.steps, self.values):
-            if kind == "res":
-                x = x + step(x)
-            elif kind == "gate":
-                x = x * step(F.adaptive_avg_pool2d(x, 1))
-            elif kind == "scalar":
-                x = x + 1.0
-            elif kind == "rsub":
-                x = 1.0 - x
-            elif kind == "scale":
-                x = x * 2.0
-            elif kind == "div":
-                x = x / 2.0
-            elif kind == "bcast":
-                x = x + step(x)
-            elif kind == "cat":
-                x = step[1](torch.cat([x, step[0](x)], 1))
-            elif kind == "pad":
-                x = step(F.pad(x, (1, 1, 1, 1), value=value))
-            elif kind == "softmax":
-                x = torch.softmax(x, -1)
-            elif kind == "pool":
-                x = F.avg_pool2d(x, 3, 1, 1)
-            else:
-                x = step(x)
-        return self.fc(F.adaptive_avg_pool2d(self.head(x), 1).flatten(1))
-
-
-def _randomize(model: nn.Module, seed: int) -> nn.Module:
-    """Random parameters and statistics everywhere, so a channel that is not zero after masking cannot hide."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-            if "running_var" in name:
-                tensor.copy_(torch.rand(tensor.shape, generator=g) + 0.5)
-            elif tensor.is_floating_point():
-                tensor.copy_(torch.randn(tensor.shape, generator=g) * 0.5)
-    return model
-
-
 @pytest.mark.parametrize("seed", range(60))
 def test_random_compositions_pruned_equal_masked(seed):
     """Whatever the ops, a plan either prunes exactly what masking computes, or the channels are marked unprunable
     (or the op is refused with a one-line error): never a silently different model."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    model = _randomize(_RandomNet(rng), seed).double().eval()
+    model = randomize_all(RandomNet(rng), seed).double().eval()
     try:
         graph = analyze(model, (3, 12, 12))
     except UnsupportedModelError as exc:
@@ -292,7 +199,7 @@ def test_random_compositions_cover_the_ops():
     """The property test above is not vacuous: most nets are analysed and prune something."""
     analysed = pruning = 0
     for seed in range(60):
-        model = _RandomNet(np.random.default_rng(seed))
+        model = RandomNet(np.random.default_rng(seed))
         try:
             graph = analyze(model, (3, 12, 12))
         except UnsupportedModelError:
@@ -320,7 +227,7 @@ def test_norms_and_padding_that_map_zero_elsewhere_keep_the_channels(case):
             y = F.pad(y, (1, 1, 1, 1), value=0.5) if case == "pad-value" else y
             return self.fc(F.adaptive_avg_pool2d(self.b(y), 1).flatten(1))
 
-    model = _randomize(Net(), 0).double().eval()
+    model = randomize_all(Net(), 0).double().eval()
     graph = analyze(model, (3, 16, 16))
     assert not graph.group_by_name["a"].prunable and "non-zero" in graph.group_by_name["a"].reason
     assert graph.group_by_name["b"].prunable

@@ -10,9 +10,10 @@ A channel (a class of ``legr.graph``: a neuron, a filter, or a residual-chain ch
   contribution is the same at every output position (no zero padding touching it); otherwise the unit stays.
 
 Removal repeats until nothing changes (removing one layer's units can kill the next layer's) and keeps at least
-one channel per group. The result is ``legr.engine.surgery.prune(graph, keep)``: a physically smaller
-``torch.fx.GraphModule`` with the original parameter names; its outputs equal the input model's (checked on a
-random batch; a mismatch raises ``LegrError`` instead of returning a wrong model).
+one channel per layer and per split piece (as every keep vector must). The result is
+``legr.engine.surgery.prune(graph, keep)``: a physically smaller ``torch.fx.GraphModule`` with the original parameter
+names; its outputs equal the input model's (checked on a random batch; a mismatch raises ``LegrError`` instead of
+returning a wrong model).
 """
 
 from __future__ import annotations
@@ -157,9 +158,9 @@ def remove_dead_units(model: nn.Module, input_size: Sequence[int], max_rounds: i
         if not dead:
             break
         keep[dead] = 0.0
-    for g in graph.prunable_groups():  # a group keeps at least one channel (its readers are zero: still exact)
-        if not (keep[g.classes] > 0).any():
-            keep[g.classes[0]] = 1.0
+    for cls, _ in graph.keep_rules.nonempty:  # a layer or split piece keeps a channel (its readers are zero: exact)
+        if not (keep[cls] > 0).any():
+            keep[cls[0]] = 1.0
     pruned = prune(graph, keep)
     with torch.no_grad():
         diff = float((pruned(ref_x) - reference).abs().max())

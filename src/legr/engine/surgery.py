@@ -94,7 +94,12 @@ def _fold(gm: fx.GraphModule, name: str, rule: str) -> nn.Module:
 
 
 def prune(graph: ChannelGraph, keep: np.ndarray) -> fx.GraphModule:
-    """Return a physically smaller copy of ``graph.gm`` keeping the channels where ``keep`` is non-zero."""
+    """Return a physically smaller copy of ``graph.gm`` keeping the channels where ``keep`` is 1.
+
+    ``keep`` is checked against the analysis first (`ChannelGraph.check_keep`): a vector that removes a channel of a
+    group the analysis fixed, or leaves a layer or a split piece without channels, raises `LegrError`.
+    """
+    keep = graph.check_keep(keep)
     gm = copy.deepcopy(graph.gm)
     with torch.no_grad():
         for layer in graph.layers.values():
@@ -140,8 +145,10 @@ def apply_masks_(module: nn.Module, graph: ChannelGraph, keep: np.ndarray) -> nn
     """Zero, in place, every producer weight, bias and batch-norm affine/mean entry of removed channels.
 
     ``module`` must have the parameter names of ``graph.gm`` (the original model, a copy of it, or graph.gm).
-    In eval mode the result computes what the physically pruned network computes.
+    In eval mode the result computes what the physically pruned network computes. ``keep`` is checked like
+    `prune`'s before anything is zeroed.
     """
+    keep = graph.check_keep(keep)
     with torch.no_grad():
         for layer in graph.layers.values():
             sub = module.get_submodule(layer.name)
@@ -157,4 +164,5 @@ def apply_masks_(module: nn.Module, graph: ChannelGraph, keep: np.ndarray) -> nn
 
 
 def masked_copy(graph: ChannelGraph, keep: np.ndarray) -> fx.GraphModule:
-    return apply_masks_(copy.deepcopy(graph.gm), graph, keep)
+    """`apply_masks_` on a copy of ``graph.gm`` (``keep`` is checked before anything is copied)."""
+    return apply_masks_(copy.deepcopy(graph.gm), graph, graph.check_keep(keep))

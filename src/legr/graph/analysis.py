@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -14,6 +15,7 @@ from legr.errors import LegrError, UnsupportedModelError
 from legr.graph import handlers
 from legr.graph.channels import ChanMap, Layer, UnionFind
 from legr.graph.context import Patch, WalkContext
+from legr.graph.keep import KeepRules
 from legr.graph.tracing import trace
 
 
@@ -45,10 +47,11 @@ class ChannelGraph:
         roots = ctx.uf.roots()
         _, self.class_of = np.unique(roots, return_inverse=True)  # element -> class
         self.num_classes = int(self.class_of.max()) + 1 if len(self.class_of) else 0
-        fixed = {int(self.class_of[e]): reason for e, reason in sorted(ctx.fixed.items(), reverse=True)}
-        self.groups = self._build_groups(fixed)
+        self.fixed = {int(self.class_of[e]): reason for e, reason in sorted(ctx.fixed.items(), reverse=True)}
+        self.groups = self._build_groups(self.fixed)
         self.group_by_name = {g.name: g for g in self.groups}
-        self.segments = [np.unique(self.class_of[ids]) for ids in ctx.segments]  # floors apply to each, too
+        self.segments = [np.unique(self.class_of[ids]) for ids, _ in ctx.segments]  # floors apply to each, too
+        self.segment_ops = [op for _, op in ctx.segments]  # the split or slice taking each segment
         self.local_index = np.full(self.num_classes, -1, dtype=np.int64)
         for g in self.groups:
             self.local_index[g.classes] = np.arange(g.size)
@@ -91,26 +94,30 @@ class ChannelGraph:
         return next(g for g in self.groups if cls in set(g.classes.tolist()))
 
     # --- plans <-> keep vectors -----------------------------------------------------------------------------
+    @cached_property
+    def keep_rules(self) -> KeepRules:
+        """What every keep vector must respect (`legr.graph.keep`)."""
+        return KeepRules(self)
+
+    def check_keep(self, keep: Any, what: str = "keep vector") -> np.ndarray:
+        """``keep`` as a float 0/1 vector, or `LegrError` naming the first rule it breaks (`KeepRules.check`)."""
+        return self.keep_rules.check(keep, what)
+
     def keep_vector(self, keep: Mapping[str, Sequence[int]]) -> np.ndarray:
-        """1.0 for each kept class, 0.0 for each removed one, from ``{group name: kept indices}``."""
+        """1.0 for each kept class, 0.0 for each removed one, from ``{group name: kept indices}`` (checked like any
+        keep vector: `check_keep`)."""
         vec = np.ones(self.num_classes)
         for name, kept in keep.items():
             group = self.group_by_name.get(name)
             if group is None:
                 raise LegrError(f"plan names unknown channel group '{name}' (the plan does not fit this model)")
             kept = np.asarray(kept, dtype=np.int64)
-            if len(kept) == group.size and np.array_equal(np.sort(kept), np.arange(group.size)):
-                continue
-            if not group.prunable:
-                raise LegrError(f"plan prunes group '{name}', which cannot be pruned: {group.reason}")
-            if len(kept) == 0:
-                raise LegrError(f"plan keeps no channel of group '{name}'")
-            if kept.min() < 0 or kept.max() >= group.size or len(np.unique(kept)) != len(kept):
+            if len(kept) and (kept.min() < 0 or kept.max() >= group.size or len(np.unique(kept)) != len(kept)):
                 raise LegrError(f"plan for group '{name}' has invalid or repeated indices (group size {group.size})")
             mask = np.zeros(group.size)
             mask[kept] = 1.0
             vec[group.classes] = mask
-        return vec
+        return self.check_keep(vec, "plan")
 
     def keep_dict(self, vec: np.ndarray) -> dict[str, tuple[int, ...]]:
         return {g.name: tuple(np.flatnonzero(vec[g.classes] > 0).tolist()) for g in self.prunable_groups()}

@@ -44,16 +44,21 @@ class UnionFind:
 class ChanMap:
     """Channel axis of a tensor value and the element held at each position along it.
 
-    ``zero_safe`` is False when a removed (all-zero) channel would hold a non-zero value here (e.g. after a
-    sigmoid); such a value may only be multiplied with a zero-safe tensor before it reaches a layer.
+    ``nonzero`` names the op (and the ops before it) through which a removed (all-zero) channel would hold a
+    non-zero value here, e.g. ``module 'act' (Sigmoid)``; None when it stays zero (the value is *zero-safe*). Such a
+    value may only be multiplied with a zero-safe tensor before it reaches a layer.
     """
 
     axis: int
     ids: np.ndarray
-    zero_safe: bool = True
+    nonzero: str | None = None
+
+    @property
+    def zero_safe(self) -> bool:
+        return self.nonzero is None
 
     def with_ids(self, ids: np.ndarray) -> "ChanMap":
-        return ChanMap(self.axis, ids, self.zero_safe)
+        return ChanMap(self.axis, ids, self.nonzero)
 
 
 @dataclass

@@ -34,7 +34,8 @@ class WalkContext:
         self.fixed: dict[int, str] = {}
         self.layers: dict[str, Layer] = {}
         self.patches: list[Patch] = []
-        self.segments: list[np.ndarray] = []  # element ids that must keep >= 1 channel (pieces of a channel split)
+        self.segments: list[tuple[np.ndarray, str]] = []  # (element ids, the op taking them) that must keep >= 1
+        # channel: the pieces of a channel split, channel slices
         self.values: dict[fx.Node, Any] = {}
         self.preset: dict[fx.Node, Any] = {}  # values decided by an earlier node's rule (e.g. a channel shuffle's)
 
@@ -91,8 +92,12 @@ class WalkContext:
             what += f" in the model's own forward ({type(modules['']).__name__})"
         return what
 
+    def op(self, node: fx.Node) -> str:
+        """The node as reasons and refusals name it: ``module 'act' (Sigmoid)``, ``op 'add' at node 'add' in ...``."""
+        return self.describe(node, self.modules)
+
     def refuse(self, node: fx.Node, reason: str) -> None:
-        raise UnsupportedModelError(f"cannot prune through {self.describe(node, self.modules)}: {reason}")
+        raise UnsupportedModelError(f"cannot prune through {self.op(node)}: {reason}")
 
     def require_map(self, node: fx.Node, arg: Any) -> ChanMap:
         value = self.val(arg)

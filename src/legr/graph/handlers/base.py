@@ -54,4 +54,4 @@ def first_map(ctx: WalkContext, node: fx.Node) -> ChanMap:
 def consume(ctx: WalkContext, x: ChanMap) -> None:
     """A layer reads ``x``: channels that would not be zero once removed cannot be removed."""
     if not x.zero_safe:
-        ctx.fix(x.ids, "feeds a layer through an op that maps 0 to a non-zero value (e.g. sigmoid)")
+        ctx.fix(x.ids, f"feeds a layer through {x.nonzero}, which maps 0 to a non-zero value")

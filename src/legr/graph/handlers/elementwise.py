@@ -68,7 +68,7 @@ def _spatial(ctx: WalkContext, node: fx.Node) -> ChanMap:
 def _passthrough_nonzero(ctx: WalkContext, node: fx.Node) -> ChanMap:
     x = first_map(ctx, node)
     _same_rank(ctx, node, x)
-    return ChanMap(x.axis, x.ids, zero_safe=False)
+    return ChanMap(x.axis, x.ids, ctx.op(node))
 
 
 @register(modules=(nn.Softmax, nn.LogSoftmax), functions=(F.softmax, F.log_softmax, torch.softmax), methods=("softmax",))
@@ -77,8 +77,8 @@ def _softmax(ctx: WalkContext, node: fx.Node) -> ChanMap:
     dim = ctx.module(node).dim if node.op == "call_module" else node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
     rank = len(ctx.shape(node))
     if dim is None or dim % rank == x.axis:
-        ctx.fix(x.ids, f"normalized together by softmax at '{node.name}'")
-    return ChanMap(x.axis, x.ids, zero_safe=False)
+        ctx.fix(x.ids, f"normalized together by the softmax {ctx.op(node)}")
+    return ChanMap(x.axis, x.ids, ctx.op(node))
 
 
 # --- broadcasting binary ops -------------------------------------------------------------------------------------
@@ -118,7 +118,8 @@ def _binary(ctx: WalkContext, node: fx.Node, kind: str) -> ChanMap | None:
             k = axis - (rank - len(shape))
             if 0 <= k < len(shape) and shape[k] == width and width > 1:
                 if kind == "div" or not _tie_channel_parameter(ctx, a, out):
-                    ctx.fix(out, f"combined with an untracked per-channel tensor at '{node.name}'")
+                    ctx.fix(out, f"combined with the per-channel tensor '{_tensor_name(a)}' (not pruned with the "
+                                 f"channels) at {ctx.op(node)}")
                 else:
                     scaled.append(a)
     scalars = [a for a in operands if not isinstance(a, fx.Node) and a not in (0, 0.0, None)]
@@ -126,17 +127,27 @@ def _binary(ctx: WalkContext, node: fx.Node, kind: str) -> ChanMap | None:
     # value to a removed channel, so a sum is zero there only when every operand is a full, zero-safe map
     broadcast = [a for a in operands if isinstance(a, fx.Node) and a not in scaled and not (
         isinstance(ctx.val(a), ChanMap) and len(ctx.val(a).ids) == width)]
-    if kind == "mul":
-        zero_safe = any(m.zero_safe for m in full) or bool(scaled)  # a product with one zero factor is zero
+    inherited = next((m.nonzero for m in full if not m.zero_safe), None)
+    if kind == "mul":  # a product with one zero factor is zero
+        nonzero = None if any(m.zero_safe for m in full) or scaled else inherited
     elif kind == "div":
         numerator = ctx.val(operands[0])
-        zero_safe = isinstance(numerator, ChanMap) and numerator.zero_safe
+        nonzero = numerator.nonzero if isinstance(numerator, ChanMap) else f"{ctx.op(node)} with a constant numerator"
         denominator = ctx.val(operands[1]) if len(operands) > 1 else None
         if isinstance(denominator, ChanMap):
-            ctx.fix(out, f"used as a divisor at '{node.name}'")
+            ctx.fix(out, f"used as a divisor at {ctx.op(node)}")
+    elif scalars or broadcast:
+        nonzero = f"{ctx.op(node)} with a {'constant term' if scalars else 'term broadcast over the channels'}"
     else:
-        zero_safe = all(m.zero_safe for m in full) and not scalars and not broadcast
-    return ChanMap(axis, out, zero_safe)
+        nonzero = inherited
+    return ChanMap(axis, out, nonzero)
+
+
+def _tensor_name(arg: fx.Node) -> str:
+    """A tensor operand as the user knows it: the attribute it reads (``shift``, ``a.bias``) or its node's name."""
+    while arg.op != "get_attr" and arg.target in _SHAPE_ONLY and len(arg.all_input_nodes) == 1:
+        arg = arg.all_input_nodes[0]
+    return str(arg.target) if arg.op == "get_attr" else arg.name
 
 
 _SHAPE_ONLY = ("view", "reshape", "unsqueeze", "squeeze", "flatten", torch.reshape, torch.unsqueeze, torch.squeeze)

@@ -120,8 +120,15 @@ def _batchnorm(ctx: WalkContext, node: fx.Node) -> ChanMap:
             n.graph.owning_module.get_submodule(str(n.target)).num_features = kept(x.ids)
 
         ctx.patches.append(Patch(node.name, rewrite))
-    affine = bn.weight is not None and bn.bias is not None
-    return ChanMap(1, x.ids, zero_safe=affine or x.zero_safe)
+    return ChanMap(1, x.ids, _norm_nonzero(ctx, node, x, bn.weight is not None and bn.bias is not None))
+
+
+def _norm_nonzero(ctx: WalkContext, node: fx.Node, x: ChanMap, affine: bool) -> str | None:
+    """A per-channel norm maps a removed channel to 0 when masking zeroes its gamma and beta (affine); without them
+    it normalizes what came in, which is non-zero after an op such as a sigmoid."""
+    if affine or x.zero_safe:
+        return None
+    return f"{ctx.op(node)} without affine parameters, after {x.nonzero}"
 
 
 def _owned_tensors(ctx: WalkContext, node: fx.Node, given: dict[str, Any]) -> tuple[str, dict[str, str]]:
@@ -161,11 +168,10 @@ def _functional_batchnorm(ctx: WalkContext, node: fx.Node) -> ChanMap:
     given = _arguments(node, names)
     owner, attrs = _owned_tensors(ctx, node, given)
     if not attrs:  # nothing per channel: each channel normalized by its own batch statistics
-        return ChanMap(1, x.ids, zero_safe=x.zero_safe)
+        return ChanMap(1, x.ids, _norm_nonzero(ctx, node, x, False))
     ties = [Tie(attr, 0, x.ids, "stat" if role == "running_var" else "out") for role, attr in attrs.items()]
     ctx.add_layer(node, Layer(owner, "norm", ties))
-    affine = "weight" in attrs and "bias" in attrs
-    return ChanMap(1, x.ids, zero_safe=affine or x.zero_safe)
+    return ChanMap(1, x.ids, _norm_nonzero(ctx, node, x, "weight" in attrs and "bias" in attrs))
 
 
 @register(functions=(F.linear,))
@@ -198,7 +204,7 @@ def _group_norm_rule(ctx: WalkContext, node: fx.Node, x: ChanMap, groups: int, o
     for k in range(1, size):
         ctx.union(grid[:, 0], grid[:, k])
     ctx.add_layer(node, Layer(owner, "norm", [Tie(attr, 0, x.ids, "out") for attr in attrs.values()]))
-    return ChanMap(1, x.ids, zero_safe="weight" in attrs and "bias" in attrs or x.zero_safe)
+    return ChanMap(1, x.ids, _norm_nonzero(ctx, node, x, "weight" in attrs and "bias" in attrs))
 
 
 @register(functions=(F.group_norm, torch.group_norm))
@@ -250,9 +256,9 @@ def _layer_norm_rule(ctx: WalkContext, node: fx.Node, x: ChanMap, dims: int, bia
     Over other axes it maps an all-zero channel to its bias (its parameters are not per channel, so masking cannot
     zero them): zero-safe out only without a bias and with a zero-safe input."""
     if x.axis >= len(ctx.shape(node)) - dims:
-        ctx.fix(x.ids, f"normalized together by the layer norm at '{node.name}'")
-        return ChanMap(x.axis, x.ids, zero_safe=False)
-    return ChanMap(x.axis, x.ids, zero_safe=x.zero_safe and not bias)
+        ctx.fix(x.ids, f"normalized together over the channel axis by the layer norm {ctx.op(node)}")
+        return ChanMap(x.axis, x.ids, ctx.op(node))
+    return ChanMap(x.axis, x.ids, f"{ctx.op(node)} over a non-channel axis with a bias" if bias else x.nonzero)
 
 
 @register(modules=(nn.LayerNorm,))

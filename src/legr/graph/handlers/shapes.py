@@ -36,7 +36,7 @@ def _cat(ctx: WalkContext, node: fx.Node) -> ChanMap | None:
     axis = maps[0].axis
     for m in maps:
         if not m.zero_safe:
-            ctx.fix(m.ids, "concatenated after an op that maps 0 to a non-zero value")
+            ctx.fix(m.ids, f"concatenated at {ctx.op(node)} after {m.nonzero}, which maps 0 to a non-zero value")
     if dim % rank == axis:
         return ChanMap(axis, np.concatenate([m.ids for m in maps]))
     for m in maps[1:]:
@@ -62,7 +62,7 @@ def _pad(ctx: WalkContext, node: fx.Node) -> ChanMap:
     k = 2 * (rank - 1 - x.axis)  # pads list (before, after) pairs starting from the last dim
     zero_fill = mode != "constant" or value in (None, 0, 0.0)  # reflecting or replicating zeros gives zeros
     if k + 1 >= len(pad) or (pad[k] == 0 and pad[k + 1] == 0):
-        return ChanMap(x.axis, x.ids, x.zero_safe and zero_fill)
+        return ChanMap(x.axis, x.ids, x.nonzero if zero_fill else f"{ctx.op(node)} padding with {value}")
     if node.op == "call_module":
         ctx.refuse(node, "the padding module pads the channel axis")
     if any(isinstance(p, fx.Node) for p in pad[k : k + 2]) or mode != "constant" or not zero_fill:
@@ -79,7 +79,7 @@ def _pad(ctx: WalkContext, node: fx.Node) -> ChanMap:
             n.kwargs = {**n.kwargs, "pad": tuple(new)}
 
     ctx.patches.append(Patch(node.name, rewrite))
-    return ChanMap(x.axis, np.concatenate([before, x.ids, after]), x.zero_safe)
+    return ChanMap(x.axis, np.concatenate([before, x.ids, after]), x.nonzero)
 
 
 @register(functions=(torch.split, torch.chunk, torch.tensor_split), methods=("split", "chunk", "tensor_split"))
@@ -97,7 +97,7 @@ def _split(ctx: WalkContext, node: fx.Node) -> list[ChanMap]:
         return [x.with_ids(x.ids) for _ in metas]
     ends = np.cumsum([int(m.shape[x.axis]) for m in metas])
     pieces = [x.ids[a:b] for a, b in zip([0, *ends[:-1]], ends)]
-    ctx.segments.extend(p for p in pieces if len(p))
+    ctx.segments.extend((p, ctx.op(node)) for p in pieces if len(p))
 
     def rewrite(n: fx.Node, kept: Callable[[np.ndarray], int]) -> None:
         n.op, n.target = "call_function", torch.split
@@ -135,7 +135,7 @@ def _channel_slice(ctx: WalkContext, node: fx.Node, value: ChanMap, item: slice,
         ctx.refuse(node, "it takes an empty slice of the channel dimension")
     if len(ids) == width:
         return ids
-    ctx.segments.append(ids)
+    ctx.segments.append((ids, ctx.op(node)))
     before, through = value.ids[:start], value.ids[:stop]
 
     def rewrite(n: fx.Node, kept: Callable[[np.ndarray], int]) -> None:
@@ -165,7 +165,7 @@ def _getitem(ctx: WalkContext, node: fx.Node) -> Any:
             if not isinstance(item, slice):
                 ctx.refuse(node, "it indexes the channel dimension with fixed positions")
             ids = value.ids if item == slice(None) else _channel_slice(ctx, node, value, item, pos)
-            return ChanMap(axis_out, ids, value.zero_safe)
+            return ChanMap(axis_out, ids, value.nonzero)
         if isinstance(item, fx.Node) or isinstance(item, (list, tuple, torch.Tensor)):
             ctx.refuse(node, "advanced indexing is not supported on tensors with tracked channels")
         axis_in += 1
@@ -186,7 +186,7 @@ def _reshape_value(ctx: WalkContext, node: fx.Node, x: ChanMap) -> Any:
         for m in range(len(in_shape) - x.axis):
             if math.prod(in_shape[x.axis + 1 : x.axis + 1 + m]) == inner:
                 _check_literal_size(ctx, node, b)
-                return ChanMap(b, np.repeat(x.ids, inner), x.zero_safe)
+                return ChanMap(b, np.repeat(x.ids, inner), x.nonzero)
     shuffled = _channel_shuffle(ctx, node, x)
     if shuffled is None:
         ctx.refuse(node, f"the reshape {list(in_shape)} -> {list(out_shape)} mixes the channel dimension with others")
@@ -236,7 +236,7 @@ def _channel_shuffle(ctx: WalkContext, node: fx.Node, x: ChanMap) -> ChanMap | N
         ctx.union(grid[0], grid[g])
     for n in inner[1:]:
         ctx.preset[n] = _Shuffling()
-    ctx.preset[back] = ChanMap(a, grid.T.reshape(-1).copy(), x.zero_safe)
+    ctx.preset[back] = ChanMap(a, grid.T.reshape(-1).copy(), x.nonzero)
     return _Shuffling()
 
 
@@ -271,7 +271,7 @@ def _reduce(ctx: WalkContext, node: fx.Node) -> ChanMap:
         ctx.refuse(node, "it reduces over the channel axis")
     keepdim = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
     axis = x.axis if keepdim else x.axis - sum(d < x.axis for d in dims)
-    return ChanMap(axis, x.ids, x.zero_safe)
+    return ChanMap(axis, x.ids, x.nonzero)
 
 
 @register(functions=(torch.permute, torch.transpose, torch.swapaxes), methods=("permute", "transpose", "swapaxes"))
@@ -285,7 +285,7 @@ def _permute(ctx: WalkContext, node: fx.Node) -> ChanMap:
         perm[a], perm[b] = b, a
     else:
         perm = [d % rank for d in (args[0] if len(args) == 1 and isinstance(args[0], (list, tuple)) else args)]
-    return ChanMap(perm.index(x.axis), x.ids, x.zero_safe)  # channels-last blocks: later ops check their axis
+    return ChanMap(perm.index(x.axis), x.ids, x.nonzero)  # channels-last blocks: later ops check their axis
 
 
 @register(methods=("size", "dim", "numel"), functions=(getattr, len))
