@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -126,6 +127,54 @@ def test_errors_are_one_line_with_exit_code_2(args, message, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def _entry_point() -> str:
+    """The `legr` script pip installed (next to this interpreter, else on PATH)."""
+    script = shutil.which("legr", path=str(Path(sys.executable).parent)) or shutil.which("legr")
+    assert script, "the `legr` entry point is not installed: pip install -e ."
+    return script
+
+
+@pytest.mark.parametrize("args,message", [
+    (["bogus"], "Error: No such command 'bogus'."),
+    (["models", "--bogus"], "Error: No such option: --bogus"),
+    (["run"], "Error: Missing argument 'config'."),
+    (["export", "member"], "Error: Missing argument 'output'."),
+    (["latency", "digits_cnn", "--batch-size", "x"], "Error: Invalid value for '--batch-size'"),
+], ids=["unknown-command", "unknown-option", "missing-argument", "second-argument", "bad-value"])
+def test_usage_errors_through_the_installed_entry_point(args, message, tmp_path):
+    """Issue #30: recent typer raises its own copy of click's exceptions (typer._click), older typer click's; whichever
+    raised it, a usage error is click's usage message (usage, hint, one error line) and exit code 2, no traceback.
+    (Older click spells the argument 'CONFIG'.)"""
+    proc = subprocess.run([_entry_point(), *args], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0].startswith(f"Usage: legr {args[0] if args[0] != 'bogus' else ''}".rstrip())
+    assert lines[-1].lower().startswith(message.lower()) and len(lines) == 4
+
+
+def test_version_through_the_installed_entry_point():
+    from importlib.metadata import version
+
+    proc = subprocess.run([_entry_point(), "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout == f"legr {version('legr')}\n" and proc.stderr == ""
+
+
+def test_ctrl_c_exits_130_with_the_resume_hint(monkeypatch, capsys):
+    """Recent typer turns Ctrl-C into an exit code that `main` used to drop (exit 0, no message)."""
+    from legr import cli
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_pipeline", interrupted)  # `legr rank` interrupted while it runs
+    monkeypatch.setattr(sys, "argv", ["legr", "rank", "tiny.yaml"])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == 130 and "interrupted; rerun the same command" in capsys.readouterr().err
 
 
 def test_bad_config_key_and_budget(config, tmp_path):

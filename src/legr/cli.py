@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from importlib import resources
 from pathlib import Path
@@ -21,6 +22,23 @@ ConfigArg = Annotated[Path, typer.Argument(help="run configuration (YAML); see c
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="run folder (default: runs/<config name>)")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override a config key: --set search.tau=0")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"legr {version('legr')}")
+        except PackageNotFoundError as exc:
+            raise LegrError("legr is not installed (pip install -e .): it has no version") from exc
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                   help="print the version and exit")] = False) -> None:
+    pass
 
 
 def _overrides(items: list[str] | None) -> dict:
@@ -266,24 +284,41 @@ def magnitude(
     console.print(f"results: {folder / 'results.csv'}  sparse model: {folder / 'magnitude' / 'model.sparse.safetensors'}")
 
 
+def _click_errors() -> tuple[type[Exception], ...]:
+    """click's ``ClickException`` as typer raises it: recent typer's own copy of click (``typer._click``) and/or click
+    itself (older typer)."""
+    found = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            found.append(importlib.import_module(module).ClickException)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
+
+INTERRUPTED = 130
+
+
 def main() -> None:
+    """The `legr` entry point. Outside click's standalone mode the exit code of a `typer.Exit` (--help, --version,
+    and Ctrl-C in recent typer) is returned; older click turns Ctrl-C into `typer.Abort`."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except LegrError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
+        code = INTERRUPTED
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.Abort as exc:
+        code = INTERRUPTED if isinstance(exc.__context__, KeyboardInterrupt) else 1
+    except _click_errors() as exc:  # usage errors: unknown command or option, missing argument, bad value
+        exc.show()
+        sys.exit(2)
+    if code == INTERRUPTED:
         console.print("interrupted; rerun the same command to resume where it stopped")
-        sys.exit(130)
-    except (typer.Exit, typer.Abort) as exc:
-        sys.exit(getattr(exc, "exit_code", 1))
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(2)
-        raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
