@@ -6,11 +6,17 @@ figures into benchmarks/results/compare_<config name>/. Resumable: rerun the sam
 
     LEGR_DATA=../shared/data LEGR_WEIGHTS=../shared/weights python benchmarks/compare_methods.py          # 2-core CPU
     LEGR_DATA=../shared/data LEGR_WEIGHTS=../shared/weights python benchmarks/compare_methods.py --full   # GPU
+
+In pieces (each finishes within the time at hand and leaves a result file to commit; see benchmarks/README.md,
+"Long runs"): ``--seeds 0 --methods legr`` runs that part only (work folder ``<work>/<piece>``) and writes
+``<results>/pieces/<piece>.json``; ``--merge`` builds the tables and plots from the pieces that exist and names the
+missing ones.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -18,7 +24,9 @@ from pathlib import Path
 
 from legr.errors import LegrError
 from legr.paths import atomic_write_text
-from legr.pipeline.compare import Comparison, summary_markdown
+from legr.pipeline.compare import Comparison, summary_markdown, write_result
+from legr.pipeline.folder import ComparisonFolder
+from legr.pipeline.pieces import merge, piece, piece_config
 from legr.pipeline.compare_config import CompareConfig
 from legr.pipeline.config_files import load_config, parse_set_options
 
@@ -35,6 +43,9 @@ def main() -> None:
     parser.add_argument("--results", type=Path, help="default: benchmarks/results/compare_<config name>")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     parser.add_argument("--note", default="", help="a sentence for the results README, e.g. where training ran")
+    parser.add_argument("--seeds", type=int, nargs="+", help="run these seeds only (a piece)")
+    parser.add_argument("--methods", nargs="+", help="run these methods only (a piece)")
+    parser.add_argument("--merge", action="store_true", help="merge <results>/pieces/*.json into the results")
     args = parser.parse_args()
     config = ROOT / "configs" / "compare_resnet56_cifar10jpeg_full.yaml" if args.full else args.config
     name = config.stem.removeprefix("compare_")
@@ -43,14 +54,28 @@ def main() -> None:
     start = time.time()
     try:
         cfg = load_config(config, parse_set_options(args.set), schema=CompareConfig)
-        result = Comparison(cfg, work).run()
+        if args.merge:
+            parts = [json.loads(p.read_text()) for p in sorted((results / "pieces").glob("*.json"))]
+            result = merge(cfg, parts)
+            write_result(result, ComparisonFolder(results))
+            if result["missing"]:
+                print("missing pieces (seed, method): " + ", ".join(f"{s} {m}" for s, m in result["missing"]))
+        elif args.seeds or args.methods:
+            p = piece(cfg, args.seeds, args.methods)
+            result = Comparison(piece_config(cfg, p), work / p.name).run()
+            (results / "pieces").mkdir(parents=True, exist_ok=True)
+            shutil.copy2(work / p.name / "compare.json", results / "pieces" / f"{p.name}.json")
+            print((work / p.name / "summary.md").read_text())
+            return
+        else:
+            result = Comparison(cfg, work).run()
+            results.mkdir(parents=True, exist_ok=True)
+            for file in KEEP:
+                shutil.copy2(work / file, results / file)
     except LegrError as exc:
         sys.exit(f"error: {exc}")
-    results.mkdir(parents=True, exist_ok=True)
-    for file in KEEP:
-        shutil.copy2(work / file, results / file)
     atomic_write_text(results / "README.md", results_readme(result, config, time.time() - start, args.note))
-    print((work / "summary.md").read_text())
+    print((results / "summary.md").read_text())
 
 
 def _shown(path: Path) -> str:
@@ -65,8 +90,12 @@ def results_readme(result: dict, config: Path, seconds: float, note: str) -> str
     return "\n".join([
         f"# Methods under equal budgets: {result['model']}, {result['dataset']}",
         "",
-        f"Written by `benchmarks/compare_methods.py` (config `{_shown(config)}`); this "
-        f"invocation's wall time {seconds / 60:.1f} min (a resumed run counts only its last part).",
+        f"Written by `benchmarks/compare_methods.py` (config `{_shown(config)}`); " + (
+            f"merged from {result['pieces']} pieces (`pieces/`, one per seed and method group, each run on its own)"
+            + (f"; **missing** (seed, method): {', '.join(f'{s} {m}' for s, m in result['missing'])}"
+               if result["missing"] else "") + "."
+            if "pieces" in result else
+            f"this invocation's wall time {seconds / 60:.1f} min (a resumed run counts only its last part)."),
         "",
         f"Same for every method: the source network (akamaster checkpoint adapted {c['base_training']['epochs']} "
         f"epochs to the JPEG images), the splits ({c['data']['val_size']} training images held out for search "
@@ -78,6 +107,7 @@ def results_readme(result: dict, config: Path, seconds: float, note: str) -> str
         f"{s['tau']} SGD steps, averaged over {', '.join(f'{t:.0%}' for t in result['search_targets'])} MACs, first "
         "population seeded with the global and uniform allocations"
         + "".join(f"; {m['name']} changes {m['search']}" for m in c["compare"]["methods"] if m.get("search"))
+        + "".join(f"; {m['name']} changes the floors {m['floors']}" for m in c["compare"]["methods"] if m.get("floors"))
         + ". Every pruned network's BN statistics are re-estimated on "
         f"{c['bn_batches']} training batches before it is reported or fine-tuned. Test set: the CIFAR-10-JPEG test images, used for nothing "
         f"but these figures. Hardware: {result['hardware']}; latency on the CPU with "

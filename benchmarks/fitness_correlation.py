@@ -30,7 +30,7 @@ from legr.data import TensorLoader
 from legr.engine.surgery import prune
 from legr.errors import LegrError
 from legr.hardware import hardware_label
-from legr.methods.allocate import GlobalSolver
+from legr.methods.allocate import Floors, GlobalSolver
 from legr.methods.criteria import compute_scores, group_scores
 from legr.methods.legr import AffineSpace, AffineTransform, EvolutionConfig, aging_evolution
 from legr.methods.legr.ranking import layer_score_std, ranked_layers, uniform_transform
@@ -78,6 +78,8 @@ class Study:
         self.graph, self.cost, d, dev = pipeline.graph, pipeline.cost, pipeline.data, pipeline.device
         self.layers = ranked_layers(self.graph)
         self.index = {name: i for i, name in enumerate(self.layers)}
+        f = pipeline.cfg.floors
+        self.floors = Floors(f.safeguard, f.min_channels, f.round_to)
         self.scores = compute_scores("l2sq", self.graph, pipeline.base)
         self.space = AffineSpace(self.layers, layer_score_std(self.scores, self.layers),
                                  mutate_fraction=pipeline.cfg.search.mutate_fraction)
@@ -92,7 +94,7 @@ class Study:
     def keep(self, t: AffineTransform, target: float) -> np.ndarray:
         """The keep vector of ranking ``t`` cut at ``target`` (exactly as `learn_ranking` cuts)."""
         transformed = group_scores(self.graph, self.scores, lambda name, v: t.apply(self.index[name], v))
-        return GlobalSolver(self.graph, self.cost, transformed, self.p.floors).solve(target * self.cost.base_macs)
+        return GlobalSolver(self.graph, self.cost, transformed, self.floors).solve(target * self.cost.base_macs)
 
     def network(self, t: AffineTransform, target: float) -> nn.Module:
         return prune(self.graph, self.keep(t, target))  # a fresh copy: variants never share weights or statistics
@@ -121,7 +123,7 @@ class Study:
         rng = np.random.default_rng([self.r.seed, 1])  # a stream apart from the search's (PCG64(seed))
         out = [("identity", "identity", self.space.identity(), {}),
                ("uniform", "uniform", AffineTransform(*uniform_transform(
-                   self.graph, self.cost, self.scores, target * self.cost.base_macs, self.p.floors)), {})]
+                   self.graph, self.cost, self.scores, target * self.cost.base_macs, self.floors)), {})]
         out += [(f"random-{i + 1:02d}", "random", self.space.random(rng), {}) for i in range(self.r.random)]
         state_path = self.folder / f"search_{round(target * 100)}.json"
         population, sample, evaluations = self.r.search
@@ -142,8 +144,12 @@ class Study:
 
     def ground_truth(self, t: AffineTransform, target: float) -> tuple[float, float]:
         """Test top-1 after adaptive BN (the K=20 batches) + the recipe's fine-tune, and its seconds."""
+        return self.ground_truth_of(self.keep(t, target))
+
+    def ground_truth_of(self, keep: np.ndarray) -> tuple[float, float]:
+        """`ground_truth` of the network a keep vector cuts."""
         d, start = self.p.data, time.perf_counter()
-        net = self.network(t, target)
+        net = prune(self.graph, keep)
         recalibrate_bn(net, self.batches[True][:BN_MID])
         finetune(net, *d.train, d.mean, d.std, self.r.finetune(), progress=False, device=self.p.device)
         top1 = evaluate(net, *self.test, d.mean, d.std, batch_size=self.p.cfg.eval.batch_size,

@@ -222,7 +222,10 @@ def compare(folder: str) -> Callable[[], list[str]]:
             else "top1_before_ft"
         rows = []
         for m in c["compare"]["methods"]:
-            mine = [summary[(m["name"], t)] for t in targets]
+            mine = [summary.get((m["name"], t)) for t in targets]
+            if None in mine:
+                rows.append([m["name"], *["-"] * (2 * len(targets)), "not run yet"])
+                continue
             t = d["family_time_s"][m["name"]]["mean_s"]
             rows.append([m["name"], *[pm(r, "top1") for r in mine], *[pm(r, before) for r in mine],
                          f"{t / 60:.1f} min"])
@@ -241,13 +244,18 @@ def compare(folder: str) -> Callable[[], list[str]]:
                + (f" x {s['restarts']} independent searches (the fitter winner kept)" if s.get("restarts", 1) > 1
                   else "") + f", fitness = validation {s['fitness']} after "
                f"adaptive BN on {s.get('bn_batches', 0)} training batches"
-               + (f" averaged over {', '.join(f'{100 * t:.0f}%' for t in d['search_targets'])} MACs"
+               + (f" at {', '.join(f'{100 * t:.0f}%' for t in d['search_targets'])} MACs, "
+                  + AGGREGATES[s.get("aggregate", "mean")] + (", guarded: never below uniform at a search target"
+                                                               if s.get("guard") else "")
                   if len(d.get("search_targets", ())) > 1 else f" at {100 * targets[0]:.0f}% MACs") + ", tau "
                f"{s['tau']}, on {c['data']['val_size']} held-out training images"
                + (f" (changed per method — {fitness})" if fitness else "") + ". Test top-1 % on the 10,000 "
                f"CIFAR-10-JPEG test images. Hardware: {d['hardware']}; latency timed on {c['eval']['threads'] or 'all'} "
                f"thread(s). Family time = rank + prune + fine-tune of all {len(targets)} networks. Full table (MACs, "
                f"params, CPU latency b1/b64): `benchmarks/results/{folder}/summary.md`.", "", *_table(head, rows)]
+        if d.get("missing"):
+            out += ["", f"Merged from {d['pieces']} pieces; still missing (seed method): "
+                    + ", ".join(f"{seed} {m}" for seed, m in d["missing"]) + "."]
         out += _goal(d, summary, targets)
         restarted = {m: v for m, v in d.get("searches", {}).items() if any(len(r["restart_best"]) > 1 for r in v.values())}
         if restarted:
@@ -265,12 +273,19 @@ def compare(folder: str) -> Callable[[], list[str]]:
     return block
 
 
+AGGREGATES = {"mean": "the plain mean over them", "relative": "the mean relative gain over the uniform allocation",
+              "worst": "the worst relative gain over the uniform allocation"}
+
+
 def _goal(d: dict, summary: dict, targets: list[float]) -> list[str]:
     """Each LeGR method against the best method that is not LeGR, per target (the issue's goal, computed)."""
     methods = d["config"]["compare"]["methods"]
     others = [m["name"] for m in methods if m["allocator"] != "legr"]
     out = []
+    others = [m for m in others if all((m, t) in summary for t in targets)]
     for name in (m["name"] for m in methods if m["allocator"] == "legr"):
+        if not others or any((name, t) not in summary for t in targets):
+            continue
         cells = []
         for t in targets:
             best = max(others, key=lambda m: summary[(m, t)]["top1"])
@@ -316,6 +331,16 @@ def fitness() -> list[str]:
     return out
 
 
+def family_fitness() -> list[str]:
+    d = _load("family_fitness/family_fitness.json")
+    if d is None:
+        return ["Not run yet: `python benchmarks/family_fitness.py`."]
+    text = (RESULTS / "family_fitness" / "summary.md").read_text().split("\n")
+    intro = next(line for line in text if line.startswith("Written by"))
+    return [intro, "", *_md_tables("family_fitness/summary.md", 1)[0],
+            "", "The pool's figures: `benchmarks/results/family_fitness/summary.md`."]
+
+
 SECTIONS: list[tuple[str, Callable[[], list[str]]]] = [
     ("Engine coverage (`benchmarks/torchvision_tally.py`)", tally),
     ("Engine coverage, timm (`benchmarks/timm_tally.py`)",
@@ -332,6 +357,9 @@ SECTIONS: list[tuple[str, Callable[[], list[str]]]] = [
      + [""] + legr_run("legr_resnet56_cifar10jpeg_gpu", "GPU budget (training on one H100)")()),
     ("Which search fitness predicts the fine-tuned network? (`benchmarks/fitness_correlation.py`)", fitness),
     ("Methods under equal budgets (`benchmarks/compare_methods.py`)", compare("compare_resnet20_cifar10jpeg")),
+    ("Methods under equal budgets, five targets from 20% to 80% (`benchmarks/compare_methods.py --config "
+     "configs/compare_resnet20_cifar10jpeg_family5.yaml`, in pieces)", compare("compare_resnet20_cifar10jpeg_family5")),
+    ("One fitness for the family (`benchmarks/family_fitness.py`)", family_fitness),
     ("Han et al. 2015 magnitude pruning (`benchmarks/han_mnist.py`, `benchmarks/han_resnet56_cifar10jpeg.py`)", han),
 ]
 

@@ -200,3 +200,34 @@ def test_a_method_may_have_its_own_budget_and_targets(tmp_path):
     with pytest.raises(ConfigError, match="fractions"):
         raw["compare"]["methods"][1]["targets"] = [1.5]
         parse_config(raw, schema=CompareConfig)
+
+
+def test_pieces_merge_into_the_whole_comparison(comparison, tmp_path):
+    """Two pieces run on their own (seed 0 of uniform-l1 and taylor; seed 1 of uniform-l1) merge into the tables of
+    the whole comparison for what they hold (same source network, same splits, same figures), and the merge names
+    the pairs no piece holds. A pair held by two pieces is refused."""
+    from legr.pipeline.pieces import merge, piece, piece_config
+
+    _, whole = comparison
+    cfg = parse_config(yaml.safe_load(CONFIG), schema=CompareConfig)
+    pieces = [piece(cfg, [0], ["taylor", "uniform-l1"]), piece(cfg, [1], ["uniform-l1"])]
+    assert [p.name for p in pieces] == ["seed0_uniform-l1+taylor", "seed1_uniform-l1"]
+    parts = [Comparison(piece_config(cfg, p), tmp_path / p.name, progress=False, log=lambda m: None).run()
+             for p in pieces]
+    assert parts[0]["pipeline_cost"] is None  # lcp is not in the piece
+    merged = merge(cfg, parts)
+    assert merged["missing"] == [[0, "lcp"], [0, "lcp-one"], [1, "taylor"], [1, "lcp"], [1, "lcp-one"]]
+    assert merged["seeds"] == [0, 1] and merged["pieces"] == 2
+    key = lambda r: (r["method"], None if r["method"] == "baseline" else r["seed"], r.get("target"))  # noqa: E731
+    full = {key(r): r["top1"] for r in whole["runs"]}
+    assert all(full[key(r)] == r["top1"] for r in merged["runs"])
+    row = next(r for r in merged["summary"] if r["method"] == "uniform-l1" and r["target"] == 0.4)
+    seeds = [full["uniform-l1", s, 0.4] for s in (0, 1)]
+    assert row["n"] == 2 and row["top1"] == pytest.approx(statistics.fmean(seeds))
+    assert row["top1_std"] == pytest.approx(statistics.stdev(seeds))
+    assert set(merged["family_time_per_seed"]["uniform-l1"]) == {"0", "1"}
+    assert set(merged["widths"]["methods"]) == {"uniform-l1", "taylor"}
+    with pytest.raises(ConfigError, match="seed 1 of uniform-l1 is in two pieces"):
+        merge(cfg, [*parts, parts[1]])
+    with pytest.raises(ConfigError, match="no method named bogus"):
+        piece(cfg, [0], ["bogus"])

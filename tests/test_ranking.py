@@ -9,10 +9,11 @@ import pytest
 from legr.engine.cost import CostModel
 from legr.errors import LegrError
 from legr.graph import analyze
-from legr.methods.allocate import UniformSolver
+from legr.methods.allocate import UniformSolver, solve_uniform
 from legr.methods.criteria import compute_scores, group_scores
-from legr.methods.legr import EvolutionConfig
+from legr.methods.legr import EvolutionConfig, FamilyObjective
 from legr.methods.legr.ranking import (
+    REFERENCE_INDEX,
     Ranking,
     learn_ranking,
     model_fingerprint,
@@ -139,8 +140,9 @@ def test_uniform_transform_cuts_the_uniform_allocation(name, fraction):
 
 
 def test_search_starts_from_both_baselines_and_scores_every_target(resnet20, tmp_path):
-    """Candidate 0 is the identity (global ranking), candidate 1 the uniform seed; with several targets each candidate
-    prunes once per target (largest budget network last) and its fitness is the mean."""
+    """Candidate 0 is the identity (global ranking), then the uniform seeds (one per target); each candidate prunes
+    once per target (largest budget network last) and, with the plain-mean objective, its fitness is the mean. The
+    uniform references are scored once, and the winner once more for its margins."""
     model, graph = resnet20
     cost = CostModel(graph)
     targets = [0.3 * cost.base_macs, 0.6 * cost.base_macs]
@@ -152,16 +154,60 @@ def test_search_starts_from_both_baselines_and_scores_every_target(resnet20, tmp
 
     search = EvolutionConfig(population=4, sample=2, evaluations=6, seed=0)
     state = tmp_path / "state.json"
-    learned = learn_ranking(model, graph, fitness, targets, search=search, state_path=state, progress=False)
-    assert sorted(seen) == list(range(6)) and all(len(v) == 2 and v[0] < v[1] for v in seen.values())
+    learned = learn_ranking(model, graph, fitness, targets, search=search, state_path=state, progress=False,
+                            objective=FamilyObjective("mean", guard=False))
+    refs = [REFERENCE_INDEX, REFERENCE_INDEX + 1]
+    assert sorted(seen) == list(range(6)) + refs
+    best = learned.search["best_index"]
+    assert all(len(v) == (4 if i == best else 2 if i < 6 else 1) for i, v in seen.items())
+    assert all(v[0] < v[1] for i, v in seen.items() if i < 6)
     history = json.loads(state.read_text())["history"]
-    assert [h["fitness"] for h in history] == [np.mean([p % 1000 for p in seen[i]]) for i in range(6)]
+    assert [h["fitness"] for h in history] == [np.mean([p % 1000 for p in seen[i][:2]]) for i in range(6)]
     layers = ranked_layers(graph)
     scores = compute_scores("l2sq", graph, model)
-    alpha, kappa = uniform_transform(graph, cost, scores, targets[0])
     assert history[0]["candidate"] == {"alpha": [1.0] * len(layers), "kappa": [0.0] * len(layers)}
-    np.testing.assert_allclose(history[1]["candidate"]["kappa"], kappa)
-    assert learned.search["uniform_fitness"] == history[1]["fitness"] and learned.search["target_macs"] == targets
+    for k, t in enumerate(targets):  # candidates 1 and 2: the uniform allocation at each target
+        np.testing.assert_allclose(history[1 + k]["candidate"]["kappa"], uniform_transform(graph, cost, scores, t)[1])
+    assert learned.search["reference"] == [float(seen[i][0] % 1000) for i in refs]
+    assert [m["score"] for m in learned.search["margins"]] == [float(p % 1000) for p in seen[best][2:]]
+    assert learned.search["target_macs"] == targets and "fallback" not in learned.search
+
+
+def test_family_objective_counts_every_target():
+    """Issue 38's search numbers (validation top-1 at 25% / 60% MACs, 10 classes, 1000 images): the mean prefers the
+    ranking that gives up the small member, the relative gain does not, and the guard makes it infeasible."""
+    winner, uniform = [0.166, 0.709], [0.198, 0.573]
+    mean = FamilyObjective("mean", guard=False, chance=0.1)
+    assert mean(winner, uniform) > mean(uniform, uniform)
+    relative = FamilyObjective("relative", guard=False, chance=0.1, val_images=1000)
+    assert relative(winner, uniform) < relative(uniform, uniform) == 0.0
+    np.testing.assert_allclose(relative.gains(winner, uniform), [-0.032 / 0.098, 0.136 / 0.473])
+    assert FamilyObjective("worst", guard=False, chance=0.1)(winner, uniform) == pytest.approx(-0.032 / 0.098)
+    guarded = FamilyObjective(chance=0.1, val_images=1000)
+    tol = np.sqrt(0.198 * 0.802 / 1000)  # one binomial standard error of uniform's top-1
+    assert guarded.tolerance(uniform)[0] == pytest.approx(tol)
+    assert not guarded.feasible(winner, uniform) and guarded(winner, uniform) < -900
+    near = [0.198 - 0.9 * tol, 0.65]  # below uniform by less than the sampling error: feasible
+    assert guarded.feasible(near, uniform) and guarded(near, uniform) > guarded(winner, uniform) + 900
+    assert guarded(near, uniform) > guarded(uniform, uniform)
+
+
+def test_search_falls_back_to_uniform_when_no_candidate_is_feasible(resnet20):
+    """A fitness under which every searched ranking scores below the uniform allocation at some target: the guard
+    returns the uniform allocation itself, which cuts exactly as `solve_uniform`."""
+    model, graph = resnet20
+    cost = CostModel(graph)
+    targets = [0.3 * cost.base_macs, 0.6 * cost.base_macs]
+    fitness = lambda net, i: 1.0 if i >= REFERENCE_INDEX else 0.5  # noqa: E731
+    learned = learn_ranking(model, graph, fitness, targets, progress=False,
+                            search=EvolutionConfig(population=4, sample=2, evaluations=5, seed=0),
+                            objective=FamilyObjective(chance=0.1, val_images=1000))
+    assert learned.allocator == "uniform" and learned.search["fallback"] == "uniform"
+    assert [m["margin"] for m in learned.search["margins"]] == [-0.5, -0.5]
+    scores = compute_scores("l2sq", graph, model)
+    for t in targets:
+        expected, _ = solve_uniform(graph, cost, group_scores(graph, scores), t)
+        np.testing.assert_array_equal(learned.solver(graph, cost, model).solve(t), expected)
 
 
 def test_committed_version1_rankings_still_load():

@@ -10,6 +10,7 @@ re-estimated on training batches before it is saved), ``finetune`` is the run's 
 from __future__ import annotations
 
 import itertools
+import math
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -29,6 +30,7 @@ from legr.methods.allocate import ALLOCATORS, BudgetSolver, Floors, check_reacha
 from legr.methods.base import Method, register_method
 from legr.methods.criteria import CriterionContext, compute_scores
 from legr.methods.legr import EvolutionConfig
+from legr.methods.legr.family import FamilyObjective
 from legr.methods.legr.fitness import CandidateFitness
 from legr.methods.legr.ranking import Ranking, learn_ranking, model_fingerprint, ranked_layers, stored_scores
 from legr.training import recalibrate_bn
@@ -119,21 +121,38 @@ class FilterPruning(Method):
             train_loader=lambda i: TensorLoader(x, y, s.batch_size, run.data.mean, run.data.std, shuffle=True,
                                                 augment=True, seed=cfg.seed * 100_003 + i, device=run.device),
             sgd=(s.lr, s.momentum, s.weight_decay), metric=s.fitness)
+        classes = run.data.num_classes
+        objective = FamilyObjective(
+            s.aggregate, s.guard, chance=1 / classes if s.fitness == "accuracy" else -math.log(classes),
+            val_images=len(run.data.val[1]) if s.fitness == "accuracy" else 0)
+        base = run.cost.base(self.budget)
         learned = learn_ranking(
-            run.base, run.graph, fitness, [t * run.cost.base(self.budget) for t in targets], unit=self.budget,
-            cost=run.cost,
-            criterion=cfg.criterion, scores=scores, allocator=cfg.allocator, floors=self.floors,
+            run.base, run.graph, fitness, [t * base for t in targets], unit=self.budget, cost=run.cost,
+            objective=objective, criterion=cfg.criterion, scores=scores, allocator=cfg.allocator, floors=self.floors,
             mutate_fraction=s.mutate_fraction, seed_uniform=s.seed_uniform,
             search=EvolutionConfig(population=s.population, sample=s.sample, evaluations=s.evaluations, seed=cfg.seed,
                                    restarts=s.restarts),
             state_path=run.folder.search_state, log_path=run.folder.search_log, progress=run.progress,
         )
+        margins = [{**m, "target": t} for m, t in zip(learned.search["margins"], targets)]
+        self._log_margins(margins, learned.search.get("fallback"))
         return replace(learned, source=run.source_info(),
                        search={**learned.search, **s.model_dump(mode="json"), "target": targets[0],
-                               "targets": list(targets)})
+                               "targets": list(targets), "margins": margins})
+
+    def _log_margins(self, margins: list[dict[str, Any]], fallback: str | None) -> None:
+        metric = "top-1" if self.cfg.search.fitness == "accuracy" else "-loss"
+        pct = (lambda v: f"{100 * v:.1f}%") if metric == "top-1" else (lambda v: f"{v:.3f}")  # noqa: E731
+        for m in margins:
+            self.run.log(f"search winner at {m['target']:.0%}: validation {metric} {pct(m['score'])} vs uniform "
+                         f"{pct(m['uniform'])} (margin {m['margin']:+.4f}, tolerance {m['tolerance']:.4f})")
+        if fallback:
+            self.run.log(f"no searched ranking stays within the tolerance of the uniform allocation at every search "
+                         f"target: falling back to the {fallback} allocation")
 
     def describe(self, ranking: Ranking) -> str:
-        return f"ranking over {len(ranking.layers)} layers, best fitness {ranking.search.get('best_fitness')}"
+        fallback = f" (fallback: {ranking.search['fallback']})" if ranking.search.get("fallback") else ""
+        return f"ranking over {len(ranking.layers)} layers, best fitness {ranking.search.get('best_fitness')}{fallback}"
 
     # --- cut: one member per budget -----------------------------------------------------------------------------
     def cut(self, ranking: Ranking, target: float, member: Any) -> None:

@@ -17,7 +17,7 @@ import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from torch import nn
 
@@ -87,7 +87,7 @@ class Comparison:
         return source.model_copy(update={
             "method": method.method, "criterion": method.criterion, "allocator": method.allocator, "seed": seed,
             "search": self.cfg.method_search(method).model_copy(update=search),
-            "magnitude": self.cfg.method_magnitude(method),
+            "magnitude": self.cfg.method_magnitude(method), "floors": self.cfg.method_floors(method),
             "eval": source.eval.model_copy(update={"latency": False}), **own})
 
     def runs(self) -> list[RunRef]:
@@ -121,10 +121,11 @@ class Comparison:
             "seeds": list(self.spec.seeds), "hardware": hardware_label(),
             "search_targets": list(self.shared.search_targets),  # the shared search's (a method may change them)
             "config": self.cfg.model_dump(mode="json"),
-            "runs": rows, "summary": self._summary(rows), "family_time_s": self._family_times(),
+            "runs": rows, "summary": summarize(rows, self.spec.methods, self.targets),
+            "family_time_s": family_times(per_seed := self._family_seconds()), "family_time_per_seed": per_seed,
             "pipeline_cost": pipeline_cost, "widths": self._widths(first), "searches": self._searches(),
         }
-        self._write(result)
+        write_result(result, self.folder)
         return result
 
     def _searches(self) -> dict[str, dict[str, dict[str, Any]]]:
@@ -197,39 +198,15 @@ class Comparison:
         atomic_write_text(path, json.dumps(out, indent=1))
         return out
 
-    # --- aggregation -----------------------------------------------------------------------------------------
-    def _summary(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """One row per (method, target): means over seeds, and std of the accuracies."""
-        out = []
-        keys = sorted({k for r in rows for k in r if LATENCY_KEY.match(k)})
-        own = {m.name: sorted(m.targets) for m in self.spec.methods if m.targets is not None}
-        for name in [BASELINE] + [m.name for m in self.spec.methods]:
-            for target in ([None] if name == BASELINE else own.get(name, self.targets)):
-                mine = [r for r in rows if r["method"] == name and (name == BASELINE or r["target"] == target)]
-                if not mine:
-                    continue
-                entry: dict[str, Any] = {"method": name, "target": target, "n": len(mine),
-                                         "criterion": mine[0].get("criterion"), "allocator": mine[0].get("allocator"),
-                                         "budget": mine[0].get("budget")}
-                for key in ["macs", "params", "macs_ratio", "params_ratio", *keys]:
-                    entry[key] = _mean_std([r.get(key) for r in mine])[0]
-                for key in ["top1", "top1_before_ft", "top1_after_bn"]:
-                    entry[key], entry[f"{key}_std"] = _mean_std([r.get(key) for r in mine])
-                out.append(entry)
-        return out
-
-    def _family_times(self) -> dict[str, dict[str, float | None]]:
-        """Per method: wall seconds to produce its whole family (rank + prune + fine-tune), mean and std over seeds."""
-        out = {}
+    def _family_seconds(self) -> dict[str, dict[str, float]]:
+        """Per method and seed: wall seconds to produce its whole family (rank + prune + fine-tune)."""
+        out: dict[str, dict[str, float]] = {m.name: {} for m in self.spec.methods}
         for m in self.spec.methods:
-            totals = []
             for s in self.spec.seeds:
                 path = self.folder.run(s, m.name).timings
                 if path.exists():
                     t = json.loads(path.read_text())
-                    totals.append(sum(t.get(k, 0.0) for k in ("rank", "prune", "finetune")))
-            mean, std = _mean_std(totals)
-            out[m.name] = {"mean_s": mean, "std_s": std}
+                    out[m.name][str(s)] = sum(t.get(k, 0.0) for k in ("rank", "prune", "finetune"))
         return out
 
     def _widths(self, first: Pipeline) -> dict[str, Any]:
@@ -250,15 +227,47 @@ class Comparison:
                 "layers": layers, "original": original, "methods": per_method}
 
     # --- outputs ---------------------------------------------------------------------------------------------
-    def _write(self, result: dict[str, Any]) -> None:
-        atomic_write_text(self.folder.compare_json, json.dumps(result, indent=1, default=float))
-        atomic_write_text(self.folder.summary, summary_markdown(result))
-        title = f"{result['model']} on {result['dataset']}, {len(result['seeds'])} seeds"
-        plot_method_curves(result["summary"], self.folder.accuracy_plot, title=title)
-        w = result["widths"]
-        plot_widths(w["layers"], w["original"], w["methods"], self.folder.widths_plot,
-                    title=f"channels kept per layer at {w['target']:.0%} {w.get('budget', 'macs').replace('macs', 'MACs')} "
-                          f"({result['model']}, seed {w['seed']})")
+def write_result(result: dict[str, Any], folder: ComparisonFolder) -> None:
+    """``compare.json``, ``summary.md`` and the two plots of a comparison result into ``folder``."""
+    atomic_write_text(folder.compare_json, json.dumps(result, indent=1, default=float))
+    atomic_write_text(folder.summary, summary_markdown(result))
+    title = f"{result['model']} on {result['dataset']}, {len(result['seeds'])} seeds"
+    plot_method_curves(result["summary"], folder.accuracy_plot, title=title)
+    w = result["widths"]
+    plot_widths(w["layers"], w["original"], w["methods"], folder.widths_plot,
+                title=f"channels kept per layer at {w['target']:.0%} {w.get('budget', 'macs').replace('macs', 'MACs')} "
+                      f"({result['model']}, seed {w['seed']})")
+
+
+def summarize(rows: list[dict[str, Any]], methods: Sequence[MethodConfig],
+              targets: Sequence[float]) -> list[dict[str, Any]]:
+    """One row per (method, target): means over seeds, and std of the accuracies."""
+    out = []
+    keys = sorted({k for r in rows for k in r if LATENCY_KEY.match(k)})
+    own = {m.name: sorted(m.targets) for m in methods if m.targets is not None}
+    for name in [BASELINE] + [m.name for m in methods]:
+        for target in ([None] if name == BASELINE else own.get(name, targets)):
+            mine = [r for r in rows if r["method"] == name and (name == BASELINE or r["target"] == target)]
+            if not mine:
+                continue
+            entry: dict[str, Any] = {"method": name, "target": target, "n": len(mine),
+                                     "criterion": mine[0].get("criterion"), "allocator": mine[0].get("allocator"),
+                                     "budget": mine[0].get("budget")}
+            for key in ["macs", "params", "macs_ratio", "params_ratio", *keys]:
+                entry[key] = _mean_std([r.get(key) for r in mine])[0]
+            for key in ["top1", "top1_before_ft", "top1_after_bn"]:
+                entry[key], entry[f"{key}_std"] = _mean_std([r.get(key) for r in mine])
+            out.append(entry)
+    return out
+
+
+def family_times(per_seed: dict[str, dict[str, float]]) -> dict[str, dict[str, float | None]]:
+    """Per method: mean and std over seeds of the family wall time."""
+    out = {}
+    for name, seconds in per_seed.items():
+        mean, std = _mean_std(list(seconds.values()))
+        out[name] = {"mean_s": mean, "std_s": std}
+    return out
 
 
 def _pm(mean: float | None, std: float | None) -> str:

@@ -9,6 +9,7 @@ from pydantic import Field, ValidationError, model_validator
 from legr.pipeline.config import (
     AllocatorName,
     CriterionName,
+    FloorsConfig,
     MagnitudeSection,
     MethodName,
     RunConfig,
@@ -30,6 +31,8 @@ class MethodConfig(_Strict):
                                                                      "section, e.g. {tau: 50}")
     magnitude: dict[str, Any] = Field(default_factory=dict, description="this method's changes to the shared "
                                                                         "magnitude section, e.g. {rounds: 2}")
+    floors: dict[str, Any] = Field(default_factory=dict, description="this method's changes to the shared floors "
+                                                                     "section, e.g. {safeguard: 0.25}")
     budget: Literal["macs", "params", "latency"] | None = Field(None, description="this method's budget unit "
                                                                 "(latency: the shared latency section's settings)")
     targets: tuple[float, ...] | None = Field(None, min_length=1, description="this method's targets (fractions "
@@ -75,7 +78,8 @@ class CompareConfig(RunConfig):
     @model_validator(mode="after")
     def _check_search_overrides(self) -> "CompareConfig":
         for i, m in enumerate(self.compare.methods):
-            for section, check in (("search", self.method_search), ("magnitude", self.method_magnitude)):
+            for section, check in (("search", self.method_search), ("magnitude", self.method_magnitude),
+                                   ("floors", self.method_floors)):
                 try:
                     check(m)
                 except ValidationError as exc:
@@ -91,6 +95,11 @@ class CompareConfig(RunConfig):
         """The magnitude settings ``method`` runs with: the shared ones, changed by its ``magnitude`` entries."""
         return MagnitudeSection.model_validate({**self.magnitude.model_dump(), **method.magnitude}) \
             if method.magnitude else self.magnitude
+
+    def method_floors(self, method: MethodConfig) -> FloorsConfig:
+        """The floors ``method`` runs with: the shared ones, changed by its ``floors`` entries."""
+        return FloorsConfig.model_validate({**self.floors.model_dump(), **method.floors}) if method.floors \
+            else self.floors
 
     def run_config(self) -> RunConfig:
         return RunConfig.model_validate(self.model_dump(exclude={"compare"}))

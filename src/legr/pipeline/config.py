@@ -93,11 +93,13 @@ class TrainConfig(_Strict):
 class SearchConfig(_Strict):
     """Regularized evolution of the per-layer affine transform (allocator legr) or offset only (allocator lcp).
 
-    Fitness of a candidate: prune at each search target (default: the run's lowest, middle and highest targets;
-    the mean is the fitness), re-estimate BatchNorm statistics on ``bn_batches`` training batches (adaptive BN;
-    augmented when ``finetune.augment`` is), take ``tau`` SGD steps, then the validation ``fitness`` (top-1 by
-    default; see benchmarks/results/fitness_correlation for why). The paper's CIFAR setting: ``{bn_batches: 0, tau: 0,
-    fitness: loss, seed_uniform: false, restarts: 1, target: <one target>}`` (ImageNet: tau 200).
+    Fitness of a candidate: prune at each search target (default: the run's lowest, middle and highest targets),
+    re-estimate BatchNorm statistics on ``bn_batches`` training batches (adaptive BN; augmented when
+    ``finetune.augment`` is), take ``tau`` SGD steps, then the validation ``fitness`` (top-1 by default; see
+    benchmarks/results/fitness_correlation for why); the per-target scores are combined by ``aggregate``
+    (`legr.methods.legr.family`), and with ``guard`` a ranking below the uniform allocation at any search target is
+    never returned. The paper's CIFAR setting: ``{bn_batches: 0, tau: 0, fitness: loss, seed_uniform: false,
+    restarts: 1, target: <one target>, guard: false}`` (ImageNet: tau 200).
     """
 
     population: int = Field(64, ge=1)
@@ -114,8 +116,15 @@ class SearchConfig(_Strict):
     weight_decay: float = Field(5e-4, ge=0)
     batch_size: int = Field(128, ge=1)
     fitness: Literal["loss", "accuracy"] = "accuracy"
-    seed_uniform: bool = Field(True, description="the first population also holds the transform reproducing the "
-                                                 "uniform allocation (beside the identity = global ranking)")
+    aggregate: Literal["relative", "mean", "worst"] = Field(
+        "relative", description="how the search targets' scores combine: relative (mean over targets of the gain "
+                                "over the uniform allocation, in units of uniform's distance from chance), mean (plain "
+                                "mean of the scores), worst (the smallest relative gain)")
+    guard: bool = Field(True, description="never return a ranking scoring below the uniform allocation at a search "
+                                          "target (beyond validation sampling error); fall back to uniform instead")
+    seed_uniform: bool = Field(True, description="the first population also holds the transforms reproducing the "
+                                                 "uniform allocation at each search target (beside the identity = "
+                                                 "global ranking)")
     target: float | None = Field(None, gt=0, le=1, description="search at this one MACs fraction (the paper's "
                                                                 "single-target search)")
     targets: tuple[float, ...] | None = Field(None, min_length=1, description="fitness = mean over these MACs "

@@ -3,13 +3,14 @@
 The core in reading order: a criterion scores every filter (`legr.methods.criteria`); each layer's scores pass
 through an affine transform ``alpha_l * score + kappa_l`` (`affine`); aging evolution searches the transforms,
 scoring each candidate by its pruned network's fitness (`evolution`; the fitness recipe: adaptive BN + validation
-top-1, `legr.pipeline.steps`); the best transform is the learned `Ranking`, whose global cut (`legr.methods.allocate`)
+top-1, `fitness`; the scores at several targets combined against the uniform allocation's, `family`); the best transform is the learned `Ranking`, whose global cut (`legr.methods.allocate`)
 gives a network for any MACs budget (`ranking`).
 """
 
 from legr.methods.legr.affine import AffineSpace, AffineTransform
 from legr.methods.legr.evolution import EvolutionConfig, SearchResult, SearchSpace, aging_evolution, space_fingerprint
+from legr.methods.legr.family import FamilyObjective
 from legr.methods.legr.ranking import Ranking, learn_ranking, ranked_layers, uniform_transform
 
-__all__ = ["AffineSpace", "AffineTransform", "EvolutionConfig", "Ranking", "SearchResult", "SearchSpace",
+__all__ = ["AffineSpace", "AffineTransform", "EvolutionConfig", "FamilyObjective", "Ranking", "SearchResult", "SearchSpace",
            "aging_evolution", "learn_ranking", "ranked_layers", "space_fingerprint", "uniform_transform"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -28,6 +28,7 @@ from legr.methods.allocate import ALLOCATORS, BudgetSolver, Floors, solve_unifor
 from legr.methods.criteria import compute_scores, group_scores
 from legr.methods.legr.affine import AffineSpace, AffineTransform
 from legr.methods.legr.evolution import EvolutionConfig, aging_evolution
+from legr.methods.legr.family import FamilyObjective
 from legr.paths import atomic_write_text
 
 RANKING_VERSION = 2  # 2 adds the allocator and the stored criterion scores
@@ -182,6 +183,7 @@ def uniform_transform(graph: ChannelGraph, cost: CostModel, scores: Mapping[str,
 
 
 NetworkFitness = Callable[[nn.Module, int], float]
+REFERENCE_INDEX = 10**9  # fitness index of the uniform references (candidates count from 0)
 
 
 def learn_ranking(
@@ -197,6 +199,7 @@ def learn_ranking(
     allocator: str = "legr",
     floors: Floors = Floors(),
     search: EvolutionConfig = EvolutionConfig(),
+    objective: FamilyObjective = FamilyObjective(),
     mutate_fraction: float = 0.1,
     seed_uniform: bool = True,
     state_path: Path | None = None,
@@ -205,15 +208,18 @@ def learn_ranking(
 ) -> Ranking:
     """Learn LeGR's per-layer affine transform by aging evolution.
 
-    Each candidate ranking prunes ``model`` (weights restored from memory) to ``target_macs`` (costs in ``unit``:
-    MACs, parameters with ``unit="params"``, predicted ms with ``unit="latency"`` and a ``cost`` model that holds a
-    latency model) and is scored by
-    ``fitness(pruned_network, candidate_index)`` (higher is better, e.g. validation top-1 after `recalibrate_bn`).
-    Several targets (a family-aware search): the candidate's fitness is the mean over the networks it cuts at each.
-    ``scores`` are the criterion's per-filter scores (default: computed from the weights); ``allocator`` "lcp" learns
-    only the offsets. The first population holds the identity (the plain global ranking) and, with ``seed_uniform``,
-    the transform that reproduces the uniform allocation at the first target (`uniform_transform`), so the search
-    starts from both baselines. Resumable through ``state_path``.
+    Each candidate ranking prunes ``model`` (weights restored from memory) to each of ``target_macs`` (costs in
+    ``unit``: MACs, parameters with ``unit="params"``, predicted ms with ``unit="latency"`` and a ``cost`` model that
+    holds a latency model); ``fitness(pruned_network, candidate_index)`` scores each network (higher is better, e.g.
+    validation top-1 after `recalibrate_bn`), and ``objective`` (`legr.methods.legr.family`) turns the scores into the
+    candidate's fitness against the uniform allocation of the raw ``scores`` cut and scored the same way at each
+    target (the reference, scored once). ``scores`` are the criterion's per-filter scores (default: computed from the
+    weights); ``allocator`` "lcp" learns only the offsets. The first population holds the identity (the plain global
+    ranking) and, with ``seed_uniform``, the transforms that reproduce the uniform allocation at each target
+    (`uniform_transform`), so the search starts from both baselines. The winner's per-target scores and margins over
+    the reference are in ``ranking.search["margins"]``; when ``objective.guard`` holds and no candidate stays within
+    the tolerance of the reference at every target, the uniform allocation itself is returned
+    (``search["fallback"] == "uniform"``). Resumable through ``state_path``.
     """
     spec = ALLOCATORS[allocator]
     if spec.search is None:
@@ -227,26 +233,43 @@ def learn_ranking(
     space = AffineSpace(layers, layer_score_std(scores, layers), mutate_fraction=mutate_fraction,
                         learn_alpha=spec.search == "affine")
     index = {name: i for i, name in enumerate(layers)}
-    raw_solver = spec.solver(graph, cost, group_scores(graph, scores), floors, unit)
+    raw = group_scores(graph, scores)
+    raw_solver = spec.solver(graph, cost, raw, floors, unit)
     for t in targets:
         raw_solver.solve(t)  # fail early if unreachable
-    initial = [AffineTransform(*uniform_transform(graph, cost, scores, targets[0], floors, unit))] if seed_uniform \
-        else []
+    reference = [fitness(prune(graph, solve_uniform(graph, cost, raw, t, floors, unit=unit)[0]), REFERENCE_INDEX + k)
+                 for k, t in enumerate(targets)]
+    initial = _distinct([AffineTransform(*uniform_transform(graph, cost, scores, t, floors, unit)) for t in targets]
+                        )[: search.population - 1] if seed_uniform else []
 
-    def evaluate(candidate, i: int) -> float:
+    def per_target(candidate, i: int) -> list[float]:
         transformed = group_scores(graph, scores, lambda name, v: candidate.apply(index[name], v))
         solver = spec.solver(graph, cost, transformed, floors, unit)
-        return float(np.mean([fitness(prune(graph, solver.solve(t)), i) for t in targets]))
+        return [float(fitness(prune(graph, solver.solve(t)), i)) for t in targets]
 
-    result = aging_evolution(space, evaluate, search, initial=initial, state_path=state_path, log_path=log_path,
-                             progress=progress)
-    summary = {**result.summary(), "target_macs": targets[0] if len(targets) == 1 else targets, "budget": unit}
-    if seed_uniform:
-        summary["uniform_fitness"] = result.history[1][1]
-    return Ranking(
+    result = aging_evolution(space, lambda c, i: objective(per_target(c, i), reference), search, initial=initial,
+                             state_path=state_path, log_path=log_path, progress=progress)
+    best = per_target(result.best, result.best_index)  # the same index: the same batches, the same scores
+    summary = {**result.summary(), "target_macs": targets[0] if len(targets) == 1 else targets, "budget": unit,
+               "aggregate": objective.aggregate, "guard": objective.guard, "reference": reference,
+               "margins": objective.margins(targets, best, reference)}
+    ranking = Ranking(
         tuple(layers), tuple(float(a) for a in result.best.alpha), tuple(float(k) for k in result.best.kappa),
         criterion, model_fingerprint(model), search=summary, allocator=allocator, scores=stored_scores(scores, layers),
     )
+    if objective.guard and not objective.feasible(best, reference):
+        return replace(Ranking.identity(layers, criterion=criterion, fingerprint=ranking.fingerprint,
+                                        allocator="uniform", scores=ranking.scores),
+                       search={**summary, "fallback": "uniform"})
+    return ranking
+
+
+def _distinct(transforms: Sequence[AffineTransform]) -> list[AffineTransform]:
+    out: list[AffineTransform] = []
+    for t in transforms:
+        if not any(np.array_equal(t.alpha, o.alpha) and np.array_equal(t.kappa, o.kappa) for o in out):
+            out.append(t)
+    return out
 
 
 def stored_scores(scores: Mapping[str, np.ndarray], layers: Sequence[str]) -> dict[str, tuple[float, ...]]:

@@ -1,0 +1,196 @@
+"""One fitness for a family (issue 38): which way of combining a candidate's validation scores at several targets
+picks the ranking with the best fine-tuned accuracy at *every* target?
+
+On the comparison's source network (ResNet-20 adapted to CIFAR-10-JPEG, `benchmarks/fitness_correlation.py`'s
+setting and `Study`), a pool of candidate rankings is scored at each target (bn20-top1: validation top-1 after adaptive
+BN on 20 training batches, the product's fitness) and given the same short fine-tune whose test top-1 is the ground
+truth: the identity (global ranking), seeded random transforms, and the winners of three short searches, one per
+objective (`legr.methods.legr.family`: plain mean without guard — the default before issue 38 —, relative gain over
+uniform with guard — the default after —, worst relative gain). The uniform allocation is scored and fine-tuned at
+every target too: it is the reference of the relative objectives and the baseline to beat. Then every objective
+(mean / relative / worst, with and without the guard) picks from the whole pool, and the table shows its pick's
+fine-tuned top-1 at each target against uniform's. The test split only measures; it picks nothing. Resumable
+(records and search states in <work>/family_study/).
+
+    LEGR_DATA=../shared/data LEGR_WEIGHTS=../shared/weights python benchmarks/family_fitness.py      # ~75 min, 1 core
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fitness_correlation import BN_MID, ROOT, Recipe, Study  # noqa: E402
+
+from legr.engine.surgery import prune  # noqa: E402
+from legr.errors import LegrError  # noqa: E402
+from legr.hardware import hardware_label  # noqa: E402
+from legr.methods.allocate import solve_uniform  # noqa: E402
+from legr.methods.criteria import group_scores  # noqa: E402
+from legr.methods.legr import AffineTransform, EvolutionConfig, FamilyObjective, aging_evolution  # noqa: E402
+from legr.methods.legr.ranking import uniform_transform  # noqa: E402
+from legr.paths import atomic_write_text  # noqa: E402
+from legr.pipeline.compare import Comparison  # noqa: E402
+from legr.pipeline.compare_config import CompareConfig  # noqa: E402
+from legr.pipeline.config_files import load_config, parse_set_options  # noqa: E402
+from legr.pipeline.steps import Pipeline  # noqa: E402
+from legr.training import evaluate, recalibrate_bn  # noqa: E402
+
+SEARCHES = {"mean": FamilyObjective("mean", guard=False), "relative+guard": FamilyObjective("relative", guard=True),
+            "worst": FamilyObjective("worst", guard=False)}
+
+
+class FamilyStudy:
+    def __init__(self, study: Study, targets: list[float], folder: Path):
+        self.s, self.targets, self.folder = study, targets, folder
+        self.path = folder / "records.json"
+        self.records = json.loads(self.path.read_text()) if self.path.exists() else {}
+        d = study.p.data
+        self.chance, self.val_images = 1 / d.num_classes, len(study.val[1])
+
+    def objective(self, o: FamilyObjective) -> FamilyObjective:
+        return FamilyObjective(o.aggregate, o.guard, chance=self.chance, val_images=self.val_images)
+
+    def uniform_keep(self, target: float) -> np.ndarray:
+        s = self.s
+        return solve_uniform(s.graph, s.cost, group_scores(s.graph, s.scores), target * s.cost.base_macs, s.floors)[0]
+
+    def score(self, keep: np.ndarray) -> float:
+        """The product's fitness of one network: validation top-1 after adaptive BN (20 batches)."""
+        s, d = self.s, self.s.p.data
+        net = prune(s.graph, keep)
+        recalibrate_bn(net, s.batches[True][:BN_MID])
+        return evaluate(net, *s.val, d.mean, d.std, batch_size=s.p.cfg.eval.batch_size, device=s.p.device).top1
+
+    def scores(self, t: AffineTransform) -> list[float]:
+        return [self.score(self.s.keep(t, target)) for target in self.targets]
+
+    def search(self, name: str, reference: list[float]) -> AffineTransform:
+        s, (population, sample, evaluations) = self.s, self.s.r.search
+        objective = self.objective(SEARCHES[name])
+        initial = [AffineTransform(*uniform_transform(s.graph, s.cost, s.scores, t * s.cost.base_macs, s.floors))
+                   for t in self.targets]
+        print(f"search ({name}): {evaluations} candidates x {len(self.targets)} targets", flush=True)
+        result = aging_evolution(s.space, lambda t, _: objective(self.scores(t), reference),
+                                 EvolutionConfig(population, sample, evaluations, s.r.seed), initial=initial,
+                                 state_path=self.folder / f"search_{name}.json", progress=False)
+        return result.best
+
+    def record(self, name: str, kind: str, keeps: list[np.ndarray], extra: dict | None = None) -> dict:
+        if name not in self.records:
+            row: dict = {"name": name, "kind": kind, "scores": [], "truth": [], "macs_ratio": [], **(extra or {})}
+            start = time.perf_counter()
+            for target, keep in zip(self.targets, keeps):
+                row["scores"].append(self.score(keep))
+                row["truth"].append(self.s.ground_truth_of(keep)[0])
+                row["macs_ratio"].append(self.s.cost.macs(keep) / self.s.cost.base_macs)
+            row["seconds"] = time.perf_counter() - start
+            self.records[name] = row
+            atomic_write_text(self.path, json.dumps(self.records, indent=1))
+            print(f"{name:16s} val {' / '.join(f'{100 * v:.1f}' for v in row['scores'])}  ->  FT top-1 "
+                  f"{' / '.join(f'{100 * v:.2f}' for v in row['truth'])}  ({row['seconds']:.0f} s)", flush=True)
+        return self.records[name]
+
+    def run(self, random: int) -> list[dict]:
+        s = self.s
+        uniform = self.record("uniform", "uniform", [self.uniform_keep(t) for t in self.targets])
+        cut = lambda t: [s.keep(t, target) for target in self.targets]  # noqa: E731
+        self.record("identity", "identity", cut(s.space.identity()))
+        rng = np.random.default_rng([s.r.seed, 1])  # fitness_correlation's stream of random transforms
+        for i in range(random):
+            self.record(f"random-{i + 1:02d}", "random", cut(s.space.random(rng)))
+        for name in SEARCHES:
+            self.record(f"winner-{name}", "winner", cut(self.search(name, uniform["scores"])), {"search": name})
+        return list(self.records.values())
+
+
+def picks(rows: list[dict], chance: float, val_images: int) -> dict[str, dict]:
+    """Every objective's pick from the whole pool (uniform included: the guard's fallback)."""
+    uniform = next(r for r in rows if r["kind"] == "uniform")
+    out = {}
+    for aggregate in ("mean", "relative", "worst"):
+        for guard in (False, True):
+            o = FamilyObjective(aggregate, guard, chance=chance, val_images=val_images)
+            best = max(rows, key=lambda r: o(r["scores"], uniform["scores"]))
+            out[f"{aggregate}{' + guard' if guard else ''}"] = {
+                "pick": best["name"], "truth": best["truth"], "scores": best["scores"],
+                "vs_uniform": [a - b for a, b in zip(best["truth"], uniform["truth"])]}
+    return out
+
+
+def markdown(result: dict) -> str:
+    t = result["targets"]
+    rows, uniform = result["pool"], next(r for r in result["pool"] if r["kind"] == "uniform")
+    pct = lambda vs: " | ".join(f"{100 * v:.2f}" for v in vs)  # noqa: E731
+    lines = [f"# One fitness for the family: {result['model']}, CIFAR-10-JPEG, targets "
+             f"{', '.join(f'{x:.0%}' for x in t)} MACs", "",
+             f"Written by `benchmarks/family_fitness.py`. Pool: {len(rows)} rankings, each cut at every target, scored "
+             f"by the product's fitness (validation top-1 on {result['val_images']} held-out training images after "
+             f"adaptive BN on {BN_MID} batches) and fine-tuned ({result['recipe']['ft_steps']} SGD steps after adaptive "
+             f"BN; ground truth: test top-1 on {result['recipe']['test_images']} test images, which pick nothing). "
+             f"Searches: population/sample/evaluations {'/'.join(map(str, result['recipe']['search']))}, seed "
+             f"{result['recipe']['seed']}, first population seeded with the uniform allocation at each target. "
+             f"Hardware: {result['hardware']}.", "",
+             "## Each objective's pick from the pool", "",
+             "| objective | pick | " + " | ".join(f"val {x:.0%}" for x in t) + " | "
+             + " | ".join(f"FT top-1 {x:.0%}" for x in t) + " | vs uniform (points) | mean FT top-1 |",
+             "|:---|:---|" + "---:|" * (2 * len(t) + 2)]
+    for name, p in result["picks"].items():
+        lines.append(f"| {name} | {p['pick']} | {pct(p['scores'])} | {pct(p['truth'])} | "
+                     + " / ".join(f"{100 * v:+.2f}" for v in p["vs_uniform"]) + f" | {100 * np.mean(p['truth']):.2f} |")
+    lines += ["", f"Uniform: val {' / '.join(f'{100 * v:.1f}' for v in uniform['scores'])}, FT top-1 "
+                  f"{' / '.join(f'{100 * v:.2f}' for v in uniform['truth'])}.", "", "## The pool", "",
+              "| ranking | " + " | ".join(f"val {x:.0%}" for x in t) + " | "
+              + " | ".join(f"FT top-1 {x:.0%}" for x in t) + " |", "|:---|" + "---:|" * (2 * len(t))]
+    for r in rows:
+        lines.append(f"| {r['name']} | {pct(r['scores'])} | {pct(r['truth'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "compare_resnet20_cifar10jpeg_family5.yaml")
+    parser.add_argument("--work", type=Path, help="default: runs/family_study")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "family_fitness")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    parser.add_argument("--targets", type=float, nargs="+", default=[0.2, 0.5, 0.8])
+    parser.add_argument("--random", type=int, default=10, help="random transforms in the pool")
+    parser.add_argument("--ft-steps", type=int, default=100, help="ground-truth fine-tune SGD steps (even)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true", help="tiny end-to-end check (batches of 8, 2 FT steps)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    work = args.work or ROOT / "runs" / "family_study"
+    try:
+        cfg = load_config(args.config, parse_set_options(args.set), schema=CompareConfig)
+        source = Comparison(cfg, work)._source()
+        recipe = Recipe(str(source.model.weights), random=args.random, seed=args.seed, ft_steps=args.ft_steps)
+        if args.smoke:
+            recipe = Recipe(recipe.source_weights, batch_size=8, val_images=100, test_images=200, random=1,
+                            seed=args.seed, search=(4, 2, 5), ft_steps=2)
+        folder = work / ("family_smoke" if args.smoke else "family_study")
+        folder.mkdir(parents=True, exist_ok=True)
+        study = FamilyStudy(Study(Pipeline(source, folder / "pipeline"), recipe, folder), sorted(args.targets), folder)
+        pool = study.run(recipe.random)
+    except LegrError as exc:
+        sys.exit(f"error: {exc}")
+    result = {"model": cfg.model.name, "targets": sorted(args.targets), "val_images": study.val_images,
+              "recipe": {"ft_steps": recipe.ft_steps, "test_images": recipe.test_images, "search": recipe.search,
+                         "seed": recipe.seed, "random": recipe.random, "batch_size": recipe.batch_size},
+              "pool": pool, "picks": picks(pool, study.chance, study.val_images), "hardware": hardware_label()}
+    out = args.results if not args.smoke else folder / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "family_fitness.json", json.dumps(result, indent=1))
+    atomic_write_text(out / "summary.md", markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""A comparison run in pieces: each piece is some of the seeds and methods of one comparison config, run on its own
+(its own work folder, its own `compare.json`), and the pieces that exist are merged into the comparison's result.
+
+A comparison that takes longer than the time at hand is split so that every piece finishes and leaves a result file
+that can be committed at once; the merge needs only those files (not the run folders). Pieces run at different times
+(or on different cores) time their networks separately, so latency columns come from each piece's own interleaved
+rounds, always beside that piece's own timing of the source network (``baseline`` rows, one per piece).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from legr.errors import ConfigError
+from legr.hardware import hardware_label
+from legr.pipeline.compare import family_times, summarize
+from legr.pipeline.compare_config import CompareConfig
+
+
+@dataclass(frozen=True)
+class Piece:
+    seeds: tuple[int, ...]
+    methods: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        """File-safe: ``seed0-1_uniform-l1+legr``."""
+        name = f"seed{'-'.join(map(str, self.seeds))}_{'+'.join(self.methods)}"
+        return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
+
+
+def piece(cfg: CompareConfig, seeds: Sequence[int] | None = None, methods: Sequence[str] | None = None) -> Piece:
+    """The piece of ``cfg`` holding ``seeds`` and ``methods`` (default: all of them); unknown ones are refused."""
+    spec = cfg.compare
+    names = [m.name for m in spec.methods]
+    seeds, methods = tuple(seeds or spec.seeds), tuple(methods or names)
+    unknown = [m for m in methods if m not in names]
+    if unknown:
+        raise ConfigError(f"no method named {', '.join(unknown)} in the comparison (it has {', '.join(names)})")
+    missing = [s for s in seeds if s not in spec.seeds]
+    if missing:
+        raise ConfigError(f"seed(s) {missing} are not in compare.seeds {list(spec.seeds)}")
+    return Piece(seeds, tuple(m for m in names if m in methods))
+
+
+def piece_config(cfg: CompareConfig, p: Piece) -> CompareConfig:
+    """``cfg`` restricted to the piece (its pipeline-cost run only when the piece holds that method and its first
+    seed is the comparison's first)."""
+    spec = cfg.compare
+    cost = spec.pipeline_cost if spec.pipeline_cost in p.methods and p.seeds[0] == spec.seeds[0] else None
+    section = spec.model_copy(update={"seeds": p.seeds, "pipeline_cost": cost,
+                                      "methods": tuple(m for m in spec.methods if m.name in p.methods)})
+    return cfg.model_copy(update={"compare": section})
+
+
+def all_pieces(cfg: CompareConfig) -> list[tuple[int, str]]:
+    return [(s, m.name) for s in cfg.compare.seeds for m in cfg.compare.methods]
+
+
+def merge(cfg: CompareConfig, parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One comparison result from the pieces' results (`Comparison.run`'s dicts): their runs, the summary over all
+    seeds, family times, searches, the widths of the first seed, and ``missing``: the (seed, method) pairs of the
+    config that no piece holds. A (seed, method) pair held by two pieces is refused."""
+    if not parts:
+        raise ConfigError("no pieces to merge")
+    seen: dict[tuple[int, str], int] = {}
+    rows: list[dict[str, Any]] = []
+    per_seed: dict[str, dict[str, float]] = {m.name: {} for m in cfg.compare.methods}
+    searches: dict[str, dict[str, Any]] = {}
+    for i, part in enumerate(parts):
+        for seed in part["seeds"]:
+            for m in part["config"]["compare"]["methods"]:
+                if (seed, m["name"]) in seen:
+                    raise ConfigError(f"seed {seed} of {m['name']} is in two pieces ({seen[seed, m['name']]} and {i})")
+                seen[seed, m["name"]] = i
+        for row in part["runs"]:
+            rows.append({**row, "piece": i})
+        for name, seconds in part.get("family_time_per_seed", {}).items():
+            per_seed.setdefault(name, {}).update(seconds)
+        for name, by_seed in part.get("searches", {}).items():
+            searches.setdefault(name, {}).update(by_seed)
+    targets = sorted(cfg.targets)
+    seeds = sorted({s for s, _ in seen})
+    first = min(parts, key=lambda p: p["seeds"][0])
+    widths = {**first["widths"], "methods": {}}
+    for part in sorted(parts, key=lambda p: p["seeds"][0], reverse=True):  # the smallest seed's widths win
+        widths["methods"].update(part["widths"]["methods"])
+    return {
+        "model": parts[0]["model"], "dataset": parts[0]["dataset"], "targets": targets, "seeds": seeds,
+        "hardware": "; ".join(dict.fromkeys([p["hardware"] for p in parts] or [hardware_label()])),
+        "search_targets": parts[0]["search_targets"], "config": cfg.model_dump(mode="json"),
+        "runs": rows, "summary": summarize(rows, cfg.compare.methods, targets),
+        "family_time_s": family_times(per_seed), "family_time_per_seed": per_seed,
+        "pipeline_cost": next((p["pipeline_cost"] for p in parts if p.get("pipeline_cost")), None),
+        "widths": widths, "searches": searches, "pieces": len(parts),
+        "missing": [[s, m] for s, m in all_pieces(cfg) if (s, m) not in seen],
+    }
