@@ -26,6 +26,7 @@ from legr.errors import LegrError
 from legr.paths import atomic_write_text
 from legr.pipeline.compare import Comparison, summary_markdown, write_result
 from legr.pipeline.folder import ComparisonFolder
+from legr.pipeline.estimate import estimate_comparison
 from legr.pipeline.pieces import merge, piece, piece_config
 from legr.pipeline.compare_config import CompareConfig
 from legr.pipeline.config_files import load_config, parse_set_options
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", help="run these seeds only (a piece)")
     parser.add_argument("--methods", nargs="+", help="run these methods only (a piece)")
     parser.add_argument("--merge", action="store_true", help="merge <results>/pieces/*.json into the results")
+    parser.add_argument("--estimate-only", action="store_true", help="print the estimated wall time and stop")
     args = parser.parse_args()
     config = ROOT / "configs" / "compare_resnet56_cifar10jpeg_full.yaml" if args.full else args.config
     name = config.stem.removeprefix("compare_")
@@ -54,6 +56,15 @@ def main() -> None:
     start = time.time()
     try:
         cfg = load_config(config, parse_set_options(args.set), schema=CompareConfig)
+        if not args.merge:  # the wall time, before any work: a piece that cannot finish is not started
+            p = piece(cfg, args.seeds, args.methods)
+            split = bool(args.seeds or args.methods)
+            estimate = estimate_comparison(piece_config(cfg, p) if split else cfg, work / p.name if split else work)
+            print(estimate.line(f"piece {p.name}" if split else "this run"), flush=True)
+            if estimate.warning():
+                print(estimate.warning(), flush=True)
+            if args.estimate_only:
+                return
         if args.merge:
             parts = [json.loads(p.read_text()) for p in sorted((results / "pieces").glob("*.json"))]
             result = merge(cfg, parts)

@@ -129,8 +129,9 @@ def conv_widths() -> list[str]:
 def latency_accuracy() -> list[str]:
     path = RESULTS / "latency_accuracy" / "latency_accuracy.md"
     if not path.is_file():
-        return ["Not run yet: `python benchmarks/latency_accuracy.py` (issue 14 (d); about 1.5-2 h per seed on one "
-                "core)."]
+        return ["Not run yet: in pieces of ~1 h on one core each, `python benchmarks/latency_accuracy.py --seeds 0 "
+                "--methods uniform-l1 legr` and `--seeds 0 --methods legr-macs`, the same for seed 1, then `--merge` "
+                "(issue 29; `benchmarks/README.md`, \"Long runs\")."]
     return path.read_text().split("\n", 2)[2].strip().splitlines() + ["",
             "![accuracy vs latency](benchmarks/results/latency_accuracy/accuracy_vs_latency.png)"]
 

@@ -308,6 +308,17 @@ def fit_latency_model(graph: ChannelGraph, probes: Sequence[Probe], info: dict[s
     return model
 
 
+def latency_model_path(graph: ChannelGraph, setting: LatencySetting, plans: Sequence[np.ndarray], *,
+                       cache: Path | None = None) -> Path:
+    """Where `build_latency_model` caches the model of ``graph`` measured on ``setting`` with ``plans`` (exists once
+    it was measured on this device)."""
+    h = hashlib.sha256(json.dumps([device_fingerprint(setting), asdict(setting)], sort_keys=True).encode()
+                       + architecture_fingerprint(graph).encode())
+    for keep in plans:
+        h.update(np.asarray(keep, dtype=np.float64).tobytes())
+    return (cache or cache_dir() / "latency") / f"{h.hexdigest()[:16]}.json"
+
+
 def build_latency_model(graph: ChannelGraph, setting: LatencySetting, plans: Sequence[np.ndarray], *,
                         cache: Path | None = None, progress: bool = True,
                         log: Callable[[str], None] = lambda _: None) -> LatencyModel:
@@ -315,13 +326,8 @@ def build_latency_model(graph: ChannelGraph, setting: LatencySetting, plans: Seq
     or read it from the cache (default ``$LEGR_CACHE/latency``) when this device, architecture and plans were
     measured before. The rounds are saved after each one, so an interrupted build resumes."""
     fingerprint = device_fingerprint(setting)
-    h = hashlib.sha256(json.dumps([fingerprint, asdict(setting)], sort_keys=True).encode()
-                       + architecture_fingerprint(graph).encode())
-    for keep in plans:
-        h.update(np.asarray(keep, dtype=np.float64).tobytes())
-    key = h.hexdigest()[:16]
-    folder = cache or cache_dir() / "latency"
-    path, partial = folder / f"{key}.json", folder / f"{key}.probes.json"
+    path = latency_model_path(graph, setting, plans, cache=cache)
+    key, partial = path.stem, path.with_suffix(".probes.json")
     if path.exists():
         try:
             return LatencyModel.from_json(path.read_text(), graph)

@@ -9,6 +9,7 @@ rounds, always beside that piece's own timing of the source network (``baseline`
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -59,10 +60,34 @@ def all_pieces(cfg: CompareConfig) -> list[tuple[int, str]]:
     return [(s, m.name) for s in cfg.compare.seeds for m in cfg.compare.methods]
 
 
+def _differences(held: Any, wanted: Any, where: str = "") -> list[str]:
+    """Keys whose values differ (keys only one side has are skipped: a config written before a key existed)."""
+    if isinstance(held, dict) and isinstance(wanted, dict):
+        return [d for k in held.keys() & wanted.keys() for d in _differences(held[k], wanted[k], f"{where}.{k}")]
+    return [] if held == wanted else [f"{where.lstrip('.')}: {held!r} (piece) vs {wanted!r}"]
+
+
+def _check_settings(cfg: CompareConfig, part: dict[str, Any], i: int) -> None:
+    """A piece must have run with the merged config's settings (a piece shrunk with --set must be shrunk for every
+    method alike, i.e. every piece run with the same --set): its shared sections and its methods' entries."""
+    wanted = json.loads(json.dumps(cfg.model_dump(mode="json"), default=float))
+    held = part["config"]
+    methods = {m["name"]: m for m in wanted["compare"]["methods"]}
+    diff = _differences({k: v for k, v in held.items() if k != "compare"},
+                        {k: v for k, v in wanted.items() if k != "compare"})
+    for m in held["compare"]["methods"]:
+        diff += _differences(m, methods.get(m["name"], m), f"compare.methods.{m['name']}")
+    if diff:
+        raise ConfigError(f"piece {i} (seeds {part['seeds']}) ran with other settings than the config being merged: "
+                          + "; ".join(diff[:3]))
+
+
 def merge(cfg: CompareConfig, parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One comparison result from the pieces' results (`Comparison.run`'s dicts): their runs, the summary over all
     seeds, family times, searches, the widths of the first seed, and ``missing``: the (seed, method) pairs of the
-    config that no piece holds. A (seed, method) pair held by two pieces is refused."""
+    config that no piece holds. A (seed, method) pair held by two pieces is refused, and so is a piece run with other
+    settings than ``cfg`` (its ``config``: the shared sections and its methods' entries; keys it lacks are not
+    compared)."""
     if not parts:
         raise ConfigError("no pieces to merge")
     seen: dict[tuple[int, str], int] = {}
@@ -70,6 +95,7 @@ def merge(cfg: CompareConfig, parts: Sequence[dict[str, Any]]) -> dict[str, Any]
     per_seed: dict[str, dict[str, float]] = {m.name: {} for m in cfg.compare.methods}
     searches: dict[str, dict[str, Any]] = {}
     for i, part in enumerate(parts):
+        _check_settings(cfg, part, i)
         for seed in part["seeds"]:
             for m in part["config"]["compare"]["methods"]:
                 if (seed, m["name"]) in seen:

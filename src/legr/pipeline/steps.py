@@ -32,7 +32,7 @@ from legr.engine.latency_model import LatencyModel, build_latency_model
 from legr.engine.latency import measure_interleaved
 from legr.engine.surgery import fold_batchnorm
 from legr.errors import ConfigError
-from legr.graph import analyze
+from legr.graph import ChannelGraph, analyze
 from legr.hardware import git_revision, hardware_label
 from legr.methods import METHODS, Method
 from legr.methods.allocate import random_plans
@@ -72,6 +72,11 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' requested but CUDA is not available")
     return torch.device(name)
+
+
+def latency_plans(graph: ChannelGraph, cost: CostModel, probes: int) -> list[np.ndarray]:
+    """The plans a run's latency model is measured on: the full network and ``probes`` random allocations."""
+    return [np.ones(graph.num_classes)] + random_plans(graph, cost, probes, seed=0)
 
 
 def finetune_config(cfg: TrainConfig, seed: int) -> FinetuneConfig:
@@ -161,8 +166,8 @@ class Pipeline:
                                                                         self.graph))
         setting = budget.setting()
         self.log(f"latency model of {self.cfg.model.name} ({setting.label}): measured once per device, then cached")
-        plans = [np.ones(self.graph.num_classes)] + random_plans(self.graph, cost, budget.probes, seed=0)
-        model = build_latency_model(self.graph, setting, plans, progress=self.progress, log=self.log)
+        model = build_latency_model(self.graph, setting, latency_plans(self.graph, cost, budget.probes),
+                                    progress=self.progress, log=self.log)
         return CostModel(self.graph, latency=model)
 
     # --- what a method uses (`legr.methods.base.RunContext`) ---------------------------------------------------
