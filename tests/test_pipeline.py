@@ -199,3 +199,32 @@ def test_a_latency_budget_run_cuts_members_against_the_clock(tmp_path, monkeypat
     monkeypatch.setenv("LEGR_CACHE", str(tmp_path / "elsewhere"))  # another machine: its cache is empty
     Pipeline(cfg, tmp_path, progress=False, log=messages.append).prune()  # no new measurement cuts it otherwise
     assert (tmp_path / "members" / "uniform-85" / "plan.json").stat().st_mtime_ns == stamp
+
+
+def test_a_member_is_never_below_the_uniform_allocation_on_validation(run, monkeypatch):
+    """The member guard: a learned ranking's cut is kept unless the search fitness scores the uniform cut at the same
+    budget higher by more than the sampling error; then uniform is kept, and the member says so."""
+    import numpy as np
+
+    from legr.methods.allocate import solve_uniform
+    from legr.methods.criteria import group_scores
+    from legr.methods.legr import Ranking
+    from legr.methods.legr.ranking import REFERENCE_INDEX
+
+    cfg, out, _ = run
+    pipeline = Pipeline(cfg, out, progress=False, log=lambda m: None)
+    method = pipeline.method
+    ranking = Ranking.load(out / "ranking.json")
+    member = next(iter(pipeline.members()))
+    target = 0.35
+    keep = ranking.solver(pipeline.graph, pipeline.cost, pipeline.base, method.floors).solve(target * pipeline.cost.base_macs)
+    uniform, _ = solve_uniform(pipeline.graph, pipeline.cost,
+                               group_scores(pipeline.graph, ranking.layer_scores(pipeline.graph, pipeline.base)),
+                               target * pipeline.cost.base_macs, method.floors)
+    assert not np.array_equal(keep, uniform)
+    for ranking_score, chosen in ((0.5, "uniform"), (0.9, "ranking"), (0.8 - 0.01, "ranking")):
+        scores = {REFERENCE_INDEX: ranking_score, REFERENCE_INDEX + 1: 0.8}  # uniform scores 0.8 on 200 images
+        monkeypatch.setattr(type(method), "_fitness", lambda self: (lambda net, i: scores[i]))
+        got, record = method._guard_member(ranking, keep, target, member)
+        assert record["chosen"] == chosen and record["tolerance"] == pytest.approx(np.sqrt(0.8 * 0.2 / 200))
+        np.testing.assert_array_equal(got, uniform if chosen == "uniform" else keep)

@@ -26,13 +26,20 @@ from legr.engine.latency_check import meet_measured
 from legr.engine.plan import Plan
 from legr.engine.surgery import prune
 from legr.errors import ConfigError
-from legr.methods.allocate import ALLOCATORS, BudgetSolver, Floors, check_reachable
+from legr.methods.allocate import ALLOCATORS, BudgetSolver, Floors, check_reachable, solve_uniform
 from legr.methods.base import Method, register_method
-from legr.methods.criteria import CriterionContext, compute_scores
+from legr.methods.criteria import CriterionContext, compute_scores, group_scores
 from legr.methods.legr import EvolutionConfig
 from legr.methods.legr.family import FamilyObjective
 from legr.methods.legr.fitness import CandidateFitness
-from legr.methods.legr.ranking import Ranking, learn_ranking, model_fingerprint, ranked_layers, stored_scores
+from legr.methods.legr.ranking import (
+    REFERENCE_INDEX,
+    Ranking,
+    learn_ranking,
+    model_fingerprint,
+    ranked_layers,
+    stored_scores,
+)
 from legr.training import recalibrate_bn
 
 
@@ -115,20 +122,10 @@ class FilterPruning(Method):
         run.log(f"learning the ranking ({cfg.allocator}, {cfg.criterion}, {s.evaluations} candidates{runs}, "
                 f"BN batches {s.bn_batches}, tau {s.tau}, val {s.fitness}) at "
                 f"{', '.join(f'{t:.0%}' for t in targets)} of {format_cost(run.cost.base(self.budget), self.budget)}")
-        x, y = run.data.train
-        fitness = CandidateFitness(
-            lambda net: run.accuracy(net, run.data.val), bn=run.bn_batches(s.bn_batches), tau=s.tau,
-            train_loader=lambda i: TensorLoader(x, y, s.batch_size, run.data.mean, run.data.std, shuffle=True,
-                                                augment=True, seed=cfg.seed * 100_003 + i, device=run.device),
-            sgd=(s.lr, s.momentum, s.weight_decay), metric=s.fitness)
-        classes = run.data.num_classes
-        objective = FamilyObjective(
-            s.aggregate, s.guard, chance=1 / classes if s.fitness == "accuracy" else -math.log(classes),
-            val_images=len(run.data.val[1]) if s.fitness == "accuracy" else 0)
         base = run.cost.base(self.budget)
         learned = learn_ranking(
-            run.base, run.graph, fitness, [t * base for t in targets], unit=self.budget, cost=run.cost,
-            objective=objective, criterion=cfg.criterion, scores=scores, allocator=cfg.allocator, floors=self.floors,
+            run.base, run.graph, self._fitness(), [t * base for t in targets], unit=self.budget, cost=run.cost,
+            objective=self._objective(), criterion=cfg.criterion, scores=scores, allocator=cfg.allocator, floors=self.floors,
             mutate_fraction=s.mutate_fraction, seed_uniform=s.seed_uniform,
             search=EvolutionConfig(population=s.population, sample=s.sample, evaluations=s.evaluations, seed=cfg.seed,
                                    restarts=s.restarts),
@@ -139,6 +136,22 @@ class FilterPruning(Method):
         return replace(learned, source=run.source_info(),
                        search={**learned.search, **s.model_dump(mode="json"), "target": targets[0],
                                "targets": list(targets), "margins": margins})
+
+    def _fitness(self) -> CandidateFitness:
+        """The search's score of one pruned network: adaptive BN, tau SGD steps, the validation metric."""
+        run, cfg, s = self.run, self.cfg, self.cfg.search
+        x, y = run.data.train
+        return CandidateFitness(
+            lambda net: run.accuracy(net, run.data.val), bn=run.bn_batches(s.bn_batches), tau=s.tau,
+            train_loader=lambda i: TensorLoader(x, y, s.batch_size, run.data.mean, run.data.std, shuffle=True,
+                                                augment=True, seed=cfg.seed * 100_003 + i, device=run.device),
+            sgd=(s.lr, s.momentum, s.weight_decay), metric=s.fitness)
+
+    def _objective(self) -> FamilyObjective:
+        s, classes = self.cfg.search, self.run.data.num_classes
+        return FamilyObjective(
+            s.aggregate, s.guard, chance=1 / classes if s.fitness == "accuracy" else -math.log(classes),
+            val_images=len(self.run.data.val[1]) if s.fitness == "accuracy" else 0)
 
     def _log_margins(self, margins: list[dict[str, Any]], fallback: str | None) -> None:
         metric = "top-1" if self.cfg.search.fitness == "accuracy" else "-loss"
@@ -166,6 +179,7 @@ class FilterPruning(Method):
             keep, checked = self._measured_cut(solver, ranking, target, member)
         else:
             keep = solver.solve(target * run.cost.base(self.budget))
+            keep, checked = self._guard_member(ranking, keep, target, member)
         if member.plan.exists():
             if np.array_equal(Plan.load(member.plan).keep_vector(run.graph), keep):
                 return
@@ -185,12 +199,35 @@ class FilterPruning(Method):
         if run.cost.latency is not None:
             info["predicted_ms"] = run.cost.latency.predict(keep)
         if checked is not None:
-            info["latency_check"] = checked
+            info["latency_check" if self.budget == "latency" and cfg.budget.measure_members else "guard"] = checked
         save_pruned(member.root, net, Plan.from_keep_vector(run.graph, keep, source=run.source_info(), info=info))
         predicted = f", predicted {info['predicted_ms']:.2f} ms" if "predicted_ms" in info else ""
         run.log(f"pruned {member.name}: {macs / 1e6:.2f}M MACs ({macs / run.cost.base_macs:.1%}), "
                 f"{params / 1e3:.1f}K params{predicted}, top-1 before fine-tuning {before.top1:.2%}"
                 + (f" ({after_bn:.2%} after adaptive BN)" if after_bn is not None else ""))
+
+    def _guard_member(self, ranking: Ranking, keep: np.ndarray, target: float,
+                      member: Any) -> tuple[np.ndarray, dict | None]:
+        """With ``search.guard``, a learned ranking's member is never worse than the uniform allocation at its own
+        budget: both are scored by the search's fitness (validation), and uniform is kept when the ranking's cut
+        scores below it by more than the sampling error (the search guards only its search targets)."""
+        run, s = self.run, self.cfg.search
+        if self.allocator.search is None or not s.guard or ranking.allocator == "uniform":
+            return keep, None
+        raw = group_scores(run.graph, ranking.layer_scores(run.graph, run.base))
+        uniform, _ = solve_uniform(run.graph, run.cost, raw, target * run.cost.base(self.budget), self.floors,
+                                   unit=self.budget)
+        if np.array_equal(uniform, keep):
+            return keep, None
+        fitness = self._fitness()
+        mine, ref = (fitness(prune(run.graph, k), REFERENCE_INDEX + i) for i, k in enumerate((keep, uniform)))
+        tolerance = float(self._objective().tolerance([ref])[0])
+        chosen = "ranking" if mine >= ref - tolerance else "uniform"
+        if chosen == "uniform":
+            run.log(f"{member.name}: the ranking's cut scores {mine:.4f} on validation, below "
+                    f"the uniform allocation's {ref:.4f} by more than {tolerance:.4f}: keeping the uniform allocation")
+        return (keep if chosen == "ranking" else uniform), {"ranking": mine, "uniform": ref, "tolerance": tolerance,
+                                                            "chosen": chosen}
 
     def _measured_cut(self, solver: BudgetSolver, ranking: Ranking, target: float,
                       member: Any) -> tuple[np.ndarray, dict[str, Any]]:
