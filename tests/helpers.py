@@ -89,12 +89,18 @@ class RandomNet(nn.Module):
     concatenation (then a 1x1 conv), spatial padding with a zero or non-zero value (then a conv), spatial softmax,
     average pooling; with ``kinds=RandomNet.ALL_KINDS`` also a LayerNorm over the channels (channels-last, through
     permutes), adding a per-channel buffer, a chunk along the channels (one piece activated, then concatenated back)
-    and a channel slice (the first two channels added to the last two).
+    and a channel slice (the first two channels added to the last two); with ``kinds=RandomNet.BARRIER_KINDS`` also
+    an op the engine has no exact rule for (``BARRIERS``: the analysis makes it a channel barrier).
     """
 
     KINDS = ("act", "bn", "ln", "conv", "dw", "res", "gate", "scalar", "rsub", "scale", "div", "bcast", "cat", "pad",
              "softmax", "pool")
     ALL_KINDS = KINDS + ("lnc", "shift", "chunk", "slice")
+    # ops the engine has no exact rule for (channel barriers): an unknown op on the channels, a Conv1d gate across
+    # the channel axis (ECA), a reshape splitting the channel axis, a module called twice, a functional conv on a
+    # module's own weight after F.pad (TF "same" padding)
+    BARRIERS = ("unknown", "eca", "split-axis", "twice", "fconv")
+    BARRIER_KINDS = KINDS + ("barrier",)
 
     def __init__(self, rng: np.random.Generator, steps: int = 4, width: int = 6, size: int = 12,
                  kinds: tuple[str, ...] = KINDS):
@@ -104,6 +110,7 @@ class RandomNet(nn.Module):
         self.kinds = [str(k) for k in rng.choice(kinds, steps)]
         self.steps = nn.ModuleList()
         self.values = []
+        self.barriers: list[str] = []
         for kind in self.kinds:
             flag = lambda: bool(rng.integers(2))  # noqa: E731
             self.values.append(float(rng.choice([0.0, 0.5])))
@@ -131,6 +138,11 @@ class RandomNet(nn.Module):
                 step = _Shift(width)
             elif kind == "chunk":
                 step = act()
+            elif kind == "barrier":
+                self.barriers.append(str(rng.choice(self.BARRIERS)))
+                how = self.barriers[-1]
+                step = (nn.Conv1d(1, 1, 3, padding=1, bias=False) if how == "eca" else
+                        nn.Conv2d(width, width, 3, padding=1) if how in ("twice", "fconv") else nn.Identity())
             else:
                 step = nn.Identity()
             self.steps.append(step)
@@ -139,8 +151,11 @@ class RandomNet(nn.Module):
 
     def forward(self, x):
         x = self.stem(x)
+        barriers = iter(self.barriers)
         for kind, step, value in zip(self.kinds, self.steps, self.values):
-            if kind == "res":
+            if kind == "barrier":
+                x = _barrier(next(barriers), step, x)
+            elif kind == "res":
                 x = x + step(x)
             elif kind == "gate":
                 x = x * step(F.adaptive_avg_pool2d(x, 1))
@@ -172,6 +187,20 @@ class RandomNet(nn.Module):
             else:
                 x = step(x)
         return self.fc(F.adaptive_avg_pool2d(self.head(x), 1).flatten(1))
+
+
+def _barrier(how: str, step: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if how == "unknown":
+        return torch.cumsum(x, 1)
+    if how == "eca":
+        y = step(x.mean((2, 3)).unsqueeze(1))  # (N, 1, C): the Conv1d runs across the channels
+        return x * torch.sigmoid(y).transpose(1, 2).unsqueeze(-1)
+    if how == "split-axis":
+        n, c, h, w = x.shape
+        return torch.softmax(x.reshape(n, c * h, w), 1).reshape(n, c, h, w)
+    if how == "twice":
+        return step(F.relu(step(x)))
+    return F.conv2d(F.pad(x, (1, 1, 1, 1)), step.weight, step.bias)  # "fconv"
 
 
 def randomize_all(model: nn.Module, seed: int) -> nn.Module:

@@ -115,7 +115,7 @@ def test_a_ranking_searched_at_other_targets_is_refused(config, tmp_path):
     [
         (["run", "missing.yaml"], "config file not found"),
         (["analyze", "resnet_56"], "unknown model"),
-        (["analyze", "vit_b_16"], "the reshape hard-codes the channel size"),
+        (["analyze", "timm:convnextv2_atto"], "as a channel barrier it leaves nothing prunable"),
         (["report", "nowhere"], "results"),
         (["export", "nowhere", "x.onnx"], "no plan.json"),
         (["latency", "digits_cnn", "--clock", "cpu", "--threads", "2"], "threads: 1"),
@@ -127,6 +127,15 @@ def test_errors_are_one_line_with_exit_code_2(args, message, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_analyze_reports_barriers_and_the_prunable_share(tmp_path):
+    """Issue 32: a model with ops legr cannot follow is analysed around them; `legr analyze` names each barrier and
+    the share of the MACs a plan can shrink."""
+    proc = legr("analyze", "timm:ecaresnet26t", cwd=tmp_path)
+    out = " ".join(proc.stdout.split())
+    assert "of the MACs in layers a plan can shrink" in out and "channel barrier(s)" in out
+    assert "layer1.0.se.conv" in out and "Conv1d" in out
 
 
 def _entry_point() -> str:

@@ -1,5 +1,7 @@
 """The structural engine is never silently wrong: physically pruned == masked original, or a clear refusal."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -207,6 +209,121 @@ def test_random_compositions_cover_the_ops():
         analysed += 1
         pruning += bool(graph.prunable_groups())
     assert analysed >= 55 and pruning >= 45
+
+
+# --- channel barriers: an op without an exact rule freezes the groups it touches, the rest prunes (issue 32) -------
+@pytest.mark.parametrize("seed", range(40))
+def test_random_compositions_with_barriers_pruned_equal_masked(seed):
+    """Random compositions with at least one op the engine has no exact rule for (an unknown op, an ECA Conv1d gate
+    across the channels, a reshape splitting the channel axis, a module called twice, a functional conv on a
+    module's weight): the op becomes a channel barrier naming itself, every channel it reads or writes is fixed,
+    and random plans of the rest are pruned == masked (float64, 1e-9), with MACs equal to torch's count."""
+    rng = np.random.default_rng(1000 + seed)
+    torch.manual_seed(seed)
+    model = RandomNet(rng, steps=5, kinds=RandomNet.BARRIER_KINDS)
+    while "barrier" not in model.kinds:
+        model = RandomNet(rng, steps=5, kinds=RandomNet.BARRIER_KINDS)
+    model = randomize_all(model, seed).double().eval()
+    try:
+        graph = analyze(model, (3, 12, 12))
+    except UnsupportedModelError as exc:  # only when the barriers leave nothing prunable, in one line
+        assert "\n" not in str(exc) and "leaves nothing prunable" in str(exc), model.kinds
+        return
+    assert len(graph.barriers) >= len(model.barriers), (model.kinds, model.barriers)
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    cost = CostModel(graph)
+    assert cost.base_macs == counted_macs(graph.gm, x[:1])
+    for _ in range(3):
+        keep = random_keep(graph, rng)
+        pruned = prune(graph, keep).eval()
+        with torch.no_grad():
+            a, b = pruned(x), masked_copy(graph, keep).eval()(x)
+        assert (a - b).abs().max().item() <= 1e-9 * max(1.0, b.abs().max().item()), (model.kinds, model.barriers)
+        assert cost.macs(keep) == counted_macs(pruned, x[:1])
+
+
+def test_barriers_leave_most_random_compositions_prunable():
+    """The property test above is not vacuous: most nets with a barrier are analysed, and prune something."""
+    analysed = every_kind = 0
+    seen = set()
+    for seed in range(40):
+        rng = np.random.default_rng(1000 + seed)
+        model = RandomNet(rng, steps=5, kinds=RandomNet.BARRIER_KINDS)
+        while "barrier" not in model.kinds:
+            model = RandomNet(rng, steps=5, kinds=RandomNet.BARRIER_KINDS)
+        try:
+            graph = analyze(model, (3, 12, 12))
+        except UnsupportedModelError:
+            continue
+        analysed += 1
+        seen.update(model.barriers)
+        every_kind += bool(graph.barriers)
+    assert analysed >= 30 and every_kind == analysed and seen == set(RandomNet.BARRIERS)
+
+
+class _Barrier(nn.Module):
+    """conv a -> relu -> conv b -> [barrier] -> conv c -> relu -> conv d -> pool -> fc: the barrier fixes b's
+    filters (it reads them) and c's inputs (its output feeds c); a and c stay prunable."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.a, self.b, self.c = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+        self.d, self.fc = nn.Conv2d(8, 6, 3, padding=1), nn.Linear(6, 3)
+
+    def forward(self, x):
+        y = self.b(F.relu(self.a(x)))
+        if self.how == "unknown":
+            y = torch.cumsum(y, 1)
+        else:  # a global-context style block: the reshape [N, C, H, W] -> [N, C * H, W] then back
+            n, c, h, w = y.shape
+            y = y + torch.sigmoid(y.reshape(n, c * h, w)).reshape(n, c, h, w)
+        y = self.d(F.relu(self.c(y)))
+        return self.fc(F.adaptive_avg_pool2d(y, 1).flatten(1))
+
+
+@pytest.mark.parametrize("how", ["unknown", "split-axis"])
+def test_a_barrier_freezes_only_the_groups_it_touches(how):
+    model = _Barrier(how)
+    graph = analyze(model, (3, 16, 16))
+    groups = graph.group_by_name
+    assert groups["a"].prunable and groups["c"].prunable and groups["d"].prunable
+    assert not groups["b"].prunable and groups["b"].reason.startswith("channel barrier at ")
+    op = "op 'cumsum' at node 'cumsum'" if how == "unknown" else "method '.reshape()' at node 'reshape_1'"
+    assert op in groups["b"].reason and graph.barriers[0].op.startswith(op)
+    cov = graph.coverage()  # every conv reads or writes a prunable group (b reads a's filters, c writes its own)
+    assert cov["prunable_share"] == 1.0 and cov["barriers"][0]["op"].startswith(op)
+    assert_equivalent(model, 16, plans=3)
+    with pytest.raises(UnsupportedModelError, match=re.escape(f"cannot prune through {op}")):
+        analyze(model, (3, 16, 16), strict=True)
+
+
+def test_a_module_called_twice_is_a_barrier_and_never_sliced():
+    """The second call of a shared conv is refused by its rule; the barrier must also freeze the first call's
+    filters and inputs, or slicing the shared weight would break the second call."""
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.shared = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+            self.c, self.fc = nn.Conv2d(8, 16, 1), nn.Linear(16, 3)
+
+        def forward(self, x):
+            y = self.shared(F.relu(self.shared(F.relu(self.a(x)))))
+            return self.fc(F.adaptive_avg_pool2d(F.relu(self.c(F.relu(y))), 1).flatten(1))
+
+    graph = analyze(Twice(), (3, 16, 16))
+    groups = graph.group_by_name
+    assert not groups["a"].prunable and not groups["shared"].prunable and groups["c"].prunable
+    assert "called more than once" in groups["shared"].reason
+    assert_equivalent(randomize_all(Twice(), 0), 16, plans=2)
+
+
+def test_a_barrier_that_freezes_everything_refuses_naming_the_op():
+    with pytest.raises(UnsupportedModelError, match=r"^cannot prune through op 'cumsum' at node 'cumsum' .* leaves "
+                                                     r"nothing prunable in this model: legr needs a channel rule for "
+                                                     r"this op$"):
+        analyze(_Unknown(), (3, 16, 16))
 
 
 @pytest.mark.parametrize("case", ["bn-no-affine", "layernorm-bias", "pad-value"])

@@ -42,10 +42,46 @@ def test_timm_names_resolve_or_fail_in_one_line():
         get_model_spec("timm:lcnet_05")
 
 
-def test_a_refused_timm_model_names_the_module():
-    model = build_model("timm:botnet26t_256", num_classes=10)
+# refused whole before channel barriers (issue 32): now the op freezes the groups it touches, the rest prunes.
+# (model, input size, an op that is a barrier, the smallest share of MACs in prunable groups measured)
+BARRIER_MODELS = [
+    ("timm:halonet26t", 256, "in module 'stages.2.1.self_attn' (HaloAttn)", 0.98),
+    ("timm:botnet26t_256", 256, "in module 'stages.2.1.self_attn' (BottleneckAttn)", 0.96),
+    ("timm:mobilevit_xxs", 256, "op 'scaled_dot_product_attention'", 0.57),
+    ("timm:ecaresnet26t", 64, "module 'layer1.0.se.conv' (Conv1d)", 0.87),  # efficient channel attention
+    ("timm:skresnet18", 64, "op 'stack'", 0.99),  # selective kernel
+    ("timm:resnest14d", 64, "(SplitAttn)", 0.45),  # split attention
+    ("timm:gcresnet33ts", 64, "op 'matmul'", 0.99),  # global context
+    ("timm:tf_efficientnet_b0", 64, "op 'conv2d'", 0.94),  # TF "same" padding: F.pad + functional conv
+]
+
+
+@pytest.mark.parametrize("name,size,op,share", BARRIER_MODELS, ids=[m[0] for m in BARRIER_MODELS])
+def test_timm_model_with_barriers_pruned_equals_masked(name, size, op, share):
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=10)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    where = r"method '\.reshape\(\)' at node '\w+' in module 'stages\.2\.1\.self_attn' \(BottleneckAttn\)"
-    with pytest.raises(UnsupportedModelError, match=where):
-        analyze(model, (3, 256, 256))
+    with pytest.raises(UnsupportedModelError, match=r"^cannot prune through [^\n]*$"):  # the old behaviour
+        analyze(model, (3, size, size), strict=True)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    model, graph, x, original = equivalence_setup(model, size)
+    coverage = graph.coverage()
+    assert coverage["prunable_share"] >= share and any(op in b["op"] for b in coverage["barriers"])
+    assert any(not g.prunable and g.reason.startswith("channel barrier at ") for g in graph.groups)
+    keep = random_keep(graph, np.random.default_rng(0))
+    pruned, masked = prune(graph, keep).eval(), masked_copy(graph, keep).eval()
+    with torch.no_grad():
+        assert_pruned_matches_masked(pruned(x), masked(x), original)
+    cost = CostModel(graph)
+    assert cost.base_macs == counted_macs(graph.gm, x[:1]) and cost.macs(keep) == counted_macs(pruned, x[:1])
+
+
+def test_a_barrier_that_freezes_every_group_refuses_naming_the_op():
+    """ConvNeXt-V2's global response norm (``x.norm()`` over space, divided by its channel mean) sits on the only
+    prunable channels of ConvNeXt (the MLP's hidden ones): the model is refused, naming the op to support."""
+    model = build_model("timm:convnextv2_atto", num_classes=10)
+    where = (r"^cannot prune through method '\.norm\(\)' at node 'norm' in module 'stages\.0\.blocks\.0\.mlp\.grn' "
+             r"\(GlobalResponseNorm\): .* leaves nothing prunable in this model: legr needs a channel rule for this "
+             r"op$")
+    with pytest.raises(UnsupportedModelError, match=where):
+        analyze(model, (3, 64, 64))

@@ -87,8 +87,17 @@ def analyze(
     for row in graph.summary_rows():
         table.add_row(row["group"], str(row["channels"]), str(row["producers"]), "yes" if row["prunable"] else "no", row["reason"])
     Console().print(table)
+    coverage = graph.coverage()
     Console().print(f"{model}: {cost.base_macs / 1e6:.2f}M MACs, {cost.base_params / 1e6:.3f}M params, "
-                    f"{len(graph.prunable_groups())}/{len(graph.groups)} groups prunable")
+                    f"{len(graph.prunable_groups())}/{len(graph.groups)} groups prunable, "
+                    f"{coverage['prunable_share']:.1%} of the MACs in layers a plan can shrink")
+    if graph.barriers:
+        barriers = Table("channel barrier (op)", "why", "MACs")
+        for b in coverage["barriers"]:
+            barriers.add_row(b["op"], b["reason"], f"{b['macs'] / 1e6:.2f}M")
+        Console().print(barriers)
+        Console().print(f"{len(graph.barriers)} channel barrier(s): ops legr has no exact channel rule for; every "
+                        "group whose channels they read or write stays whole, the rest is pruned as usual")
     if SPECIALIZED in graph.gm.meta:
         Console().print(f"its forward branches on tensor shapes: traced for input {graph.gm.meta[SPECIALIZED]}, "
                         "pruned networks hold for that input size")

@@ -54,6 +54,8 @@ class CostModel:
         macs, params = [], []
         for layer in graph.layers.values():
             macs.append((layer.macs_coef, [self._dim(ids) for ids in layer.macs_dims]))
+        if getattr(graph, "barrier_macs", 0.0):  # the barrier ops' own (attention matmuls ...): no plan changes them
+            macs.append((graph.barrier_macs, []))
         ties = {(layer.name, t.param): [] for layer in graph.layers.values() for t in layer.ties}
         for layer in graph.layers.values():
             for t in layer.ties:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Iterator, Mapping, Sequence
@@ -14,7 +15,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from legr.errors import LegrError, UnsupportedModelError
 from legr.graph import handlers
 from legr.graph.channels import ChanMap, Layer, UnionFind
-from legr.graph.context import Patch, WalkContext
+from legr.graph.context import Barrier, ChannelRefusal, Patch, WalkContext
 from legr.graph.keep import KeepRules
 from legr.graph.tracing import trace
 
@@ -44,6 +45,7 @@ class ChannelGraph:
         self.layers: dict[str, Layer] = ctx.layers
         self.node_ids = _node_ids(gm, ctx)
         self.patches: list[Patch] = ctx.patches
+        self.barriers: list[Barrier] = ctx.barriers
         roots = ctx.uf.roots()
         _, self.class_of = np.unique(roots, return_inverse=True)  # element -> class
         self.num_classes = int(self.class_of.max()) + 1 if len(self.class_of) else 0
@@ -125,6 +127,28 @@ class ChannelGraph:
     def kept_positions(self, ids: np.ndarray, vec: np.ndarray) -> np.ndarray:
         return np.flatnonzero(vec[self.classes(ids)] > 0)
 
+    @property
+    def barrier_macs(self) -> float:
+        """Multiply-accumulates per image of the barrier ops themselves (attention matmuls, a functional conv...):
+        no plan changes them (`legr.engine.cost.CostModel` adds them to every cost)."""
+        return float(sum(b.macs for b in self.barriers))
+
+    def coverage(self) -> dict[str, Any]:
+        """How much of the network a plan can shrink: MACs per image in total and in layers that read or write a
+        channel of a prunable group, their share, and the barriers (op and reason)."""
+        prunable = np.zeros(self.num_classes, dtype=bool)
+        for g in self.prunable_groups():
+            prunable[g.classes] = True
+        total = self.barrier_macs
+        shrinking = 0.0
+        for layer in self.layers.values():
+            macs = layer.macs_coef * math.prod(len(ids) for ids in layer.macs_dims)
+            total += macs
+            if any(prunable[self.classes(ids)].any() for ids in layer.macs_dims):
+                shrinking += macs
+        return {"macs": total, "prunable_macs": shrinking, "prunable_share": shrinking / total if total else 0.0,
+                "barriers": [{"node": b.node, "op": b.op, "reason": b.why, "macs": b.macs} for b in self.barriers]}
+
     def summary_rows(self) -> Iterator[dict[str, Any]]:
         for g in self.groups:
             yield {"group": g.name, "channels": g.size, "producers": len(g.producers), "prunable": g.prunable,
@@ -188,6 +212,70 @@ def _visit(ctx: WalkContext, node: fx.Node) -> Any:
     return handler(ctx, node)
 
 
+def _visit_or_barrier(ctx: WalkContext, node: fx.Node, strict: bool) -> Any:
+    """The node's value; an op the rules refuse becomes a channel barrier (`WalkContext.barrier`), after whatever
+    its rule recorded before refusing is forgotten."""
+    mark = ctx.mark()
+    try:
+        return _visit(ctx, node)
+    except ChannelRefusal as refusal:
+        if strict:
+            raise
+        ctx.rollback(mark)
+        retried = _retrack(ctx, node, refusal)
+        return retried if retried is not None else ctx.barrier(node, refusal)
+
+
+def _retrack(ctx: WalkContext, node: fx.Node, refusal: ChannelRefusal) -> Any:
+    """A node refused while its only tracked input holds nothing but a barrier's output channels (fixed, on axis 1
+    for want of knowing better): try that input with its channels on each other axis (fresh fixed elements: any
+    choice is exact, none is ever pruned), so a Linear over the last axis after an attention barrier still creates
+    prunable channels. None if every axis is refused too."""
+    tracked = [n for n in node.all_input_nodes if isinstance(ctx.val(n), (ChanMap, list, tuple))]
+    if len(tracked) != 1 or not ctx.is_opaque(ctx.val(tracked[0])) or ctx.shape(tracked[0]) is None:
+        return None
+    arg, value, shape = tracked[0], ctx.val(tracked[0]), ctx.shape(tracked[0])
+    for axis in sorted(range(1, len(shape)), key=lambda a: -a):
+        if axis == value.axis:
+            continue
+        mark = ctx.mark()
+        ctx.values[arg] = ctx.opaque_map(shape[axis], axis, f"channel barrier at {refusal.op}: {refusal.reason}")
+        try:
+            return _visit(ctx, node)
+        except ChannelRefusal:
+            ctx.rollback(mark)
+        finally:
+            ctx.values[arg] = value
+    return None
+
+
+class _BarrierMacs(fx.Interpreter):
+    """Runs the graph, counting each barrier node's multiply-accumulates as `torch.utils.flop_counter` does."""
+
+    def __init__(self, gm: fx.GraphModule, barriers: Sequence[Barrier]) -> None:
+        super().__init__(gm)
+        self.by_node = {b.node: b for b in barriers}
+
+    def run_node(self, n: fx.Node) -> Any:
+        barrier = self.by_node.get(n.name)
+        if barrier is None:
+            return super().run_node(n)
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter = FlopCounterMode(display=False)
+        with counter:
+            out = super().run_node(n)
+        barrier.macs = counter.get_total_flops() / 2
+        return out
+
+
+def _count_barrier_macs(gm: fx.GraphModule, barriers: Sequence[Barrier], example: torch.Tensor) -> None:
+    with torch.no_grad():
+        _BarrierMacs(gm, barriers).run(example)
+    for b in barriers:
+        b.macs /= example.shape[0]  # per image, as the cost model counts
+
+
 def _fix_output(ctx: WalkContext, value: Any) -> None:
     if isinstance(value, ChanMap):
         ctx.fix(value.ids, "network output")
@@ -207,11 +295,15 @@ def _refuse_shared_parameters(model: nn.Module) -> None:
             )
 
 
-def analyze(model: nn.Module, input_shape: Sequence[int], batch_size: int = 2) -> ChannelGraph:
+def analyze(model: nn.Module, input_shape: Sequence[int], batch_size: int = 2,
+            strict: bool = False) -> ChannelGraph:
     """Trace ``model`` in eval mode on a random input of shape ``(batch_size, *input_shape)`` and find its groups.
 
-    Raises `UnsupportedModelError` naming the module/op for anything whose channels cannot be followed; the model
-    itself is never modified (its train/eval mode is restored).
+    An op whose channels cannot be followed exactly becomes a *channel barrier* (``graph.barriers``): every group
+    whose channels it reads, or that its output reaches, is fixed with the op named as the reason, and the rest of the
+    network is analysed as usual. `UnsupportedModelError` (one line, naming the module/op) when the model cannot be
+    traced, or when the barriers leave nothing prunable; with ``strict=True`` at the first op that would be a
+    barrier. The model itself is never modified (its train/eval mode is restored).
     """
     input_shape = tuple(int(s) for s in input_shape)
     _refuse_shared_parameters(model)
@@ -229,9 +321,18 @@ def analyze(model: nn.Module, input_shape: Sequence[int], batch_size: int = 2) -
             raise LegrError(
                 f"forward pass on an input of shape {tuple(example.shape)} failed: {cause[0] if cause else type(exc).__name__}"
             ) from exc
-        ctx = WalkContext(gm)
+        ctx = WalkContext(gm, batch_size)
         for node in gm.graph.nodes:
-            ctx.values[node] = _visit(ctx, node)
-        return ChannelGraph(gm, ctx, input_shape)
+            ctx.values[node] = _visit_or_barrier(ctx, node, strict)
+        ctx.close_barriers()
+        if ctx.barriers:
+            _count_barrier_macs(gm, ctx.barriers, example)
+        graph = ChannelGraph(gm, ctx, input_shape)
+        if ctx.barriers and not graph.prunable_groups():
+            first = ctx.barriers[0]
+            more = f" (and {len(ctx.barriers) - 1} more barrier(s))" if len(ctx.barriers) > 1 else ""
+            raise UnsupportedModelError(f"{first.message}{more}; as a channel barrier it leaves nothing prunable "
+                                        "in this model: legr needs a channel rule for this op")
+        return graph
     finally:
         model.train(was_training)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -11,6 +12,35 @@ from torch import fx
 
 from legr.errors import UnsupportedModelError
 from legr.graph.channels import ChanMap, Layer, UnionFind
+
+
+class ChannelRefusal(UnsupportedModelError):
+    """An op whose channels the engine cannot follow exactly (`WalkContext.refuse`): the analysis makes it a channel
+    barrier (`WalkContext.barrier`), or, with ``strict=True``, refuses the model with this one-line message."""
+
+    def __init__(self, op: str, reason: str) -> None:
+        super().__init__(f"cannot prune through {op}: {reason}")
+        self.op, self.reason = op, reason
+
+
+@dataclass
+class Barrier:
+    """An op the analysis could not follow exactly. Every channel that reaches it (as an input, or a parameter of a
+    module it uses) and every channel it writes is fixed with ``reason``; ``macs`` (per image, as torch counts them)
+    are the op's own multiply-accumulates, which no plan changes."""
+
+    node: str
+    op: str
+    why: str
+    macs: float = 0.0
+
+    @property
+    def reason(self) -> str:
+        return f"channel barrier at {self.op}: {self.why}"
+
+    @property
+    def message(self) -> str:
+        return f"cannot prune through {self.op}: {self.why}"
 
 
 @dataclass
@@ -27,8 +57,9 @@ class Patch:
 class WalkContext:
     """Element store, recorded layers/patches and per-node values for one analysis."""
 
-    def __init__(self, gm: fx.GraphModule) -> None:
+    def __init__(self, gm: fx.GraphModule, batch_size: int = 1) -> None:
         self.gm = gm
+        self.batch_size = batch_size
         self.modules = dict(gm.named_modules())
         self.uf = UnionFind()
         self.fixed: dict[int, str] = {}
@@ -38,6 +69,9 @@ class WalkContext:
         # channel: the pieces of a channel split, channel slices
         self.values: dict[fx.Node, Any] = {}
         self.preset: dict[fx.Node, Any] = {}  # values decided by an earlier node's rule (e.g. a channel shuffle's)
+        self.barriers: list[Barrier] = []
+        self.opaque: set[int] = set()  # elements a barrier wrote: fixed, on an axis chosen without knowing its meaning
+        self.barrier_modules: dict[str, str] = {}  # modules a barrier uses (never sliced) -> its reason
 
     # --- elements -------------------------------------------------------------------------------------------
     def new(self, n: int, fixed: str | None = None) -> np.ndarray:
@@ -63,6 +97,11 @@ class WalkContext:
         meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
         shape = getattr(meta, "shape", None)
         return tuple(int(s) for s in shape) if shape is not None else None
+
+    def per_image(self, shape: tuple[int, ...]) -> float:
+        """Images per row of a layer's output: 1, except after a barrier folded other axes into the first one
+        (attention over patches: ``(batch * patches, tokens, channels)``)."""
+        return shape[0] / self.batch_size if len(shape) >= 2 else 1.0
 
     def module(self, node: fx.Node) -> torch.nn.Module:
         return self.modules[node.target]
@@ -97,7 +136,113 @@ class WalkContext:
         return self.describe(node, self.modules)
 
     def refuse(self, node: fx.Node, reason: str) -> None:
-        raise UnsupportedModelError(f"cannot prune through {self.op(node)}: {reason}")
+        raise ChannelRefusal(self.op(node), reason)
+
+    # --- channel barriers -----------------------------------------------------------------------------------
+    def mark(self) -> tuple[set[str], int, int, set[fx.Node]]:
+        """What a handler may record before it refuses (`rollback` undoes it)."""
+        return set(self.layers), len(self.patches), len(self.segments), set(self.preset)
+
+    def rollback(self, mark: tuple[set[str], int, int, set[fx.Node]]) -> None:
+        """Forget the layers, patches, segments and preset values recorded since ``mark`` (unions and fixed elements
+        stay: they only make the analysis more conservative)."""
+        layers, patches, segments, preset = mark
+        for name in set(self.layers) - layers:
+            del self.layers[name]
+        del self.patches[patches:], self.segments[segments:]
+        for n in set(self.preset) - preset:
+            del self.preset[n]
+
+    def barrier(self, node: fx.Node, refusal: ChannelRefusal) -> Any:
+        """Make ``node`` a channel barrier: fix every tracked channel it reads, remember the modules whose
+        parameters it uses (directly or through untracked ops), and return fresh fixed channels for what it writes
+        (axis 1 of every output of rank >= 2, like a network input)."""
+        barrier = Barrier(node.name, refusal.op, refusal.reason)
+        self.barriers.append(barrier)
+        reason = barrier.reason
+        found: list[ChanMap] = []
+
+        def collect(value: Any) -> None:
+            if isinstance(value, ChanMap):
+                found.append(value)
+            elif isinstance(value, (list, tuple)):
+                for v in value:
+                    collect(v)
+
+        def collect_fix(value: Any) -> None:
+            found.clear()
+            collect(value)
+            for m in found:
+                self.fix(m.ids, reason)
+
+        fx.node.map_arg((node.args, node.kwargs), lambda n: collect_fix(self.values.get(n)) or n)
+        if node.op == "call_module":
+            self.barrier_modules.setdefault(str(node.target), reason)
+        stack, seen = list(node.all_input_nodes), set()
+        while stack:  # parameters reaching the op through untracked ops (``self.weight.view(..)``, a padded weight)
+            n = stack.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            if n.op == "get_attr":
+                self.barrier_modules.setdefault(str(n.target).rpartition(".")[0], reason)
+            elif n.op not in ("call_module", "call_function", "call_method") or self.values.get(n) is not None:
+                continue
+            elif self._channel_count_read(n, reason):
+                continue
+            else:
+                if n.op == "call_module":
+                    self.barrier_modules.setdefault(str(n.target), reason)
+                for inp in n.all_input_nodes:  # a tensor's shape read by the op (``B, C, H, W = x.shape``)
+                    tracked = self.values.get(inp)
+                    if isinstance(tracked, (ChanMap, list, tuple)):
+                        collect_fix(tracked)
+                    else:
+                        stack.append(inp)
+
+        def fresh(meta: Any) -> Any:
+            shape = getattr(meta, "shape", None)
+            if shape is not None:
+                return self.opaque_map(int(shape[1]), 1, reason) if len(shape) >= 2 else None
+            if isinstance(meta, (list, tuple)):
+                return [fresh(m) for m in meta]
+            return None
+
+        return fresh(node.meta.get("tensor_meta"))
+
+    def opaque_map(self, width: int, axis: int, reason: str) -> ChanMap:
+        """Fresh fixed elements on ``axis`` of a barrier's output (or of a value computed from one only)."""
+        ids = self.new(width, fixed=reason)
+        self.opaque.update(ids.tolist())
+        return ChanMap(axis, ids)
+
+    def is_opaque(self, value: Any) -> bool:
+        return isinstance(value, ChanMap) and len(value.ids) > 0 and all(e in self.opaque for e in value.ids.tolist())
+
+    def _channel_count_read(self, n: fx.Node, reason: str) -> bool:
+        """``x.shape[k]`` / ``x.size(k)`` of a tracked ``x``: the channels of ``x`` are fixed when ``k`` is its
+        channel axis (the op would read the kept count), else nothing is. False for any other node."""
+        source, dim = None, None
+        if n.op == "call_method" and n.target == "size" and len(n.args) == 2 and isinstance(n.args[1], int):
+            source, dim = n.args[0], n.args[1]
+        elif n.target is operator.getitem and isinstance(n.args[1], int) and isinstance(n.args[0], fx.Node):
+            shape = n.args[0]
+            if (shape.op == "call_function" and shape.target is getattr and shape.args[1] == "shape") or (
+                    shape.op == "call_method" and shape.target == "size" and len(shape.args) == 1):
+                source, dim = shape.args[0], n.args[1]
+        value = self.values.get(source) if isinstance(source, fx.Node) else None
+        if not isinstance(value, ChanMap) or self.shape(source) is None:
+            return False
+        if dim % len(self.shape(source)) == value.axis:
+            self.fix(value.ids, reason)
+        return True
+
+    def close_barriers(self) -> None:
+        """Fix every channel tied to a parameter of a module a barrier uses: slicing it would change the op."""
+        for layer in self.layers.values():
+            if layer.name in self.barrier_modules:
+                for t in layer.ties:
+                    self.fix(t.ids, self.barrier_modules[layer.name])
 
     def require_map(self, node: fx.Node, arg: Any) -> ChanMap:
         value = self.val(arg)

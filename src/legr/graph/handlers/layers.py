@@ -25,7 +25,7 @@ def _conv(ctx: WalkContext, node: fx.Node) -> ChanMap:
         ctx.refuse(node, "its input channel axis is not the tracked channel axis")
     consume(ctx, x)
     out_shape = ctx.shape(node)
-    coef = math.prod(out_shape[2:]) * math.prod(conv.kernel_size)
+    coef = math.prod(out_shape[2:]) * math.prod(conv.kernel_size) * ctx.per_image(out_shape)
     layer = Layer(node.target, "conv")
     if conv.groups == 1:
         out = ctx.new(conv.out_channels)
@@ -94,7 +94,7 @@ def _linear(ctx: WalkContext, node: fx.Node) -> ChanMap:
     ties = [Tie("weight", 0, out, "out"), Tie("weight", 1, x.ids, "in")]
     if lin.bias is not None:
         ties.append(Tie("bias", 0, out, "out"))
-    coef = math.prod(ctx.shape(node)[1:-1])
+    coef = math.prod(ctx.shape(node)[1:-1]) * ctx.per_image(ctx.shape(node))
     ctx.add_layer(node, Layer(node.target, "linear", ties, coef, [x.ids, out], out))
     return ChanMap(x.axis, out)
 
@@ -188,7 +188,8 @@ def _functional_linear(ctx: WalkContext, node: fx.Node) -> ChanMap:
     ties = [Tie(attrs["weight"], 0, out, "out"), Tie(attrs["weight"], 1, x.ids, "in")]
     if "bias" in attrs:
         ties.append(Tie(attrs["bias"], 0, out, "out"))
-    ctx.add_layer(node, Layer(owner, "linear", ties, math.prod(ctx.shape(node)[1:-1]), [x.ids, out], out))
+    coef = math.prod(ctx.shape(node)[1:-1]) * ctx.per_image(ctx.shape(node))
+    ctx.add_layer(node, Layer(owner, "linear", ties, coef, [x.ids, out], out))
     return ChanMap(x.axis, out)
 
 
