@@ -138,6 +138,87 @@ def test_analyze_reports_barriers_and_the_prunable_share(tmp_path):
     assert "layer1.0.se.conv" in out and "Conv1d" in out
 
 
+# --- bring your own model (issue 32, item 5) ------------------------------------------------------------------------
+USER_NET = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes, width, in_channels=1):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU())
+        self.fc = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
+def build(num_classes, width=8, in_channels=1):
+    return Net(num_classes, width, in_channels)
+
+
+def not_a_module(num_classes):
+    return "a string"
+"""
+
+FACTORY_RUN = """
+model: {{factory: "{net}:build", kwargs: {{width: 8}}, weights: null}}
+data: {{name: digits, val_size: 200}}
+base_training: {{epochs: 2, lr: 0.05, batch_size: 64, augment: false}}
+criterion: l1
+allocator: uniform
+bn_batches: 2
+targets: [0.5]
+finetune: {{epochs: 1, batch_size: 64, augment: false}}
+eval: {{latency_repeats: 2, latency_warmup: 1, latency_rounds: 1, latency_batch_sizes: [1]}}
+"""
+
+
+def test_run_prunes_a_model_from_the_users_own_file(tmp_path):
+    """`model: {factory: path/to/net.py:build, kwargs: ..}`: the user's architecture, defined in a file legr has
+    never seen, goes through analyze -> prune -> fine-tune -> eval -> export."""
+    net = tmp_path / "mine" / "net.py"
+    net.parent.mkdir()
+    net.write_text(USER_NET)
+    config = tmp_path / "own.yaml"
+    config.write_text(FACTORY_RUN.format(net=net))
+    out = tmp_path / "run"
+    legr("run", str(config), "--out", str(out), "--quiet", cwd=tmp_path)
+    rows = json.loads((out / "results.json").read_text())
+    assert len(rows) == 2 and rows[1]["macs"] <= 0.5 * rows[0]["macs"] and rows[1]["params"] < rows[0]["params"]
+    member = next((out / "members").iterdir())
+    assert json.loads((member / "plan.json").read_text())["source"]["factory"] == f"{net}:build"
+    # exported from another folder: the plan's source rebuilds the architecture from the user's file
+    legr("export", str(member), str(tmp_path / "m.onnx"), cwd=net.parent)
+    assert (tmp_path / "m.onnx").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("model,message", [
+    ('{factory: "no_such_pkg.models:build"}', "cannot import module 'no_such_pkg.models' (ModuleNotFoundError"),
+    ('{factory: "NET:nowhere"}', "has no callable 'nowhere'"),
+    ('{factory: "missing/net.py:build"}', "not found"),
+    ('{factory: "NET:not_a_module"}', "returned str, not a torch.nn.Module"),
+    ('{factory: "NET:build", kwargs: {in_channels: 3}}', "forward pass on an input of shape (2, 1, 8, 8) failed"),
+    ('{factory: "NET:build", kwargs: {depth: 3}}', "raised TypeError"),
+    ('{name: digits_cnn, factory: "NET:build"}', "a name or a factory, not both"),
+], ids=["unimportable", "no-callable", "no-file", "not-a-module", "input-size", "bad-kwargs", "name-and-factory"])
+def test_a_bad_model_factory_is_one_line(model, message, tmp_path):
+    net = tmp_path / "net.py"
+    net.write_text(USER_NET)
+    config = tmp_path / "bad.yaml"
+    lines = FACTORY_RUN.format(net=net).splitlines()
+    config.write_text("\n".join(f"model: {model.replace('NET', str(net))}" if line.startswith("model:") else line
+                                for line in lines))
+    proc = legr("run", str(config), "--out", str(tmp_path / "run"), "--quiet", check=False, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
 def _entry_point() -> str:
     """The `legr` script pip installed (next to this interpreter, else on PATH)."""
     script = shutil.which("legr", path=str(Path(sys.executable).parent)) or shutil.which("legr")

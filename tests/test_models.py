@@ -279,3 +279,31 @@ def test_unsafe_pickle_and_non_tensor_contents(tmp_path):
     assert "pickled Python objects" in msg and "CifarResNet" in msg and "weights_only" not in msg
     with pytest.raises(CheckpointError, match="non-tensor"):
         load_checkpoint(build_model("cifar_resnet20"), _save(tmp_path, {"epoch": 3, "lr": 0.1}))
+
+
+# --- bring your own model: a factory the user names (issue 32, item 5) ------------------------------------------
+def test_a_factory_in_an_importable_module_builds_the_users_model(tmp_path, monkeypatch):
+    from legr.models import build_from_factory
+
+    (tmp_path / "user_models_pkg").mkdir()
+    (tmp_path / "user_models_pkg" / "__init__.py").write_text("")
+    (tmp_path / "user_models_pkg" / "nets.py").write_text(
+        "from torch import nn\n"
+        "def build(width, num_classes):\n"
+        "    return nn.Sequential(nn.Conv2d(3, width, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),\n"
+        "                         nn.Linear(width, num_classes))\n"
+        "class Zoo:\n"
+        "    @staticmethod\n"
+        "    def tiny(**kw):\n"
+        "        return nn.Conv2d(3, 4, 1)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    net = build_from_factory("user_models_pkg.nets:build", {"width": 5}, num_classes=7)
+    assert net[0].out_channels == 5 and net[4].out_features == 7
+    assert build_from_factory("user_models_pkg.nets:Zoo.tiny", num_classes=3).out_channels == 4  # **kw: num_classes
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    loaded = build_from_factory("user_models_pkg.nets:build", {"width": 5}, num_classes=7, pretrained=tmp_path / "w.pt")
+    assert torch.equal(loaded[0].weight, net[0].weight)
+    with pytest.raises(LegrError, match=r"^model factory 'user_models_pkg\.nets': expected 'package\.module:callable'"):
+        build_from_factory("user_models_pkg.nets")
+    with pytest.raises(LegrError, match=r"^model factory 'user_models_pkg\.nets:build' raised TypeError"):
+        build_from_factory("user_models_pkg.nets:build", {})

@@ -13,7 +13,7 @@ from legr.engine.plan import Plan
 from legr.engine.surgery import prune
 from legr.errors import LegrError
 from legr.graph import ChannelGraph, analyze
-from legr.models import build_model, load_checkpoint, save_state_dict
+from legr.models import build_from_factory, build_model, load_checkpoint, save_state_dict
 
 PLAN_FILE, WEIGHTS_FILE = "plan.json", "model.safetensors"
 
@@ -34,7 +34,10 @@ def build_pruned(plan: Plan, base: nn.Module | None = None) -> tuple[fx.GraphMod
     if base is None:
         if "model" not in source:
             raise LegrError("plan has no source model name; pass the unpruned model to load it")
-        base = build_model(source["model"], num_classes=source.get("num_classes"))
+        if source.get("factory"):  # the user's own architecture: their factory again
+            base = build_from_factory(source["factory"], source.get("kwargs"), num_classes=source.get("num_classes"))
+        else:
+            base = build_model(source["model"], num_classes=source.get("num_classes"))
     if "input_size" not in source:
         raise LegrError("plan has no source input_size (C, H, W)")
     graph = analyze(base, source["input_size"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -314,12 +316,13 @@ def analyze(model: nn.Module, input_shape: Sequence[int], batch_size: int = 2,
         example = torch.randn(batch_size, *input_shape, dtype=getattr(param, "dtype", None), device=getattr(param, "device", None))
         gm = trace(model, example)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints a traceback
                 ShapeProp(gm).propagate(example)
         except Exception as exc:
             cause = str(exc.__cause__ or exc).strip().splitlines()
             raise LegrError(
-                f"forward pass on an input of shape {tuple(example.shape)} failed: {cause[0] if cause else type(exc).__name__}"
+                f"forward pass on an input of shape {tuple(example.shape)} failed (does the model take this input "
+                f"size?): {cause[0] if cause else type(exc).__name__}"
             ) from exc
         ctx = WalkContext(gm, batch_size)
         for node in gm.graph.nodes:

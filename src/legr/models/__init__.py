@@ -10,12 +10,21 @@ from legr.models.checkpoint import (
     strip_prefixes,
 )
 from legr.models.cifar_resnet import CifarResNet, PadShortcut
-from legr.models.registry import ModelSpec, build_model, get_model_spec, list_models, pretrained_path, register_model
+from legr.models.registry import (
+    ModelSpec,
+    build_from_factory,
+    build_model,
+    get_model_spec,
+    list_models,
+    pretrained_path,
+    register_model,
+)
 
 __all__ = [
     "CifarResNet",
     "ModelSpec",
     "PadShortcut",
+    "build_from_factory",
     "build_model",
     "file_fingerprint",
     "get_model_spec",

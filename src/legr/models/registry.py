@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
+import importlib
+import importlib.util
+import inspect
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from torch import nn
 
@@ -123,3 +128,86 @@ def pretrained_path(name: str) -> Path:
             f"set LEGR_WEIGHTS to the folder holding {spec.pretrained}"
         )
     return path
+
+
+# --- bring your own model: a factory the user names ---------------------------------------------------------------
+FACTORY_PREFIX = "factory:"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def resolve_factory(target: str) -> str:
+    """``target`` with a file form's path made absolute (``net.py:build`` -> ``/abs/net.py:build``), so a saved plan
+    rebuilds the model from any working directory; a module form is returned as it is."""
+    module, sep, attr = target.rpartition(":")
+    if sep and (module.endswith(".py") or "/" in module or os.sep in module):
+        return f"{Path(module).expanduser().resolve()}:{attr}"
+    return target
+
+
+def load_factory(target: str) -> Callable[..., Any]:
+    """The callable ``target`` names: ``"package.module:callable"`` (imported) or ``"path/to/file.py:callable"`` (the
+    file is run as a module). This runs the user's code. `LegrError` (one line) when it cannot be found."""
+    module_name, sep, attr = target.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise LegrError(f"model factory {target!r}: expected 'package.module:callable' or 'path/to/file.py:callable'")
+    if module_name.endswith(".py") or "/" in module_name or os.sep in module_name:
+        path = Path(module_name).expanduser().resolve()
+        if not path.is_file():
+            raise LegrError(f"model factory {target!r}: file {path} not found")
+        name = "legr_user_model_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
+        try:
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module  # dataclasses and pickling look the module up
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            sys.modules.pop(name, None)
+            raise LegrError(f"model factory {target!r}: running {path} failed ({_first_line(exc)})") from exc
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:
+            raise LegrError(f"model factory {target!r}: cannot import module '{module_name}' ({_first_line(exc)})") \
+                from exc
+    obj: Any = module
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+    if not callable(obj):
+        raise LegrError(f"model factory {target!r}: '{module_name}' has no callable '{attr}'")
+    return obj
+
+
+def _accepts(fn: Callable[..., Any], keyword: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == keyword or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def build_from_factory(target: str, kwargs: Mapping[str, Any] | None = None, num_classes: int | None = None,
+                       pretrained: bool | str | os.PathLike = False) -> nn.Module:
+    """Your own architecture: ``target(**kwargs)`` (see `load_factory`), with ``num_classes`` passed too when the
+    callable takes it and ``kwargs`` does not set it; ``pretrained=<path>`` loads a checkpoint like `build_model`.
+    Every failure is a one-line `LegrError`: the target cannot be imported, the call raises, or it returns
+    something that is not an ``nn.Module``."""
+    fn = load_factory(target)
+    args = dict(kwargs or {})
+    if num_classes is not None and "num_classes" not in args and _accepts(fn, "num_classes"):
+        args["num_classes"] = num_classes
+    try:
+        model = fn(**args)
+    except Exception as exc:
+        raise LegrError(f"model factory {target!r} raised {_first_line(exc)}") from exc
+    if not isinstance(model, nn.Module):
+        raise LegrError(f"model factory {target!r} returned {type(model).__name__}, not a torch.nn.Module")
+    if pretrained is True:
+        raise CheckpointError("a model built by a factory has no published weights: give weights a checkpoint path "
+                              "(or null)")
+    if pretrained is False or pretrained is None:
+        return model
+    return load_checkpoint(model, pretrained)

@@ -56,10 +56,32 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
-    name: str = Field(description="registered model name (see `legr models`)")
+    name: str = Field(description="registered model name (see `legr models`); with a factory, 'factory:<factory>'")
+    factory: str | None = Field(None, description="your own model instead of a name: 'package.module:callable' or "
+                                                  "'path/to/file.py:callable' returning an nn.Module (legr imports "
+                                                  "and runs that code; num_classes is passed when it takes it)")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the factory")
     weights: str | None = Field(None, description="checkpoint path, 'pretrained' for the registry's published "
                                                   "weights, or null to train from scratch (see base_training)")
     num_classes: int | None = Field(None, ge=1, description="default: the dataset's number of classes")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _factory_name(cls, data: Any) -> Any:
+        """A factory names the model ``factory:<factory>`` (in logs and results); name and factory are exclusive."""
+        if not isinstance(data, dict):
+            return data
+        factory = data.get("factory")
+        if factory is None:
+            if data.get("kwargs"):
+                raise ValueError("kwargs are the factory's arguments: set model.factory too")
+            return data
+        if not isinstance(factory, str):
+            raise ValueError(f"factory must be 'package.module:callable' or 'path/to/file.py:callable', got {factory!r}")
+        label = f"factory:{factory}"
+        if data.get("name") not in (None, label):
+            raise ValueError("give the model a name or a factory, not both")
+        return {**data, "name": label}
 
 
 class DataConfig(_Strict):

@@ -36,7 +36,8 @@ from legr.graph import ChannelGraph, analyze
 from legr.hardware import git_revision, hardware_label
 from legr.methods import METHODS, Method
 from legr.methods.allocate import random_plans
-from legr.models import build_model, load_checkpoint, save_state_dict
+from legr.models import build_from_factory, build_model, load_checkpoint, save_state_dict
+from legr.models.registry import resolve_factory
 from legr.paths import atomic_write_text, make_folder
 from legr.pipeline.config import LatencyBudget, RunConfig, TrainConfig
 from legr.pipeline.config_files import artifact_config, dump_config, held_config
@@ -129,7 +130,11 @@ class Pipeline:
         weights: bool | str = {None: False, "pretrained": True}.get(m.weights, m.weights)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.cfg.seed)  # a network trained from scratch starts from the same weights
-            model = build_model(m.name, num_classes=m.num_classes or self.data.num_classes, pretrained=weights)
+            if m.factory is not None:  # the user's own architecture (their code, named in the config)
+                model = build_from_factory(m.factory, m.kwargs, num_classes=m.num_classes or self.data.num_classes,
+                                           pretrained=weights)
+            else:
+                model = build_model(m.name, num_classes=m.num_classes or self.data.num_classes, pretrained=weights)
         return model.to(self.device).eval()
 
     @cached_property
@@ -204,8 +209,11 @@ class Pipeline:
 
     def source_info(self) -> dict[str, Any]:
         m = self.cfg.model
-        return {"model": m.name, "num_classes": m.num_classes or self.data.num_classes,
+        info = {"model": m.name, "num_classes": m.num_classes or self.data.num_classes,
                 "input_size": list(self.data.input_size), "weights": m.weights, "dataset": self.cfg.data.name}
+        if m.factory is not None:  # a saved member rebuilds its source from these (`legr.engine.artifacts`)
+            info.update(factory=resolve_factory(m.factory), kwargs=dict(m.kwargs))
+        return info
 
     # --- steps ----------------------------------------------------------------------------------------------
     @cached_property
