@@ -90,17 +90,19 @@ class RandomNet(nn.Module):
     average pooling; with ``kinds=RandomNet.ALL_KINDS`` also a LayerNorm over the channels (channels-last, through
     permutes), adding a per-channel buffer, a chunk along the channels (one piece activated, then concatenated back)
     and a channel slice (the first two channels added to the last two); with ``kinds=RandomNet.BARRIER_KINDS`` also
-    an op the engine has no exact rule for (``BARRIERS``: the analysis makes it a channel barrier).
+    an op the engine has no exact rule for (``BARRIERS``: the analysis makes it a channel barrier), a functional
+    conv on a module's weight after ``F.pad`` and a selective-kernel style stack.
     """
 
     KINDS = ("act", "bn", "ln", "conv", "dw", "res", "gate", "scalar", "rsub", "scale", "div", "bcast", "cat", "pad",
              "softmax", "pool")
     ALL_KINDS = KINDS + ("lnc", "shift", "chunk", "slice")
     # ops the engine has no exact rule for (channel barriers): an unknown op on the channels, a Conv1d gate across
-    # the channel axis (ECA), a reshape splitting the channel axis, a module called twice, a functional conv on a
-    # module's own weight after F.pad (TF "same" padding)
-    BARRIERS = ("unknown", "eca", "split-axis", "twice", "fconv")
-    BARRIER_KINDS = KINDS + ("barrier",)
+    # the channel axis (ECA), a reshape splitting the channel axis, a module called twice, a flip of the channels;
+    # beside them two rules of issue 32: a functional conv on a module's own weight after F.pad (TF "same" padding;
+    # dense or depthwise) and a selective-kernel style stack (softmax over the stacked branches, then their sum)
+    BARRIERS = ("unknown", "eca", "split-axis", "twice", "flip")
+    BARRIER_KINDS = KINDS + ("barrier", "fconv", "stack")
 
     def __init__(self, rng: np.random.Generator, steps: int = 4, width: int = 6, size: int = 12,
                  kinds: tuple[str, ...] = KINDS):
@@ -142,7 +144,11 @@ class RandomNet(nn.Module):
                 self.barriers.append(str(rng.choice(self.BARRIERS)))
                 how = self.barriers[-1]
                 step = (nn.Conv1d(1, 1, 3, padding=1, bias=False) if how == "eca" else
-                        nn.Conv2d(width, width, 3, padding=1) if how in ("twice", "fconv") else nn.Identity())
+                        nn.Conv2d(width, width, 3, padding=1) if how == "twice" else nn.Identity())
+            elif kind == "fconv":
+                step = nn.Conv2d(width, width, 3, groups=int(rng.choice([1, width])), bias=flag())
+            elif kind == "stack":
+                step = act()
             else:
                 step = nn.Identity()
             self.steps.append(step)
@@ -155,6 +161,11 @@ class RandomNet(nn.Module):
         for kind, step, value in zip(self.kinds, self.steps, self.values):
             if kind == "barrier":
                 x = _barrier(next(barriers), step, x)
+            elif kind == "fconv":
+                x = F.conv2d(F.pad(x, (1, 1, 1, 1)), step.weight, step.bias, 1, 0, 1, step.groups)
+            elif kind == "stack":
+                branches = torch.stack([x, step(x)], 1)
+                x = (branches * torch.softmax(branches, 1)).sum(1)
             elif kind == "res":
                 x = x + step(x)
             elif kind == "gate":
@@ -200,7 +211,7 @@ def _barrier(how: str, step: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(x.reshape(n, c * h, w), 1).reshape(n, c, h, w)
     if how == "twice":
         return step(F.relu(step(x)))
-    return F.conv2d(F.pad(x, (1, 1, 1, 1)), step.weight, step.bias)  # "fconv"
+    return torch.flip(x, [1])  # "flip"
 
 
 def randomize_all(model: nn.Module, seed: int) -> nn.Module:

@@ -215,9 +215,10 @@ def test_random_compositions_cover_the_ops():
 @pytest.mark.parametrize("seed", range(40))
 def test_random_compositions_with_barriers_pruned_equal_masked(seed):
     """Random compositions with at least one op the engine has no exact rule for (an unknown op, an ECA Conv1d gate
-    across the channels, a reshape splitting the channel axis, a module called twice, a functional conv on a
-    module's weight): the op becomes a channel barrier naming itself, every channel it reads or writes is fixed,
-    and random plans of the rest are pruned == masked (float64, 1e-9), with MACs equal to torch's count."""
+    across the channels, a reshape splitting the channel axis, a module called twice, a flip), functional convs on
+    a module's weight after F.pad and selective-kernel stacks: the op becomes a channel barrier naming itself, every channel it reads or
+    writes is fixed, and random plans of the rest are pruned == masked (float64, 1e-9), with MACs equal to torch's
+    count."""
     rng = np.random.default_rng(1000 + seed)
     torch.manual_seed(seed)
     model = RandomNet(rng, steps=5, kinds=RandomNet.BARRIER_KINDS)

@@ -49,6 +49,56 @@ def _conv(ctx: WalkContext, node: fx.Node) -> ChanMap:
     return ChanMap(1, out)
 
 
+@register(functions=(F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d))
+def _functional_conv(ctx: WalkContext, node: fx.Node) -> ChanMap:
+    """``F.conv2d`` with one module's own weight and bias (timm's ``Conv2dSame``: the TF "same" padding computed in
+    the forward, an ``F.pad`` of the spatial axes, then the functional conv on its weight): the convolution rule,
+    the tensors tied through their owner. A depthwise one has its literal group count rewritten to the kept count;
+    a grouped one keeps its width. Weights computed in the forward, or owned by several modules, are refused."""
+    x = first_map(ctx, node)
+    given = _arguments(node, ("weight", "bias", "stride", "padding", "dilation", "groups"))
+    owner, attrs = _owned_tensors(ctx, node, {k: given.get(k) for k in ("weight", "bias")})
+    groups = given.get("groups", 1)
+    if "weight" not in attrs or not isinstance(groups, int):
+        ctx.refuse(node, "the convolution's weight is not a module's parameter, or its group count is computed")
+    weight = getattr(ctx.gm.get_submodule(owner), attrs["weight"])
+    out_channels, in_channels = int(weight.shape[0]), int(weight.shape[1]) * groups
+    if x.axis != 1 or len(x.ids) != in_channels:
+        ctx.refuse(node, "its input channel axis is not the tracked channel axis")
+    consume(ctx, x)
+    out_shape = ctx.shape(node)
+    coef = math.prod(out_shape[2:]) * math.prod(weight.shape[2:]) * ctx.per_image(out_shape)
+    layer = Layer(owner, "conv")
+    if groups == 1:
+        out = ctx.new(out_channels)
+        layer.ties = [Tie(attrs["weight"], 0, out, "out"), Tie(attrs["weight"], 1, x.ids, "in")]
+        layer.macs_coef, layer.macs_dims = coef, [x.ids, out]
+    elif groups == in_channels == out_channels:
+        out = x.ids
+        layer.kind = "depthwise"
+        layer.ties = [Tie(attrs["weight"], 0, out, "out")]
+        layer.macs_coef, layer.macs_dims = coef, [out]
+
+        def rewrite(n: fx.Node, kept: Callable[[np.ndarray], int]) -> None:
+            if len(n.args) > 6:
+                n.args = (*n.args[:6], kept(out), *n.args[7:])
+            else:
+                n.kwargs = {**n.kwargs, "groups": kept(out)}
+
+        ctx.patches.append(Patch(node.name, rewrite))
+    else:
+        reason = f"grouped convolution at {ctx.op(node)} (groups={groups})"
+        ctx.fix(x.ids, reason)
+        out = ctx.new(out_channels, fixed=reason)
+        layer.kind = "grouped"
+        layer.macs_coef = coef * in_channels // groups * out_channels
+    if "bias" in attrs:
+        layer.ties.append(Tie(attrs["bias"], 0, out, "out"))
+    layer.producer_ids = out
+    ctx.add_layer(node, layer)
+    return ChanMap(1, out)
+
+
 def register_library_rules() -> None:
     """Register the rules for third-party modules whose library is loaded (a model built from a library has loaded
     it; importing timm here for every analysis would cost half a second): timm's weight-standardized convolutions

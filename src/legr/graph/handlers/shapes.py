@@ -44,6 +44,28 @@ def _cat(ctx: WalkContext, node: fx.Node) -> ChanMap | None:
     return ChanMap(axis, maps[0].ids)
 
 
+@register(functions=(torch.stack,))
+def _stack(ctx: WalkContext, node: fx.Node) -> ChanMap | None:
+    """``torch.stack`` of tensors with their channels on the same axis (selective-kernel branches): a new axis, the
+    channels of every input merged position by position (a removed channel is removed from each), as a concatenation
+    along another axis. A removed channel stays zero in the stack when it is zero in each input."""
+    parts = node.args[0] if node.args else node.kwargs["tensors"]
+    dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+    maps = ctx.val(parts) if isinstance(parts, fx.Node) else [ctx.val(p) for p in parts]
+    if not isinstance(maps, (list, tuple)) or not any(isinstance(m, ChanMap) for m in maps):
+        return None
+    if not all(isinstance(m, ChanMap) for m in maps) or len({m.axis for m in maps}) != 1 or not isinstance(dim, int):
+        ctx.refuse(node, "it stacks tracked channels with untracked tensors, or along a computed or mixed axis")
+    if len({len(m.ids) for m in maps}) != 1:
+        ctx.refuse(node, "its inputs have different channel counts")
+    axis = maps[0].axis
+    for m in maps[1:]:
+        ctx.union(maps[0].ids, m.ids)
+    new_axis = dim % len(ctx.shape(node))
+    nonzero = next((m.nonzero for m in maps if not m.zero_safe), None)
+    return ChanMap(axis + 1 if new_axis <= axis else axis, maps[0].ids, nonzero)
+
+
 @register(modules=(nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd,
                   nn.modules.padding._ReplicationPadNd, nn.modules.padding._CircularPadNd), functions=(F.pad,))
 def _pad(ctx: WalkContext, node: fx.Node) -> ChanMap:
