@@ -25,6 +25,8 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
                 m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
                 if m.bias is not None:
                     m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.2)
+            elif isinstance(m, (nn.Linear, nn.Conv2d)) and not m.weight.any():  # a zero-initialized head (ViT)
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.1)
         for name, p in model.named_parameters():  # layer scales start near 0 (ConvNeXt: 1e-6), hiding their branch
             if name.rpartition(".")[2] in ("gamma", "layer_scale"):
                 p.copy_(torch.rand(p.shape, generator=g) + 0.5)

@@ -48,6 +48,7 @@ class ChannelGraph:
         self.node_ids = _node_ids(gm, ctx)
         self.patches: list[Patch] = ctx.patches
         self.barriers: list[Barrier] = ctx.barriers
+        self.untracked_macs: float = ctx.untracked_macs
         roots = ctx.uf.roots()
         _, self.class_of = np.unique(roots, return_inverse=True)  # element -> class
         self.num_classes = int(self.class_of.max()) + 1 if len(self.class_of) else 0
@@ -131,9 +132,9 @@ class ChannelGraph:
 
     @property
     def barrier_macs(self) -> float:
-        """Multiply-accumulates per image of the barrier ops themselves (attention matmuls, a functional conv...):
-        no plan changes them (`legr.engine.cost.CostModel` adds them to every cost)."""
-        return float(sum(b.macs for b in self.barriers))
+        """Multiply-accumulates per image that no plan changes (`legr.engine.cost.CostModel` adds them to every
+        cost): those of the barrier ops themselves (attention matmuls ...) and of ops on untracked tensors only."""
+        return float(sum(b.macs for b in self.barriers)) + self.untracked_macs
 
     def coverage(self) -> dict[str, Any]:
         """How much of the network a plan can shrink: MACs per image in total and in layers that read or write a
@@ -251,31 +252,58 @@ def _retrack(ctx: WalkContext, node: fx.Node, refusal: ChannelRefusal) -> Any:
     return None
 
 
-class _BarrierMacs(fx.Interpreter):
-    """Runs the graph, counting each barrier node's multiply-accumulates as `torch.utils.flop_counter` does."""
+class _NodeMacs(fx.Interpreter):
+    """Runs the graph, counting the multiply-accumulates of the named nodes as `torch.utils.flop_counter` does."""
 
-    def __init__(self, gm: fx.GraphModule, barriers: Sequence[Barrier]) -> None:
+    def __init__(self, gm: fx.GraphModule, names: set[str]) -> None:
         super().__init__(gm)
-        self.by_node = {b.node: b for b in barriers}
+        self.names = names
+        self.macs: dict[str, float] = {}
 
     def run_node(self, n: fx.Node) -> Any:
-        barrier = self.by_node.get(n.name)
-        if barrier is None:
+        if n.name not in self.names:
             return super().run_node(n)
         from torch.utils.flop_counter import FlopCounterMode
 
         counter = FlopCounterMode(display=False)
         with counter:
             out = super().run_node(n)
-        barrier.macs = counter.get_total_flops() / 2
+        self.macs[n.name] = counter.get_total_flops() / 2
         return out
 
 
-def _count_barrier_macs(gm: fx.GraphModule, barriers: Sequence[Barrier], example: torch.Tensor) -> None:
+_COMPUTING = ("matmul", "bmm", "mm", "addmm", "baddbmm", "einsum", "linear", "conv1d", "conv2d", "conv3d",
+              "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "scaled_dot_product_attention")
+
+
+def _untracked_computing(ctx: WalkContext, gm: fx.GraphModule) -> set[str]:
+    """Nodes that multiply-accumulate on untracked tensors only (a position-bias MLP on a constant table): no plan
+    changes them, so their MACs are a constant of every cost."""
+    found = set()
+    for n in gm.graph.nodes:
+        if n.op not in ("call_module", "call_function", "call_method") or ctx.values.get(n) is not None:
+            continue
+        if n.op == "call_module":
+            if next(ctx.module(n).parameters(), None) is not None:
+                found.add(n.name)
+        elif getattr(n.target, "__name__", str(n.target)) in _COMPUTING:
+            found.add(n.name)
+    return found
+
+
+def _count_fixed_macs(ctx: WalkContext, gm: fx.GraphModule, example: torch.Tensor) -> None:
+    """Each barrier's own MACs per image (``Barrier.macs``) and those of the untracked computing nodes (functions
+    of parameters and constants: counted once, ``ctx.untracked_macs``), as torch counts them. One forward, only
+    when there are any."""
+    untracked = _untracked_computing(ctx, gm) - {b.node for b in ctx.barriers}
+    if not ctx.barriers and not untracked:
+        return
+    counter = _NodeMacs(gm, untracked | {b.node for b in ctx.barriers})
     with torch.no_grad():
-        _BarrierMacs(gm, barriers).run(example)
-    for b in barriers:
-        b.macs /= example.shape[0]  # per image, as the cost model counts
+        counter.run(example)
+    for b in ctx.barriers:
+        b.macs = counter.macs.get(b.node, 0.0) / example.shape[0]
+    ctx.untracked_macs = sum(counter.macs.get(n, 0.0) for n in untracked)  # of constants: once, whatever the batch
 
 
 def _fix_output(ctx: WalkContext, value: Any) -> None:
@@ -328,8 +356,7 @@ def analyze(model: nn.Module, input_shape: Sequence[int], batch_size: int = 2,
         for node in gm.graph.nodes:
             ctx.values[node] = _visit_or_barrier(ctx, node, strict)
         ctx.close_barriers()
-        if ctx.barriers:
-            _count_barrier_macs(gm, ctx.barriers, example)
+        _count_fixed_macs(ctx, gm, example)
         graph = ChannelGraph(gm, ctx, input_shape)
         if ctx.barriers and not graph.prunable_groups():
             first = ctx.barriers[0]

@@ -70,6 +70,7 @@ class WalkContext:
         self.values: dict[fx.Node, Any] = {}
         self.preset: dict[fx.Node, Any] = {}  # values decided by an earlier node's rule (e.g. a channel shuffle's)
         self.barriers: list[Barrier] = []
+        self.untracked_macs = 0.0  # MACs per image of ops on untracked tensors only (`analysis._count_fixed_macs`)
         self.opaque: set[int] = set()  # elements a barrier wrote: fixed, on an axis chosen without knowing its meaning
         self.barrier_modules: dict[str, str] = {}  # modules a barrier uses (never sliced) -> its reason
 
