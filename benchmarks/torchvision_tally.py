@@ -16,6 +16,10 @@ built with ``num_classes=10`` and random init (seed 0), in one process, one mode
   of the pruned model, ``params(keep)`` / ``base_params`` == the parameter counts of the pruned / traced model;
 - anything else (another exception, a failed check) -> **failing**.
 
+Each analysed model also reports its coverage (issue 32): the share of its MACs in layers that read or write a
+channel of a prunable group (``prunable_share``) and its channel barriers (ops analysed around, not followed:
+``barriers``, ``barrier_ops``); a handled model with barriers counts among *handled with channel barriers*.
+
 To stay within memory on the largest models (regnet_y_128gf: 637M parameters = 5.1 GB in float64), the masked
 network is the traced model masked in place after the pruned copy has been measured and freed, instead of a third
 copy (`legr.engine.surgery.masked_copy` is `apply_masks_` on a deep copy, so the outputs are the same).
@@ -117,7 +121,8 @@ def new_row(name: str, size: int) -> dict[str, Any]:
     return {"model": name, "input": size, "status": None, "groups": None, "prunable_groups": None,
             "params": None, "macs": None, "flop_counter_macs": None, "pruned_macs": None,
             "pruned_flop_counter_macs": None, "pruned_params": None, "max_abs_diff": None, "output_scale": None,
-            "reason": None, "error": None, "stage": "build"}
+            "reason": None, "error": None, "stage": "build", "prunable_share": None, "barriers": None,
+            "barrier_ops": None}
 
 
 def check_model(name: str, seed: int, row: dict[str, Any]) -> dict[str, Any]:
@@ -142,6 +147,9 @@ def check_model(name: str, seed: int, row: dict[str, Any]) -> dict[str, Any]:
         return row
     _check(fingerprint(model) == before, "analyze changed the model")
     row["groups"], row["prunable_groups"] = len(graph.groups), len(graph.prunable_groups())
+    coverage = graph.coverage()  # issue 32: the share of MACs a plan can shrink, the ops frozen as barriers
+    row["prunable_share"], row["barriers"] = coverage["prunable_share"], len(graph.barriers)
+    row["barrier_ops"] = sorted({b["op"].split(" at node ")[0] for b in coverage["barriers"]})
     if not graph.prunable_groups():  # what `legr run` refuses with one line (allocate.check_reachable)
         reasons = Counter(g.reason for g in graph.groups if g.reason)
         row["reason"] = "nothing prunable: every channel group is fixed, most often because of " \
@@ -232,21 +240,28 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         " trains, CostModel MACs == FlopCounterMode / 2 (unpruned and pruned, batch 1), params exact;"
         " refused: `UnsupportedModelError` from `analyze` (one line, model unchanged); failing: anything else",
         "",
-        f"**handled {counts['handled']} / refused {counts['refused']} / failing {counts['failing']}**",
+        f"**handled {counts['handled']} / refused {counts['refused']} / failing {counts['failing']}**"
+        f" (handled with channel barriers: {_with_barriers(rows)})",
         "",
-        "| model | input | status | groups | prunable groups | MACs (M) | pruned MACs (M) | max abs diff | s |"
-        " refusal reason / error |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
+        "| model | input | status | groups | prunable groups | prunable MACs | barriers | MACs (M) | pruned MACs (M) |"
+        " max abs diff | s | refusal reason / error / barrier ops |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         diff = "" if r.get("max_abs_diff") is None else f"{r['max_abs_diff']:.1e}"
+        share = "" if r.get("prunable_share") is None else f"{100 * r['prunable_share']:.0f}%"
+        ops = "; ".join(r.get("barrier_ops") or [])
         lines.append(
             f"| {r['model']} | {r['input']} | {r['status']} | {_cell(r.get('groups'))} | {_cell(r.get('prunable_groups'))}"
-            f" | {_m(r.get('macs'))} | {_m(r.get('pruned_macs'))} | {diff} | {r['seconds']:.1f}"
-            f" | {_cell(r.get('reason') or r.get('error'))} |"
+            f" | {share} | {_cell(r.get('barriers'))} | {_m(r.get('macs'))} | {_m(r.get('pruned_macs'))} | {diff}"
+            f" | {r['seconds']:.1f} | {_cell(r.get('reason') or r.get('error') or ops)} |"
         )
     lines.append("")
     return "\n".join(lines)
+
+
+def _with_barriers(rows: list[dict[str, Any]]) -> int:
+    return sum(r["status"] == "handled" and bool(r.get("barriers")) for r in rows)
 
 
 def main(argv: list[str] | None = None, zoo: Zoo = TORCHVISION, description: str = __doc__) -> int:
@@ -287,7 +302,7 @@ def main(argv: list[str] | None = None, zoo: Zoo = TORCHVISION, description: str
 def write(out: Path, stem: str, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     counts = {s: sum(r["status"] == s for r in rows) for s in ("handled", "refused", "failing")}
     summary = f"handled {counts['handled']} / refused {counts['refused']} / failing {counts['failing']}"
-    payload = {"summary": summary, "counts": counts, **meta, "rows": rows,
+    payload = {"summary": summary, "counts": counts, "handled_with_barriers": _with_barriers(rows), **meta, "rows": rows,
                "models": [{"name": r["model"], "status": r["status"], "reason": r.get("reason") or r.get("error")}
                           for r in rows]}
     atomic_write_text(out / f"{stem}.json", json.dumps(payload, indent=1, default=_json_default) + "\n")
