@@ -320,6 +320,33 @@ def test_a_module_called_twice_is_a_barrier_and_never_sliced():
     assert_equivalent(randomize_all(Twice(), 0), 16, plans=2)
 
 
+class _SizedByAnother(nn.Module):
+    """Lambda-layer style: ``B, C, H, W = x.shape``, attention through ops legr has no rule for, then the result
+    reshaped to ``(B, C, H, W)``: C is read from x, whose channels the attention output does not hold. Pruning x's
+    group would change C for a tensor whose width stays: x keeps its channels (found by a crash in timm's
+    lambda_resnet26t)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.qkv = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 24, 1)
+        self.c, self.fc = nn.Conv2d(8, 16, 1), nn.Linear(16, 3)
+
+    def forward(self, x):
+        x = F.relu(self.a(x))
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(x).flatten(2).chunk(3, 1)
+        out = torch.matmul(torch.softmax(torch.matmul(q.transpose(1, 2), k), -1), v.transpose(1, 2))
+        out = out.transpose(1, 2).reshape(b, c, h, w)
+        return self.fc(F.adaptive_avg_pool2d(F.relu(self.c(out)), 1).flatten(1))
+
+
+def test_a_channel_count_read_for_other_channels_keeps_them():
+    model = _SizedByAnother()
+    graph = analyze(model, (3, 8, 8))
+    assert not graph.group_by_name["a"].prunable and graph.group_by_name["c"].prunable
+    assert_equivalent(randomize_all(_SizedByAnother(), 0), 8, plans=2)
+
+
 def test_a_barrier_that_freezes_everything_refuses_naming_the_op():
     with pytest.raises(UnsupportedModelError, match=r"^cannot prune through op 'cumsum' at node 'cumsum' .* leaves "
                                                      r"nothing prunable in this model: legr needs a channel rule for "

@@ -54,6 +54,8 @@ BARRIER_MODELS = [
     ("timm:skresnet18", 64, "method '.view()'", 0.99),  # selective kernel (its stack has a rule)
     ("timm:resnest14d", 64, "(SplitAttn)", 0.45),  # split attention
     ("timm:gcresnet33ts", 64, "op 'matmul'", 0.99),  # global context
+    ("timm:lambda_resnet26t", 64, "(LambdaLayer)", 0.95),  # reshaped to a channel count read from its input
+    ("timm:edgenext_xx_small", 64, "(CrossCovarianceAttn)", 0.77),  # position encoding on constants only
 ]
 
 

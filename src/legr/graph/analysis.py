@@ -220,13 +220,17 @@ def _visit_or_barrier(ctx: WalkContext, node: fx.Node, strict: bool) -> Any:
     its rule recorded before refusing is forgotten."""
     mark = ctx.mark()
     try:
-        return _visit(ctx, node)
+        value = _visit(ctx, node)
     except ChannelRefusal as refusal:
         if strict:
             raise
         ctx.rollback(mark)
-        retried = _retrack(ctx, node, refusal)
-        return retried if retried is not None else ctx.barrier(node, refusal)
+        value = _retrack(ctx, node, refusal)
+        if value is None:
+            return ctx.barrier(node, refusal)
+    if node.op in ("call_module", "call_function", "call_method"):
+        ctx.check_count_reads(node, value)
+    return value
 
 
 def _retrack(ctx: WalkContext, node: fx.Node, refusal: ChannelRefusal) -> Any:
@@ -292,18 +296,24 @@ def _untracked_computing(ctx: WalkContext, gm: fx.GraphModule) -> set[str]:
 
 
 def _count_fixed_macs(ctx: WalkContext, gm: fx.GraphModule, example: torch.Tensor) -> None:
-    """Each barrier's own MACs per image (``Barrier.macs``) and those of the untracked computing nodes (functions
-    of parameters and constants: counted once, ``ctx.untracked_macs``), as torch counts them. One forward, only
-    when there are any."""
+    """Each barrier's own MACs per image (``Barrier.macs``) and those of the untracked computing nodes (a position
+    table's MLP: ``ctx.untracked_macs``), as torch counts them on one image (what the cost model counts: a
+    function of constants counts once). One forward, only when there are any."""
     untracked = _untracked_computing(ctx, gm) - {b.node for b in ctx.barriers}
     if not ctx.barriers and not untracked:
         return
-    counter = _NodeMacs(gm, untracked | {b.node for b in ctx.barriers})
-    with torch.no_grad():
-        counter.run(example)
+    names = untracked | {b.node for b in ctx.barriers}
+    try:
+        counter, images = _NodeMacs(gm, names), 1
+        with torch.no_grad():
+            counter.run(example[:1])
+    except Exception:  # a graph recorded for the example's batch: count there, per image
+        counter, images = _NodeMacs(gm, names), example.shape[0]
+        with torch.no_grad():
+            counter.run(example)
     for b in ctx.barriers:
-        b.macs = counter.macs.get(b.node, 0.0) / example.shape[0]
-    ctx.untracked_macs = sum(counter.macs.get(n, 0.0) for n in untracked)  # of constants: once, whatever the batch
+        b.macs = counter.macs.get(b.node, 0.0) / images
+    ctx.untracked_macs = sum(counter.macs.get(n, 0.0) for n in untracked) / images
 
 
 def _fix_output(ctx: WalkContext, value: Any) -> None:

@@ -71,7 +71,8 @@ class WalkContext:
         self.preset: dict[fx.Node, Any] = {}  # values decided by an earlier node's rule (e.g. a channel shuffle's)
         self.barriers: list[Barrier] = []
         self.untracked_macs = 0.0  # MACs per image of ops on untracked tensors only (`analysis._count_fixed_macs`)
-        self.opaque: set[int] = set()  # elements a barrier wrote: fixed, on an axis chosen without knowing its meaning
+        self.opaque: set[int] = set()
+        self._reads: dict[fx.Node, list[ChanMap]] = {}  # untracked node -> values whose channel count it carries  # elements a barrier wrote: fixed, on an axis chosen without knowing its meaning
         self.barrier_modules: dict[str, str] = {}  # modules a barrier uses (never sliced) -> its reason
 
     # --- elements -------------------------------------------------------------------------------------------
@@ -219,6 +220,66 @@ class WalkContext:
 
     def is_opaque(self, value: Any) -> bool:
         return isinstance(value, ChanMap) and len(value.ids) > 0 and all(e in self.opaque for e in value.ids.tolist())
+
+    def count_reads(self, n: fx.Node) -> list[ChanMap]:
+        """The tracked values whose channel count flows into the untracked node ``n`` (``x.shape[1]``,
+        ``x.size(1)``, ``x.shape`` itself, arithmetic on them): after pruning it reads their kept count."""
+        if n in self._reads:
+            return self._reads[n]
+        self._reads[n] = []  # guards against revisiting
+        found: list[ChanMap] = []
+        source, dim = self._shape_source(n)
+        if source is not None:
+            value = self.values.get(source)
+            shape = self.shape(source)
+            if isinstance(value, ChanMap) and shape and (dim is None or dim % len(shape) == value.axis):
+                found.append(value)
+        elif n.op in ("call_function", "call_method", "call_module"):
+            for inp in n.all_input_nodes:
+                if self.values.get(inp) is None:
+                    found += self.count_reads(inp)
+        self._reads[n] = found
+        return found
+
+    @staticmethod
+    def _shape_source(n: fx.Node) -> tuple[fx.Node | None, int | None]:
+        """(x, k) for ``x.shape[k]`` / ``x.size(k)``, (x, None) for ``x.shape`` / ``x.size()`` (or a slice of
+        them); (None, None) for any other node."""
+        def whole(s: Any) -> fx.Node | None:
+            if isinstance(s, fx.Node) and ((s.op == "call_function" and s.target is getattr and s.args[1] == "shape")
+                                           or (s.op == "call_method" and s.target == "size" and len(s.args) == 1
+                                               and not s.kwargs)):
+                return s.args[0]
+            return None
+
+        if whole(n) is not None:
+            return whole(n), None
+        if n.op == "call_method" and n.target == "size" and len(n.args) == 2:
+            return n.args[0], n.args[1] if isinstance(n.args[1], int) else None
+        if n.op == "call_function" and n.target is operator.getitem and whole(n.args[0]) is not None:
+            return whole(n.args[0]), n.args[1] if isinstance(n.args[1], int) else None
+        return None, None
+
+    def check_count_reads(self, node: fx.Node, value: Any = None) -> None:
+        """A node sized by the channel count of a tensor whose channels are not its own input's (``B, C, H, W =
+        x.shape`` and later ``attention_out.reshape(B, C, H, W)``) would get the other tensor's kept count after
+        pruning: both keep their channels."""
+        reads = [m for inp in node.all_input_nodes if self.values.get(inp) is None for m in self.count_reads(inp)]
+        if not reads:
+            return
+        own: list[ChanMap] = [value] if isinstance(value, ChanMap) else []  # the node's output (a shuffle's view)
+        fx.node.map_arg((node.args, node.kwargs),
+                        lambda a: own.append(self.values[a]) if isinstance(self.values.get(a), ChanMap) else None)
+        if not own:  # the count only flows on (``C // groups``): the node using it is checked
+            return
+        for m in reads:
+            channels = np.unique(m.ids)
+            if any(np.array_equal(np.unique(o.ids), channels) for o in own):  # the same channels: the same count
+                continue
+            reason = f"its channel count is read at {self.op(node)}, which sizes a tensor of other channels with it"
+            self.fix(m.ids, reason)
+            for o in own:
+                self.fix(o.ids, reason)
 
     def _channel_count_read(self, n: fx.Node, reason: str) -> bool:
         """``x.shape[k]`` / ``x.size(k)`` of a tracked ``x``: the channels of ``x`` are fixed when ``k`` is its
