@@ -160,6 +160,19 @@ def build(num_classes, width=8, in_channels=1):
     return Net(num_classes, width, in_channels)
 
 
+class Gated(Net):  # an op legr has no rule for (a cumulative sum over the channels): a channel barrier
+
+    def forward(self, x):
+        f = self.features
+        x = torch.cumsum(f[3](f[2](f[1](f[0](x)))), 1)
+        x = f[5](f[4](x))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def build_gated(num_classes, width=8):
+    return Gated(num_classes, width)
+
+
 def not_a_module(num_classes):
     return "a string"
 """
@@ -177,20 +190,22 @@ eval: {{latency_repeats: 2, latency_warmup: 1, latency_rounds: 1, latency_batch_
 """
 
 
-def test_run_prunes_a_model_from_the_users_own_file(tmp_path):
+@pytest.mark.parametrize("factory", ["build", "build_gated"], ids=["plain", "with-a-barrier"])
+def test_run_prunes_a_model_from_the_users_own_file(factory, tmp_path):
     """`model: {factory: path/to/net.py:build, kwargs: ..}`: the user's architecture, defined in a file legr has
-    never seen, goes through analyze -> prune -> fine-tune -> eval -> export."""
+    never seen, goes through analyze -> prune -> fine-tune -> eval -> export; also with an op legr has no rule
+    for (a channel barrier: the rest is pruned)."""
     net = tmp_path / "mine" / "net.py"
     net.parent.mkdir()
     net.write_text(USER_NET)
     config = tmp_path / "own.yaml"
-    config.write_text(FACTORY_RUN.format(net=net))
+    config.write_text(FACTORY_RUN.format(net=net).replace(":build", f":{factory}"))
     out = tmp_path / "run"
     legr("run", str(config), "--out", str(out), "--quiet", cwd=tmp_path)
     rows = json.loads((out / "results.json").read_text())
     assert len(rows) == 2 and rows[1]["macs"] <= 0.5 * rows[0]["macs"] and rows[1]["params"] < rows[0]["params"]
     member = next((out / "members").iterdir())
-    assert json.loads((member / "plan.json").read_text())["source"]["factory"] == f"{net}:build"
+    assert json.loads((member / "plan.json").read_text())["source"]["factory"] == f"{net}:{factory}"
     # exported from another folder: the plan's source rebuilds the architecture from the user's file
     legr("export", str(member), str(tmp_path / "m.onnx"), cwd=net.parent)
     assert (tmp_path / "m.onnx").stat().st_size > 1000
