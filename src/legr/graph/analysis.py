@@ -18,6 +18,7 @@ from legr.errors import LegrError, UnsupportedModelError
 from legr.graph import handlers
 from legr.graph.channels import ChanMap, Layer, UnionFind
 from legr.graph.context import Barrier, ChannelRefusal, Patch, WalkContext
+from legr.graph.fixed_macs import count_fixed_macs
 from legr.graph.keep import KeepRules
 from legr.graph.tracing import trace
 
@@ -256,66 +257,6 @@ def _retrack(ctx: WalkContext, node: fx.Node, refusal: ChannelRefusal) -> Any:
     return None
 
 
-class _NodeMacs(fx.Interpreter):
-    """Runs the graph, counting the multiply-accumulates of the named nodes as `torch.utils.flop_counter` does."""
-
-    def __init__(self, gm: fx.GraphModule, names: set[str]) -> None:
-        super().__init__(gm)
-        self.names = names
-        self.macs: dict[str, float] = {}
-
-    def run_node(self, n: fx.Node) -> Any:
-        if n.name not in self.names:
-            return super().run_node(n)
-        from torch.utils.flop_counter import FlopCounterMode
-
-        counter = FlopCounterMode(display=False)
-        with counter:
-            out = super().run_node(n)
-        self.macs[n.name] = counter.get_total_flops() / 2
-        return out
-
-
-_COMPUTING = ("matmul", "bmm", "mm", "addmm", "baddbmm", "einsum", "linear", "conv1d", "conv2d", "conv3d",
-              "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "scaled_dot_product_attention")
-
-
-def _untracked_computing(ctx: WalkContext, gm: fx.GraphModule) -> set[str]:
-    """Nodes that multiply-accumulate on untracked tensors only (a position-bias MLP on a constant table): no plan
-    changes them, so their MACs are a constant of every cost."""
-    found = set()
-    for n in gm.graph.nodes:
-        if n.op not in ("call_module", "call_function", "call_method") or ctx.values.get(n) is not None:
-            continue
-        if n.op == "call_module":
-            if next(ctx.module(n).parameters(), None) is not None:
-                found.add(n.name)
-        elif getattr(n.target, "__name__", str(n.target)) in _COMPUTING:
-            found.add(n.name)
-    return found
-
-
-def _count_fixed_macs(ctx: WalkContext, gm: fx.GraphModule, example: torch.Tensor) -> None:
-    """Each barrier's own MACs per image (``Barrier.macs``) and those of the untracked computing nodes (a position
-    table's MLP: ``ctx.untracked_macs``), as torch counts them on one image (what the cost model counts: a
-    function of constants counts once). One forward, only when there are any."""
-    untracked = _untracked_computing(ctx, gm) - {b.node for b in ctx.barriers}
-    if not ctx.barriers and not untracked:
-        return
-    names = untracked | {b.node for b in ctx.barriers}
-    try:
-        counter, images = _NodeMacs(gm, names), 1
-        with torch.no_grad():
-            counter.run(example[:1])
-    except Exception:  # a graph recorded for the example's batch: count there, per image
-        counter, images = _NodeMacs(gm, names), example.shape[0]
-        with torch.no_grad():
-            counter.run(example)
-    for b in ctx.barriers:
-        b.macs = counter.macs.get(b.node, 0.0) / images
-    ctx.untracked_macs = sum(counter.macs.get(n, 0.0) for n in untracked) / images
-
-
 def _fix_output(ctx: WalkContext, value: Any) -> None:
     if isinstance(value, ChanMap):
         ctx.fix(value.ids, "network output")
@@ -366,7 +307,7 @@ def analyze(model: nn.Module, input_shape: Sequence[int], batch_size: int = 2,
         for node in gm.graph.nodes:
             ctx.values[node] = _visit_or_barrier(ctx, node, strict)
         ctx.close_barriers()
-        _count_fixed_macs(ctx, gm, example)
+        count_fixed_macs(ctx, gm, example)
         graph = ChannelGraph(gm, ctx, input_shape)
         if ctx.barriers and not graph.prunable_groups():
             first = ctx.barriers[0]
