@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fitness_correlation import BN_MID, ROOT, Recipe, Study  # noqa: E402
@@ -145,8 +146,11 @@ def markdown(result: dict) -> str:
     for name, p in result["picks"].items():
         lines.append(f"| {name} | {p['pick']} | {pct(p['scores'])} | {pct(p['truth'])} | "
                      + " / ".join(f"{100 * v:+.2f}" for v in p["vs_uniform"]) + f" | {100 * np.mean(p['truth']):.2f} |")
+    rho = [stats.spearmanr([r["scores"][k] for r in rows], [r["truth"][k] for r in rows])[0] for k in range(len(t))]
     lines += ["", f"Uniform: val {' / '.join(f'{100 * v:.1f}' for v in uniform['scores'])}, FT top-1 "
-                  f"{' / '.join(f'{100 * v:.2f}' for v in uniform['truth'])}.", "", "## The pool", "",
+                  f"{' / '.join(f'{100 * v:.2f}' for v in uniform['truth'])}. Spearman correlation of the validation "
+                  "score with the fine-tuned top-1 over the pool: "
+                  + ", ".join(f"{x:.0%}: {r:+.2f}" for x, r in zip(t, rho)) + ".", "", "## The pool", "",
               "| ranking | " + " | ".join(f"val {x:.0%}" for x in t) + " | "
               + " | ".join(f"FT top-1 {x:.0%}" for x in t) + " |", "|:---|" + "---:|" * (2 * len(t))]
     for r in rows:

@@ -138,10 +138,11 @@ class SearchConfig(_Strict):
     weight_decay: float = Field(5e-4, ge=0)
     batch_size: int = Field(128, ge=1)
     fitness: Literal["loss", "accuracy"] = "accuracy"
-    aggregate: Literal["relative", "mean", "worst"] = Field(
-        "relative", description="how the search targets' scores combine: relative (mean over targets of the gain "
-                                "over the uniform allocation, in units of uniform's distance from chance), mean (plain "
-                                "mean of the scores), worst (the smallest relative gain)")
+    aggregate: Literal["mean", "relative", "worst"] = Field(
+        "mean", description="how the search targets' scores combine: mean (plain mean of the scores), relative (mean "
+                            "over targets of the gain over the uniform allocation, in units of uniform's distance from "
+                            "chance), worst (the smallest relative gain); benchmarks/results/family_fitness says why "
+                            "mean")
     guard: bool = Field(True, description="never return a ranking scoring below the uniform allocation at a search "
                                           "target (beyond validation sampling error); fall back to uniform instead")
     seed_uniform: bool = Field(True, description="the first population also holds the transforms reproducing the "

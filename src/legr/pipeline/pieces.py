@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from legr.errors import ConfigError
+from legr.methods.allocate import ALLOCATORS
 from legr.hardware import hardware_label
 from legr.pipeline.compare import family_times, summarize
 from legr.pipeline.compare_config import CompareConfig
@@ -69,14 +70,22 @@ def _differences(held: Any, wanted: Any, where: str = "") -> list[str]:
 
 def _check_settings(cfg: CompareConfig, part: dict[str, Any], i: int) -> None:
     """A piece must have run with the merged config's settings (a piece shrunk with --set must be shrunk for every
-    method alike, i.e. every piece run with the same --set): its shared sections and its methods' entries."""
+    method alike, i.e. every piece run with the same --set): its shared sections and its methods' entries. The search
+    settings are compared as each searching method ran them (the shared section changed by its own entries): a
+    method that searches nothing does not depend on them."""
     wanted = json.loads(json.dumps(cfg.model_dump(mode="json"), default=float))
     held = part["config"]
     methods = {m["name"]: m for m in wanted["compare"]["methods"]}
-    diff = _differences({k: v for k, v in held.items() if k != "compare"},
-                        {k: v for k, v in wanted.items() if k != "compare"})
+    diff = _differences({k: v for k, v in held.items() if k not in ("compare", "search")},
+                        {k: v for k, v in wanted.items() if k not in ("compare", "search")})
     for m in held["compare"]["methods"]:
-        diff += _differences(m, methods.get(m["name"], m), f"compare.methods.{m['name']}")
+        w = methods.get(m["name"], m)
+        where = f"compare.methods.{m['name']}"
+        diff += _differences({k: v for k, v in m.items() if k != "search"},
+                             {k: v for k, v in w.items() if k != "search"}, where)
+        if m.get("method", "filters") == "filters" and ALLOCATORS[m["allocator"]].search is not None:
+            diff += _differences({**held["search"], **m.get("search", {})}, {**wanted["search"], **w.get("search", {})},
+                                 f"{where}.search")
     if diff:
         raise ConfigError(f"piece {i} (seeds {part['seeds']}) ran with other settings than the config being merged: "
                           + "; ".join(diff[:3]))
