@@ -338,8 +338,9 @@ def family_fitness() -> list[str]:
         return ["Not run yet: `python benchmarks/family_fitness.py`."]
     text = (RESULTS / "family_fitness" / "summary.md").read_text().split("\n")
     intro = next(line for line in text if line.startswith("Written by"))
+    uniform = next(line for line in text if line.startswith("Uniform:"))
     return [intro, "", *_md_tables("family_fitness/summary.md", 1)[0],
-            "", "The pool's figures: `benchmarks/results/family_fitness/summary.md`."]
+            "", f"{uniform} The pool's figures: `benchmarks/results/family_fitness/summary.md`."]
 
 
 SECTIONS: list[tuple[str, Callable[[], list[str]]]] = [
