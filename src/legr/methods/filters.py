@@ -174,8 +174,8 @@ class FilterPruning(Method):
         its test top-1 is recorded both as cut (``top1_before_ft``) and after that (``top1_after_bn``)."""
         run, cfg = self.run, self.cfg
         solver = ranking.solver(run.graph, run.cost, run.base, self.floors, self.budget)
-        checked = None
-        if self.budget == "latency" and cfg.budget.measure_members:
+        measured = self.budget == "latency" and cfg.budget.measure_members
+        if measured:
             keep, checked = self._measured_cut(solver, ranking, target, member)
         else:
             keep = solver.solve(target * run.cost.base(self.budget))
@@ -199,7 +199,7 @@ class FilterPruning(Method):
         if run.cost.latency is not None:
             info["predicted_ms"] = run.cost.latency.predict(keep)
         if checked is not None:
-            info["latency_check" if self.budget == "latency" and cfg.budget.measure_members else "guard"] = checked
+            info["latency_check" if measured else "guard"] = checked
         save_pruned(member.root, net, Plan.from_keep_vector(run.graph, keep, source=run.source_info(), info=info))
         predicted = f", predicted {info['predicted_ms']:.2f} ms" if "predicted_ms" in info else ""
         run.log(f"pruned {member.name}: {macs / 1e6:.2f}M MACs ({macs / run.cost.base_macs:.1%}), "
