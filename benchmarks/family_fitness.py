@@ -9,8 +9,9 @@ objective (`legr.methods.legr.family`: plain mean without guard — the default 
 guard, relative gain over uniform with the guard). The uniform allocation is scored and fine-tuned at
 every target too: it is the reference of the relative objectives and the baseline to beat. Then every objective
 (mean / relative / worst, with and without the guard) picks from the whole pool, and the table shows its pick's
-fine-tuned top-1 at each target against uniform's. The test split only measures; it picks nothing. Resumable
-(records and search states in <work>/family_study/).
+fine-tuned top-1 at each target against uniform's. At the lowest target (``--probe``: others), sharper and dearer
+signals are measured too (minus the loss; top-1 and loss after tau SGD steps). The test split only measures; it picks
+nothing. Resumable (records, probes and search states in <work>/family_study/).
 
     LEGR_DATA=../shared/data LEGR_WEIGHTS=../shared/weights python benchmarks/family_fitness.py      # ~75 min, 1 core
 """
@@ -42,8 +43,10 @@ from legr.pipeline.compare import Comparison  # noqa: E402
 from legr.pipeline.compare_config import CompareConfig  # noqa: E402
 from legr.pipeline.config_files import load_config, parse_set_options  # noqa: E402
 from legr.pipeline.steps import Pipeline  # noqa: E402
-from legr.training import evaluate, recalibrate_bn  # noqa: E402
+from legr.data import TensorLoader  # noqa: E402
+from legr.training import evaluate, make_sgd, recalibrate_bn, train_steps  # noqa: E402
 
+PROBE_STEPS = (25, 50)  # tau of the probes
 SEARCHES = {"mean": FamilyObjective("mean", guard=False), "mean+guard": FamilyObjective("mean", guard=True),
             "relative+guard": FamilyObjective("relative", guard=True)}
 
@@ -99,17 +102,47 @@ class FamilyStudy:
                   f"{' / '.join(f'{100 * v:.2f}' for v in row['truth'])}  ({row['seconds']:.0f} s)", flush=True)
         return self.records[name]
 
-    def run(self, random: int) -> list[dict]:
+    def pool(self, random: int) -> list[tuple[str, str, list[np.ndarray], dict]]:
+        """(name, kind, keep vector at each target, extra fields) of every ranking in the pool, in order."""
         s = self.s
-        uniform = self.record("uniform", "uniform", [self.uniform_keep(t) for t in self.targets])
         cut = lambda t: [s.keep(t, target) for target in self.targets]  # noqa: E731
-        self.record("identity", "identity", cut(s.space.identity()))
+        out = [("uniform", "uniform", [self.uniform_keep(t) for t in self.targets], {}),
+               ("identity", "identity", cut(s.space.identity()), {})]
         rng = np.random.default_rng([s.r.seed, 1])  # fitness_correlation's stream of random transforms
-        for i in range(random):
-            self.record(f"random-{i + 1:02d}", "random", cut(s.space.random(rng)))
-        for name in SEARCHES:
-            self.record(f"winner-{name}", "winner", cut(self.search(name, uniform["scores"])), {"search": name})
-        return list(self.records.values())
+        out += [(f"random-{i + 1:02d}", "random", cut(s.space.random(rng)), {}) for i in range(random)]
+        for name in SEARCHES:  # a finished search is read back from its state file, not run again
+            reference = self.record(*out[0])["scores"]
+            out.append((f"winner-{name}", "winner", cut(self.search(name, reference)), {"search": name}))
+        return out
+
+    def probe(self, name: str, keeps: list[np.ndarray], targets: list[float]) -> dict:
+        """Cheaper or sharper signals than the product's fitness, at ``targets``: after the same adaptive BN, minus the
+        validation loss, then top-1 and loss after each of ``PROBE_STEPS`` SGD steps (lr/momentum/wd of the recipe's
+        tau steps, the same seeded batches for every ranking): LeGR's tau-step fitness, as a search candidate's or
+        a member guard's signal. Saved under the record's ``probes``."""
+        s, d, row = self.s, self.s.p.data, self.records[name]
+        probes = row.setdefault("probes", {})
+        for target, keep in zip(self.targets, keeps):
+            key = f"{target:g}"
+            if target not in targets or key in probes:
+                continue
+            values = {}
+            for steps in (0, *PROBE_STEPS):  # each from the adapted network: the same first batches for every one
+                net = prune(s.graph, keep)
+                recalibrate_bn(net, s.batches[True][:BN_MID])
+                loader = TensorLoader(*d.train, s.r.batch_size, d.mean, d.std, shuffle=True, augment=True,
+                                      seed=s.r.seed, device=s.p.device)
+                step_start = time.perf_counter()
+                train_steps(net, loader, steps, make_sgd(net, *s.r.sgd))
+                r = evaluate(net, *s.val, d.mean, d.std, batch_size=s.p.cfg.eval.batch_size, device=s.p.device)
+                prefix = f"bn{BN_MID}" + (f"-tau{steps}" if steps else "")
+                values |= {f"{prefix}-top1": r.top1, f"{prefix}-loss": -r.loss,
+                           f"{prefix}-step-seconds": time.perf_counter() - step_start}
+            probes[key] = values
+            atomic_write_text(self.path, json.dumps(self.records, indent=1))
+            print(f"probe {name:16s} {target:.0%}: " + "  ".join(
+                f"{k} {100 * v:.1f}" for k, v in values.items() if k.endswith("top1")), flush=True)
+        return probes
 
 
 def picks(rows: list[dict], chance: float, val_images: int) -> dict[str, dict]:
@@ -150,12 +183,52 @@ def markdown(result: dict) -> str:
     lines += ["", f"Uniform: val {' / '.join(f'{100 * v:.1f}' for v in uniform['scores'])}, FT top-1 "
                   f"{' / '.join(f'{100 * v:.2f}' for v in uniform['truth'])}. Spearman correlation of the validation "
                   "score with the fine-tuned top-1 over the pool: "
-                  + ", ".join(f"{x:.0%}: {r:+.2f}" for x, r in zip(t, rho)) + ".", "", "## The pool", "",
+                  + ", ".join(f"{x:.0%}: {r:+.2f}" for x, r in zip(t, rho)) + ".", "", *probe_markdown(result),
+              "## The pool", "",
               "| ranking | " + " | ".join(f"val {x:.0%}" for x in t) + " | "
               + " | ".join(f"FT top-1 {x:.0%}" for x in t) + " |", "|:---|" + "---:|" * (2 * len(t))]
     for r in rows:
         lines.append(f"| {r['name']} | {pct(r['scores'])} | {pct(r['truth'])} |")
     return "\n".join(lines) + "\n"
+
+
+def probe_table(rows: list[dict], t: list[float], target: float) -> list[dict]:
+    """Per probe variant at ``target``: rank correlation with the fine-tuned top-1 over the pool, the fine-tuned top-1 of
+    its pick, and how often it orders a ranking against uniform as the fine-tune does (the member guard's decision)."""
+    k, rows = t.index(target), [r for r in rows if f"{target:g}" in r.get("probes", {})]
+    uniform = next(r for r in rows if r["kind"] == "uniform")
+    truth = np.array([r["truth"][k] for r in rows])
+    variants = [v for v in uniform["probes"][f"{target:g}"] if not v.endswith("seconds")]
+    out = []
+    for v in variants:
+        f = np.array([r["probes"][f"{target:g}"][v] for r in rows])
+        u, ut = uniform["probes"][f"{target:g}"][v], uniform["truth"][k]
+        others = [(a, b) for r, a, b in zip(rows, f, truth) if r["kind"] != "uniform"]
+        step = v.rsplit("-", 1)[0] + "-step-seconds"
+        out.append({"variant": v, "spearman": float(stats.spearmanr(f, truth)[0]),
+                    "kendall": float(stats.kendalltau(f, truth)[0]), "pick": rows[int(np.argmax(f))]["name"],
+                    "pick_truth": float(truth[int(np.argmax(f))]),
+                    "agree_vs_uniform": float(np.mean([(a > u) == (b > ut) for a, b in others])),
+                    "step_seconds": float(np.mean([r["probes"][f"{target:g}"][step] for r in rows]))})
+    return out
+
+
+def probe_markdown(result: dict) -> list[str]:
+    lines = []
+    for target, table in result.get("probes", {}).items():
+        lines += [f"## Sharper signals at {float(target):.0%} MACs", "",
+                  f"Each pool ranking cut at {float(target):.0%}, adaptive BN ({BN_MID} batches), then scored on "
+                  "validation as is (bn20) or after tau SGD steps on the same seeded training batches (lr/momentum/wd "
+                  f"{'/'.join(map(str, result['recipe']['sgd']))}); loss variants score minus the validation loss. "
+                  "*agrees vs uniform*: the share of the other rankings that the variant puts on the same side of the "
+                  "uniform allocation as the fine-tuned top-1 does (the member guard's decision). *s*: seconds per network "
+                  "of the tau steps and the validation pass (adaptive BN, ~6 s here, comes on top).", "",
+                  "| variant | Spearman | Kendall | agrees vs uniform | its pick | pick's FT top-1 | s |",
+                  "|:---|---:|---:|---:|:---|---:|---:|"]
+        lines += [f"| {r['variant']} | {r['spearman']:+.2f} | {r['kendall']:+.2f} | {r['agree_vs_uniform']:.0%} | "
+                  f"{r['pick']} | {100 * r['pick_truth']:.2f} | {r['step_seconds']:.1f} |" for r in table]
+        lines.append("")
+    return lines
 
 
 def main() -> None:
@@ -165,6 +238,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "family_fitness")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     parser.add_argument("--targets", type=float, nargs="+", default=[0.2, 0.5, 0.8])
+    parser.add_argument("--probe", type=float, nargs="*", help="targets scored by the sharper signals too "
+                        "(default: the lowest target; none: --probe with no value)")
     parser.add_argument("--random", type=int, default=8, help="random transforms in the pool")
     parser.add_argument("--ft-steps", type=int, default=100, help="ground-truth fine-tune SGD steps (even)")
     parser.add_argument("--seed", type=int, default=0)
@@ -182,13 +257,18 @@ def main() -> None:
         folder = work / ("family_smoke" if args.smoke else "family_study")
         folder.mkdir(parents=True, exist_ok=True)
         study = FamilyStudy(Study(Pipeline(source, folder / "pipeline"), recipe, folder), sorted(args.targets), folder)
-        pool = study.run(recipe.random)
+        entries = study.pool(recipe.random)
+        pool = [study.record(*entry) for entry in entries]
+        probed = study.targets[:1] if args.probe is None else sorted(args.probe)
+        for name, _, keeps, _ in entries:
+            study.probe(name, keeps, probed)
     except LegrError as exc:
         sys.exit(f"error: {exc}")
     result = {"model": cfg.model.name, "targets": sorted(args.targets), "val_images": study.val_images,
-              "recipe": {"ft_steps": recipe.ft_steps, "test_images": recipe.test_images, "search": recipe.search,
+              "recipe": {"ft_steps": recipe.ft_steps, "sgd": recipe.sgd, "test_images": recipe.test_images, "search": recipe.search,
                          "seed": recipe.seed, "random": recipe.random, "batch_size": recipe.batch_size},
-              "pool": pool, "picks": picks(pool, study.chance, study.val_images), "hardware": hardware_label()}
+              "pool": pool, "picks": picks(pool, study.chance, study.val_images), "hardware": hardware_label(),
+              "probes": {f"{x:g}": probe_table(pool, study.targets, x) for x in probed}}
     out = args.results if not args.smoke else folder / "results"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "family_fitness.json", json.dumps(result, indent=1))
