@@ -121,19 +121,28 @@ def test_unsupported_ops_are_refused_before_anything_changes(model, message):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_sigmoid_feeding_a_layer_is_not_pruned():
-    """A removed channel after a sigmoid would carry 0.5, not 0: such channels must stay."""
+@pytest.mark.parametrize("padding", [1, 0])
+def test_sigmoid_feeding_a_layer_is_not_pruned_unless_its_constant_folds(padding):
+    """A removed channel after a sigmoid carries 0.5, not 0: the channels stay when the next convolution reads them
+    beside zero padding; without padding the constant is folded into its bias (`legr.graph.compensation`)."""
 
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            self.a, self.b = nn.Conv2d(3, 6, 3), nn.Conv2d(6, 4, 3)
+            self.a, self.b = nn.Conv2d(3, 6, 3), nn.Conv2d(6, 4, 3, padding=padding)
 
         def forward(self, x):
             return F.adaptive_avg_pool2d(self.b(torch.sigmoid(self.a(x))), 1).flatten(1)
 
     graph = analyze(Net(), (3, 16, 16))
-    assert not graph.group_by_name["a"].prunable and "non-zero" in graph.group_by_name["a"].reason
+    if padding:
+        assert not graph.group_by_name["a"].prunable and "non-zero constant" in graph.group_by_name["a"].reason
+    else:
+        assert graph.group_by_name["a"].prunable
+        model, graph, x, original = equivalence_setup(Net(), 16)
+        keep = graph.keep_vector({"a": [1, 3]})
+        with torch.no_grad():
+            assert_pruned_matches_masked(prune(graph, keep).eval()(x), masked_copy(graph, keep).eval()(x), original)
 
 
 class _AddsUntracked(nn.Module):

@@ -16,7 +16,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from legr.errors import LegrError, UnsupportedModelError
 from legr.graph import handlers
-from legr.graph.channels import ChanMap, Layer, UnionFind
+from legr.graph.channels import ChanMap, Compensation, Layer, UnionFind
 from legr.graph.context import Barrier, ChannelRefusal, Patch, WalkContext
 from legr.graph.fixed_macs import count_fixed_macs
 from legr.graph.keep import KeepRules
@@ -48,6 +48,7 @@ class ChannelGraph:
         self.layers: dict[str, Layer] = ctx.layers
         self.node_ids = _node_ids(gm, ctx)
         self.patches: list[Patch] = ctx.patches
+        self.compensations: list[Compensation] = ctx.compensations  # constants of removed channels to fold into biases
         self.barriers: list[Barrier] = ctx.barriers
         self.untracked_macs: float = ctx.untracked_macs
         roots = ctx.uf.roots()

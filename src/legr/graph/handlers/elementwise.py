@@ -61,14 +61,34 @@ def _spatial(ctx: WalkContext, node: fx.Node) -> ChanMap:
     dims = next((SPATIAL_OPS[k] for k in getattr(op, "__mro__", (op,)) if k in SPATIAL_OPS), None) or rank - 2
     if x.axis >= rank - dims:
         ctx.refuse(node, "it pools or resizes along the channel axis")
+    if x.constant and _averages_padding(ctx, node, op):  # a constant averaged with zeros at the border
+        return ChanMap(x.axis, x.ids, x.nonzero)
     return x
+
+
+_AVG_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)
+
+
+def _averages_padding(ctx: WalkContext, node: fx.Node, op: Any) -> bool:
+    """An average pool that counts zero padding, or divides by a fixed count: a constant is not one value after it
+    (max pools pad with -inf, adaptive pools and resizes keep a constant)."""
+    if not any(k in _AVG_POOLS for k in getattr(op, "__mro__", (op,))):
+        return False
+    if node.op == "call_module":
+        module = ctx.module(node)
+        padding, divisor = module.padding, getattr(module, "divisor_override", None)
+    else:
+        padding = node.kwargs.get("padding", node.args[3] if len(node.args) > 3 else 0)
+        divisor = node.kwargs.get("divisor_override", node.args[6] if len(node.args) > 6 else None)
+    paddings = padding if isinstance(padding, (list, tuple)) else [padding]
+    return divisor is not None or any(not isinstance(p, int) or p != 0 for p in paddings)
 
 
 @register(NONZERO_MODULES, NONZERO_FUNCTIONS, NONZERO_METHODS)
 def _passthrough_nonzero(ctx: WalkContext, node: fx.Node) -> ChanMap:
     x = first_map(ctx, node)
     _same_rank(ctx, node, x)
-    return ChanMap(x.axis, x.ids, ctx.op(node))
+    return ChanMap(x.axis, x.ids, ctx.op(node), x.uniform)  # f(one value) is one value
 
 
 @register(modules=(nn.Softmax, nn.LogSoftmax), functions=(F.softmax, F.log_softmax, torch.softmax), methods=("softmax",))
@@ -78,7 +98,8 @@ def _softmax(ctx: WalkContext, node: fx.Node) -> ChanMap:
     rank = len(ctx.shape(node))
     if dim is None or dim % rank == x.axis:
         ctx.fix(x.ids, f"normalized together by the softmax {ctx.op(node)}")
-    return ChanMap(x.axis, x.ids, ctx.op(node))
+        return ChanMap(x.axis, x.ids, ctx.op(node))
+    return ChanMap(x.axis, x.ids, ctx.op(node), x.uniform)  # one value along the axis: 1 / its length
 
 
 # --- broadcasting binary ops -------------------------------------------------------------------------------------
@@ -128,6 +149,9 @@ def _binary(ctx: WalkContext, node: fx.Node, kind: str) -> ChanMap | None:
     broadcast = [a for a in operands if isinstance(a, fx.Node) and a not in scaled and not (
         isinstance(ctx.val(a), ChanMap) and len(ctx.val(a).ids) == width)]
     inherited = next((m.nonzero for m in full if not m.zero_safe), None)
+    # a removed channel holds one input-independent value after the op when every operand does: full maps that
+    # hold one (`ChanMap.uniform`), Python numbers, parameters and constants with one value along every other axis
+    constant = all(m.uniform for m in full) and all(_one_value(ctx, a, axis, rank) for a in broadcast)
     if kind == "mul":  # a product with one zero factor is zero
         nonzero = None if any(m.zero_safe for m in full) or scaled else inherited
     elif kind == "div":
@@ -136,11 +160,33 @@ def _binary(ctx: WalkContext, node: fx.Node, kind: str) -> ChanMap | None:
         denominator = ctx.val(operands[1]) if len(operands) > 1 else None
         if isinstance(denominator, ChanMap):
             ctx.fix(out, f"used as a divisor at {ctx.op(node)}")
+        constant = constant and isinstance(numerator, ChanMap)
     elif scalars or broadcast:
         nonzero = f"{ctx.op(node)} with a {'constant term' if scalars else 'term broadcast over the channels'}"
     else:
         nonzero = inherited
-    return ChanMap(axis, out, nonzero)
+    return ChanMap(axis, out, nonzero, constant and nonzero is not None)
+
+
+def _one_value(ctx: WalkContext, arg: fx.Node, axis: int, rank: int) -> bool:
+    """An operand without tracked channels (a parameter, a constant, a number computed from shapes) that has one
+    value along every axis but the channel axis; False for tracked channels broadcast from one (they vary with the
+    input)."""
+    shape = ctx.shape(arg)
+    if shape is None:
+        return not isinstance(ctx.val(arg), (ChanMap, list, tuple))
+    if any(n != 1 for k, n in enumerate(shape) if k + rank - len(shape) != axis):
+        return False
+    stack, seen = [arg], set()
+    while stack:  # parameters and constants only: nothing computed from a tensor of the input
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.op == "placeholder" or ctx.val(n) is not None:
+            return False
+        stack.extend(n.all_input_nodes)
+    return True
 
 
 def _tensor_name(arg: fx.Node) -> str:
