@@ -21,7 +21,7 @@ ZERO_PRESERVING_MODULES = (
 )
 ZERO_PRESERVING_FUNCTIONS = (
     F.relu, F.relu_, F.relu6, F.leaky_relu, F.silu, F.gelu, F.hardswish, F.elu, F.mish, torch.relu, torch.relu_,
-    torch.tanh, F.dropout, torch.clone,
+    torch.tanh, F.dropout, torch.clone, torch.abs, torch.neg,
 )
 # pooling and resizing: how many trailing dims each acts on (None: every dim after the first two, (N, C, *spatial))
 SPATIAL_OPS: dict[Any, int | None] = {
@@ -31,7 +31,8 @@ SPATIAL_OPS: dict[Any, int | None] = {
     F.max_pool3d: 3, F.avg_pool1d: 1, F.avg_pool2d: 2, F.avg_pool3d: 3, F.adaptive_avg_pool1d: 1,
     F.adaptive_avg_pool2d: 2, F.adaptive_max_pool2d: 2, F.interpolate: None,
 }
-ZERO_PRESERVING_METHODS = ("relu", "relu_", "tanh", "contiguous", "clone", "detach", "float", "to", "type_as")
+ZERO_PRESERVING_METHODS = ("relu", "relu_", "tanh", "contiguous", "clone", "detach", "float", "to", "type_as", "abs",
+                           "neg")
 NONZERO_MODULES = (nn.Sigmoid, nn.Hardsigmoid, nn.Softplus)
 NONZERO_FUNCTIONS = (torch.sigmoid, F.sigmoid, F.hardsigmoid, F.softplus, torch.exp)
 NONZERO_METHODS = ("sigmoid", "sigmoid_", "exp")
@@ -138,7 +139,7 @@ def _binary(ctx: WalkContext, node: fx.Node, kind: str) -> ChanMap | None:
         if shape is not None and not isinstance(ctx.val(a), ChanMap):
             k = axis - (rank - len(shape))
             if 0 <= k < len(shape) and shape[k] == width and width > 1:
-                if kind == "div" or not _tie_channel_parameter(ctx, a, out):
+                if kind == "div" or not tie_channel_parameter(ctx, a, out):
                     ctx.fix(out, f"combined with the per-channel tensor '{_tensor_name(a)}' (not pruned with the "
                                  f"channels) at {ctx.op(node)}")
                 else:
@@ -158,7 +159,7 @@ def _binary(ctx: WalkContext, node: fx.Node, kind: str) -> ChanMap | None:
         numerator = ctx.val(operands[0])
         nonzero = numerator.nonzero if isinstance(numerator, ChanMap) else f"{ctx.op(node)} with a constant numerator"
         denominator = ctx.val(operands[1]) if len(operands) > 1 else None
-        if isinstance(denominator, ChanMap):
+        if isinstance(denominator, ChanMap) and len(denominator.ids) == width:  # one shared channel: unchanged
             ctx.fix(out, f"used as a divisor at {ctx.op(node)}")
         constant = constant and isinstance(numerator, ChanMap)
     elif scalars or broadcast:
@@ -199,7 +200,7 @@ def _tensor_name(arg: fx.Node) -> str:
 _SHAPE_ONLY = ("view", "reshape", "unsqueeze", "squeeze", "flatten", torch.reshape, torch.unsqueeze, torch.squeeze)
 
 
-def _tie_channel_parameter(ctx: WalkContext, arg: fx.Node, ids) -> bool:
+def tie_channel_parameter(ctx: WalkContext, arg: fx.Node, ids) -> bool:
     """Tie a per-channel parameter reached through shape-only ops (``gamma.reshape(1, -1, 1, 1)``) to ``ids``, as a
     producer tensor of its owner module (masked and sliced with the channels); False if ``arg`` is anything else."""
     node = arg

@@ -23,7 +23,10 @@ def _conv(ctx: WalkContext, node: fx.Node) -> ChanMap:
     conv = ctx.module(node)
     x = first_map(ctx, node)
     if x.axis != 1 or len(x.ids) != conv.in_channels:
-        ctx.refuse(node, "its input channel axis is not the tracked channel axis")
+        across = x.axis == len(ctx.shape(node.args[0])) - 1  # ECA: a Conv1d over (N, 1, C)
+        ctx.refuse(node, "it convolves along the channel axis (an efficient-channel-attention gate: each channel's "
+                         "gate reads its neighbours)" if across else "its input channel axis is not the tracked "
+                         "channel axis")
     out_shape = ctx.shape(node)
     coef = math.prod(out_shape[2:]) * math.prod(conv.kernel_size) * ctx.per_image(out_shape)
     layer = Layer(node.target, "conv")

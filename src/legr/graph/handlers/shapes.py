@@ -287,21 +287,6 @@ def _reshape(ctx: WalkContext, node: fx.Node) -> ChanMap:
     return _reshape_value(ctx, node, first_map(ctx, node))
 
 
-@register(functions=(torch.mean, torch.sum, torch.amax), methods=("mean", "sum", "amax"))
-def _reduce(ctx: WalkContext, node: fx.Node) -> ChanMap:
-    x = first_map(ctx, node)
-    rank = len(ctx.shape(node.args[0]))
-    dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-    if dims is None:
-        ctx.refuse(node, "it reduces over all dims, including channels")
-    dims = [d % rank for d in ([dims] if isinstance(dims, int) else dims)]
-    if x.axis in dims:
-        ctx.refuse(node, "it reduces over the channel axis")
-    keepdim = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
-    axis = x.axis if keepdim else x.axis - sum(d < x.axis for d in dims)
-    return x.moved(axis)  # a constant reduced over other axes is one value again
-
-
 @register(functions=(torch.permute, torch.transpose, torch.swapaxes), methods=("permute", "transpose", "swapaxes"))
 def _permute(ctx: WalkContext, node: fx.Node) -> ChanMap:
     x = first_map(ctx, node)
