@@ -20,7 +20,7 @@ from legr.graph.channels import ChanMap, Compensation, Layer, UnionFind
 from legr.graph.context import Barrier, ChannelRefusal, Patch, WalkContext
 from legr.graph.fixed_macs import count_fixed_macs
 from legr.graph.keep import KeepRules
-from legr.graph.tracing import trace
+from legr.graph.tracing import OPAQUE, trace
 
 
 @dataclass(frozen=True)
@@ -206,6 +206,8 @@ def _visit(ctx: WalkContext, node: fx.Node) -> Any:
         return None
     if not _tracked(ctx, node):  # a function of parameters and constants only (a layer scale reshaped, a position
         return None             # table's MLP): nothing to follow; a tracked op that reads it decides
+    if node.op == "call_module" and node.target in ctx.gm.meta.get(OPAQUE, {}):
+        ctx.refuse(node, f"torch.fx cannot trace its forward ({ctx.gm.meta[OPAQUE][node.target]}); kept whole")
     if node.op == "call_module":
         handler = handlers.module_handler(ctx.module(node))
     elif node.op == "call_function":
