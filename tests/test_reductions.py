@@ -125,3 +125,59 @@ def test_an_eca_gate_is_a_barrier_naming_its_conv1d_and_the_rest_prunes():
     keep = graph.keep_vector({"b": [0, 3, 4]})
     with torch.no_grad():
         assert_pruned_matches_masked(prune(graph, keep).eval()(x), masked_copy(graph, keep).eval()(x), original)
+
+
+class _RmsStar(nn.Module):
+    """An RMS norm over the channels (timm's RmsNorm2d: ``x * rsqrt(mean(x ** 2 over C) + eps) * weight``), then
+    StarReLU (``s * relu(x) ** 2 + b``, scalar s and b: a removed channel holds b) read by a 1x1 conv with a bias."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.a, self.b, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 6, 1), nn.Linear(6, 4)
+        self.weight = nn.Parameter(torch.randn(8))
+        self.s, self.t = nn.Parameter(torch.tensor(0.8)), nn.Parameter(torch.tensor(0.3))
+
+    def forward(self, x):
+        y = self.a(x)
+        if self.how == "rsqrt-of-channels":  # 1 / sqrt of each channel: a removed one would be infinite
+            y = y * torch.rsqrt(y.square() + 1.0)
+        else:
+            y = y * torch.rsqrt(y.pow(2).mean(1, keepdim=True) + 1e-6) * self.weight.view(1, -1, 1, 1)
+        y = self.s * F.relu(y) ** 2 + self.t
+        return self.fc(F.adaptive_avg_pool2d(self.b(y), 1).flatten(1))
+
+
+def test_rms_norm_and_star_relu_are_pruned_exactly():
+    """``pow`` / ``square`` with a positive exponent keep 0 (and a constant) as they are; ``rsqrt`` of the one fixed
+    channel of a mean over the channels is exact; the StarReLU bias is folded into the next conv's bias."""
+    torch.manual_seed(0)
+    model, graph, x, original = equivalence_setup(_RmsStar("rms"), 12)
+    assert not graph.barriers and graph.group_by_name["a"].prunable
+    keep = graph.keep_vector({"a": [0, 2, 3, 6], "b": [1, 4]})
+    with torch.no_grad():
+        assert_pruned_matches_masked(prune(graph, keep).eval()(x), masked_copy(graph, keep).eval()(x), original)
+
+
+def test_rsqrt_of_prunable_channels_is_a_barrier():
+    graph = analyze(_RmsStar("rsqrt-of-channels"), (3, 8, 8))
+    assert [b.op.split(" in ")[0] for b in graph.barriers] == ["op 'rsqrt' at node 'rsqrt'"]
+    assert "infinity" in graph.barriers[0].why and not graph.group_by_name["a"].prunable
+
+
+@pytest.mark.parametrize("exponent", [0, -1, 0.5])
+def test_pow_needs_a_positive_exponent(exponent):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.fc = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 6, 3), nn.Linear(6, 4)
+
+        def forward(self, x):
+            y = F.relu(self.a(x)) + 1.0
+            return self.fc(F.adaptive_avg_pool2d(self.b(y ** exponent), 1).flatten(1))
+
+    graph = analyze(Net(), (3, 8, 8))
+    if exponent > 0:  # (relu(x) + 1) ** 0.5: a removed channel holds 1, folded into b's bias
+        assert not graph.barriers and graph.group_by_name["a"].prunable
+    else:
+        assert "exponent is not a positive number" in graph.barriers[0].why

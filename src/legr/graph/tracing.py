@@ -79,6 +79,8 @@ class _ShapeTracer(_Tracer):
     def _run(self, node: fx.Node) -> Any:
         if node.op == "placeholder":
             if any(n.op == "placeholder" for n in self.values):
+                if node.args:  # an optional argument (``forward(x, mask=None)``): its default
+                    return node.args[0]
                 raise UnsupportedModelError("the model's forward takes more than one input")
             return self.example
         if node.op == "output":

@@ -21,7 +21,7 @@ ZERO_PRESERVING_MODULES = (
 )
 ZERO_PRESERVING_FUNCTIONS = (
     F.relu, F.relu_, F.relu6, F.leaky_relu, F.silu, F.gelu, F.hardswish, F.elu, F.mish, torch.relu, torch.relu_,
-    torch.tanh, F.dropout, torch.clone, torch.abs, torch.neg,
+    torch.tanh, F.dropout, torch.clone, torch.abs, torch.neg, torch.sqrt, torch.square,
 )
 # pooling and resizing: how many trailing dims each acts on (None: every dim after the first two, (N, C, *spatial))
 SPATIAL_OPS: dict[Any, int | None] = {
@@ -32,7 +32,7 @@ SPATIAL_OPS: dict[Any, int | None] = {
     F.adaptive_avg_pool2d: 2, F.adaptive_max_pool2d: 2, F.interpolate: None,
 }
 ZERO_PRESERVING_METHODS = ("relu", "relu_", "tanh", "contiguous", "clone", "detach", "float", "to", "type_as", "abs",
-                           "neg")
+                           "neg", "sqrt", "square")
 NONZERO_MODULES = (nn.Sigmoid, nn.Hardsigmoid, nn.Softplus)
 NONZERO_FUNCTIONS = (torch.sigmoid, F.sigmoid, F.hardsigmoid, F.softplus, torch.exp)
 NONZERO_METHODS = ("sigmoid", "sigmoid_", "exp")
@@ -83,6 +83,30 @@ def _averages_padding(ctx: WalkContext, node: fx.Node, op: Any) -> bool:
         divisor = node.kwargs.get("divisor_override", node.args[6] if len(node.args) > 6 else None)
     paddings = padding if isinstance(padding, (list, tuple)) else [padding]
     return divisor is not None or any(not isinstance(p, int) or p != 0 for p in paddings)
+
+
+@register(functions=(torch.pow, operator.pow), methods=("pow", "pow_"))
+def _pow(ctx: WalkContext, node: fx.Node) -> ChanMap:
+    """``x ** p`` with a positive number ``p`` known when tracing (StarReLU's ``relu(x) ** 2``, RMS norms' ``x ** 2``):
+    0 stays 0, one value stays one value."""
+    exponent = node.args[1] if len(node.args) > 1 else node.kwargs.get("exponent")
+    if isinstance(exponent, bool) or not isinstance(exponent, (int, float)) or exponent <= 0:
+        ctx.refuse(node, "its exponent is not a positive number known when tracing")
+    x = first_map(ctx, node)
+    _same_rank(ctx, node, x)
+    return x
+
+
+@register(functions=(torch.rsqrt, torch.reciprocal), methods=("rsqrt", "reciprocal"))
+def _inverse(ctx: WalkContext, node: fx.Node) -> ChanMap:
+    """``1 / sqrt(x)``, ``1 / x``: a removed channel would be infinite (and 0 * inf is not 0), so only channels that
+    are never removed pass (an RMS norm's ``rsqrt(mean(x ** 2 over the channels) + eps)``: one fixed channel)."""
+    x = first_map(ctx, node)
+    _same_rank(ctx, node, x)
+    fixed = {ctx.uf.find(e) for e in ctx.fixed}
+    if any(ctx.uf.find(e) not in fixed for e in x.ids.tolist()):
+        ctx.refuse(node, "it maps a removed channel's 0 to infinity")
+    return ChanMap(x.axis, x.ids, ctx.op(node))
 
 
 @register(NONZERO_MODULES, NONZERO_FUNCTIONS, NONZERO_METHODS)
