@@ -182,7 +182,39 @@ def test_tied_parameters_are_refused():
             return self.b(self.a(x))
 
     with pytest.raises(UnsupportedModelError, match="'b.weight' is the same tensor as 'a.weight'"):
-        analyze(Tied(), (4, 8, 8))
+        analyze(Tied(), (4, 8, 8), strict=True)
+
+
+class _TiedNet(nn.Module):
+    """Two branches sharing one conv weight (timm's CoaT shares a position-encoding conv between two blocks)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.a, self.b = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1), nn.Conv2d(6, 6, 1)
+        self.b.weight = nn.Parameter(torch.randn(6, 6, 1, 1))
+        self.c = nn.Conv2d(6, 6, 1)
+        self.c.weight = self.b.weight
+        self.d, self.fc = nn.Conv2d(6, 8, 3, padding=1), nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = F.relu(self.a(F.relu(self.stem(x))))
+        y = F.relu(self.b(y) + self.c(y * 0.5))
+        return self.fc(F.adaptive_avg_pool2d(F.relu(self.d(y)), 1).flatten(1))
+
+
+def test_tied_parameters_keep_their_channels_and_stay_tied():
+    """Not refused any more (issue 32): the channels of the modules sharing the tensor stay, named; the rest prunes
+    == masked; the pruned network still shares the one tensor, and its parameter count is the cost model's."""
+    torch.manual_seed(0)
+    model, graph, x, original = equivalence_setup(_TiedNet(), 12)
+    reason = "its parameter 'c.weight' is the same tensor as 'b.weight' (tied parameters are kept whole)"
+    assert graph.group_by_name["a"].reason == reason and graph.group_by_name["d"].prunable
+    keep = graph.keep_vector({"d": [0, 3, 4, 7], "stem": [1, 2, 5]})
+    pruned = prune(graph, keep).eval()
+    with torch.no_grad():
+        assert_pruned_matches_masked(pruned(x), masked_copy(graph, keep).eval()(x), original)
+    assert pruned.c.weight is pruned.b.weight
+    assert CostModel(graph).params(keep) == sum(p.numel() for p in pruned.parameters())
 
 
 # --- zero-safety: random compositions of the supported ops --------------------------------------------------------

@@ -113,6 +113,8 @@ def prune(graph: ChannelGraph, keep: np.ndarray) -> fx.GraphModule:
                 for t in (t for t in layer.ties if t.param == param):
                     index = torch.as_tensor(graph.kept_positions(t.ids, keep), device=new.device)
                     new = new.index_select(t.dim, index)
+                if new.shape == tensor.shape:  # nothing removed: the tensor stays as it is (and tied, if it was)
+                    continue
                 if isinstance(tensor, nn.Parameter):
                     setattr(module, param, nn.Parameter(new.clone(), requires_grad=tensor.requires_grad))
                 else:
