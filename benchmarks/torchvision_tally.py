@@ -269,7 +269,8 @@ def _with_barriers(rows: list[dict[str, Any]]) -> int:
 
 def coverage(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Over the handled models: how many have >= 70% of their MACs prunable, and the median share."""
-    shares = sorted(r["prunable_share"] for r in rows if r["status"] == "handled" and r.get("prunable_share") is not None)
+    shares = sorted(r["prunable_share"] for r in rows
+                    if r["status"] == "handled" and r.get("prunable_share") is not None)
     return {"handled": len(shares), "share_at_least_70": sum(s >= 0.7 for s in shares),
             "median_share": float(np.median(shares)) if shares else None}
 

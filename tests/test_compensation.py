@@ -19,7 +19,8 @@ class _BatchNormAct(nn.BatchNorm2d):
     """timm's BatchNormAct2d: ``F.batch_norm`` on the module's own tensors."""
 
     def forward(self, x):
-        return F.relu(F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.1, self.eps))
+        y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.1, self.eps)
+        return F.relu(y)
 
 
 class _AffineNet(nn.Module):

@@ -91,7 +91,8 @@ class _Capture(fx.Interpreter):
             args, kwargs = self.fetch_args_kwargs_from_env(n)
             call: Callable = self.module.get_submodule(str(n.target)) if n.op == "call_module" else n.target
             x = args[0]
-            removed = torch.as_tensor(self.keep[self.channels.classes(comp.in_ids)] == 0, dtype=x.dtype, device=x.device)
+            removed = self.keep[self.channels.classes(comp.in_ids)] == 0
+            removed = torch.as_tensor(removed, dtype=x.dtype, device=x.device)
             shape = [1] * x.dim()
             shape[comp.in_axis] = -1
             part = x * removed.view(shape)
