@@ -41,12 +41,26 @@ def tally(stem: str = "torchvision_tally", what: str = "Every torchvision classi
         if row["status"] == "refused":
             reason = row["reason"].split(": ", 1)[-1] if row.get("reason") else "?"
             refused.setdefault(reason, []).append(row["model"])
+    barriers = [r for r in d["rows"] if r["status"] == "handled" and r.get("barriers")]
+    cover = d.get("coverage")
     out = [f"{what} ({d['total']}), {d['hardware']}, {d['date'][:10]}: "
-           f"**{d['summary']}** (`benchmarks/results/{stem}.md`). *Handled* means random plans pruned "
+           f"**{d['summary']}**" + (f", of which **{len(barriers)} handled with channel barriers**"
+                                    if "handled_with_barriers" in d else "")
+           + f" (`benchmarks/results/{stem}.md`). *Handled* means random plans pruned "
            "physically equal the masked original (float64, max abs diff < 1e-4), the pruned model trains, and the cost "
-           "model's MACs equal `torch.utils.flop_counter.FlopCounterMode`'s; *refused* means a one-line "
-           "`UnsupportedModelError` before anything is modified:", ""]
-    out += [f"- {', '.join(models)}: {reason}" for reason, models in sorted(refused.items(), key=lambda kv: -len(kv[1]))]
+           "model's MACs equal `torch.utils.flop_counter.FlopCounterMode`'s; *with channel barriers*: ops legr cannot "
+           "follow exactly were analysed around, their channel groups frozen; *refused* means a one-line "
+           "`UnsupportedModelError` before anything is modified."]
+    if cover and cover.get("handled"):
+        out[-1] += (f" Prunable MACs (the share of a model's MACs in layers that read or write a prunable channel): "
+                    f"**>= 70% in {cover['share_at_least_70']} of {cover['handled']} handled models**, median "
+                    f"{100 * cover['median_share']:.0f}%.")
+    out.append("")
+    if barriers:
+        out.append("- with channel barriers (prunable MACs): " + ", ".join(
+            f"{r['model']} ({100 * r['prunable_share']:.0f}%)" for r in barriers))
+    out += [f"- refused, {', '.join(models)}: {reason}"
+            for reason, models in sorted(refused.items(), key=lambda kv: -len(kv[1]))]
     return out
 
 
@@ -348,6 +362,10 @@ SECTIONS: list[tuple[str, Callable[[], list[str]]]] = [
     ("Engine coverage, timm (`benchmarks/timm_tally.py`)",
      lambda: tally("timm_tally", "Small members of timm's ConvNet families (`timm:<name>`, 64x64 unless the model "
                                  "needs its own size)")),
+    ("Engine coverage, timm models it was not developed against (`benchmarks/timm_tally.py --unseen`)",
+     lambda: tally("timm_tally_unseen", "One ConvNet per timm family: the smallest not in the list above nor named in "
+                                        "the tests, picked by a rule written down before the run (`select_unseen`; "
+                                        "the picks: `benchmarks/results/timm_tally_unseen_selection.json`)")),
     ("Analysis speed (`benchmarks/analysis_speed.py`)", analysis),
     ("Does uniform pruning's MACs saving become latency? (`benchmarks/latency_uniform.py`)", latency),
     ("Latency budgets (`benchmarks/latency_budget.py`)", latency_budget),

@@ -243,6 +243,9 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"**handled {counts['handled']} / refused {counts['refused']} / failing {counts['failing']}**"
         f" (handled with channel barriers: {_with_barriers(rows)})",
         "",
+        f"Prunable MACs (the share of a model's MACs in layers that read or write a prunable channel): "
+        f"{coverage_line(rows)}.",
+        "",
         "| model | input | status | groups | prunable groups | prunable MACs | barriers | MACs (M) | pruned MACs (M) |"
         " max abs diff | s | refusal reason / error / barrier ops |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
@@ -262,6 +265,22 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 def _with_barriers(rows: list[dict[str, Any]]) -> int:
     return sum(r["status"] == "handled" and bool(r.get("barriers")) for r in rows)
+
+
+def coverage(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Over the handled models: how many have >= 70% of their MACs prunable, and the median share."""
+    shares = sorted(r["prunable_share"] for r in rows
+                    if r["status"] == "handled" and r.get("prunable_share") is not None)
+    return {"handled": len(shares), "share_at_least_70": sum(s >= 0.7 for s in shares),
+            "median_share": float(np.median(shares)) if shares else None}
+
+
+def coverage_line(rows: list[dict[str, Any]]) -> str:
+    c = coverage(rows)
+    if not c["handled"]:
+        return "no handled model"
+    return (f">= 70% in {c['share_at_least_70']} of {c['handled']} handled models "
+            f"({100 * c['share_at_least_70'] / c['handled']:.0f}%), median {100 * c['median_share']:.0f}%")
 
 
 def main(argv: list[str] | None = None, zoo: Zoo = TORCHVISION, description: str = __doc__) -> int:
@@ -302,7 +321,8 @@ def main(argv: list[str] | None = None, zoo: Zoo = TORCHVISION, description: str
 def write(out: Path, stem: str, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     counts = {s: sum(r["status"] == s for r in rows) for s in ("handled", "refused", "failing")}
     summary = f"handled {counts['handled']} / refused {counts['refused']} / failing {counts['failing']}"
-    payload = {"summary": summary, "counts": counts, "handled_with_barriers": _with_barriers(rows), **meta, "rows": rows,
+    payload = {"summary": summary, "counts": counts, "handled_with_barriers": _with_barriers(rows),
+               "coverage": coverage(rows), **meta, "rows": rows,
                "models": [{"name": r["model"], "status": r["status"], "reason": r.get("reason") or r.get("error")}
                           for r in rows]}
     atomic_write_text(out / f"{stem}.json", json.dumps(payload, indent=1, default=_json_default) + "\n")

@@ -82,6 +82,19 @@ class _Shift(nn.Module):
         return x + self.offset
 
 
+class ScalarAffine(nn.Module):
+    """timm's LearnableAffineBlock (PP-HGNetV2): a learnable scalar scale and bias, ``x * s + b``: a removed channel
+    leaves it as ``b``."""
+
+    def __init__(self, scale: float = 1.0, bias: float = 0.0):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor([scale]))
+        self.bias = nn.Parameter(torch.tensor([bias]))
+
+    def forward(self, x):
+        return self.scale * x + self.bias
+
+
 class RandomNet(nn.Module):
     """conv stem -> a random sequence of channel-preserving steps -> conv -> pool -> linear, on 3x12x12 inputs.
 
@@ -93,7 +106,8 @@ class RandomNet(nn.Module):
     permutes), adding a per-channel buffer, a chunk along the channels (one piece activated, then concatenated back)
     and a channel slice (the first two channels added to the last two); with ``kinds=RandomNet.BARRIER_KINDS`` also
     an op the engine has no exact rule for (``BARRIERS``: the analysis makes it a channel barrier), a functional
-    conv on a module's weight after ``F.pad`` and a selective-kernel style stack.
+    conv on a module's weight after ``F.pad`` and a selective-kernel style stack; with ``kinds=RandomNet.AFFINE_KINDS``
+    also a learnable scalar affine and 1x1 convs (with a bias, without, or without one before a batch norm).
     """
 
     KINDS = ("act", "bn", "ln", "conv", "dw", "res", "gate", "scalar", "rsub", "scale", "div", "bcast", "cat", "pad",
@@ -105,6 +119,9 @@ class RandomNet(nn.Module):
     # dense or depthwise) and a selective-kernel style stack (softmax over the stacked branches, then their sum)
     BARRIERS = ("unknown", "eca", "split-axis", "twice", "flip")
     BARRIER_KINDS = KINDS + ("barrier", "fconv", "stack")
+    # a learnable scalar affine (its constant folded into the next layer's bias where that is exact), 1x1 convs
+    # with or without a bias, and without one before a batch norm (which takes the constant in its running mean)
+    AFFINE_KINDS = KINDS + ("lab", "lab", "conv1", "conv1bn")
 
     def __init__(self, rng: np.random.Generator, steps: int = 4, width: int = 6, size: int = 12,
                  kinds: tuple[str, ...] = KINDS):
@@ -151,6 +168,12 @@ class RandomNet(nn.Module):
                 step = nn.Conv2d(width, width, 3, groups=int(rng.choice([1, width])), bias=flag())
             elif kind == "stack":
                 step = act()
+            elif kind == "lab":
+                step = ScalarAffine()
+            elif kind == "conv1":
+                step = nn.Conv2d(width, width, 1, bias=flag())
+            elif kind == "conv1bn":
+                step = nn.Sequential(nn.Conv2d(width, width, 1, bias=False), nn.BatchNorm2d(width))
             else:
                 step = nn.Identity()
             self.steps.append(step)

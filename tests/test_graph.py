@@ -121,19 +121,28 @@ def test_unsupported_ops_are_refused_before_anything_changes(model, message):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_sigmoid_feeding_a_layer_is_not_pruned():
-    """A removed channel after a sigmoid would carry 0.5, not 0: such channels must stay."""
+@pytest.mark.parametrize("padding", [1, 0])
+def test_sigmoid_feeding_a_layer_is_not_pruned_unless_its_constant_folds(padding):
+    """A removed channel after a sigmoid carries 0.5, not 0: the channels stay when the next convolution reads them
+    beside zero padding; without padding the constant is folded into its bias (`legr.graph.compensation`)."""
 
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            self.a, self.b = nn.Conv2d(3, 6, 3), nn.Conv2d(6, 4, 3)
+            self.a, self.b = nn.Conv2d(3, 6, 3), nn.Conv2d(6, 4, 3, padding=padding)
 
         def forward(self, x):
             return F.adaptive_avg_pool2d(self.b(torch.sigmoid(self.a(x))), 1).flatten(1)
 
     graph = analyze(Net(), (3, 16, 16))
-    assert not graph.group_by_name["a"].prunable and "non-zero" in graph.group_by_name["a"].reason
+    if padding:
+        assert not graph.group_by_name["a"].prunable and "non-zero constant" in graph.group_by_name["a"].reason
+    else:
+        assert graph.group_by_name["a"].prunable
+        model, graph, x, original = equivalence_setup(Net(), 16)
+        keep = graph.keep_vector({"a": [1, 3]})
+        with torch.no_grad():
+            assert_pruned_matches_masked(prune(graph, keep).eval()(x), masked_copy(graph, keep).eval()(x), original)
 
 
 class _AddsUntracked(nn.Module):
@@ -173,7 +182,39 @@ def test_tied_parameters_are_refused():
             return self.b(self.a(x))
 
     with pytest.raises(UnsupportedModelError, match="'b.weight' is the same tensor as 'a.weight'"):
-        analyze(Tied(), (4, 8, 8))
+        analyze(Tied(), (4, 8, 8), strict=True)
+
+
+class _TiedNet(nn.Module):
+    """Two branches sharing one conv weight (timm's CoaT shares a position-encoding conv between two blocks)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.a, self.b = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1), nn.Conv2d(6, 6, 1)
+        self.b.weight = nn.Parameter(torch.randn(6, 6, 1, 1))
+        self.c = nn.Conv2d(6, 6, 1)
+        self.c.weight = self.b.weight
+        self.d, self.fc = nn.Conv2d(6, 8, 3, padding=1), nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = F.relu(self.a(F.relu(self.stem(x))))
+        y = F.relu(self.b(y) + self.c(y * 0.5))
+        return self.fc(F.adaptive_avg_pool2d(F.relu(self.d(y)), 1).flatten(1))
+
+
+def test_tied_parameters_keep_their_channels_and_stay_tied():
+    """Not refused any more (issue 32): the channels of the modules sharing the tensor stay, named; the rest prunes
+    == masked; the pruned network still shares the one tensor, and its parameter count is the cost model's."""
+    torch.manual_seed(0)
+    model, graph, x, original = equivalence_setup(_TiedNet(), 12)
+    reason = "its parameter 'c.weight' is the same tensor as 'b.weight' (tied parameters are kept whole)"
+    assert graph.group_by_name["a"].reason == reason and graph.group_by_name["d"].prunable
+    keep = graph.keep_vector({"d": [0, 3, 4, 7], "stem": [1, 2, 5]})
+    pruned = prune(graph, keep).eval()
+    with torch.no_grad():
+        assert_pruned_matches_masked(pruned(x), masked_copy(graph, keep).eval()(x), original)
+    assert pruned.c.weight is pruned.b.weight
+    assert CostModel(graph).params(keep) == sum(p.numel() for p in pruned.parameters())
 
 
 # --- zero-safety: random compositions of the supported ops --------------------------------------------------------

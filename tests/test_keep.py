@@ -44,8 +44,9 @@ class _Blocked(nn.Module):
 
 
 REASONS = {
-    "sigmoid-bn": "feeds a layer through module 'mid.1' (BatchNorm2d) without affine parameters, after module 'mid.0' "
-                  "(Sigmoid), which maps 0 to a non-zero value",
+    "sigmoid-bn": "feeds module 'b' (Conv2d) through module 'mid.1' (BatchNorm2d) without affine parameters, after "
+                  "module 'mid.0' (Sigmoid), which maps 0 to a non-zero constant that the layer reads beside zero "
+                  "padding",
     "relu-layernorm-width": "feeds a layer through module 'mid.1' (LayerNorm) over a non-channel axis with a bias, "
                             "which maps 0 to a non-zero value",
     "permute-layernorm": "normalized together over the channel axis by the layer norm module 'mid' (LayerNorm)",

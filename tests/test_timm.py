@@ -50,7 +50,7 @@ BARRIER_MODELS = [
     ("timm:halonet26t", 256, "in module 'stages.2.1.self_attn' (HaloAttn)", 0.98),
     ("timm:botnet26t_256", 256, "in module 'stages.2.1.self_attn' (BottleneckAttn)", 0.96),
     ("timm:mobilevit_xxs", 256, "op 'scaled_dot_product_attention'", 0.57),
-    ("timm:ecaresnet26t", 64, "module 'layer1.0.se.conv' (Conv1d)", 0.87),  # efficient channel attention
+    ("timm:ecaresnet26t", 64, "module 'layer1.0.se.conv' (Conv1d)", 0.87),  # ECA: a Conv1d along the channels
     ("timm:skresnet18", 64, "method '.view()'", 0.99),  # selective kernel (its stack has a rule)
     ("timm:resnest14d", 64, "(SplitAttn)", 0.45),  # split attention
     ("timm:gcresnet33ts", 64, "op 'matmul'", 0.99),  # global context
@@ -79,12 +79,22 @@ def test_timm_model_with_barriers_pruned_equals_masked(name, size, op, share):
     assert cost.base_macs == counted_macs(graph.gm, x[:1]) and cost.macs(keep) == counted_macs(pruned, x[:1])
 
 
-def test_a_barrier_that_freezes_every_group_refuses_naming_the_op():
-    """ConvNeXt-V2's global response norm (``x.norm()`` over space, divided by its channel mean) sits on the only
-    prunable channels of ConvNeXt (the MLP's hidden ones): the model is refused, naming the op to support."""
+def test_global_response_norm_is_pruned_exactly():
+    """ConvNeXt-V2's global response norm (``x.norm()`` over space, divided by its mean over the channels, then
+    ``addcmul(beta, gamma, x * x_n)``) froze every prunable group of the model before its rules (issue 32): now the
+    mean over the channels is their sum over the original count, and the model prunes with no barrier."""
+    torch.manual_seed(0)
     model = build_model("timm:convnextv2_atto", num_classes=10)
-    where = (r"^cannot prune through method '\.norm\(\)' at node 'norm' in module 'stages\.0\.blocks\.0\.mlp\.grn' "
-             r"\(GlobalResponseNorm\): .* leaves nothing prunable in this model: legr needs a channel rule for this "
-             r"op$")
-    with pytest.raises(UnsupportedModelError, match=where):
-        analyze(model, (3, 64, 64))
+    with torch.no_grad():
+        for m in model.modules():
+            if type(m).__name__ == "GlobalResponseNorm":  # zero-initialized: the identity, which would hide it
+                m.weight.normal_()
+                m.bias.normal_()
+    model, graph, x, original = equivalence_setup(model, 64)
+    coverage = graph.coverage()
+    assert not graph.barriers and coverage["prunable_share"] > 0.8
+    keep = random_keep(graph, np.random.default_rng(0))
+    pruned, masked = prune(graph, keep).eval(), masked_copy(graph, keep).eval()
+    with torch.no_grad():
+        assert_pruned_matches_masked(pruned(x), masked(x), original)
+    assert CostModel(graph).macs(keep) == counted_macs(pruned, x[:1])

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from legr.graph import ChannelGraph
+from legr.graph import ChannelGraph, compensation
 
 # After slicing, bring a module's attributes in line with its new parameter shapes.
 FIXUPS: dict[type, Callable[[nn.Module], None]] = {}
@@ -100,8 +100,11 @@ def prune(graph: ChannelGraph, keep: np.ndarray) -> fx.GraphModule:
     group the analysis fixed, or leaves a layer or a split piece without channels, raises `LegrError`.
     """
     keep = graph.check_keep(keep)
+    shifts = compensation.shifts(graph, keep, lambda: masked_copy(graph, keep))  # removed channels' constants
     gm = copy.deepcopy(graph.gm)
     with torch.no_grad():
+        for module, tensor, value in shifts:  # folded into the next layer's bias (`legr.graph.compensation`)
+            getattr(gm.get_submodule(module), tensor).add_(value.to(getattr(gm.get_submodule(module), tensor)))
         for layer in graph.layers.values():
             module = _fold(gm, layer.name, layer.fold) if layer.fold else gm.get_submodule(layer.name)
             for param in {t.param for t in layer.ties}:
@@ -110,6 +113,8 @@ def prune(graph: ChannelGraph, keep: np.ndarray) -> fx.GraphModule:
                 for t in (t for t in layer.ties if t.param == param):
                     index = torch.as_tensor(graph.kept_positions(t.ids, keep), device=new.device)
                     new = new.index_select(t.dim, index)
+                if new.shape == tensor.shape:  # nothing removed: the tensor stays as it is (and tied, if it was)
+                    continue
                 if isinstance(tensor, nn.Parameter):
                     setattr(module, param, nn.Parameter(new.clone(), requires_grad=tensor.requires_grad))
                 else:

@@ -16,11 +16,11 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from legr.errors import LegrError, UnsupportedModelError
 from legr.graph import handlers
-from legr.graph.channels import ChanMap, Layer, UnionFind
+from legr.graph.channels import ChanMap, Compensation, Layer, UnionFind
 from legr.graph.context import Barrier, ChannelRefusal, Patch, WalkContext
 from legr.graph.fixed_macs import count_fixed_macs
 from legr.graph.keep import KeepRules
-from legr.graph.tracing import trace
+from legr.graph.tracing import OPAQUE, trace
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class ChannelGraph:
         self.layers: dict[str, Layer] = ctx.layers
         self.node_ids = _node_ids(gm, ctx)
         self.patches: list[Patch] = ctx.patches
+        self.compensations: list[Compensation] = ctx.compensations  # constants of removed channels to fold into biases
         self.barriers: list[Barrier] = ctx.barriers
         self.untracked_macs: float = ctx.untracked_macs
         roots = ctx.uf.roots()
@@ -205,6 +206,8 @@ def _visit(ctx: WalkContext, node: fx.Node) -> Any:
         return None
     if not _tracked(ctx, node):  # a function of parameters and constants only (a layer scale reshaped, a position
         return None             # table's MLP): nothing to follow; a tracked op that reads it decides
+    if node.op == "call_module" and node.target in ctx.gm.meta.get(OPAQUE, {}):
+        ctx.refuse(node, f"torch.fx cannot trace its forward ({ctx.gm.meta[OPAQUE][node.target]}); kept whole")
     if node.op == "call_module":
         handler = handlers.module_handler(ctx.module(node))
     elif node.op == "call_function":
@@ -265,15 +268,22 @@ def _fix_output(ctx: WalkContext, value: Any) -> None:
             _fix_output(ctx, v)
 
 
-def _refuse_shared_parameters(model: nn.Module) -> None:
-    """Surgery slices each module's own parameters; a tensor shared by two modules (tied weights) would be cut twice."""
+def _shared_parameters(model: nn.Module, strict: bool) -> dict[str, str]:
+    """Modules holding a tensor that another module holds too (tied weights), each with the reason its channels
+    stay: slicing the tensor for one module would cut it for the other, so surgery keeps it whole (and shared).
+    ``strict``: refused, as before channel barriers."""
     owner: dict[int, str] = {}
+    shared: dict[str, str] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
         first = owner.setdefault(id(param), name)
         if first != name:
-            raise UnsupportedModelError(
-                f"parameter '{name}' is the same tensor as '{first}': legr cannot prune tied (shared) parameters"
-            )
+            if strict:
+                raise UnsupportedModelError(
+                    f"parameter '{name}' is the same tensor as '{first}': legr cannot prune tied (shared) parameters")
+            why = f"its parameter '{name}' is the same tensor as '{first}' (tied parameters are kept whole)"
+            for held in (first, name):
+                shared.setdefault(held.rpartition(".")[0], why)
+    return shared
 
 
 def analyze(model: nn.Module, input_shape: Sequence[int], batch_size: int = 2,
@@ -282,12 +292,13 @@ def analyze(model: nn.Module, input_shape: Sequence[int], batch_size: int = 2,
 
     An op whose channels cannot be followed exactly becomes a *channel barrier* (``graph.barriers``): every group
     whose channels it reads, or that its output reaches, is fixed with the op named as the reason, and the rest of the
-    network is analysed as usual. `UnsupportedModelError` (one line, naming the module/op) when the model cannot be
-    traced, or when the barriers leave nothing prunable; with ``strict=True`` at the first op that would be a
-    barrier. The model itself is never modified (its train/eval mode is restored).
+    network is analysed as usual; so are the channels of modules whose parameters are tied to another's (kept whole).
+    `UnsupportedModelError` (one line, naming the module/op) when the model cannot be traced, or when the barriers
+    leave nothing prunable; with ``strict=True`` at the first op that would be a barrier, or at tied parameters. The
+    model itself is never modified (its train/eval mode is restored).
     """
     input_shape = tuple(int(s) for s in input_shape)
-    _refuse_shared_parameters(model)
+    shared = _shared_parameters(model, strict)
     was_training = model.training
     model.eval()
     try:
@@ -307,6 +318,9 @@ def analyze(model: nn.Module, input_shape: Sequence[int], batch_size: int = 2,
         for node in gm.graph.nodes:
             ctx.values[node] = _visit_or_barrier(ctx, node, strict)
         ctx.close_barriers()
+        for layer in ctx.layers.values():  # tied parameters: whole
+            for t in layer.ties if layer.name in shared else ():
+                ctx.fix(t.ids, shared[layer.name])
         count_fixed_macs(ctx, gm, example)
         graph = ChannelGraph(gm, ctx, input_shape)
         if ctx.barriers and not graph.prunable_groups():

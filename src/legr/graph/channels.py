@@ -46,19 +46,32 @@ class ChanMap:
 
     ``nonzero`` names the op (and the ops before it) through which a removed (all-zero) channel would hold a
     non-zero value here, e.g. ``module 'act' (Sigmoid)``; None when it stays zero (the value is *zero-safe*). Such a
-    value may only be multiplied with a zero-safe tensor before it reaches a layer.
+    value may only be multiplied with a zero-safe tensor before it reaches a layer. ``constant`` (meaningful with
+    ``nonzero``): a removed channel holds one value here that depends on parameters only, the same at every position
+    and for every input (a learnable scalar affine ``x * s + b`` after an activation: ``b``); a layer reading it
+    without zero padding can fold that value into a bias (`legr.graph.compensation`). False unless a rule proved it.
     """
 
     axis: int
     ids: np.ndarray
     nonzero: str | None = None
+    constant: bool = False
 
     @property
     def zero_safe(self) -> bool:
         return self.nonzero is None
 
+    @property
+    def uniform(self) -> bool:
+        """A removed channel holds one input-independent value at every position (zero or ``constant``)."""
+        return self.nonzero is None or self.constant
+
     def with_ids(self, ids: np.ndarray) -> "ChanMap":
-        return ChanMap(self.axis, ids, self.nonzero)
+        return ChanMap(self.axis, ids, self.nonzero, self.constant)
+
+    def moved(self, axis: int, ids: np.ndarray | None = None) -> "ChanMap":
+        """The same channels (or ``ids``) on another axis, with the same removed-channel value."""
+        return ChanMap(axis, self.ids if ids is None else ids, self.nonzero, self.constant)
 
 
 @dataclass
@@ -90,3 +103,20 @@ class Layer:
     macs_dims: list[np.ndarray] = field(default_factory=list)
     producer_ids: np.ndarray | None = None  # output elements this layer creates or scores (conv/linear/depthwise)
     fold: str | None = None  # the module is replaced by its folded form before slicing (`legr.engine.surgery.FOLDS`)
+
+
+@dataclass
+class Compensation:
+    """A layer (graph node ``node``, an affine op: conv or linear) reads channels ``in_ids`` (on ``in_axis`` of its
+    input) that hold an input-independent constant once removed. Its contribution to the layer's output (per output
+    channel, on ``out_axis``) is added, times ``sign``, to the tensor ``module.tensor`` before the channels are
+    sliced away: the layer's own bias (+1) or the running mean of the batch norm that alone reads it (-1). An empty
+    ``module``: nothing to shift (that batch norm always normalizes with batch statistics, which absorb it)."""
+
+    node: str
+    in_ids: np.ndarray
+    in_axis: int
+    out_axis: int
+    module: str
+    tensor: str
+    sign: float

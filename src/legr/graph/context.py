@@ -11,7 +11,7 @@ import torch
 from torch import fx
 
 from legr.errors import UnsupportedModelError
-from legr.graph.channels import ChanMap, Layer, UnionFind
+from legr.graph.channels import ChanMap, Compensation, Layer, UnionFind
 
 
 class ChannelRefusal(UnsupportedModelError):
@@ -65,6 +65,7 @@ class WalkContext:
         self.fixed: dict[int, str] = {}
         self.layers: dict[str, Layer] = {}
         self.patches: list[Patch] = []
+        self.compensations: list[Compensation] = []  # layers folding removed channels' constants into a bias
         self.segments: list[tuple[np.ndarray, str]] = []  # (element ids, the op taking them) that must keep >= 1
         # channel: the pieces of a channel split, channel slices
         self.values: dict[fx.Node, Any] = {}
@@ -141,17 +142,17 @@ class WalkContext:
         raise ChannelRefusal(self.op(node), reason)
 
     # --- channel barriers -----------------------------------------------------------------------------------
-    def mark(self) -> tuple[set[str], int, int, set[fx.Node]]:
+    def mark(self) -> tuple[set[str], int, int, set[fx.Node], int]:
         """What a handler may record before it refuses (`rollback` undoes it)."""
-        return set(self.layers), len(self.patches), len(self.segments), set(self.preset)
+        return set(self.layers), len(self.patches), len(self.segments), set(self.preset), len(self.compensations)
 
-    def rollback(self, mark: tuple[set[str], int, int, set[fx.Node]]) -> None:
-        """Forget the layers, patches, segments and preset values recorded since ``mark`` (unions and fixed elements
-        stay: they only make the analysis more conservative)."""
-        layers, patches, segments, preset = mark
+    def rollback(self, mark: tuple[set[str], int, int, set[fx.Node], int]) -> None:
+        """Forget the layers, patches, segments, compensations and preset values recorded since ``mark`` (unions and
+        fixed elements stay: they only make the analysis more conservative)."""
+        layers, patches, segments, preset, compensations = mark
         for name in set(self.layers) - layers:
             del self.layers[name]
-        del self.patches[patches:], self.segments[segments:]
+        del self.patches[patches:], self.segments[segments:], self.compensations[compensations:]
         for n in set(self.preset) - preset:
             del self.preset[n]
 

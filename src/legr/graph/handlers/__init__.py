@@ -4,11 +4,11 @@ A handler takes ``(ctx, node)`` and returns the node's value: a `ChanMap` for a 
 of them for tuple outputs, or None. Any op that receives tracked channels and has no handler is refused with an
 error naming it, so an unknown op can never produce a silently wrong model. Handlers live by kind: `layers`
 (parametric layers, norms), `elementwise` (pass-through, pooling, binary ops), `shapes` (cat, pad, index, reshape,
-reduce, permute); importing this package registers them all, and `register_library_rules` those for loaded
-third-party libraries (timm).
+permute), `reductions` (mean, sum, p-norms, addcmul); importing this package registers them all, and
+`register_library_rules` those for loaded third-party libraries (timm).
 """
 
-from legr.graph.handlers import elementwise, layers, shapes  # noqa: F401  (registers the handlers)
+from legr.graph.handlers import elementwise, layers, reductions, shapes  # noqa: F401  (registers the handlers)
 from legr.graph.handlers.base import (
                                       FUNCTION_HANDLERS,
                                       LEAF_MODULES,

@@ -12,6 +12,7 @@ from typing import Any, Callable
 from torch import fx, nn
 from torchvision.ops import StochasticDepth
 
+from legr.graph import compensation
 from legr.graph.channels import ChanMap
 from legr.graph.context import WalkContext
 
@@ -51,7 +52,16 @@ def first_map(ctx: WalkContext, node: fx.Node) -> ChanMap:
     return ctx.require_map(node, node.args[0] if node.args else next(iter(node.kwargs.values())))
 
 
-def consume(ctx: WalkContext, x: ChanMap) -> None:
-    """A layer reads ``x``: channels that would not be zero once removed cannot be removed."""
-    if not x.zero_safe:
+def consume(ctx: WalkContext, x: ChanMap, node: fx.Node | None = None, bias: tuple[str, str] | None = None,
+            out_axis: int = 1, padded: bool = True) -> None:
+    """A layer reads ``x``: channels that would not be zero once removed cannot be removed, unless the layer
+    ``node`` is affine and folds their constant into a bias exactly (`legr.graph.compensation.consumer`: ``bias`` is
+    its own (module, attribute), ``out_axis`` its output channel axis, ``padded`` whether it pads with zeros)."""
+    if x.zero_safe or (node is not None and compensation.consumer(ctx, node, x, bias, out_axis, padded)):
+        return
+    if x.constant and node is not None:
+        why = "reads beside zero padding" if padded else "has no bias, nor a batch norm alone after it, to take"
+        ctx.fix(x.ids, f"feeds {ctx.op(node)} through {x.nonzero}, which maps 0 to a non-zero constant that the "
+                       f"layer {why}")
+    else:
         ctx.fix(x.ids, f"feeds a layer through {x.nonzero}, which maps 0 to a non-zero value")

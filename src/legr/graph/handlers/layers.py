@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from legr.graph.channels import ChanMap, Layer, Tie
+from legr.graph.compensation import zero_padded
 from legr.graph.context import Patch, WalkContext
 from legr.graph.handlers.base import MODULE_HANDLERS, consume, first_map, register
 
@@ -22,21 +23,27 @@ def _conv(ctx: WalkContext, node: fx.Node) -> ChanMap:
     conv = ctx.module(node)
     x = first_map(ctx, node)
     if x.axis != 1 or len(x.ids) != conv.in_channels:
-        ctx.refuse(node, "its input channel axis is not the tracked channel axis")
-    consume(ctx, x)
+        across = x.axis == len(ctx.shape(node.args[0])) - 1  # ECA: a Conv1d over (N, 1, C)
+        ctx.refuse(node, "it convolves along the channel axis (an efficient-channel-attention gate: each channel's "
+                         "gate reads its neighbours)" if across else "its input channel axis is not the tracked "
+                         "channel axis")
     out_shape = ctx.shape(node)
     coef = math.prod(out_shape[2:]) * math.prod(conv.kernel_size) * ctx.per_image(out_shape)
     layer = Layer(node.target, "conv")
     if conv.groups == 1:
+        own = type(conv).__module__.startswith("torch.nn")  # a subclass may pad in its forward (timm's *Same)
+        consume(ctx, x, node, (node.target, "bias") if conv.bias is not None else None, 1,
+                not own or zero_padded(conv.padding, conv.kernel_size, conv.padding_mode))
         out = ctx.new(conv.out_channels)
         layer.ties = [Tie("weight", 0, out, "out"), Tie("weight", 1, x.ids, "in")]
         layer.macs_coef, layer.macs_dims = coef, [x.ids, out]
-    elif conv.groups == conv.in_channels == conv.out_channels:  # depthwise: channel i only reads channel i
-        out = x.ids
+    elif conv.groups == conv.in_channels == conv.out_channels:  # depthwise: channel i only reads channel i (masked
+        out = x.ids  # with it, so whatever a removed channel holds, it leaves as 0)
         layer.kind = "depthwise"
         layer.ties = [Tie("weight", 0, out, "out")]
         layer.macs_coef, layer.macs_dims = coef, [out]
     else:  # grouped convs keep their width: pruning would have to keep the group structure
+        consume(ctx, x)
         reason = f"grouped convolution '{node.target}' (groups={conv.groups})"
         ctx.fix(x.ids, reason)
         out = ctx.new(conv.out_channels, fixed=reason)
@@ -65,11 +72,12 @@ def _functional_conv(ctx: WalkContext, node: fx.Node) -> ChanMap:
     out_channels, in_channels = int(weight.shape[0]), int(weight.shape[1]) * groups
     if x.axis != 1 or len(x.ids) != in_channels:
         ctx.refuse(node, "its input channel axis is not the tracked channel axis")
-    consume(ctx, x)
     out_shape = ctx.shape(node)
     coef = math.prod(out_shape[2:]) * math.prod(weight.shape[2:]) * ctx.per_image(out_shape)
     layer = Layer(owner, "conv")
     if groups == 1:
+        consume(ctx, x, node, (owner, attrs["bias"]) if "bias" in attrs else None, 1,
+                zero_padded(given.get("padding", 0), tuple(weight.shape[2:])))
         out = ctx.new(out_channels)
         layer.ties = [Tie(attrs["weight"], 0, out, "out"), Tie(attrs["weight"], 1, x.ids, "in")]
         layer.macs_coef, layer.macs_dims = coef, [x.ids, out]
@@ -87,6 +95,7 @@ def _functional_conv(ctx: WalkContext, node: fx.Node) -> ChanMap:
 
         ctx.patches.append(Patch(node.name, rewrite))
     else:
+        consume(ctx, x)
         reason = f"grouped convolution at {ctx.op(node)} (groups={groups})"
         ctx.fix(x.ids, reason)
         out = ctx.new(out_channels, fixed=reason)
@@ -139,7 +148,7 @@ def _linear(ctx: WalkContext, node: fx.Node) -> ChanMap:
     rank = len(ctx.shape(node.args[0]))
     if x.axis != rank - 1 or len(x.ids) != lin.in_features:
         ctx.refuse(node, "the Linear layer does not act on the tracked channel axis")
-    consume(ctx, x)
+    consume(ctx, x, node, (node.target, "bias") if lin.bias is not None else None, x.axis, False)
     out = ctx.new(lin.out_features)
     ties = [Tie("weight", 0, out, "out"), Tie("weight", 1, x.ids, "in")]
     if lin.bias is not None:
@@ -170,15 +179,15 @@ def _batchnorm(ctx: WalkContext, node: fx.Node) -> ChanMap:
             n.graph.owning_module.get_submodule(str(n.target)).num_features = kept(x.ids)
 
         ctx.patches.append(Patch(node.name, rewrite))
-    return ChanMap(1, x.ids, _norm_nonzero(ctx, node, x, bn.weight is not None and bn.bias is not None))
+    return _normalized(ctx, node, x, bn.weight is not None and bn.bias is not None)
 
 
-def _norm_nonzero(ctx: WalkContext, node: fx.Node, x: ChanMap, affine: bool) -> str | None:
+def _normalized(ctx: WalkContext, node: fx.Node, x: ChanMap, affine: bool) -> ChanMap:
     """A per-channel norm maps a removed channel to 0 when masking zeroes its gamma and beta (affine); without them
-    it normalizes what came in, which is non-zero after an op such as a sigmoid."""
+    it normalizes what came in, which is non-zero after an op such as a sigmoid (one value if that was one)."""
     if affine or x.zero_safe:
-        return None
-    return f"{ctx.op(node)} without affine parameters, after {x.nonzero}"
+        return ChanMap(1, x.ids)
+    return ChanMap(1, x.ids, f"{ctx.op(node)} without affine parameters, after {x.nonzero}", x.constant)
 
 
 def _owned_tensors(ctx: WalkContext, node: fx.Node, given: dict[str, Any]) -> tuple[str, dict[str, str]]:
@@ -218,10 +227,10 @@ def _functional_batchnorm(ctx: WalkContext, node: fx.Node) -> ChanMap:
     given = _arguments(node, names)
     owner, attrs = _owned_tensors(ctx, node, given)
     if not attrs:  # nothing per channel: each channel normalized by its own batch statistics
-        return ChanMap(1, x.ids, _norm_nonzero(ctx, node, x, False))
+        return _normalized(ctx, node, x, False)
     ties = [Tie(attr, 0, x.ids, "stat" if role == "running_var" else "out") for role, attr in attrs.items()]
     ctx.add_layer(node, Layer(owner, "norm", ties))
-    return ChanMap(1, x.ids, _norm_nonzero(ctx, node, x, "weight" in attrs and "bias" in attrs))
+    return _normalized(ctx, node, x, "weight" in attrs and "bias" in attrs)
 
 
 @register(functions=(F.linear,))
@@ -233,7 +242,7 @@ def _functional_linear(ctx: WalkContext, node: fx.Node) -> ChanMap:
     rank = len(ctx.shape(node.args[0]))
     if "weight" not in attrs or weight_shape is None or x.axis != rank - 1 or len(x.ids) != weight_shape[1]:
         ctx.refuse(node, "the linear op does not act on the tracked channel axis with a module's weight")
-    consume(ctx, x)
+    consume(ctx, x, node, (owner, attrs["bias"]) if "bias" in attrs else None, x.axis, False)
     out = ctx.new(weight_shape[0])
     ties = [Tie(attrs["weight"], 0, out, "out"), Tie(attrs["weight"], 1, x.ids, "in")]
     if "bias" in attrs:
@@ -255,7 +264,7 @@ def _group_norm_rule(ctx: WalkContext, node: fx.Node, x: ChanMap, groups: int, o
     for k in range(1, size):
         ctx.union(grid[:, 0], grid[:, k])
     ctx.add_layer(node, Layer(owner, "norm", [Tie(attr, 0, x.ids, "out") for attr in attrs.values()]))
-    return ChanMap(1, x.ids, _norm_nonzero(ctx, node, x, "weight" in attrs and "bias" in attrs))
+    return _normalized(ctx, node, x, "weight" in attrs and "bias" in attrs)
 
 
 @register(functions=(F.group_norm, torch.group_norm))
@@ -309,7 +318,9 @@ def _layer_norm_rule(ctx: WalkContext, node: fx.Node, x: ChanMap, dims: int, bia
     if x.axis >= len(ctx.shape(node)) - dims:
         ctx.fix(x.ids, f"normalized together over the channel axis by the layer norm {ctx.op(node)}")
         return ChanMap(x.axis, x.ids, ctx.op(node))
-    return ChanMap(x.axis, x.ids, f"{ctx.op(node)} over a non-channel axis with a bias" if bias else x.nonzero)
+    if bias:  # the bias varies along the normalized axes
+        return ChanMap(x.axis, x.ids, f"{ctx.op(node)} over a non-channel axis with a bias")
+    return x  # a removed channel normalized over other axes: zero if it was zero, one value (0) if it was one
 
 
 @register(modules=(nn.LayerNorm,))

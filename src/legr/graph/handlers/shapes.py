@@ -34,11 +34,13 @@ def _cat(ctx: WalkContext, node: fx.Node) -> ChanMap | None:
     if len({m.axis for m in maps}) != 1:
         ctx.refuse(node, "its inputs have their channels on different axes")
     axis = maps[0].axis
-    for m in maps:
-        if not m.zero_safe:
+    along = dim % rank == axis
+    for m in maps:  # along the channels, a removed channel holding a constant keeps it (a consumer may fold it)
+        if not m.zero_safe and not (along and m.constant):
             ctx.fix(m.ids, f"concatenated at {ctx.op(node)} after {m.nonzero}, which maps 0 to a non-zero value")
-    if dim % rank == axis:
-        return ChanMap(axis, np.concatenate([m.ids for m in maps]))
+    if along:
+        nonzero = next((m.nonzero for m in maps if m.constant), None)
+        return ChanMap(axis, np.concatenate([m.ids for m in maps]), nonzero, nonzero is not None)
     for m in maps[1:]:
         ctx.union(maps[0].ids, m.ids)
     return ChanMap(axis, maps[0].ids)
@@ -84,7 +86,10 @@ def _pad(ctx: WalkContext, node: fx.Node) -> ChanMap:
     k = 2 * (rank - 1 - x.axis)  # pads list (before, after) pairs starting from the last dim
     zero_fill = mode != "constant" or value in (None, 0, 0.0)  # reflecting or replicating zeros gives zeros
     if k + 1 >= len(pad) or (pad[k] == 0 and pad[k + 1] == 0):
-        return ChanMap(x.axis, x.ids, x.nonzero if zero_fill else f"{ctx.op(node)} padding with {value}")
+        if not zero_fill:
+            return ChanMap(x.axis, x.ids, f"{ctx.op(node)} padding with {value}")
+        # a constant stays one value when the border repeats it (reflect, replicate, circular), not beside zeros
+        return x if mode != "constant" or not any(pad) else ChanMap(x.axis, x.ids, x.nonzero)
     if node.op == "call_module":
         ctx.refuse(node, "the padding module pads the channel axis")
     if any(isinstance(p, fx.Node) for p in pad[k : k + 2]) or mode != "constant" or not zero_fill:
@@ -101,7 +106,8 @@ def _pad(ctx: WalkContext, node: fx.Node) -> ChanMap:
             n.kwargs = {**n.kwargs, "pad": tuple(new)}
 
     ctx.patches.append(Patch(node.name, rewrite))
-    return ChanMap(x.axis, np.concatenate([before, x.ids, after]), x.nonzero)
+    spatial = any(p for i, p in enumerate(pad) if i not in (k, k + 1))  # zeros beside a constant: not one value
+    return ChanMap(x.axis, np.concatenate([before, x.ids, after]), x.nonzero, x.constant and not spatial)
 
 
 @register(functions=(torch.split, torch.chunk, torch.tensor_split), methods=("split", "chunk", "tensor_split"))
@@ -187,7 +193,7 @@ def _getitem(ctx: WalkContext, node: fx.Node) -> Any:
             if not isinstance(item, slice):
                 ctx.refuse(node, "it indexes the channel dimension with fixed positions")
             ids = value.ids if item == slice(None) else _channel_slice(ctx, node, value, item, pos)
-            return ChanMap(axis_out, ids, value.nonzero)
+            return value.moved(axis_out, ids)
         if isinstance(item, fx.Node) or isinstance(item, (list, tuple, torch.Tensor)):
             ctx.refuse(node, "advanced indexing is not supported on tensors with tracked channels")
         axis_in += 1
@@ -208,7 +214,7 @@ def _reshape_value(ctx: WalkContext, node: fx.Node, x: ChanMap) -> Any:
         for m in range(len(in_shape) - x.axis):
             if math.prod(in_shape[x.axis + 1 : x.axis + 1 + m]) == inner:
                 _check_literal_size(ctx, node, b)
-                return ChanMap(b, np.repeat(x.ids, inner), x.nonzero)
+                return x.moved(b, np.repeat(x.ids, inner))
     shuffled = _channel_shuffle(ctx, node, x)
     if shuffled is None:
         ctx.refuse(node, f"the reshape {list(in_shape)} -> {list(out_shape)} mixes the channel dimension with others")
@@ -258,7 +264,7 @@ def _channel_shuffle(ctx: WalkContext, node: fx.Node, x: ChanMap) -> ChanMap | N
         ctx.union(grid[0], grid[g])
     for n in inner[1:]:
         ctx.preset[n] = _Shuffling()
-    ctx.preset[back] = ChanMap(a, grid.T.reshape(-1).copy(), x.nonzero)
+    ctx.preset[back] = x.moved(a, grid.T.reshape(-1).copy())
     return _Shuffling()
 
 
@@ -281,21 +287,6 @@ def _reshape(ctx: WalkContext, node: fx.Node) -> ChanMap:
     return _reshape_value(ctx, node, first_map(ctx, node))
 
 
-@register(functions=(torch.mean, torch.sum, torch.amax), methods=("mean", "sum", "amax"))
-def _reduce(ctx: WalkContext, node: fx.Node) -> ChanMap:
-    x = first_map(ctx, node)
-    rank = len(ctx.shape(node.args[0]))
-    dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-    if dims is None:
-        ctx.refuse(node, "it reduces over all dims, including channels")
-    dims = [d % rank for d in ([dims] if isinstance(dims, int) else dims)]
-    if x.axis in dims:
-        ctx.refuse(node, "it reduces over the channel axis")
-    keepdim = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
-    axis = x.axis if keepdim else x.axis - sum(d < x.axis for d in dims)
-    return ChanMap(axis, x.ids, x.nonzero)
-
-
 @register(functions=(torch.permute, torch.transpose, torch.swapaxes), methods=("permute", "transpose", "swapaxes"))
 def _permute(ctx: WalkContext, node: fx.Node) -> ChanMap:
     x = first_map(ctx, node)
@@ -307,7 +298,7 @@ def _permute(ctx: WalkContext, node: fx.Node) -> ChanMap:
         perm[a], perm[b] = b, a
     else:
         perm = [d % rank for d in (args[0] if len(args) == 1 and isinstance(args[0], (list, tuple)) else args)]
-    return ChanMap(perm.index(x.axis), x.ids, x.nonzero)  # channels-last blocks: later ops check their axis
+    return x.moved(perm.index(x.axis))  # channels-last blocks: later ops check their axis
 
 
 @register(methods=("size", "dim", "numel"), functions=(getattr, len))
