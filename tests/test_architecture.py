@@ -5,7 +5,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "legr"
-STAGES = [{"errors", "paths", "hardware", "registry", "progress"}, {"data", "models"}, {"graph"}, {"engine"},
+STAGES = [{"errors", "paths", "hardware", "registry", "progress", "settings"}, {"data", "models"}, {"graph"}, {"engine"},
           {"training"}, {"methods"}, {"reporting"}, {"pipeline"}, {"cli"}]
 RANK = {name: i for i, names in enumerate(STAGES) for name in names}
 

@@ -15,9 +15,9 @@ from legr.pipeline.config import (
     RunConfig,
     SearchConfig,
     _allocators,
-    _explain,
     _Strict,
 )
+from legr.settings import explain
 
 
 class MethodConfig(_Strict):
@@ -83,7 +83,7 @@ class CompareConfig(RunConfig):
                 try:
                     check(m)
                 except ValidationError as exc:
-                    raise ValueError(_explain(exc, ("compare", "methods", i, section))) from None
+                    raise ValueError(explain(exc, ("compare", "methods", i, section))) from None
         return self
 
     def method_search(self, method: MethodConfig) -> SearchConfig:

@@ -9,17 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    model_validator,
-)
+from pydantic import AfterValidator, Field, ValidationError, model_validator
 
 from legr.errors import ConfigError
 from legr.registry import Registry
+from legr.settings import Settings, explain
+from legr.training import TrainConfig
 
 
 def _known(registry: Callable[[], Registry]) -> Callable[[str], str]:
@@ -51,8 +46,7 @@ AllocatorName = Annotated[str, AfterValidator(_known(_allocators))]  # a name re
 MethodName = Annotated[str, AfterValidator(_known(_methods))]  # a name registered in legr.methods.base.METHODS
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Strict = Settings  # every section: unknown keys refused, values checked when the YAML is read
 
 
 class ModelConfig(_Strict):
@@ -95,21 +89,6 @@ class FloorsConfig(_Strict):
     safeguard: float = Field(0.1, ge=0.0, le=1.0, description="each layer keeps at least this fraction")
     min_channels: int = Field(2, ge=1, description="... and at least this many channels")
     round_to: int = Field(1, ge=1, description="keep widths that are multiples of this (8: widths that run fast)")
-
-
-class TrainConfig(_Strict):
-    """SGD fine-tuning (paper: Nesterov, lr 0.01, momentum 0.9, wd 5e-4, batch 128, lr x0.2 at 30/60/80%)."""
-
-    epochs: int = Field(60, ge=0)
-    lr: float = Field(0.01, gt=0)
-    momentum: float = Field(0.9, ge=0)
-    weight_decay: float = Field(5e-4, ge=0)
-    nesterov: bool = True
-    batch_size: int = Field(128, ge=1)
-    milestones: tuple[float, ...] = (0.3, 0.6, 0.8)
-    gamma: float = Field(0.2, gt=0)
-    augment: bool = True
-    steps_per_epoch: int | None = Field(None, ge=1)
 
 
 class SearchConfig(_Strict):
@@ -258,14 +237,19 @@ class RunConfig(_Strict):
     @classmethod
     def _latency_shorthand(cls, data: Any) -> Any:
         """``budget: latency`` is a latency section with its defaults; a section's own errors name its keys."""
-        budget = data.get("budget") if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            return data
+        for section in ("base_training", "finetune"):
+            if isinstance(data.get(section), dict) and "seed" in data[section]:
+                raise ValueError(f"unknown config key '{section}.seed' (training is seeded by the top-level 'seed')")
+        budget = data.get("budget")
         if budget == "latency":
             return {**data, "budget": {"unit": "latency"}}
         if isinstance(budget, dict):
             try:
                 LatencyBudget.model_validate(budget)
             except ValidationError as exc:
-                raise ValueError(_explain(exc, ("budget",))) from None
+                raise ValueError(explain(exc, ("budget",))) from None
         elif budget is not None and budget not in ("macs", "params"):
             raise ValueError(f"config key 'budget': must be macs, params, latency or a latency section "
                              f"({{unit: latency, batch_size: .., threads: ..}}), got {budget!r}")
@@ -307,19 +291,6 @@ class RunConfig(_Strict):
         return tuple(sorted({ordered[0], ordered[len(ordered) // 2], ordered[-1]}))
 
 
-def _explain(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> str:
-    err = exc.errors()[0]
-    msg = err["msg"].removeprefix("Value error, ")
-    if not prefix and not err["loc"]:
-        return msg  # a whole-config check: its message names the keys
-    where = ".".join(str(p) for p in (*prefix, *err["loc"]))
-    if err["type"] == "extra_forbidden":
-        return f"unknown config key '{where}'"
-    if err["type"] == "missing":
-        return f"missing config key '{where}'"
-    return f"config key '{where}': {msg}"
-
-
 def parse_config(data: Any, overrides: dict[str, Any] | None = None, schema: type[RunConfig] = RunConfig) -> Any:
     """Validate a mapping (e.g. parsed YAML) against ``schema`` (`RunConfig` or `CompareConfig`), applying dotted
     ``overrides`` such as ``{"search.tau": 0}``."""
@@ -329,7 +300,7 @@ def parse_config(data: Any, overrides: dict[str, Any] | None = None, schema: typ
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc)) from None
+        raise ConfigError(explain(exc)) from None
 
 
 def _with_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -40,7 +40,8 @@ from legr.methods.allocate import Floors, GlobalSolver
 from legr.methods.criteria import compute_scores, group_scores
 from legr.pipeline.compare import Comparison
 from legr.pipeline.compare_config import CompareConfig
-from legr.pipeline.config import FloorsConfig, LatencyBudget, RunConfig, SearchConfig, TrainConfig
+from legr.pipeline.config import FloorsConfig, LatencyBudget, RunConfig, SearchConfig
+from legr.training import TrainConfig
 from legr.pipeline.folder import RunFolder, member_name
 from legr.pipeline.steps import Pipeline, latency_plans
 from legr.training import make_sgd, recalibrate_bn, train_steps

@@ -71,7 +71,7 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["magnitude"] = self.magnitude.to_dict()
+        out["base"], out["magnitude"] = self.base.state(), self.magnitude.to_dict()
         return json.loads(json.dumps(out))
 
 
@@ -96,7 +96,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, progress: bool = T
     out = make_folder(out)
     input_size = data.input_size
     base_path = out / "base.safetensors"
-    base_key = {"model": cfg.model, "dataset": cfg.dataset, "base": asdict(cfg.base), "val_size": cfg.val_size,
+    base_key = {"model": cfg.model, "dataset": cfg.dataset, "base": cfg.base.state(), "val_size": cfg.val_size,
                 "train_subset": cfg.train_subset, "seed": cfg.seed}
     base_key = json.loads(json.dumps(base_key))
     if cfg.weights is None and (out / "base.json").exists():

@@ -39,7 +39,7 @@ from legr.methods.allocate import random_plans
 from legr.models import build_from_factory, build_model, load_checkpoint, save_state_dict
 from legr.models.registry import resolve_factory
 from legr.paths import atomic_write_text, make_folder
-from legr.pipeline.config import LatencyBudget, RunConfig, TrainConfig
+from legr.pipeline.config import LatencyBudget, RunConfig
 from legr.pipeline.config_files import artifact_config, dump_config, held_config
 from legr.pipeline.folder import MemberFolder, RunFolder, member_name
 from legr.reporting import (
@@ -53,7 +53,7 @@ from legr.reporting import (
     warn_if_noisy,
     write_results,
 )
-from legr.training import EvalResult, FinetuneConfig, bn_batches, evaluate, finetune
+from legr.training import EvalResult, TrainConfig, bn_batches, evaluate, finetune
 
 
 @dataclass(frozen=True)
@@ -78,10 +78,6 @@ def resolve_device(name: str) -> torch.device:
 def latency_plans(graph: ChannelGraph, cost: CostModel, probes: int) -> list[np.ndarray]:
     """The plans a run's latency model is measured on: the full network and ``probes`` random allocations."""
     return [np.ones(graph.num_classes)] + random_plans(graph, cost, probes, seed=0)
-
-
-def finetune_config(cfg: TrainConfig, seed: int) -> FinetuneConfig:
-    return FinetuneConfig(**cfg.model_dump(), seed=seed)
 
 
 class Pipeline:
@@ -179,7 +175,7 @@ class Pipeline:
     def train(self, model: nn.Module, cfg: TrainConfig, checkpoint: Path) -> list[dict]:
         x, y = self.data.train
         val = self.data.val if len(self.data.val[0]) else None
-        return finetune(model, x, y, self.data.mean, self.data.std, finetune_config(cfg, self.cfg.seed),
+        return finetune(model, x, y, self.data.mean, self.data.std, cfg.with_seed(self.cfg.seed),
                         checkpoint=checkpoint, val=val, progress=self.progress, device=self.device)
 
     def accuracy(self, model: nn.Module, split: tuple[torch.Tensor, torch.Tensor]) -> EvalResult:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -107,14 +107,14 @@ class MagnitudeConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["retrain"] = asdict(self.retrain)
+        out["retrain"] = self.retrain.state()
         return json.loads(json.dumps(out))
 
     def round_finetune(self, r: int) -> FinetuneConfig:
         """The retraining recipe of round ``r`` (1-based)."""
         epochs = self.final_epochs if (r == self.rounds and self.final_epochs) else self.retrain.epochs
         wd = self.reg_strength if self.regularization == "l2" else 0.0
-        return replace(self.retrain, epochs=epochs, weight_decay=wd, seed=self.retrain.seed + r)
+        return self.retrain.model_copy(update={"epochs": epochs, "weight_decay": wd, "seed": self.retrain.seed + r})
 
 
 @dataclass
