@@ -29,7 +29,6 @@ from legr.errors import ConfigError
 from legr.methods.allocate import ALLOCATORS, BudgetSolver, Floors, check_reachable, solve_uniform
 from legr.methods.base import Method, register_method
 from legr.methods.criteria import CriterionContext, compute_scores, group_scores
-from legr.methods.legr import EvolutionConfig
 from legr.methods.legr.family import FamilyObjective
 from legr.methods.legr.fitness import CandidateFitness
 from legr.methods.legr.ranking import (
@@ -127,8 +126,7 @@ class FilterPruning(Method):
             run.base, run.graph, self._fitness(), [t * base for t in targets], unit=self.budget, cost=run.cost,
             objective=self._objective(), criterion=cfg.criterion, scores=scores, allocator=cfg.allocator, floors=self.floors,
             mutate_fraction=s.mutate_fraction, seed_uniform=s.seed_uniform,
-            search=EvolutionConfig(population=s.population, sample=s.sample, evaluations=s.evaluations, seed=cfg.seed,
-                                   restarts=s.restarts),
+            search=s.evolution(cfg.seed),
             state_path=run.folder.search_state, log_path=run.folder.search_log, progress=run.progress,
         )
         margins = [{**m, "target": t} for m, t in zip(learned.search["margins"], targets)]

@@ -40,6 +40,8 @@ class MethodConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "MethodConfig":
+        if "seed" in self.search:
+            raise ValueError("unknown config key 'search.seed' (the comparison's seeds seed it)")
         bad = [t for t in self.targets or () if not 0 < t <= 1]
         if bad:
             raise ValueError(f"targets must be fractions in (0, 1], got {bad}")

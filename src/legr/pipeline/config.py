@@ -14,6 +14,7 @@ from pydantic import AfterValidator, Field, ValidationError, model_validator
 from legr.errors import ConfigError
 from legr.registry import Registry
 from legr.settings import Settings, explain
+from legr.methods.legr.search_config import SearchConfig
 from legr.training import TrainConfig
 
 
@@ -45,6 +46,9 @@ CriterionName = Annotated[str, AfterValidator(_known(_criteria))]  # a name regi
 AllocatorName = Annotated[str, AfterValidator(_known(_allocators))]  # a name registered in legr.methods.allocate
 MethodName = Annotated[str, AfterValidator(_known(_methods))]  # a name registered in legr.methods.base.METHODS
 
+
+# sections whose class also serves the library, which takes a seed: in a config file the run's top-level seed does
+SEEDED_SECTIONS = ("base_training", "finetune", "search")
 
 _Strict = Settings  # every section: unknown keys refused, values checked when the YAML is read
 
@@ -89,60 +93,6 @@ class FloorsConfig(_Strict):
     safeguard: float = Field(0.1, ge=0.0, le=1.0, description="each layer keeps at least this fraction")
     min_channels: int = Field(2, ge=1, description="... and at least this many channels")
     round_to: int = Field(1, ge=1, description="keep widths that are multiples of this (8: widths that run fast)")
-
-
-class SearchConfig(_Strict):
-    """Regularized evolution of the per-layer affine transform (allocator legr) or offset only (allocator lcp).
-
-    Fitness of a candidate: prune at each search target (default: the run's lowest, middle and highest targets),
-    re-estimate BatchNorm statistics on ``bn_batches`` training batches (adaptive BN; augmented when
-    ``finetune.augment`` is), take ``tau`` SGD steps, then the validation ``fitness`` (top-1 by default; see
-    benchmarks/results/fitness_correlation for why); the per-target scores are combined by ``aggregate``
-    (`legr.methods.legr.family`), and with ``guard`` a ranking below the uniform allocation at any search target is
-    never returned. The paper's CIFAR setting: ``{bn_batches: 0, tau: 0, fitness: loss, seed_uniform: false,
-    restarts: 1, target: <one target>, guard: false}`` (ImageNet: tau 200).
-    """
-
-    population: int = Field(64, ge=1)
-    sample: int = Field(16, ge=1)
-    evaluations: int = Field(400, ge=1, description="candidates per restart (the initial population included)")
-    restarts: int = Field(3, ge=1, description="independent searches (own initial population and random stream); the "
-                                               "fittest candidate of all wins (the paper: 1)")
-    mutate_fraction: float = Field(0.1, gt=0, le=1)
-    bn_batches: int = Field(20, ge=0, description="training batches re-estimating BN statistics before the fitness "
-                                                  "(0: keep the source network's statistics, as the paper)")
-    tau: int = Field(0, ge=0, description="fine-tune steps per candidate before measuring fitness")
-    lr: float = Field(0.01, gt=0)
-    momentum: float = Field(0.9, ge=0)
-    weight_decay: float = Field(5e-4, ge=0)
-    batch_size: int = Field(128, ge=1)
-    fitness: Literal["loss", "accuracy"] = "accuracy"
-    aggregate: Literal["mean", "relative", "worst"] = Field(
-        "mean", description="how the search targets' scores combine: mean (plain mean of the scores), relative (mean "
-                            "over targets of the gain over the uniform allocation, in units of uniform's distance from "
-                            "chance), worst (the smallest relative gain); benchmarks/results/family_fitness says why "
-                            "mean")
-    guard: bool = Field(True, description="never return a ranking scoring below the uniform allocation at a search "
-                                          "target (beyond validation sampling error); fall back to uniform instead")
-    seed_uniform: bool = Field(True, description="the first population also holds the transforms reproducing the "
-                                                 "uniform allocation at each search target (beside the identity = "
-                                                 "global ranking)")
-    target: float | None = Field(None, gt=0, le=1, description="search at this one MACs fraction (the paper's "
-                                                                "single-target search)")
-    targets: tuple[float, ...] | None = Field(None, min_length=1, description="fitness = mean over these MACs "
-                                              "fractions; default (neither key): the run's lowest, middle and "
-                                              "highest targets")
-
-    @model_validator(mode="after")
-    def _check(self) -> "SearchConfig":
-        if self.evaluations < self.population:
-            raise ValueError(f"evaluations ({self.evaluations}) must be >= population ({self.population})")
-        if self.target is not None and self.targets is not None:
-            raise ValueError("search.target and search.targets exclude each other: give one")
-        bad = [t for t in self.targets or () if not 0 < t <= 1]
-        if bad:
-            raise ValueError(f"search.targets must be fractions in (0, 1], got {bad}")
-        return self
 
 
 class MagnitudeSection(_Strict):
@@ -239,9 +189,9 @@ class RunConfig(_Strict):
         """``budget: latency`` is a latency section with its defaults; a section's own errors name its keys."""
         if not isinstance(data, dict):
             return data
-        for section in ("base_training", "finetune"):
+        for section in SEEDED_SECTIONS:
             if isinstance(data.get(section), dict) and "seed" in data[section]:
-                raise ValueError(f"unknown config key '{section}.seed' (training is seeded by the top-level 'seed')")
+                raise ValueError(f"unknown config key '{section}.seed' (the run's top-level 'seed' seeds it)")
         budget = data.get("budget")
         if budget == "latency":
             return {**data, "budget": {"unit": "latency"}}
