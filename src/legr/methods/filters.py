@@ -21,7 +21,7 @@ from torch import nn
 
 from legr.data import TensorLoader
 from legr.engine.artifacts import load_pruned, save_pruned
-from legr.engine.cost import UNIT_NAMES, count_params, format_cost
+from legr.engine.cost import BUDGET_UNITS, count_params, format_cost
 from legr.engine.latency_check import meet_measured
 from legr.engine.plan import Plan
 from legr.engine.surgery import prune
@@ -90,7 +90,7 @@ class FilterPruning(Method):
             return
         wanted = self.cfg.search_targets
         if len(held) != len(wanted) or any(abs(a - b) > 1e-9 for a, b in zip(held, wanted)):
-            unit = UNIT_NAMES[self.budget]
+            unit = BUDGET_UNITS[self.budget].label
             raise ConfigError(f"{path} was searched at {', '.join(f'{t:.0%}' for t in held)} {unit} but the config "
                               f"searches at {', '.join(f'{t:.0%}' for t in wanted)}: set search.targets to match "
                               "or use another output folder")

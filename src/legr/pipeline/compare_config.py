@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -14,6 +14,7 @@ from legr.pipeline.config import (
     MethodName,
     RunConfig,
     SearchConfig,
+    UnitName,
     _allocators,
     _Strict,
 )
@@ -33,7 +34,7 @@ class MethodConfig(_Strict):
                                                                         "magnitude section, e.g. {rounds: 2}")
     floors: dict[str, Any] = Field(default_factory=dict, description="this method's changes to the shared floors "
                                                                      "section, e.g. {safeguard: 0.25}")
-    budget: Literal["macs", "params", "latency"] | None = Field(None, description="this method's budget unit "
+    budget: UnitName | None = Field(None, description="this method's budget unit "
                                                                 "(latency: the shared latency section's settings)")
     targets: tuple[float, ...] | None = Field(None, min_length=1, description="this method's targets (fractions "
                                                                               "in its budget unit)")

@@ -37,6 +37,11 @@ def _allocators() -> Registry:
     return ALLOCATORS
 
 
+def _units() -> Registry:
+    from legr.engine.cost import BUDGET_UNITS
+    return BUDGET_UNITS
+
+
 def _methods() -> Registry:
     from legr.methods import METHODS
     return METHODS
@@ -45,6 +50,7 @@ def _methods() -> Registry:
 CriterionName = Annotated[str, AfterValidator(_known(_criteria))]  # a name registered in legr.methods.criteria
 AllocatorName = Annotated[str, AfterValidator(_known(_allocators))]  # a name registered in legr.methods.allocate
 MethodName = Annotated[str, AfterValidator(_known(_methods))]  # a name registered in legr.methods.base.METHODS
+UnitName = Annotated[str, AfterValidator(_known(_units))]  # a budget unit registered in legr.engine.cost.BUDGET_UNITS
 
 
 # sections whose class also serves the library, which takes a seed: in a config file the run's top-level seed does
@@ -164,7 +170,7 @@ class RunConfig(_Strict):
     data: DataConfig = DataConfig()
     method: MethodName = Field("filters", description="compression method (`legr methods`): filters (criterion + "
                                                       "allocator) or magnitude (Han et al.)")
-    budget: Literal["macs", "params"] | LatencyBudget | None = Field(
+    budget: UnitName | LatencyBudget | None = Field(
         None, description="what targets are fractions of: the source's MACs, parameters or latency (`latency` or a "
                           "latency section; null: the method's own unit: filters macs, magnitude params)")
     criterion: CriterionName = Field("l2sq", description="filter criterion (see `legr methods`)")
@@ -192,16 +198,17 @@ class RunConfig(_Strict):
         for section in SEEDED_SECTIONS:
             if isinstance(data.get(section), dict) and "seed" in data[section]:
                 raise ValueError(f"unknown config key '{section}.seed' (the run's top-level 'seed' seeds it)")
-        budget = data.get("budget")
-        if budget == "latency":
-            return {**data, "budget": {"unit": "latency"}}
+        budget, units = data.get("budget"), _units()
+        if isinstance(budget, str) and budget in units and units[budget].section:
+            return {**data, "budget": {"unit": budget}}
         if isinstance(budget, dict):
             try:
                 LatencyBudget.model_validate(budget)
             except ValidationError as exc:
                 raise ValueError(explain(exc, ("budget",))) from None
-        elif budget is not None and budget not in ("macs", "params"):
-            raise ValueError(f"config key 'budget': must be macs, params, latency or a latency section "
+        elif budget is not None and (not isinstance(budget, str) or budget not in units):
+            *first, last = list(units)  # in registration order
+            raise ValueError(f"config key 'budget': must be {', '.join(first)}, {last} or a latency section "
                              f"({{unit: latency, batch_size: .., threads: ..}}), got {budget!r}")
         return data
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from legr.engine.cost import count_params
+from legr.engine.cost import price
 from legr.errors import ConfigError
 from legr.methods.base import Method, register_method
 from legr.methods.magnitude.compress import (
@@ -26,9 +26,8 @@ from legr.methods.magnitude.compress import (
     check_reachable,
     load_magnitude,
     run_magnitude,
-    sparse_macs,
 )
-from legr.methods.magnitude.pruning import SensitivityCurve, count_nonzero
+from legr.methods.magnitude.pruning import SensitivityCurve
 from legr.paths import atomic_write_text
 from legr.training import FinetuneConfig
 
@@ -90,9 +89,9 @@ class MagnitudePruning(Method):
 
     def load(self, member: Any) -> tuple[nn.Module, dict[str, Any]]:
         net = load_magnitude(member.root, copy.deepcopy(self.run.base).cpu())
-        dense, nonzero_macs = sparse_macs(net, self.run.data.input_size)
+        cost = price(net, self.run.data.input_size)  # sparse: torch's count (a keep vector prices channels only)
         rounds = json.loads(member.finetuned.read_text())
         target = json.loads((member.root / "config.json").read_text())["magnitude"]["target"]
-        return net, {"method": self.name, "criterion": None, "target": round(1.0 / target, 6), "macs": dense,
-                     "sparse_macs": nonzero_macs, "params": count_nonzero(net), "dense_params": count_params(net),
+        return net, {"method": self.name, "criterion": None, "target": round(1.0 / target, 6), "macs": cost.macs,
+                     "sparse_macs": cost.nonzero_macs, "params": cost.nonzero_params, "dense_params": cost.params,
                      "finetune_epochs": sum(r["epochs"] for r in rounds)}
