@@ -9,11 +9,13 @@ validated as part of a larger config (``RunConfig.model_validate(data)``), the e
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from legr.errors import ConfigError
+from legr.registry import Registry
 
 
 class Settings(BaseModel):
@@ -44,3 +46,13 @@ def explain(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> str:
     if err["type"] == "missing":
         return f"missing config key '{where}'"
     return f"config key '{where}': {msg}"
+
+
+def registered(registry: Callable[[], Registry]) -> Any:
+    """A config value type: a name registered in ``registry()`` (looked up when a config is read, so entries
+    registered after this type is made count); an unknown name is a one-line error with close matches."""
+    def check(name: str) -> str:
+        if name not in registry():
+            raise ValueError(registry().unknown(name))
+        return name
+    return Annotated[str, AfterValidator(check)]

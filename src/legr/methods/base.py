@@ -14,7 +14,8 @@ found finished on disk is not redone):
 
 The pipeline gives a method its `RunContext` (data splits, source network, folder, logging, training helpers).
 Adding a method = a class implementing `Method` + ``register_method`` (`legr methods` lists it; a config selects it
-with ``method: <name>``).
+with ``method: <name>``); its settings are config keys it declares (``config_keys``: a typed section of its own),
+validated with the rest of the config when it is read.
 """
 
 from __future__ import annotations
@@ -71,6 +72,15 @@ class Method(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     budgets: ClassVar[tuple[BudgetUnit, ...]]
+    # the run-config keys this method owns: key -> (type, default or pydantic Field), e.g. a section of its own
+    # ``{"mymethod": (MySettings, MySettings())}`` (a `legr.settings.Settings`); the run config is built from them
+    config_keys: ClassVar[dict[str, tuple[Any, Any]]] = {}
+
+    @classmethod
+    def identity(cls, cfg: Any, held: dict[str, Any]) -> dict[str, Any]:
+        """What of the run's config determines a run folder of this method (a folder refuses a config with another
+        identity): ``held`` is the config's dump less the evaluation-only keys and the other methods' keys."""
+        return held
 
     def __init__(self, run: RunContext) -> None:
         self.run = run

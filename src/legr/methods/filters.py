@@ -29,6 +29,7 @@ from legr.errors import ConfigError
 from legr.methods.allocate import ALLOCATORS, BudgetSolver, Floors, check_reachable, solve_uniform
 from legr.methods.base import Method, register_method
 from legr.methods.criteria import CriterionContext, compute_scores, group_scores
+from legr.methods.filters_config import FILTERS_CONFIG
 from legr.methods.legr.family import FamilyObjective
 from legr.methods.legr.fitness import CandidateFitness
 from legr.methods.legr.ranking import (
@@ -47,6 +48,21 @@ class FilterPruning(Method):
     name = "filters"
     description = "structured: a filter criterion cut by a budget allocator (uniform, global, LCP, LeGR)"
     budgets = ("macs", "params", "latency")
+    config_keys = FILTERS_CONFIG
+
+    @classmethod
+    def identity(cls, cfg: Any, held: dict[str, Any]) -> dict[str, Any]:
+        """The search targets as resolved (an explicit list equal to the default is the same run); the keys added
+        since the first run folders were written are left out at their old values, so those folders still match."""
+        out = dict(held)
+        for key in ("method", "budget"):  # a folder written before methods and budgets existed ran filters on MACs
+            if out[key] in (None, "filters", "macs"):
+                del out[key]
+        if out["floors"]["round_to"] == 1:  # ... and before widths could be rounded
+            out["floors"] = {k: v for k, v in out["floors"].items() if k != "round_to"}
+        searched = ALLOCATORS[cfg.allocator].search is not None  # a search's settings matter only to a search
+        out["search"] = {**out["search"], "target": None, "targets": list(cfg.search_targets)} if searched else None
+        return out
 
     def __init__(self, run) -> None:
         super().__init__(run)

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError, model_validator
 
+from legr.methods.allocate import ALLOCATORS
 from legr.pipeline.config import (
     AllocatorName,
     CriterionName,
@@ -15,8 +16,8 @@ from legr.pipeline.config import (
     RunConfig,
     SearchConfig,
     UnitName,
-    _allocators,
     _Strict,
+    current_schema,
 )
 from legr.settings import explain
 
@@ -67,7 +68,7 @@ class CompareSection(_Strict):
             if self.pipeline_cost not in names:
                 raise ValueError(f"pipeline_cost names '{self.pipeline_cost}', which is not a method ({', '.join(names)})")
             chosen = self.methods[names.index(self.pipeline_cost)]
-            if chosen.method != "filters" or _allocators()[chosen.allocator].search is None:
+            if chosen.method != "filters" or ALLOCATORS[chosen.allocator].search is None:
                 raise ValueError(f"pipeline_cost names '{self.pipeline_cost}', whose allocator searches nothing "
                                  "(use an lcp or legr method)")
         return self
@@ -105,4 +106,4 @@ class CompareConfig(RunConfig):
             else self.floors
 
     def run_config(self) -> RunConfig:
-        return RunConfig.model_validate(self.model_dump(exclude={"compare"}))
+        return current_schema(RunConfig).model_validate(self.model_dump(exclude={"compare"}))

@@ -6,35 +6,17 @@ these typed objects or plain arguments.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import AfterValidator, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, create_model, model_validator
 
 from legr.errors import ConfigError
+from legr.methods import METHODS
+from legr.methods.filters_config import AllocatorName, CriterionName, FloorsConfig, SearchConfig  # noqa: F401
+from legr.methods.magnitude.config import MagnitudeSection  # noqa: F401  (their earlier home: re-exported)
 from legr.registry import Registry
-from legr.settings import Settings, explain
-from legr.methods.legr.search_config import SearchConfig
+from legr.settings import Settings, explain, registered
 from legr.training import TrainConfig
-
-
-def _known(registry: Callable[[], Registry]) -> Callable[[str], str]:
-    """A pydantic validator: ``name`` must be registered (the registry is imported when first needed)."""
-    def check(name: str) -> str:
-        if name not in registry():
-            raise ValueError(registry().unknown(name))
-        return name
-    return check
-
-
-def _criteria() -> Registry:
-    from legr.methods.criteria import CRITERIA
-    return CRITERIA
-
-
-def _allocators() -> Registry:
-    from legr.methods.allocate import ALLOCATORS
-    return ALLOCATORS
 
 
 def _units() -> Registry:
@@ -42,19 +24,9 @@ def _units() -> Registry:
     return BUDGET_UNITS
 
 
-def _methods() -> Registry:
-    from legr.methods import METHODS
-    return METHODS
+MethodName = registered(lambda: METHODS)  # a name registered in legr.methods.base.METHODS
+UnitName = registered(_units)  # a budget unit registered in legr.engine.cost.BUDGET_UNITS
 
-
-CriterionName = Annotated[str, AfterValidator(_known(_criteria))]  # a name registered in legr.methods.criteria
-AllocatorName = Annotated[str, AfterValidator(_known(_allocators))]  # a name registered in legr.methods.allocate
-MethodName = Annotated[str, AfterValidator(_known(_methods))]  # a name registered in legr.methods.base.METHODS
-UnitName = Annotated[str, AfterValidator(_known(_units))]  # a budget unit registered in legr.engine.cost.BUDGET_UNITS
-
-
-# sections whose class also serves the library, which takes a seed: in a config file the run's top-level seed does
-SEEDED_SECTIONS = ("base_training", "finetune", "search")
 
 _Strict = Settings  # every section: unknown keys refused, values checked when the YAML is read
 
@@ -93,36 +65,6 @@ class DataConfig(_Strict):
     root: str | None = Field(None, description="dataset folder/archive; default under $LEGR_DATA")
     val_size: int = Field(5000, ge=0, description="images carved from the training data for search fitness")
     split_seed: int = 0
-
-
-class FloorsConfig(_Strict):
-    safeguard: float = Field(0.1, ge=0.0, le=1.0, description="each layer keeps at least this fraction")
-    min_channels: int = Field(2, ge=1, description="... and at least this many channels")
-    round_to: int = Field(1, ge=1, description="keep widths that are multiples of this (8: widths that run fast)")
-
-
-class MagnitudeSection(_Strict):
-    """Han et al. 2015 (``method: magnitude``): each member keeps ``target`` of the source's parameters non-zero,
-    reached in ``rounds`` prune -> retrain rounds over which the run's ``finetune`` epochs are spread."""
-
-    rounds: int = Field(3, ge=1, description="prune -> retrain rounds (needs finetune.epochs >= rounds)")
-    fractions: tuple[float, ...] = Field((0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99),
-                                         min_length=1, description="pruned fractions of the sensitivity analysis")
-    sensitivity_samples: int | None = Field(None, ge=1, description="validation images it scores on (null: all)")
-    regularization: Literal["l1", "l2"] = "l2"
-    reg_strength: float = Field(5e-4, ge=0, description="L2 weight decay (replaces finetune.weight_decay) or L1 "
-                                                        "coefficient")
-    scale_dropout: bool = Field(True, description="Dropout rate x sqrt(kept connections / all) while retraining")
-    remove_dead: bool = Field(True, description="physically remove neurons/filters left without weights")
-    layers: tuple[str, ...] | None = Field(None, description="Linear/Conv layers to prune (null: all)")
-    allocation: Literal["cost", "tolerance"] = "cost"
-
-    @model_validator(mode="after")
-    def _check(self) -> "MagnitudeSection":
-        bad = [f for f in self.fractions if not 0 < f < 1]
-        if bad:
-            raise ValueError(f"magnitude.fractions must lie in (0, 1), got {bad}")
-        return self
 
 
 class LatencyBudget(_Strict):
@@ -165,29 +107,28 @@ class EvalConfig(_Strict):
                                                         "budget: the budget's threads, and its batch size is timed)")
 
 
-class RunConfig(_Strict):
-    model: ModelConfig
-    data: DataConfig = DataConfig()
-    method: MethodName = Field("filters", description="compression method (`legr methods`): filters (criterion + "
-                                                      "allocator) or magnitude (Han et al.)")
-    budget: UnitName | LatencyBudget | None = Field(
+CORE_FIELDS: dict[str, tuple[Any, Any]] = {  # the run's own keys; each method adds its own (`Method.config_keys`)
+    "model": (ModelConfig, ...),
+    "data": (DataConfig, DataConfig()),
+    "base_training": (TrainConfig, TrainConfig(epochs=0)),
+    "method": (MethodName, Field("filters", description="compression method (`legr methods`): filters (criterion + "
+                                                       "allocator) or magnitude (Han et al.)")),
+    "budget": (UnitName | LatencyBudget | None, Field(
         None, description="what targets are fractions of: the source's MACs, parameters or latency (`latency` or a "
-                          "latency section; null: the method's own unit: filters macs, magnitude params)")
-    criterion: CriterionName = Field("l2sq", description="filter criterion (see `legr methods`)")
-    criterion_batches: int = Field(8, ge=1, description="training batches seen by data-dependent criteria (taylor)")
-    allocator: AllocatorName = Field("legr", description="budget allocator: uniform, global, lcp or legr (`legr methods`)")
-    bn_batches: int = Field(20, ge=0, description="training batches re-estimating each pruned member's BN statistics "
-                                                  "before it is saved and reported (0: off)")
-    floors: FloorsConfig = FloorsConfig()
-    base_training: TrainConfig = TrainConfig(epochs=0)
-    search: SearchConfig = SearchConfig()
-    magnitude: MagnitudeSection = MagnitudeSection()
-    targets: tuple[float, ...] = Field((0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), min_length=1,
-                                       description="fractions of the source's cost in the budget unit")
-    finetune: TrainConfig = TrainConfig()
-    eval: EvalConfig = EvalConfig()
-    seed: int = 0
-    device: str = Field("auto", description="'auto' (cuda when available), 'cpu' or 'cuda'")
+                          "latency section; null: the method's own unit: filters macs, magnitude params)")),
+}
+CORE_TAIL: dict[str, tuple[Any, Any]] = {
+    "targets": (tuple[float, ...], Field((0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), min_length=1,
+                                         description="fractions of the source's cost in the budget unit")),
+    "finetune": (TrainConfig, TrainConfig()),
+    "eval": (EvalConfig, EvalConfig()),
+    "seed": (int, 0),
+    "device": (str, Field("auto", description="'auto' (cuda when available), 'cpu' or 'cuda'")),
+}
+
+
+class _Run(Settings):
+    """What every run config does (its keys: `CORE_FIELDS`, every registered method's, `CORE_TAIL`)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -195,8 +136,8 @@ class RunConfig(_Strict):
         """``budget: latency`` is a latency section with its defaults; a section's own errors name its keys."""
         if not isinstance(data, dict):
             return data
-        for section in SEEDED_SECTIONS:
-            if isinstance(data.get(section), dict) and "seed" in data[section]:
+        for section, field in cls.model_fields.items():  # a library class that takes a seed the run gives it
+            if isinstance(data.get(section), dict) and "seed" in data[section] and _seeded(field.annotation):
                 raise ValueError(f"unknown config key '{section}.seed' (the run's top-level 'seed' seeds it)")
         budget, units = data.get("budget"), _units()
         if isinstance(budget, str) and budget in units and units[budget].section:
@@ -227,7 +168,7 @@ class RunConfig(_Strict):
         return self.budget.unit if isinstance(self.budget, LatencyBudget) else self.budget
 
     @model_validator(mode="after")
-    def _check_targets(self) -> "RunConfig":
+    def _check_targets(self) -> "_Run":
         bad = [t for t in self.targets if not 0 < t <= 1]
         if bad:
             raise ValueError(f"targets must be fractions in (0, 1], got {bad}")
@@ -248,12 +189,50 @@ class RunConfig(_Strict):
         return tuple(sorted({ordered[0], ordered[len(ordered) // 2], ordered[-1]}))
 
 
-def parse_config(data: Any, overrides: dict[str, Any] | None = None, schema: type[RunConfig] = RunConfig) -> Any:
+def _seeded(annotation: Any) -> bool:
+    """A section type whose ``seed`` is the library's argument (left out of dumps), not a config key."""
+    field = getattr(annotation, "model_fields", {}).get("seed")
+    return field is not None and bool(field.exclude)
+
+
+def _method_fields() -> dict[str, tuple[Any, Any]]:
+    out: dict[str, tuple[Any, Any]] = {}
+    for name, method in METHODS.items():
+        for key, spec in method.config_keys.items():
+            if key in out or key in CORE_FIELDS or key in CORE_TAIL:
+                raise ValueError(f"method {name} declares the config key {key!r}, which is already taken")
+            out[key] = spec
+    return out
+
+
+# built from the registered methods when this module is imported (every built-in method is registered by then)
+RunConfig = create_model("RunConfig", __base__=_Run, __module__=__name__,
+                         **CORE_FIELDS, **_method_fields(), **CORE_TAIL)  # type: ignore[call-overload]
+RunConfig.__doc__ = """A run's configuration: the run's own keys and those of every registered method."""
+_LATE: dict[tuple[type, tuple[str, ...]], type] = {}
+
+
+def current_schema(schema: Any = None) -> Any:
+    """``schema`` (default `RunConfig`) with the config keys of the methods registered since it was built (a method
+    registered by a plugin or a test after this module was imported): a subclass, made once per set of keys."""
+    schema = schema or RunConfig
+    missing = {k: v for k, v in _method_fields().items() if k not in schema.model_fields}
+    if not missing:
+        return schema
+    key = (schema, tuple(sorted(missing)))
+    if key not in _LATE:
+        _LATE[key] = create_model(schema.__name__, __base__=schema, __module__=schema.__module__,
+                                  **missing)  # type: ignore[call-overload]
+    return _LATE[key]
+
+
+def parse_config(data: Any, overrides: dict[str, Any] | None = None, schema: Any = None) -> Any:
     """Validate a mapping (e.g. parsed YAML) against ``schema`` (`RunConfig` or `CompareConfig`), applying dotted
     ``overrides`` such as ``{"search.tau": 0}``."""
     if not isinstance(data, dict):
         raise ConfigError("config must be a mapping of keys to values")
     data = _with_overrides(data, overrides or {})
+    schema = current_schema(schema)
     try:
         return schema.model_validate(data)
     except ValidationError as exc:

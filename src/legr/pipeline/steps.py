@@ -160,8 +160,8 @@ class Pipeline:
         one (``latency_model.json``: the model its members were cut with, also when `legr eval` runs elsewhere)."""
         cost = CostModel(self.graph)
         budget = self.cfg.budget
-        if not isinstance(budget, LatencyBudget) or self.cfg.method != "filters":
-            return cost  # other methods refuse a latency budget when they are built
+        if not isinstance(budget, LatencyBudget) or "latency" not in METHODS[self.cfg.method].budgets:
+            return cost  # a method without latency budgets refuses one when it is built
         if self.folder.latency_model.exists():  # the model this run's members were cut with (eval may run elsewhere)
             return CostModel(self.graph, latency=LatencyModel.from_json(self.folder.latency_model.read_text(),
                                                                         self.graph))

@@ -20,6 +20,7 @@ from torch import nn
 from legr.engine.cost import price
 from legr.errors import ConfigError
 from legr.methods.base import Method, register_method
+from legr.methods.magnitude.config import MAGNITUDE_CONFIG
 from legr.methods.magnitude.compress import (
     MagnitudeConfig,
     analyze_sensitivity,
@@ -37,6 +38,14 @@ class MagnitudePruning(Method):
     name = "magnitude"
     description = "unstructured: weight magnitude pruning with retraining rounds (Han et al. 2015); sparse storage"
     budgets = ("params",)
+    config_keys = MAGNITUDE_CONFIG
+
+    @classmethod
+    def identity(cls, cfg: Any, held: dict[str, Any]) -> dict[str, Any]:
+        """The budget as resolved; filter pruning's keys as folders written before methods owned their keys hold
+        them (null), so that those folders still match."""
+        legacy = dict.fromkeys(("criterion", "criterion_batches", "allocator", "bn_batches", "floors", "search"))
+        return {**held, **legacy, "budget": held["budget"] or cls.budgets[0]}
 
     def config(self, target: float = 1.0) -> MagnitudeConfig:
         """The library's `MagnitudeConfig` for a member keeping ``target`` of the parameters."""
