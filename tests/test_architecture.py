@@ -65,3 +65,34 @@ def test_no_import_cycles():
 def test_every_module_reads_in_one_sitting():
     long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 350}
     assert not long, long
+
+
+# modules above methods/ that still import a specific method (not `legr.methods` / `legr.methods.base`): #31 shrinks
+# this list to nothing; it must not grow
+SPECIFIC_METHOD_IMPORTS = {
+    "legr.pipeline.compare": {"legr.methods.legr.ranking"},
+    "legr.pipeline.compare_config": {"legr.methods.allocate"},
+    "legr.pipeline.config": {"legr.methods.filters_config", "legr.methods.magnitude.config"},
+    "legr.pipeline.estimate": {"legr.methods.allocate", "legr.methods.criteria"},
+    "legr.pipeline.magnitude": {"legr.methods.magnitude.compress", "legr.methods.magnitude.pruning",
+                                "legr.methods.magnitude.sparse"},
+    "legr.pipeline.pieces": {"legr.methods.allocate"},
+    "legr.pipeline.steps": {"legr.methods.allocate"},
+    "legr.cli": {"legr.methods.allocate", "legr.methods.criteria"},
+}
+
+
+def test_methods_import_nothing_from_the_pipeline():
+    bad = [f"{m} -> {d}" for m, deps in _imports().items() if _stage(m) == "methods" for d in deps
+           if _stage(d) in ("pipeline", "cli", "reporting")]
+    assert not bad, bad
+
+
+def test_the_pipeline_imports_no_specific_method_beyond_the_known_ones():
+    generic = {"legr.methods", "legr.methods.base"}
+    found = {m: {d for d in deps if _stage(d) == "methods" and d not in generic}
+             for m, deps in _imports().items() if _stage(m) in ("pipeline", "cli", "reporting")}
+    new = {m: sorted(d - SPECIFIC_METHOD_IMPORTS.get(m, set())) for m, d in found.items()}
+    assert not {m: d for m, d in new.items() if d}, new
+    gone = {m: sorted(d - found.get(m, set())) for m, d in SPECIFIC_METHOD_IMPORTS.items()}
+    assert not {m: d for m, d in gone.items() if d}, f"no longer imported: shrink SPECIFIC_METHOD_IMPORTS {gone}"
