@@ -72,8 +72,7 @@ def test_every_module_reads_in_one_sitting():
 SPECIFIC_METHOD_IMPORTS = {
     "legr.pipeline.compare": {"legr.methods.legr.ranking"},
     "legr.pipeline.compare_config": {"legr.methods.allocate"},
-    "legr.pipeline.config": {"legr.methods.filters_config", "legr.methods.magnitude.config"},
-    "legr.pipeline.estimate": {"legr.methods.allocate", "legr.methods.criteria"},
+    "legr.pipeline.estimate": {"legr.methods.allocate", "legr.methods.criteria", "legr.methods.filters_config"},
     "legr.pipeline.magnitude": {"legr.methods.magnitude.compress", "legr.methods.magnitude.pruning",
                                 "legr.methods.magnitude.sparse"},
     "legr.pipeline.pieces": {"legr.methods.allocate"},

@@ -75,6 +75,8 @@ class Method(ABC):
     # the run-config keys this method owns: key -> (type, default or pydantic Field), e.g. a section of its own
     # ``{"mymethod": (MySettings, MySettings())}`` (a `legr.settings.Settings`); the run config is built from them
     config_keys: ClassVar[dict[str, tuple[Any, Any]]] = {}
+    # the keys of config_keys an entry of a comparison may set for itself (a section: as changes to the shared one)
+    entry_keys: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def identity(cls, cfg: Any, held: dict[str, Any]) -> dict[str, Any]:

@@ -49,6 +49,7 @@ class FilterPruning(Method):
     description = "structured: a filter criterion cut by a budget allocator (uniform, global, LCP, LeGR)"
     budgets = ("macs", "params", "latency")
     config_keys = FILTERS_CONFIG
+    entry_keys = ("criterion", "allocator", "search", "floors")
 
     @classmethod
     def identity(cls, cfg: Any, held: dict[str, Any]) -> dict[str, Any]:

@@ -84,10 +84,11 @@ class Comparison:
         if method.budget is not None:  # "latency": the shared latency section (its defaults if there is none)
             shared = source.budget if isinstance(source.budget, LatencyBudget) else LatencyBudget()
             own["budget"] = shared if method.budget == "latency" else method.budget
+        settings = self.cfg.entry_settings(method)
+        if search:  # the pipeline-cost searches: the entry's search at one target
+            settings["search"] = settings["search"].model_copy(update=search)
         return source.model_copy(update={
-            "method": method.method, "criterion": method.criterion, "allocator": method.allocator, "seed": seed,
-            "search": self.cfg.method_search(method).model_copy(update=search),
-            "magnitude": self.cfg.method_magnitude(method), "floors": self.cfg.method_floors(method),
+            "method": method.method, **settings, "seed": seed,
             "eval": source.eval.model_copy(update={"latency": False}), **own})
 
     def runs(self) -> list[RunRef]:

@@ -12,8 +12,6 @@ from pydantic import Field, ValidationError, create_model, model_validator
 
 from legr.errors import ConfigError
 from legr.methods import METHODS
-from legr.methods.filters_config import AllocatorName, CriterionName, FloorsConfig, SearchConfig  # noqa: F401
-from legr.methods.magnitude.config import MagnitudeSection  # noqa: F401  (their earlier home: re-exported)
 from legr.registry import Registry
 from legr.settings import Settings, explain, registered
 from legr.training import TrainConfig

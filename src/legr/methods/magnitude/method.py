@@ -39,6 +39,7 @@ class MagnitudePruning(Method):
     description = "unstructured: weight magnitude pruning with retraining rounds (Han et al. 2015); sparse storage"
     budgets = ("params",)
     config_keys = MAGNITUDE_CONFIG
+    entry_keys = ("magnitude",)
 
     @classmethod
     def identity(cls, cfg: Any, held: dict[str, Any]) -> dict[str, Any]:
