@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -78,6 +79,23 @@ class Method(ABC):
     # the keys of config_keys an entry of a comparison may set for itself (a section: as changes to the shared one)
     entry_keys: ClassVar[tuple[str, ...]] = ()
 
+    channel_plans: ClassVar[bool] = False  # its members are channel cuts of the source (plan.json keep vectors)
+
+    @classmethod
+    def member_prefix(cls, settings: Mapping[str, Any]) -> str:
+        """Member folder names: ``<prefix>-<target in %>``, for a run (or comparison entry) with these settings."""
+        return cls.name
+
+    @classmethod
+    def entry_label(cls, settings: Mapping[str, Any]) -> tuple[str, str]:
+        """The (criterion, allocator) cells of a comparison's tables for an entry with these settings."""
+        return "-", cls.name
+
+    @classmethod
+    def searches(cls, settings: Mapping[str, Any]) -> bool:
+        """Whether a run with these settings runs a search (whose cost a comparison's ``pipeline_cost`` times)."""
+        return False
+
     @classmethod
     def identity(cls, cfg: Any, held: dict[str, Any]) -> dict[str, Any]:
         """What of the run's config determines a run folder of this method (a folder refuses a config with another
@@ -102,7 +120,7 @@ class Method(ABC):
     @property
     def prefix(self) -> str:
         """Member folder names: ``<prefix>-<target in %>``."""
-        return self.name
+        return self.member_prefix(self.run.cfg.model_dump())
 
     @abstractmethod
     def prepare(self) -> Any:

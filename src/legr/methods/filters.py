@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import shutil
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,20 @@ class FilterPruning(Method):
     config_keys = FILTERS_CONFIG
     entry_keys = ("criterion", "allocator", "search", "floors")
 
+    channel_plans = True
+
+    @classmethod
+    def member_prefix(cls, settings: Mapping[str, Any]) -> str:
+        return settings["allocator"]
+
+    @classmethod
+    def entry_label(cls, settings: Mapping[str, Any]) -> tuple[str, str]:
+        return settings["criterion"], settings["allocator"]
+
+    @classmethod
+    def searches(cls, settings: Mapping[str, Any]) -> bool:
+        return ALLOCATORS[settings["allocator"]].search is not None
+
     @classmethod
     def identity(cls, cfg: Any, held: dict[str, Any]) -> dict[str, Any]:
         """The search targets as resolved (an explicit list equal to the default is the same run); the keys added
@@ -74,10 +89,6 @@ class FilterPruning(Method):
     def floors(self) -> Floors:
         f = self.cfg.floors
         return Floors(f.safeguard, f.min_channels, f.round_to)
-
-    @property
-    def prefix(self) -> str:
-        return self.cfg.allocator
 
     def validate(self) -> None:
         if self.allocator.search is not None and len(self.run.data.val[0]) == 0:

@@ -11,7 +11,6 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
 from legr.methods import METHODS
-from legr.methods.allocate import ALLOCATORS
 from legr.pipeline.config import MethodName, RunConfig, UnitName, _seeded, _Strict, current_schema
 from legr.settings import explain
 
@@ -65,6 +64,9 @@ MethodConfig = create_model(
 )  # type: ignore[call-overload]
 
 
+DEFAULT_METHOD = MethodConfig.model_fields["method"].default  # an entry (or a compare.json) naming no method
+
+
 class CompareSection(_Strict):
     methods: tuple[MethodConfig, ...] = Field(min_length=1)
     seeds: tuple[int, ...] = Field((0, 1), min_length=1, description="every method runs once per seed")
@@ -83,7 +85,7 @@ class CompareSection(_Strict):
             if self.pipeline_cost not in names:
                 raise ValueError(f"pipeline_cost names '{self.pipeline_cost}', which is not a method ({', '.join(names)})")
             chosen = self.methods[names.index(self.pipeline_cost)]
-            if chosen.method != "filters" or ALLOCATORS[chosen.allocator].search is None:
+            if not METHODS[chosen.method].searches(chosen.model_dump()):
                 raise ValueError(f"pipeline_cost names '{self.pipeline_cost}', whose allocator searches nothing "
                                  "(use an lcp or legr method)")
         return self
