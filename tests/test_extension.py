@@ -94,7 +94,7 @@ class FirstChannels(Method):
         order = 1.0 if self.run.cfg.first_channels.last else -1.0
         scores = {layer: order * np.arange(len(s), dtype=float)
                   for layer, s in compute_scores("l1", self.run.graph, self.run.base).items()}
-        (self.run.folder.root / "first_channels.json").write_text(json.dumps({k: len(v) for k, v in scores.items()}))
+        self.run.folder.file("first_channels.json").write_text(json.dumps({k: len(v) for k, v in scores.items()}))
         return scores
 
     def cut(self, scores, target, member):

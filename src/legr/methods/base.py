@@ -30,8 +30,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import torch
 from torch import nn
 
+from legr.data import Splits
 from legr.engine.cost import BudgetUnit
 from legr.errors import ConfigError
+from legr.methods.folders import MemberFolder, MethodFolder
 from legr.models import save_state_dict
 from legr.paths import atomic_write_text
 from legr.registry import Registry
@@ -39,15 +41,15 @@ from legr.registry import Registry
 if TYPE_CHECKING:
     from legr.engine.cost import CostModel
     from legr.graph import ChannelGraph
-    from legr.training import EvalResult
+    from legr.training import EvalResult, TrainConfig
 
 
 class RunContext(Protocol):
     """What a run offers its method (`legr.pipeline.steps.Pipeline` implements it)."""
 
-    cfg: Any  # the run's typed configuration (`legr.pipeline.config.RunConfig`)
-    folder: Any  # the run folder (`legr.pipeline.folder.RunFolder`)
-    data: Any  # train / val / test splits, normalization, input size, classes
+    cfg: Any  # the run's typed configuration (`legr.pipeline.config.RunConfig`: built from every method's keys)
+    folder: MethodFolder  # the run folder (what a method reads and writes in it)
+    data: Splits  # train / val / test splits, normalization, input size, classes
     device: torch.device
     progress: bool
     base: nn.Module  # the source network (trained or adapted first when the run asks), eval mode
@@ -58,7 +60,7 @@ class RunContext(Protocol):
 
     def timed(self, step: str) -> AbstractContextManager[None]: ...
 
-    def train(self, model: nn.Module, cfg: Any, checkpoint: Path) -> list[dict]: ...
+    def train(self, model: nn.Module, cfg: TrainConfig, checkpoint: Path) -> list[dict]: ...
 
     def accuracy(self, model: nn.Module, split: tuple[torch.Tensor, torch.Tensor]) -> EvalResult: ...
 
@@ -131,11 +133,10 @@ class Method(ABC):
         return f"{self.name}: prepared"
 
     @abstractmethod
-    def cut(self, prepared: Any, target: float, member: Any) -> None:
-        """Write the member for ``target`` (a fraction of the source's ``budget`` unit) into ``member`` (a
-        `MemberFolder`), from what `prepare` returned; a member already there and still valid is kept."""
+    def cut(self, prepared: Any, target: float, member: MemberFolder) -> None:
+        """Write the member for ``target`` (a fraction of the source's ``budget`` unit) into ``member``, from what `prepare` returned; a member already there and still valid is kept."""
 
-    def finetune(self, member: Any) -> None:
+    def finetune(self, member: MemberFolder) -> None:
         """Recover the member's accuracy with the run's fine-tuning recipe (resumable; ``member.finetuned`` marks it
         done; ``finetune.epochs: 0`` leaves the member as cut)."""
         cfg = self.run.cfg.finetune
@@ -151,7 +152,7 @@ class Method(ABC):
         member.finetune_checkpoint.unlink(missing_ok=True)
 
     @abstractmethod
-    def load(self, member: Any) -> tuple[nn.Module, dict[str, Any]]:
+    def load(self, member: MemberFolder) -> tuple[nn.Module, dict[str, Any]]:
         """The member's network (on the CPU, eval mode) and its figures: at least ``target``, ``macs``, ``params``
         (what the budget unit counts: for a sparse network, its non-zero parameters)."""
 

@@ -31,6 +31,7 @@ from legr.methods.allocate import ALLOCATORS, BudgetSolver, Floors, check_reacha
 from legr.methods.base import Method, register_method
 from legr.methods.criteria import CriterionContext, compute_scores, group_scores
 from legr.methods.filters_config import FILTERS_CONFIG
+from legr.methods.folders import MemberFolder
 from legr.methods.legr.family import FamilyObjective
 from legr.methods.legr.fitness import CandidateFitness
 from legr.methods.legr.ranking import (
@@ -194,7 +195,7 @@ class FilterPruning(Method):
         return f"ranking over {len(ranking.layers)} layers, best fitness {ranking.search.get('best_fitness')}{fallback}"
 
     # --- cut: one member per budget -----------------------------------------------------------------------------
-    def cut(self, ranking: Ranking, target: float, member: Any) -> None:
+    def cut(self, ranking: Ranking, target: float, member: MemberFolder) -> None:
         """Cut the ranking at ``target``; a member on disk cut otherwise (e.g. from an earlier search of this folder)
         is cut again and loses its fine-tune. BN statistics are re-estimated (``bn_batches``) before it is saved, and
         its test top-1 is recorded both as cut (``top1_before_ft``) and after that (``top1_after_bn``)."""
@@ -233,7 +234,7 @@ class FilterPruning(Method):
                 + (f" ({after_bn:.2%} after adaptive BN)" if after_bn is not None else ""))
 
     def _guard_member(self, ranking: Ranking, keep: np.ndarray, target: float,
-                      member: Any) -> tuple[np.ndarray, dict | None]:
+                      member: MemberFolder) -> tuple[np.ndarray, dict | None]:
         """With ``search.guard``, a learned ranking's member is never worse than the uniform allocation at its own
         budget: both are scored by the search's fitness (validation), and uniform is kept when the ranking's cut
         scores below it by more than the sampling error (the search guards only its search targets)."""
@@ -256,7 +257,7 @@ class FilterPruning(Method):
                                                             "chosen": chosen}
 
     def _measured_cut(self, solver: BudgetSolver, ranking: Ranking, target: float,
-                      member: Any) -> tuple[np.ndarray, dict[str, Any]]:
+                      member: MemberFolder) -> tuple[np.ndarray, dict[str, Any]]:
         """A latency budget cut against the clock (`meet_measured`); a member already cut that way from this ranking
         for this target is kept (timings differ between runs: measuring again could cut it otherwise)."""
         run, budget = self.run, self.cfg.budget
@@ -275,7 +276,7 @@ class FilterPruning(Method):
                     "measured cuts (a busy machine? see eval's latency spread)")
         return keep, record
 
-    def load(self, member: Any) -> tuple[nn.Module, dict[str, Any]]:
+    def load(self, member: MemberFolder) -> tuple[nn.Module, dict[str, Any]]:
         net, plan = load_pruned(member.root, self.run.base)
         assert int(plan.info["params"]) == count_params(net), "cost model and network disagree on the parameter count"
         return net, plan.info

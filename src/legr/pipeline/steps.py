@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -26,7 +25,7 @@ import torch
 import yaml
 from torch import nn
 
-from legr.data import load_dataset, split_train_val
+from legr.data import Splits, load_dataset, split_train_val
 from legr.engine.cost import CostModel
 from legr.engine.latency_model import LatencyModel, build_latency_model
 from legr.engine.latency import measure_interleaved
@@ -54,17 +53,6 @@ from legr.reporting import (
     write_results,
 )
 from legr.training import EvalResult, TrainConfig, bn_batches, evaluate, finetune
-
-
-@dataclass(frozen=True)
-class Splits:
-    train: tuple[torch.Tensor, torch.Tensor]
-    val: tuple[torch.Tensor, torch.Tensor]
-    test: tuple[torch.Tensor, torch.Tensor]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    input_size: tuple[int, int, int]
-    num_classes: int
 
 
 def resolve_device(name: str) -> torch.device:

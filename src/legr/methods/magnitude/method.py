@@ -21,6 +21,7 @@ from legr.engine.cost import price
 from legr.errors import ConfigError
 from legr.methods.base import Method, register_method
 from legr.methods.magnitude.config import MAGNITUDE_CONFIG
+from legr.methods.folders import MemberFolder
 from legr.methods.magnitude.compress import (
     MagnitudeConfig,
     analyze_sensitivity,
@@ -81,7 +82,7 @@ class MagnitudePruning(Method):
     def describe(self, prepared: dict[str, SensitivityCurve]) -> str:
         return f"sensitivity analysis of {len(prepared)} layers x {len(self.run.cfg.magnitude.fractions)} fractions"
 
-    def cut(self, prepared: dict[str, SensitivityCurve], target: float, member: Any) -> None:
+    def cut(self, prepared: dict[str, SensitivityCurve], target: float, member: MemberFolder) -> None:
         run = self.run
         if member.finetuned.exists():
             return
@@ -94,10 +95,10 @@ class MagnitudePruning(Method):
                                    provenance={"source": run.source_info()}, curves=prepared)
         atomic_write_text(member.finetuned, json.dumps(result.rounds, indent=1))
 
-    def finetune(self, member: Any) -> None:
+    def finetune(self, member: MemberFolder) -> None:
         """Nothing: the member was retrained in its rounds (`cut`)."""
 
-    def load(self, member: Any) -> tuple[nn.Module, dict[str, Any]]:
+    def load(self, member: MemberFolder) -> tuple[nn.Module, dict[str, Any]]:
         net = load_magnitude(member.root, copy.deepcopy(self.run.base).cpu())
         cost = price(net, self.run.data.input_size)  # sparse: torch's count (a keep vector prices channels only)
         rounds = json.loads(member.finetuned.read_text())
