@@ -159,7 +159,7 @@ class Study:
     def run_target(self, target: float) -> list[dict]:
         """Every candidate's record, loaded from the resume file or computed (and saved after each one)."""
         path = self.folder / f"candidates_{round(target * 100)}.json"
-        recipe = json.loads(json.dumps(asdict(self.r) | {"finetune": asdict(self.r.finetune())}))
+        recipe = json.loads(json.dumps(asdict(self.r) | {"finetune": self.r.finetune().state()}))
         done = json.loads(path.read_text()) if path.exists() else {"recipe": recipe, "candidates": {}}
         if done["recipe"] != recipe:
             raise LegrError(f"{path} was written with another recipe; use another --work folder or delete it")
@@ -329,7 +329,7 @@ def main() -> None:
         sys.exit(f"error: {exc}")
     result = {"default": args.default, "targets": per_target, "family": family(per_target, args.default),
               "recipe": asdict(recipe) | {
-        "finetune": asdict(recipe.finetune()), "adaptive_bn_before_finetune": BN_MID, "procedures": PROCEDURES},
+        "finetune": recipe.finetune().state(), "adaptive_bn_before_finetune": BN_MID, "procedures": PROCEDURES},
         "config": cfg.model_dump(mode="json"), "hardware": hardware_label()}
     atomic_write_text(results / "fitness_correlation.json", json.dumps(result, indent=1))
     atomic_write_text(results / "summary.md", summary_markdown(result))

@@ -5,7 +5,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "legr"
-STAGES = [{"errors", "paths", "hardware", "registry", "progress"}, {"data", "models"}, {"graph"}, {"engine"},
+STAGES = [{"errors", "paths", "hardware", "registry", "progress", "settings"}, {"data", "models"}, {"graph"}, {"engine"},
           {"training"}, {"methods"}, {"reporting"}, {"pipeline"}, {"cli"}]
 RANK = {name: i for i, names in enumerate(STAGES) for name in names}
 
@@ -65,3 +65,30 @@ def test_no_import_cycles():
 def test_every_module_reads_in_one_sitting():
     long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 350}
     assert not long, long
+
+
+# modules above methods/ that still import a specific method (not `legr.methods` / `legr.methods.base`): #31 shrinks
+# this list to nothing; it must not grow
+SPECIFIC_METHOD_IMPORTS = {
+    "legr.pipeline.estimate": {"legr.methods.allocate", "legr.methods.criteria", "legr.methods.filters_config"},
+    "legr.pipeline.magnitude": {"legr.methods.magnitude.compress", "legr.methods.magnitude.pruning",
+                                "legr.methods.magnitude.sparse"},
+    "legr.pipeline.steps": {"legr.methods.allocate"},
+    "legr.cli": {"legr.methods.allocate", "legr.methods.criteria"},
+}
+
+
+def test_methods_import_nothing_from_the_pipeline():
+    bad = [f"{m} -> {d}" for m, deps in _imports().items() if _stage(m) == "methods" for d in deps
+           if _stage(d) in ("pipeline", "cli", "reporting")]
+    assert not bad, bad
+
+
+def test_the_pipeline_imports_no_specific_method_beyond_the_known_ones():
+    generic = {"legr.methods", "legr.methods.base", "legr.methods.folders"}
+    found = {m: {d for d in deps if _stage(d) == "methods" and d not in generic}
+             for m, deps in _imports().items() if _stage(m) in ("pipeline", "cli", "reporting")}
+    new = {m: sorted(d - SPECIFIC_METHOD_IMPORTS.get(m, set())) for m, d in found.items()}
+    assert not {m: d for m, d in new.items() if d}, new
+    gone = {m: sorted(d - found.get(m, set())) for m, d in SPECIFIC_METHOD_IMPORTS.items()}
+    assert not {m: d for m, d in gone.items() if d}, f"no longer imported: shrink SPECIFIC_METHOD_IMPORTS {gone}"

@@ -135,7 +135,8 @@ def test_a_method_may_change_the_shared_search():
     data = yaml.safe_load(CONFIG)
     data["compare"]["methods"][2]["search"] = {"tau": 7}
     cfg = parse_config(data, schema=CompareConfig)
-    assert cfg.method_search(cfg.compare.methods[2]).tau == 7 and cfg.method_search(cfg.compare.methods[0]).tau == 0
+    assert cfg.entry_section(cfg.compare.methods[2], "search").tau == 7
+    assert cfg.entry_section(cfg.compare.methods[0], "search").tau == 0
     data["compare"]["methods"][2]["search"] = {"tua": 7}
     with pytest.raises(ConfigError, match="unknown config key 'compare.methods.2.search.tua'"):
         parse_config(data, schema=CompareConfig)

@@ -1,10 +1,17 @@
 """Config validation: unknown keys and wrong types are errors naming the key; defaults are the paper's."""
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from legr.errors import ConfigError
-from legr.pipeline.config import parse_config
-from legr.pipeline.config_files import artifact_config, load_config
+from legr.pipeline.compare_config import CompareConfig
+from legr.pipeline.config import RunConfig, parse_config
+from legr.pipeline.config_files import artifact_config, dump_config, load_config
+from legr.training import FinetuneConfig
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 BASE = {"model": {"name": "digits_cnn"}}
 
@@ -55,6 +62,10 @@ def test_rounded_widths_are_another_run_and_the_default_keeps_old_folders():
         ({**BASE, "search": {"tau": "many"}}, "config key 'search.tau'"),
         ({**BASE, "targets": [0.5, 1.5]}, "targets must be fractions"),
         ({**BASE, "search": {"population": 64, "evaluations": 10}}, "evaluations"),
+        ({**BASE, "finetune": {"milestones": [0.9, 0.5, 1.5]}},  # refused when read, not after the search
+         r"config key 'finetune\.milestones': milestones must be increasing fractions in \(0, 1\)"),
+        ({**BASE, "base_training": {"epochs": 3, "lr": 0}}, "config key 'base_training.lr'"),
+        ({**BASE, "finetune": {"seed": 3}}, "unknown config key 'finetune.seed'"),
         ({"data": {}}, "missing config key 'model'"),
         ([1, 2], "must be a mapping"),
     ],
@@ -88,3 +99,20 @@ def test_yaml_syntax_error_names_line_and_column(tmp_path, text, where):
         load_config(path)
     msg = str(info.value)
     assert f"{path}{where} is not valid YAML" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_committed_config_parses(path):
+    """Every config under configs/ (benchmarks run them) is read by the current schema."""
+    schema = CompareConfig if "compare" in yaml.safe_load(path.read_text()) else RunConfig
+    cfg = load_config(path, schema=schema)
+    assert parse_config(yaml.safe_load(dump_config(cfg)), schema=schema) == cfg  # and its dump reads back the same
+
+
+def test_training_recipe_is_one_class():
+    """The run config's training sections are the library's recipe: validated once, the same way, either way."""
+    cfg = parse_config({**BASE, "finetune": {"epochs": 3, "milestones": [0.5]}})
+    assert isinstance(cfg.finetune, FinetuneConfig) and cfg.finetune.with_seed(7).seed == 7
+    assert "seed" not in cfg.finetune.model_dump()  # the run's seed: never a key of a config file
+    with pytest.raises(ConfigError, match=r"^TrainConfig: config key 'milestones'"):
+        FinetuneConfig(milestones=(0.9, 0.5))

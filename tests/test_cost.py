@@ -6,8 +6,9 @@ import torch
 from helpers import random_keep
 from torch import nn
 
-from legr.engine.cost import CostModel, count_params, counted_macs
+from legr.engine.cost import BUDGET_UNITS, CostModel, count_params, counted_macs, price
 from legr.engine.surgery import prune
+from legr.errors import LegrError
 from legr.graph import analyze
 from legr.models import build_model, list_models
 
@@ -132,3 +133,40 @@ def test_macs_is_a_cheap_pure_function():
     fewer = keep.copy()
     fewer[group.classes[np.flatnonzero(keep[group.classes])[0]]] = 0.0
     assert cost.macs(fewer) < cost.macs(keep) or keep[group.classes].sum() == 1
+
+
+def test_budget_units_are_one_registry():
+    """Every place that names a unit (the cost model, the run config, a comparison's entries) reads BUDGET_UNITS."""
+    from legr.pipeline.config import parse_config
+
+    assert list(BUDGET_UNITS) == ["macs", "params", "latency"]
+    cost = CostModel(analyze(_Tiny(), (3, 8, 8)))
+    for name, unit in BUDGET_UNITS.items():
+        assert unit.name == name and isinstance(unit.format(1234.0), str)
+        if not unit.section:
+            assert cost.base(name) == {"macs": cost.base_macs, "params": cost.base_params}[name]
+            assert parse_config({"model": {"name": "digits_cnn"}, "budget": name}).budget_unit == name
+    assert parse_config({"model": {"name": "digits_cnn"}, "budget": "latency"}).budget_unit == "latency"
+    with pytest.raises(LegrError, match="unknown budget unit 'flops'"):
+        cost.base("flops")
+
+
+def test_price_counts_any_network_and_its_nonzero_weights():
+    """One entry point: the keep-vector model for a channel-pruned network, torch's counter otherwise; the non-zero
+    MACs of a sparse network count each conv / linear weight's non-zero entries once per output position."""
+    net = _Tiny().eval()
+    dense = price(net, (3, 8, 8))
+    assert (dense.macs, dense.params) == (26_784, 618) == (counted_macs(net, torch.zeros(1, 3, 8, 8)), count_params(net))
+    assert dense.nonzero_macs == dense.macs and dense.weight_bytes == 4 * 618
+    with torch.no_grad():
+        net.conv.weight[:4] = 0  # 4 of 8 filters of the first 8x8 conv: half its 1728 * 8 MACs
+        net.fc.weight[:, ::2] = 0  # half the classifier's inputs
+    sparse = price(net, (3, 8, 8))
+    assert sparse.macs == 26_784 and sparse.nonzero_macs == 26_784 - 1728 * 4 - 16 * 10 // 2
+    assert sparse.nonzero_macs == counted_macs(net, torch.zeros(1, 3, 8, 8), nonzero=True)
+    assert sparse.nonzero_params == 618 - 4 * 27 - 80 - 8 and sparse.params == 618  # - 8: the BN biases start at 0
+    graph = analyze(_Tiny(), (3, 8, 8))
+    keep = graph.keep_vector({"conv": [0, 2, 3, 5, 7]})
+    pruned = prune(graph, keep).eval()
+    exact, counted = price(pruned, (3, 8, 8), exact=(CostModel(graph), keep)), price(pruned, (3, 8, 8))
+    assert exact == counted and (exact.macs, exact.params) == (16_800, 456)

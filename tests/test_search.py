@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -202,7 +201,6 @@ def test_affine_helpers_and_json_roundtrip():
 
 SCRIPT = '''
 import sys, time
-from dataclasses import replace
 from pathlib import Path
 import numpy as np
 from legr.methods.legr import AffineSpace, EvolutionConfig, aging_evolution
@@ -346,7 +344,7 @@ def test_restarts_are_independent_searches_and_the_fittest_wins(tmp_path):
     one = EvolutionConfig(population=6, sample=3, evaluations=20, seed=5)
     single = aging_evolution(space, toy_fitness, one, progress=False)
     calls: list[int] = []
-    both = aging_evolution(space, lambda c, i: calls.append(i) or toy_fitness(c, i), replace(one, restarts=2),
+    both = aging_evolution(space, lambda c, i: calls.append(i) or toy_fitness(c, i), one.model_copy(update={"restarts": 2}),
                            state_path=state, log_path=log, progress=False)
     assert calls == list(range(40)) and both.evaluations == 40 and both.restarts == 2
     assert both.history[:20] == single.history  # restart 0 is the one-restart search, unchanged
@@ -362,7 +360,7 @@ def test_restarts_are_independent_searches_and_the_fittest_wins(tmp_path):
     assert [json.loads(x)["restart"] for x in log.read_text().splitlines()] == [0] * 20 + [1] * 20
     # a one-restart state of the previous version (no "restarts" key recorded) resumes as restart 0
     assert "restarts" not in json.loads(state.read_text())["config"]
-    resumed = aging_evolution(space, toy_fitness, replace(one, restarts=2), state_path=state, progress=False)
+    resumed = aging_evolution(space, toy_fitness, one.model_copy(update={"restarts": 2}), state_path=state, progress=False)
     same_result(resumed, both)
     # no run seed's restart repeats another run seed's first search (seeds 0, 1, 2 run side by side)
     a = aging_evolution(space, toy_fitness, EvolutionConfig(6, 3, 20, seed=0, restarts=2), progress=False)

@@ -86,7 +86,7 @@ def test_config_defaults_and_validation():
     assert (cfg.milestones, cfg.gamma, cfg.augment, cfg.steps_per_epoch) == ((0.3, 0.6, 0.8), 0.2, True, None)
     assert cfg.milestone_epochs() == [18, 36, 48]
     assert FinetuneConfig(milestones=[0.5]).milestones == (0.5,)  # lists are normalized (hashable, comparable)
-    for bad in ({"epochs": 0}, {"lr": 0.0}, {"batch_size": 0}, {"milestones": (0.6, 0.3)}, {"milestones": (1.5,)},
+    for bad in ({"epochs": -1}, {"lr": 0.0}, {"batch_size": 0}, {"milestones": (0.6, 0.3)}, {"milestones": (1.5,)},
                 {"steps_per_epoch": 0}):
         with pytest.raises(ConfigError):
             FinetuneConfig(**bad)

@@ -16,10 +16,10 @@ from legr.data.registry import (
                                 register_dataset,
 )
 from legr.data.sources import CIFAR10_CLASSES, channel_stats
-from legr.data.split import split_indices, split_train_val
+from legr.data.split import Splits, split_indices, split_train_val
 
 __all__ = [
-    "CIFAR10_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "ImageData", "TensorLoader", "available_datasets",
+    "CIFAR10_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "ImageData", "Splits", "TensorLoader", "available_datasets",
     "channel_stats", "load_dataset", "normalize", "random_crop_flip", "register_dataset", "split_indices",
     "split_train_val",
 ]

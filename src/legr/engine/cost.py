@@ -12,7 +12,8 @@ operations (tens of microseconds for a CIFAR ResNet), so search and budget solve
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal, Protocol
+from dataclasses import dataclass
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -20,15 +21,37 @@ from torch import nn
 
 from legr.errors import LegrError
 from legr.graph import ChannelGraph
+from legr.registry import Registry
 
-BudgetUnit = Literal["macs", "params", "latency"]
-UNIT_NAMES = {"macs": "MACs", "params": "parameters", "latency": "latency"}
+BudgetUnit = str  # the name of a unit registered in BUDGET_UNITS ("macs", "params", "latency")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What a budget's targets are fractions of, and how a `CostModel` prices a keep vector in it."""
+
+    name: str
+    label: str  # in messages: "MACs", "parameters", "latency"
+    format: Callable[[float], str]  # a cost in this unit, e.g. "12.070M MACs"
+    price: Callable[["CostModel"], Callable[[np.ndarray], float]]  # the cost of a keep vector
+    base: Callable[["CostModel"], float]  # the unpruned network's
+    bound: Callable[["CostModel", Callable[[np.ndarray], float]], float]  # see `CostModel.bound`
+    section: bool = False  # configured by a section of its own (latency: where and how it is measured)
+
+
+BUDGET_UNITS = Registry[Unit]("budget unit")
+BUDGET_UNITS.add("macs", Unit("macs", "MACs", lambda v: f"{v / 1e6:.3f}M MACs", lambda c: c.macs,
+                              lambda c: c.base_macs, lambda c, lower: c._macs(c._floor_widths(lower))))
+BUDGET_UNITS.add("params", Unit("params", "parameters", lambda v: f"{v / 1e3:.2f}K params", lambda c: c.params,
+                                lambda c: c.base_params, lambda c, lower: c._params(c._floor_widths(lower))))
+BUDGET_UNITS.add("latency", Unit("latency", "latency", lambda v: f"{v:.2f} ms",
+                                 lambda c: c._latency_model().predict, lambda c: c._latency_model().base_ms,
+                                 lambda c, lower: c._latency_model().bound(lower), section=True))
 
 
 def format_cost(value: float, unit: BudgetUnit) -> str:
     """``12.070M MACs`` / ``77.32K params`` / ``3.25 ms``."""
-    return {"macs": f"{value / 1e6:.3f}M MACs", "params": f"{value / 1e3:.2f}K params",
-            "latency": f"{value:.2f} ms"}[unit]
+    return BUDGET_UNITS[unit].format(value)
 
 
 class LatencyPredictor(Protocol):
@@ -97,21 +120,20 @@ class CostModel:
 
     def of(self, unit: BudgetUnit) -> Callable[[np.ndarray], float]:
         """The cost a budget in ``unit`` counts, as a function of the keep vector (`macs`, `params` or `latency`)."""
-        return self._latency_model().predict if unit == "latency" else {"macs": self.macs, "params": self.params}[unit]
+        return BUDGET_UNITS[unit].price(self)
 
     def base(self, unit: BudgetUnit) -> float:
         """The unpruned network's cost in ``unit``."""
-        return self._latency_model().base_ms if unit == "latency" else \
-            {"macs": self.base_macs, "params": self.base_params}[unit]
+        return BUDGET_UNITS[unit].base(self)
 
     def bound(self, unit: BudgetUnit, lower: Callable[[np.ndarray], float]) -> float:
         """Cost in ``unit`` with each tracked dim at ``lower(class of each of its positions)`` kept positions. When
         ``lower`` bounds every dim's kept count from below, this bounds the cost of every such keep vector from below
         (each term is a product of non-negative counts; the latency model's coefficients are non-negative too)."""
-        if unit == "latency":
-            return self._latency_model().bound(lower)
-        terms = {"macs": self._macs, "params": self._params}[unit]
-        return terms(np.append([lower(cls) for cls in self._pos_cls], 1.0))
+        return BUDGET_UNITS[unit].bound(self, lower)
+
+    def _floor_widths(self, lower: Callable[[np.ndarray], float]) -> np.ndarray:
+        return np.append([lower(cls) for cls in self._pos_cls], 1.0)
 
     def _latency_model(self) -> LatencyPredictor:
         if self.latency is None:
@@ -142,14 +164,35 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def counted_macs(model: nn.Module, x: torch.Tensor) -> float:
+def counted_macs(model: nn.Module, x: torch.Tensor, *, nonzero: bool = False) -> float:
     """Multiply-accumulates of ``model(x)`` as torch itself counts them (`FlopCounterMode` reports 2 FLOPs per MAC),
-    independently of `CostModel`: the oracle the tests and benchmarks check the cost model against. Runs in eval
-    mode without gradients and restores every module's mode."""
-    from torch.utils.flop_counter import FlopCounterMode
+    independently of `CostModel`: the oracle the tests and benchmarks check the cost model against. With
+    ``nonzero``, an op whose operand is one of the model's parameters counts only that parameter's non-zero entries
+    (the MACs a sparse kernel does). Runs in eval mode without gradients and restores every module's mode."""
+    return _counted_flops(model, x, nonzero)[1 if nonzero else 0] / 2
+
+
+def _counted_flops(model: nn.Module, x: torch.Tensor, nonzero: bool) -> tuple[int, int]:
+    """(FLOPs, FLOPs of the non-zero parameter entries; equal to the first without ``nonzero``) of ``model(x)``."""
+    from torch.utils.flop_counter import FlopCounterMode, flop_registry
+
+    storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    sparse = [0]  # FLOPs the zero parameter entries save
+
+    def saving(formula: Callable) -> Callable:
+        def count(*args, out_val=None, **kwargs):
+            flops = formula(*args, out_val=out_val, **kwargs)
+            for a in args:  # the weight operand, not a bias (a view such as a Linear's weight.t() shares its storage)
+                if isinstance(a, torch.Tensor) and a.dim() >= 2 and a.untyped_storage().data_ptr() in storages:
+                    sparse[0] += flops - flops * int(torch.count_nonzero(a)) // a.numel()
+                    break
+            return flops
+        count._get_raw = True  # type: ignore[attr-defined]
+        return count
 
     modes = [(m, m.training) for m in model.modules()]
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping={op: saving(f) for op, f in flop_registry.items()}
+                              if nonzero else None)
     try:
         model.eval()
         with counter, torch.no_grad():
@@ -157,4 +200,32 @@ def counted_macs(model: nn.Module, x: torch.Tensor) -> float:
     finally:
         for m, training in modes:
             m.training = training
-    return counter.get_total_flops() / 2
+    total = counter.get_total_flops()
+    return total, total - sparse[0]
+
+
+@dataclass(frozen=True)
+class Price:
+    """What a network costs, whatever produced it (channel pruning, sparsity, low rank, lower precision)."""
+
+    macs: int  # per image, as torch counts them
+    nonzero_macs: int  # ... counting only the non-zero entries of parameter operands (a sparse kernel's)
+    params: int
+    nonzero_params: int
+    weight_bytes: int  # the parameters at their stored precision
+
+
+def price(model: nn.Module, input_size: tuple[int, ...], *, exact: tuple[CostModel, np.ndarray] | None = None) -> Price:
+    """The one cost entry point for any network (one image of ``input_size``): with ``exact`` = (the source's
+    `CostModel`, the keep vector the network was cut to), MACs and parameters come from the keep-vector model
+    (equal to torch's count, in microseconds); otherwise torch's own counter (`counted_macs`) counts them."""
+    params = list({id(p): p for p in model.parameters()}.values())
+    nonzero_params = sum(int(torch.count_nonzero(p)) for p in params)
+    weight_bytes = sum(p.numel() * p.element_size() for p in params)
+    if exact is not None:
+        cost, keep = exact
+        macs, count = cost.costs(keep)
+        return Price(int(macs), int(macs), int(count), nonzero_params, weight_bytes)
+    dtype = params[0].dtype if params else torch.float32
+    flops, nonzero_flops = _counted_flops(model, torch.zeros(1, *input_size, dtype=dtype), True)
+    return Price(flops // 2, nonzero_flops // 2, sum(p.numel() for p in params), nonzero_params, weight_bytes)

@@ -14,13 +14,15 @@ found finished on disk is not redone):
 
 The pipeline gives a method its `RunContext` (data splits, source network, folder, logging, training helpers).
 Adding a method = a class implementing `Method` + ``register_method`` (`legr methods` lists it; a config selects it
-with ``method: <name>``).
+with ``method: <name>``); its settings are config keys it declares (``config_keys``: a typed section of its own),
+validated with the rest of the config when it is read.
 """
 
 from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -28,8 +30,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import torch
 from torch import nn
 
+from legr.data import Splits
 from legr.engine.cost import BudgetUnit
 from legr.errors import ConfigError
+from legr.methods.folders import MemberFolder, MethodFolder
 from legr.models import save_state_dict
 from legr.paths import atomic_write_text
 from legr.registry import Registry
@@ -37,15 +41,15 @@ from legr.registry import Registry
 if TYPE_CHECKING:
     from legr.engine.cost import CostModel
     from legr.graph import ChannelGraph
-    from legr.training import EvalResult
+    from legr.training import EvalResult, TrainConfig
 
 
 class RunContext(Protocol):
     """What a run offers its method (`legr.pipeline.steps.Pipeline` implements it)."""
 
-    cfg: Any  # the run's typed configuration (`legr.pipeline.config.RunConfig`)
-    folder: Any  # the run folder (`legr.pipeline.folder.RunFolder`)
-    data: Any  # train / val / test splits, normalization, input size, classes
+    cfg: Any  # the run's typed configuration (`legr.pipeline.config.RunConfig`: built from every method's keys)
+    folder: MethodFolder  # the run folder (what a method reads and writes in it)
+    data: Splits  # train / val / test splits, normalization, input size, classes
     device: torch.device
     progress: bool
     base: nn.Module  # the source network (trained or adapted first when the run asks), eval mode
@@ -56,7 +60,7 @@ class RunContext(Protocol):
 
     def timed(self, step: str) -> AbstractContextManager[None]: ...
 
-    def train(self, model: nn.Module, cfg: Any, checkpoint: Path) -> list[dict]: ...
+    def train(self, model: nn.Module, cfg: TrainConfig, checkpoint: Path) -> list[dict]: ...
 
     def accuracy(self, model: nn.Module, split: tuple[torch.Tensor, torch.Tensor]) -> EvalResult: ...
 
@@ -71,6 +75,34 @@ class Method(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     budgets: ClassVar[tuple[BudgetUnit, ...]]
+    # the run-config keys this method owns: key -> (type, default or pydantic Field), e.g. a section of its own
+    # ``{"mymethod": (MySettings, MySettings())}`` (a `legr.settings.Settings`); the run config is built from them
+    config_keys: ClassVar[dict[str, tuple[Any, Any]]] = {}
+    # the keys of config_keys an entry of a comparison may set for itself (a section: as changes to the shared one)
+    entry_keys: ClassVar[tuple[str, ...]] = ()
+
+    channel_plans: ClassVar[bool] = False  # its members are channel cuts of the source (plan.json keep vectors)
+
+    @classmethod
+    def member_prefix(cls, settings: Mapping[str, Any]) -> str:
+        """Member folder names: ``<prefix>-<target in %>``, for a run (or comparison entry) with these settings."""
+        return cls.name
+
+    @classmethod
+    def entry_label(cls, settings: Mapping[str, Any]) -> tuple[str, str]:
+        """The (criterion, allocator) cells of a comparison's tables for an entry with these settings."""
+        return "-", cls.name
+
+    @classmethod
+    def searches(cls, settings: Mapping[str, Any]) -> bool:
+        """Whether a run with these settings runs a search (whose cost a comparison's ``pipeline_cost`` times)."""
+        return False
+
+    @classmethod
+    def identity(cls, cfg: Any, held: dict[str, Any]) -> dict[str, Any]:
+        """What of the run's config determines a run folder of this method (a folder refuses a config with another
+        identity): ``held`` is the config's dump less the evaluation-only keys and the other methods' keys."""
+        return held
 
     def __init__(self, run: RunContext) -> None:
         self.run = run
@@ -90,7 +122,7 @@ class Method(ABC):
     @property
     def prefix(self) -> str:
         """Member folder names: ``<prefix>-<target in %>``."""
-        return self.name
+        return self.member_prefix(self.run.cfg.model_dump())
 
     @abstractmethod
     def prepare(self) -> Any:
@@ -101,11 +133,10 @@ class Method(ABC):
         return f"{self.name}: prepared"
 
     @abstractmethod
-    def cut(self, prepared: Any, target: float, member: Any) -> None:
-        """Write the member for ``target`` (a fraction of the source's ``budget`` unit) into ``member`` (a
-        `MemberFolder`), from what `prepare` returned; a member already there and still valid is kept."""
+    def cut(self, prepared: Any, target: float, member: MemberFolder) -> None:
+        """Write the member for ``target`` (a fraction of the source's ``budget`` unit) into ``member``, from what `prepare` returned; a member already there and still valid is kept."""
 
-    def finetune(self, member: Any) -> None:
+    def finetune(self, member: MemberFolder) -> None:
         """Recover the member's accuracy with the run's fine-tuning recipe (resumable; ``member.finetuned`` marks it
         done; ``finetune.epochs: 0`` leaves the member as cut)."""
         cfg = self.run.cfg.finetune
@@ -121,7 +152,7 @@ class Method(ABC):
         member.finetune_checkpoint.unlink(missing_ok=True)
 
     @abstractmethod
-    def load(self, member: Any) -> tuple[nn.Module, dict[str, Any]]:
+    def load(self, member: MemberFolder) -> tuple[nn.Module, dict[str, Any]]:
         """The member's network (on the CPU, eval mode) and its figures: at least ``target``, ``macs``, ``params``
         (what the budget unit counts: for a sparse network, its non-zero parameters)."""
 

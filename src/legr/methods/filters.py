@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import shutil
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from torch import nn
 
 from legr.data import TensorLoader
 from legr.engine.artifacts import load_pruned, save_pruned
-from legr.engine.cost import UNIT_NAMES, count_params, format_cost
+from legr.engine.cost import BUDGET_UNITS, count_params, format_cost
 from legr.engine.latency_check import meet_measured
 from legr.engine.plan import Plan
 from legr.engine.surgery import prune
@@ -29,7 +30,8 @@ from legr.errors import ConfigError
 from legr.methods.allocate import ALLOCATORS, BudgetSolver, Floors, check_reachable, solve_uniform
 from legr.methods.base import Method, register_method
 from legr.methods.criteria import CriterionContext, compute_scores, group_scores
-from legr.methods.legr import EvolutionConfig
+from legr.methods.filters_config import FILTERS_CONFIG
+from legr.methods.folders import MemberFolder
 from legr.methods.legr.family import FamilyObjective
 from legr.methods.legr.fitness import CandidateFitness
 from legr.methods.legr.ranking import (
@@ -48,6 +50,36 @@ class FilterPruning(Method):
     name = "filters"
     description = "structured: a filter criterion cut by a budget allocator (uniform, global, LCP, LeGR)"
     budgets = ("macs", "params", "latency")
+    config_keys = FILTERS_CONFIG
+    entry_keys = ("criterion", "allocator", "search", "floors")
+
+    channel_plans = True
+
+    @classmethod
+    def member_prefix(cls, settings: Mapping[str, Any]) -> str:
+        return settings["allocator"]
+
+    @classmethod
+    def entry_label(cls, settings: Mapping[str, Any]) -> tuple[str, str]:
+        return settings["criterion"], settings["allocator"]
+
+    @classmethod
+    def searches(cls, settings: Mapping[str, Any]) -> bool:
+        return ALLOCATORS[settings["allocator"]].search is not None
+
+    @classmethod
+    def identity(cls, cfg: Any, held: dict[str, Any]) -> dict[str, Any]:
+        """The search targets as resolved (an explicit list equal to the default is the same run); the keys added
+        since the first run folders were written are left out at their old values, so those folders still match."""
+        out = dict(held)
+        for key in ("method", "budget"):  # a folder written before methods and budgets existed ran filters on MACs
+            if out[key] in (None, "filters", "macs"):
+                del out[key]
+        if out["floors"]["round_to"] == 1:  # ... and before widths could be rounded
+            out["floors"] = {k: v for k, v in out["floors"].items() if k != "round_to"}
+        searched = ALLOCATORS[cfg.allocator].search is not None  # a search's settings matter only to a search
+        out["search"] = {**out["search"], "target": None, "targets": list(cfg.search_targets)} if searched else None
+        return out
 
     def __init__(self, run) -> None:
         super().__init__(run)
@@ -58,10 +90,6 @@ class FilterPruning(Method):
     def floors(self) -> Floors:
         f = self.cfg.floors
         return Floors(f.safeguard, f.min_channels, f.round_to)
-
-    @property
-    def prefix(self) -> str:
-        return self.cfg.allocator
 
     def validate(self) -> None:
         if self.allocator.search is not None and len(self.run.data.val[0]) == 0:
@@ -91,7 +119,7 @@ class FilterPruning(Method):
             return
         wanted = self.cfg.search_targets
         if len(held) != len(wanted) or any(abs(a - b) > 1e-9 for a, b in zip(held, wanted)):
-            unit = UNIT_NAMES[self.budget]
+            unit = BUDGET_UNITS[self.budget].label
             raise ConfigError(f"{path} was searched at {', '.join(f'{t:.0%}' for t in held)} {unit} but the config "
                               f"searches at {', '.join(f'{t:.0%}' for t in wanted)}: set search.targets to match "
                               "or use another output folder")
@@ -127,8 +155,7 @@ class FilterPruning(Method):
             run.base, run.graph, self._fitness(), [t * base for t in targets], unit=self.budget, cost=run.cost,
             objective=self._objective(), criterion=cfg.criterion, scores=scores, allocator=cfg.allocator, floors=self.floors,
             mutate_fraction=s.mutate_fraction, seed_uniform=s.seed_uniform,
-            search=EvolutionConfig(population=s.population, sample=s.sample, evaluations=s.evaluations, seed=cfg.seed,
-                                   restarts=s.restarts),
+            search=s.evolution(cfg.seed),
             state_path=run.folder.search_state, log_path=run.folder.search_log, progress=run.progress,
         )
         margins = [{**m, "target": t} for m, t in zip(learned.search["margins"], targets)]
@@ -168,7 +195,7 @@ class FilterPruning(Method):
         return f"ranking over {len(ranking.layers)} layers, best fitness {ranking.search.get('best_fitness')}{fallback}"
 
     # --- cut: one member per budget -----------------------------------------------------------------------------
-    def cut(self, ranking: Ranking, target: float, member: Any) -> None:
+    def cut(self, ranking: Ranking, target: float, member: MemberFolder) -> None:
         """Cut the ranking at ``target``; a member on disk cut otherwise (e.g. from an earlier search of this folder)
         is cut again and loses its fine-tune. BN statistics are re-estimated (``bn_batches``) before it is saved, and
         its test top-1 is recorded both as cut (``top1_before_ft``) and after that (``top1_after_bn``)."""
@@ -207,7 +234,7 @@ class FilterPruning(Method):
                 + (f" ({after_bn:.2%} after adaptive BN)" if after_bn is not None else ""))
 
     def _guard_member(self, ranking: Ranking, keep: np.ndarray, target: float,
-                      member: Any) -> tuple[np.ndarray, dict | None]:
+                      member: MemberFolder) -> tuple[np.ndarray, dict | None]:
         """With ``search.guard``, a learned ranking's member is never worse than the uniform allocation at its own
         budget: both are scored by the search's fitness (validation), and uniform is kept when the ranking's cut
         scores below it by more than the sampling error (the search guards only its search targets)."""
@@ -230,7 +257,7 @@ class FilterPruning(Method):
                                                             "chosen": chosen}
 
     def _measured_cut(self, solver: BudgetSolver, ranking: Ranking, target: float,
-                      member: Any) -> tuple[np.ndarray, dict[str, Any]]:
+                      member: MemberFolder) -> tuple[np.ndarray, dict[str, Any]]:
         """A latency budget cut against the clock (`meet_measured`); a member already cut that way from this ranking
         for this target is kept (timings differ between runs: measuring again could cut it otherwise)."""
         run, budget = self.run, self.cfg.budget
@@ -249,7 +276,7 @@ class FilterPruning(Method):
                     "measured cuts (a busy machine? see eval's latency spread)")
         return keep, record
 
-    def load(self, member: Any) -> tuple[nn.Module, dict[str, Any]]:
+    def load(self, member: MemberFolder) -> tuple[nn.Module, dict[str, Any]]:
         net, plan = load_pruned(member.root, self.run.base)
         assert int(plan.info["params"]) == count_params(net), "cost model and network disagree on the parameter count"
         return net, plan.info

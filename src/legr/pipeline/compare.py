@@ -25,9 +25,9 @@ from legr.engine.latency import measure_interleaved
 from legr.engine.surgery import fold_batchnorm
 from legr.engine.plan import Plan
 from legr.hardware import hardware_label
-from legr.methods.legr.ranking import Ranking, ranked_layers
+from legr.methods import METHODS
 from legr.paths import atomic_write_text
-from legr.pipeline.compare_config import CompareConfig, MethodConfig
+from legr.pipeline.compare_config import DEFAULT_METHOD, CompareConfig, MethodConfig
 from legr.pipeline.config import LatencyBudget, RunConfig
 from legr.pipeline.folder import ComparisonFolder, RunFolder, member_name
 from legr.pipeline.steps import Pipeline
@@ -84,10 +84,11 @@ class Comparison:
         if method.budget is not None:  # "latency": the shared latency section (its defaults if there is none)
             shared = source.budget if isinstance(source.budget, LatencyBudget) else LatencyBudget()
             own["budget"] = shared if method.budget == "latency" else method.budget
+        settings = self.cfg.entry_settings(method)
+        if search:  # the pipeline-cost searches: the entry's search at one target
+            settings["search"] = settings["search"].model_copy(update=search)
         return source.model_copy(update={
-            "method": method.method, "criterion": method.criterion, "allocator": method.allocator, "seed": seed,
-            "search": self.cfg.method_search(method).model_copy(update=search),
-            "magnitude": self.cfg.method_magnitude(method), "floors": self.cfg.method_floors(method),
+            "method": method.method, **settings, "seed": seed,
             "eval": source.eval.model_copy(update={"latency": False}), **own})
 
     def runs(self) -> list[RunRef]:
@@ -100,8 +101,8 @@ class Comparison:
         source = self._source()
         rows, pipelines = [], []
         for ref in self.runs():
-            what = f"{ref.method.criterion} + {ref.method.allocator}" if ref.method.method == "filters" \
-                else ref.method.method
+            criterion, allocator = METHODS[ref.method.method].entry_label(ref.method.model_dump())
+            what = allocator if criterion == "-" else f"{criterion} + {allocator}"
             self.log(f"[seed {ref.seed}] {ref.method.name} ({what})")
             pipeline = self._pipeline(self._config(source, ref.method, ref.seed), ref.folder)
             pipelines.append(pipeline)
@@ -132,7 +133,7 @@ class Comparison:
         """Per searching method and seed: the winner's validation fitness and each restart's best (ranking.json)."""
         out: dict[str, dict[str, dict[str, Any]]] = {}
         for ref in self.runs():
-            search = Ranking.load(ref.folder.ranking).search if ref.folder.ranking.exists() else {}
+            search = json.loads(ref.folder.ranking.read_text()).get("search", {}) if ref.folder.ranking.exists() else {}
             if "best_fitness" in search:
                 out.setdefault(ref.method.name, {})[str(ref.seed)] = {
                     "best_fitness": search["best_fitness"], "restart_best": search.get("restart_best",
@@ -213,12 +214,15 @@ class Comparison:
         """Channels kept per prunable producer layer at the width target, per method (first seed)."""
         target = self.spec.width_target or self.targets[len(self.targets) // 2]
         graph = first.graph
-        layers = ranked_layers(graph)
+        prunable = {name for g in graph.prunable_groups() for name in g.producers}
+        layers = [name for name in graph.layers if name in prunable]  # every producer of a prunable group
         original = {name: len(graph.layers[name].producer_ids) for name in layers}
         per_method = {}
         for m in self.spec.methods:
-            plan_path = self.folder.run(self.spec.seeds[0], m.name).member(member_name(m.allocator, target)).plan
-            if m.method != "filters" or not plan_path.exists():
+            method = METHODS[m.method]
+            prefix = method.member_prefix(m.model_dump())
+            plan_path = self.folder.run(self.spec.seeds[0], m.name).member(member_name(prefix, target)).plan
+            if not method.channel_plans or not plan_path.exists():
                 continue
             keep = Plan.load(plan_path).keep_vector(graph)
             per_method[m.name] = {name: int(keep[graph.classes(graph.layers[name].producer_ids)].sum())
@@ -305,7 +309,7 @@ def summary_markdown(result: dict[str, Any]) -> str:
     for name, t in result["family_time_s"].items():
         cell = "-" if t["mean_s"] is None else f"{_duration(t['mean_s'])} ± {_duration(t['std_s'] or 0.0)}"
         m = methods[name]
-        what = (m["criterion"], m["allocator"]) if m.get("method", "filters") == "filters" else ("-", m["method"])
+        what = METHODS[m.get("method", DEFAULT_METHOD)].entry_label(m)
         lines.append(f"| {name} | {what[0]} | {what[1]} | {cell} |")
     pc = result.get("pipeline_cost")
     if pc:

@@ -1,49 +1,70 @@
-"""The ``compare`` section of a comparison config: the methods run under equal budgets, their seeds and plots."""
+"""The ``compare`` section of a comparison config: the methods run under equal budgets, their seeds and plots.
+
+An entry of ``compare.methods`` names a registered method and may set the keys that method lets an entry set
+(`Method.entry_keys`): a plain key (``criterion: l1``) replaces the shared value, a section (``search: {tau: 50}``)
+changes the shared section. The entry schema is built from the METHODS registry, like the run config."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
-from legr.pipeline.config import (
-    AllocatorName,
-    CriterionName,
-    FloorsConfig,
-    MagnitudeSection,
-    MethodName,
-    RunConfig,
-    SearchConfig,
-    _allocators,
-    _explain,
-    _Strict,
-)
+from legr.methods import METHODS
+from legr.pipeline.config import MethodName, RunConfig, UnitName, _seeded, _Strict, current_schema
+from legr.settings import explain
 
 
-class MethodConfig(_Strict):
-    """One compared method: a criterion cut by an allocator (any pair is valid), or another registered method."""
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
-    name: str = Field(description="label in tables and plots, e.g. legr-l2sq")
-    method: MethodName = "filters"
-    criterion: CriterionName = "l2sq"
-    allocator: AllocatorName = "legr"
-    search: dict[str, Any] = Field(default_factory=dict, description="this method's changes to the shared search "
-                                                                     "section, e.g. {tau: 50}")
-    magnitude: dict[str, Any] = Field(default_factory=dict, description="this method's changes to the shared "
-                                                                        "magnitude section, e.g. {rounds: 2}")
-    floors: dict[str, Any] = Field(default_factory=dict, description="this method's changes to the shared floors "
-                                                                     "section, e.g. {safeguard: 0.25}")
-    budget: Literal["macs", "params", "latency"] | None = Field(None, description="this method's budget unit "
-                                                                "(latency: the shared latency section's settings)")
-    targets: tuple[float, ...] | None = Field(None, min_length=1, description="this method's targets (fractions "
-                                                                              "in its budget unit)")
+
+def _entry_fields() -> tuple[dict[str, tuple[Any, Any]], tuple[str, ...]]:
+    """The entry keys every registered method lets an entry set, and which of them are sections."""
+    fields: dict[str, tuple[Any, Any]] = {}
+    sections = []
+    for _, method in METHODS.items():
+        for key in method.entry_keys:
+            annotation, default = method.config_keys[key]
+            if _is_section(annotation):
+                sections.append(key)
+                fields[key] = (dict[str, Any], Field(default_factory=dict, description=f"this entry's changes to the "
+                                                                                        f"shared {key} section"))
+            else:
+                fields[key] = (annotation, default)
+    return fields, tuple(sections)
+
+
+ENTRY_FIELDS, SECTIONS = _entry_fields()
+
+
+class _Entry(_Strict):
+    """One compared method: a registered method with its own settings (e.g. a criterion cut by an allocator)."""
 
     @model_validator(mode="after")
-    def _check(self) -> "MethodConfig":
+    def _check(self) -> "_Entry":
+        for key in SECTIONS:  # a library class that takes a seed: the comparison's seeds give it
+            if "seed" in getattr(self, key) and _seeded(RunConfig.model_fields[key].annotation):
+                raise ValueError(f"unknown config key '{key}.seed' (the comparison's seeds seed it)")
         bad = [t for t in self.targets or () if not 0 < t <= 1]
         if bad:
             raise ValueError(f"targets must be fractions in (0, 1], got {bad}")
         return self
+
+
+MethodConfig = create_model(
+    "MethodConfig", __base__=_Entry, __module__=__name__,
+    name=(str, Field(description="label in tables and plots, e.g. legr-l2sq")),
+    method=(MethodName, "filters"),
+    **ENTRY_FIELDS,
+    budget=(UnitName | None, Field(None, description="this method's budget unit (latency: the shared latency "
+                                                     "section's settings)")),
+    targets=(tuple[float, ...] | None, Field(None, min_length=1, description="this method's targets (fractions in "
+                                                                             "its budget unit)")),
+)  # type: ignore[call-overload]
+
+
+DEFAULT_METHOD = MethodConfig.model_fields["method"].default  # an entry (or a compare.json) naming no method
 
 
 class CompareSection(_Strict):
@@ -64,7 +85,7 @@ class CompareSection(_Strict):
             if self.pipeline_cost not in names:
                 raise ValueError(f"pipeline_cost names '{self.pipeline_cost}', which is not a method ({', '.join(names)})")
             chosen = self.methods[names.index(self.pipeline_cost)]
-            if chosen.method != "filters" or _allocators()[chosen.allocator].search is None:
+            if not METHODS[chosen.method].searches(chosen.model_dump()):
                 raise ValueError(f"pipeline_cost names '{self.pipeline_cost}', whose allocator searches nothing "
                                  "(use an lcp or legr method)")
         return self
@@ -76,30 +97,24 @@ class CompareConfig(RunConfig):
     compare: CompareSection
 
     @model_validator(mode="after")
-    def _check_search_overrides(self) -> "CompareConfig":
+    def _check_entry_sections(self) -> "CompareConfig":
         for i, m in enumerate(self.compare.methods):
-            for section, check in (("search", self.method_search), ("magnitude", self.method_magnitude),
-                                   ("floors", self.method_floors)):
+            for key in SECTIONS:
                 try:
-                    check(m)
+                    self.entry_section(m, key)
                 except ValidationError as exc:
-                    raise ValueError(_explain(exc, ("compare", "methods", i, section))) from None
+                    raise ValueError(explain(exc, ("compare", "methods", i, key))) from None
         return self
 
-    def method_search(self, method: MethodConfig) -> SearchConfig:
-        """The search settings ``method`` runs with: the shared ones, changed by its ``search`` entries."""
-        return SearchConfig.model_validate({**self.search.model_dump(), **method.search}) if method.search \
-            else self.search
+    def entry_section(self, entry: Any, key: str) -> Any:
+        """The section ``key`` as ``entry`` runs with it: the shared one, changed by the entry's own changes."""
+        shared, changes = getattr(self, key), getattr(entry, key)
+        return type(shared).model_validate({**shared.model_dump(), **changes}) if changes else shared
 
-    def method_magnitude(self, method: MethodConfig) -> MagnitudeSection:
-        """The magnitude settings ``method`` runs with: the shared ones, changed by its ``magnitude`` entries."""
-        return MagnitudeSection.model_validate({**self.magnitude.model_dump(), **method.magnitude}) \
-            if method.magnitude else self.magnitude
-
-    def method_floors(self, method: MethodConfig) -> FloorsConfig:
-        """The floors ``method`` runs with: the shared ones, changed by its ``floors`` entries."""
-        return FloorsConfig.model_validate({**self.floors.model_dump(), **method.floors}) if method.floors \
-            else self.floors
+    def entry_settings(self, entry: Any) -> dict[str, Any]:
+        """Every entry key of ``entry`` as it runs: plain keys as the entry sets them, sections merged."""
+        return {key: self.entry_section(entry, key) if key in SECTIONS else getattr(entry, key)
+                for key in ENTRY_FIELDS}
 
     def run_config(self) -> RunConfig:
-        return RunConfig.model_validate(self.model_dump(exclude={"compare"}))
+        return current_schema(RunConfig).model_validate(self.model_dump(exclude={"compare"}))

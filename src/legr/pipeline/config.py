@@ -6,53 +6,27 @@ these typed objects or plain arguments.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    model_validator,
-)
+from pydantic import Field, ValidationError, create_model, model_validator
 
 from legr.errors import ConfigError
+from legr.methods import METHODS
 from legr.registry import Registry
+from legr.settings import Settings, explain, registered
+from legr.training import TrainConfig
 
 
-def _known(registry: Callable[[], Registry]) -> Callable[[str], str]:
-    """A pydantic validator: ``name`` must be registered (the registry is imported when first needed)."""
-    def check(name: str) -> str:
-        if name not in registry():
-            raise ValueError(registry().unknown(name))
-        return name
-    return check
+def _units() -> Registry:
+    from legr.engine.cost import BUDGET_UNITS
+    return BUDGET_UNITS
 
 
-def _criteria() -> Registry:
-    from legr.methods.criteria import CRITERIA
-    return CRITERIA
+MethodName = registered(lambda: METHODS)  # a name registered in legr.methods.base.METHODS
+UnitName = registered(_units)  # a budget unit registered in legr.engine.cost.BUDGET_UNITS
 
 
-def _allocators() -> Registry:
-    from legr.methods.allocate import ALLOCATORS
-    return ALLOCATORS
-
-
-def _methods() -> Registry:
-    from legr.methods import METHODS
-    return METHODS
-
-
-CriterionName = Annotated[str, AfterValidator(_known(_criteria))]  # a name registered in legr.methods.criteria
-AllocatorName = Annotated[str, AfterValidator(_known(_allocators))]  # a name registered in legr.methods.allocate
-MethodName = Annotated[str, AfterValidator(_known(_methods))]  # a name registered in legr.methods.base.METHODS
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Strict = Settings  # every section: unknown keys refused, values checked when the YAML is read
 
 
 class ModelConfig(_Strict):
@@ -89,105 +63,6 @@ class DataConfig(_Strict):
     root: str | None = Field(None, description="dataset folder/archive; default under $LEGR_DATA")
     val_size: int = Field(5000, ge=0, description="images carved from the training data for search fitness")
     split_seed: int = 0
-
-
-class FloorsConfig(_Strict):
-    safeguard: float = Field(0.1, ge=0.0, le=1.0, description="each layer keeps at least this fraction")
-    min_channels: int = Field(2, ge=1, description="... and at least this many channels")
-    round_to: int = Field(1, ge=1, description="keep widths that are multiples of this (8: widths that run fast)")
-
-
-class TrainConfig(_Strict):
-    """SGD fine-tuning (paper: Nesterov, lr 0.01, momentum 0.9, wd 5e-4, batch 128, lr x0.2 at 30/60/80%)."""
-
-    epochs: int = Field(60, ge=0)
-    lr: float = Field(0.01, gt=0)
-    momentum: float = Field(0.9, ge=0)
-    weight_decay: float = Field(5e-4, ge=0)
-    nesterov: bool = True
-    batch_size: int = Field(128, ge=1)
-    milestones: tuple[float, ...] = (0.3, 0.6, 0.8)
-    gamma: float = Field(0.2, gt=0)
-    augment: bool = True
-    steps_per_epoch: int | None = Field(None, ge=1)
-
-
-class SearchConfig(_Strict):
-    """Regularized evolution of the per-layer affine transform (allocator legr) or offset only (allocator lcp).
-
-    Fitness of a candidate: prune at each search target (default: the run's lowest, middle and highest targets),
-    re-estimate BatchNorm statistics on ``bn_batches`` training batches (adaptive BN; augmented when
-    ``finetune.augment`` is), take ``tau`` SGD steps, then the validation ``fitness`` (top-1 by default; see
-    benchmarks/results/fitness_correlation for why); the per-target scores are combined by ``aggregate``
-    (`legr.methods.legr.family`), and with ``guard`` a ranking below the uniform allocation at any search target is
-    never returned. The paper's CIFAR setting: ``{bn_batches: 0, tau: 0, fitness: loss, seed_uniform: false,
-    restarts: 1, target: <one target>, guard: false}`` (ImageNet: tau 200).
-    """
-
-    population: int = Field(64, ge=1)
-    sample: int = Field(16, ge=1)
-    evaluations: int = Field(400, ge=1, description="candidates per restart (the initial population included)")
-    restarts: int = Field(3, ge=1, description="independent searches (own initial population and random stream); the "
-                                               "fittest candidate of all wins (the paper: 1)")
-    mutate_fraction: float = Field(0.1, gt=0, le=1)
-    bn_batches: int = Field(20, ge=0, description="training batches re-estimating BN statistics before the fitness "
-                                                  "(0: keep the source network's statistics, as the paper)")
-    tau: int = Field(0, ge=0, description="fine-tune steps per candidate before measuring fitness")
-    lr: float = Field(0.01, gt=0)
-    momentum: float = Field(0.9, ge=0)
-    weight_decay: float = Field(5e-4, ge=0)
-    batch_size: int = Field(128, ge=1)
-    fitness: Literal["loss", "accuracy"] = "accuracy"
-    aggregate: Literal["mean", "relative", "worst"] = Field(
-        "mean", description="how the search targets' scores combine: mean (plain mean of the scores), relative (mean "
-                            "over targets of the gain over the uniform allocation, in units of uniform's distance from "
-                            "chance), worst (the smallest relative gain); benchmarks/results/family_fitness says why "
-                            "mean")
-    guard: bool = Field(True, description="never return a ranking scoring below the uniform allocation at a search "
-                                          "target (beyond validation sampling error); fall back to uniform instead")
-    seed_uniform: bool = Field(True, description="the first population also holds the transforms reproducing the "
-                                                 "uniform allocation at each search target (beside the identity = "
-                                                 "global ranking)")
-    target: float | None = Field(None, gt=0, le=1, description="search at this one MACs fraction (the paper's "
-                                                                "single-target search)")
-    targets: tuple[float, ...] | None = Field(None, min_length=1, description="fitness = mean over these MACs "
-                                              "fractions; default (neither key): the run's lowest, middle and "
-                                              "highest targets")
-
-    @model_validator(mode="after")
-    def _check(self) -> "SearchConfig":
-        if self.evaluations < self.population:
-            raise ValueError(f"evaluations ({self.evaluations}) must be >= population ({self.population})")
-        if self.target is not None and self.targets is not None:
-            raise ValueError("search.target and search.targets exclude each other: give one")
-        bad = [t for t in self.targets or () if not 0 < t <= 1]
-        if bad:
-            raise ValueError(f"search.targets must be fractions in (0, 1], got {bad}")
-        return self
-
-
-class MagnitudeSection(_Strict):
-    """Han et al. 2015 (``method: magnitude``): each member keeps ``target`` of the source's parameters non-zero,
-    reached in ``rounds`` prune -> retrain rounds over which the run's ``finetune`` epochs are spread."""
-
-    rounds: int = Field(3, ge=1, description="prune -> retrain rounds (needs finetune.epochs >= rounds)")
-    fractions: tuple[float, ...] = Field((0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99),
-                                         min_length=1, description="pruned fractions of the sensitivity analysis")
-    sensitivity_samples: int | None = Field(None, ge=1, description="validation images it scores on (null: all)")
-    regularization: Literal["l1", "l2"] = "l2"
-    reg_strength: float = Field(5e-4, ge=0, description="L2 weight decay (replaces finetune.weight_decay) or L1 "
-                                                        "coefficient")
-    scale_dropout: bool = Field(True, description="Dropout rate x sqrt(kept connections / all) while retraining")
-    remove_dead: bool = Field(True, description="physically remove neurons/filters left without weights")
-    layers: tuple[str, ...] | None = Field(None, description="Linear/Conv layers to prune (null: all)")
-    allocation: Literal["cost", "tolerance"] = "cost"
-
-    @model_validator(mode="after")
-    def _check(self) -> "MagnitudeSection":
-        bad = [f for f in self.fractions if not 0 < f < 1]
-        if bad:
-            raise ValueError(f"magnitude.fractions must lie in (0, 1), got {bad}")
-        return self
 
 
 class LatencyBudget(_Strict):
@@ -230,44 +105,49 @@ class EvalConfig(_Strict):
                                                         "budget: the budget's threads, and its batch size is timed)")
 
 
-class RunConfig(_Strict):
-    model: ModelConfig
-    data: DataConfig = DataConfig()
-    method: MethodName = Field("filters", description="compression method (`legr methods`): filters (criterion + "
-                                                      "allocator) or magnitude (Han et al.)")
-    budget: Literal["macs", "params"] | LatencyBudget | None = Field(
+CORE_FIELDS: dict[str, tuple[Any, Any]] = {  # the run's own keys; each method adds its own (`Method.config_keys`)
+    "model": (ModelConfig, ...),
+    "data": (DataConfig, DataConfig()),
+    "base_training": (TrainConfig, TrainConfig(epochs=0)),
+    "method": (MethodName, Field("filters", description="compression method (`legr methods`): filters (criterion + "
+                                                       "allocator) or magnitude (Han et al.)")),
+    "budget": (UnitName | LatencyBudget | None, Field(
         None, description="what targets are fractions of: the source's MACs, parameters or latency (`latency` or a "
-                          "latency section; null: the method's own unit: filters macs, magnitude params)")
-    criterion: CriterionName = Field("l2sq", description="filter criterion (see `legr methods`)")
-    criterion_batches: int = Field(8, ge=1, description="training batches seen by data-dependent criteria (taylor)")
-    allocator: AllocatorName = Field("legr", description="budget allocator: uniform, global, lcp or legr (`legr methods`)")
-    bn_batches: int = Field(20, ge=0, description="training batches re-estimating each pruned member's BN statistics "
-                                                  "before it is saved and reported (0: off)")
-    floors: FloorsConfig = FloorsConfig()
-    base_training: TrainConfig = TrainConfig(epochs=0)
-    search: SearchConfig = SearchConfig()
-    magnitude: MagnitudeSection = MagnitudeSection()
-    targets: tuple[float, ...] = Field((0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), min_length=1,
-                                       description="fractions of the source's cost in the budget unit")
-    finetune: TrainConfig = TrainConfig()
-    eval: EvalConfig = EvalConfig()
-    seed: int = 0
-    device: str = Field("auto", description="'auto' (cuda when available), 'cpu' or 'cuda'")
+                          "latency section; null: the method's own unit: filters macs, magnitude params)")),
+}
+CORE_TAIL: dict[str, tuple[Any, Any]] = {
+    "targets": (tuple[float, ...], Field((0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), min_length=1,
+                                         description="fractions of the source's cost in the budget unit")),
+    "finetune": (TrainConfig, TrainConfig()),
+    "eval": (EvalConfig, EvalConfig()),
+    "seed": (int, 0),
+    "device": (str, Field("auto", description="'auto' (cuda when available), 'cpu' or 'cuda'")),
+}
+
+
+class _Run(Settings):
+    """What every run config does (its keys: `CORE_FIELDS`, every registered method's, `CORE_TAIL`)."""
 
     @model_validator(mode="before")
     @classmethod
     def _latency_shorthand(cls, data: Any) -> Any:
         """``budget: latency`` is a latency section with its defaults; a section's own errors name its keys."""
-        budget = data.get("budget") if isinstance(data, dict) else None
-        if budget == "latency":
-            return {**data, "budget": {"unit": "latency"}}
+        if not isinstance(data, dict):
+            return data
+        for section, field in cls.model_fields.items():  # a library class that takes a seed the run gives it
+            if isinstance(data.get(section), dict) and "seed" in data[section] and _seeded(field.annotation):
+                raise ValueError(f"unknown config key '{section}.seed' (the run's top-level 'seed' seeds it)")
+        budget, units = data.get("budget"), _units()
+        if isinstance(budget, str) and budget in units and units[budget].section:
+            return {**data, "budget": {"unit": budget}}
         if isinstance(budget, dict):
             try:
                 LatencyBudget.model_validate(budget)
             except ValidationError as exc:
-                raise ValueError(_explain(exc, ("budget",))) from None
-        elif budget is not None and budget not in ("macs", "params"):
-            raise ValueError(f"config key 'budget': must be macs, params, latency or a latency section "
+                raise ValueError(explain(exc, ("budget",))) from None
+        elif budget is not None and (not isinstance(budget, str) or budget not in units):
+            *first, last = list(units)  # in registration order
+            raise ValueError(f"config key 'budget': must be {', '.join(first)}, {last} or a latency section "
                              f"({{unit: latency, batch_size: .., threads: ..}}), got {budget!r}")
         return data
 
@@ -286,7 +166,7 @@ class RunConfig(_Strict):
         return self.budget.unit if isinstance(self.budget, LatencyBudget) else self.budget
 
     @model_validator(mode="after")
-    def _check_targets(self) -> "RunConfig":
+    def _check_targets(self) -> "_Run":
         bad = [t for t in self.targets if not 0 < t <= 1]
         if bad:
             raise ValueError(f"targets must be fractions in (0, 1], got {bad}")
@@ -307,29 +187,54 @@ class RunConfig(_Strict):
         return tuple(sorted({ordered[0], ordered[len(ordered) // 2], ordered[-1]}))
 
 
-def _explain(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> str:
-    err = exc.errors()[0]
-    msg = err["msg"].removeprefix("Value error, ")
-    if not prefix and not err["loc"]:
-        return msg  # a whole-config check: its message names the keys
-    where = ".".join(str(p) for p in (*prefix, *err["loc"]))
-    if err["type"] == "extra_forbidden":
-        return f"unknown config key '{where}'"
-    if err["type"] == "missing":
-        return f"missing config key '{where}'"
-    return f"config key '{where}': {msg}"
+def _seeded(annotation: Any) -> bool:
+    """A section type whose ``seed`` is the library's argument (left out of dumps), not a config key."""
+    field = getattr(annotation, "model_fields", {}).get("seed")
+    return field is not None and bool(field.exclude)
 
 
-def parse_config(data: Any, overrides: dict[str, Any] | None = None, schema: type[RunConfig] = RunConfig) -> Any:
+def _method_fields() -> dict[str, tuple[Any, Any]]:
+    out: dict[str, tuple[Any, Any]] = {}
+    for name, method in METHODS.items():
+        for key, spec in method.config_keys.items():
+            if key in out or key in CORE_FIELDS or key in CORE_TAIL:
+                raise ValueError(f"method {name} declares the config key {key!r}, which is already taken")
+            out[key] = spec
+    return out
+
+
+# built from the registered methods when this module is imported (every built-in method is registered by then)
+RunConfig = create_model("RunConfig", __base__=_Run, __module__=__name__,
+                         **CORE_FIELDS, **_method_fields(), **CORE_TAIL)  # type: ignore[call-overload]
+RunConfig.__doc__ = """A run's configuration: the run's own keys and those of every registered method."""
+_LATE: dict[tuple[type, tuple[str, ...]], type] = {}
+
+
+def current_schema(schema: Any = None) -> Any:
+    """``schema`` (default `RunConfig`) with the config keys of the methods registered since it was built (a method
+    registered by a plugin or a test after this module was imported): a subclass, made once per set of keys."""
+    schema = schema or RunConfig
+    missing = {k: v for k, v in _method_fields().items() if k not in schema.model_fields}
+    if not missing:
+        return schema
+    key = (schema, tuple(sorted(missing)))
+    if key not in _LATE:
+        _LATE[key] = create_model(schema.__name__, __base__=schema, __module__=schema.__module__,
+                                  **missing)  # type: ignore[call-overload]
+    return _LATE[key]
+
+
+def parse_config(data: Any, overrides: dict[str, Any] | None = None, schema: Any = None) -> Any:
     """Validate a mapping (e.g. parsed YAML) against ``schema`` (`RunConfig` or `CompareConfig`), applying dotted
     ``overrides`` such as ``{"search.tau": 0}``."""
     if not isinstance(data, dict):
         raise ConfigError("config must be a mapping of keys to values")
     data = _with_overrides(data, overrides or {})
+    schema = current_schema(schema)
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc)) from None
+        raise ConfigError(explain(exc)) from None
 
 
 def _with_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

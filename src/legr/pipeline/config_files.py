@@ -10,7 +10,6 @@ import yaml
 
 from legr.errors import ConfigError
 from legr.methods import METHODS
-from legr.methods.allocate import ALLOCATORS
 from legr.pipeline.config import RunConfig, parse_config
 
 
@@ -48,25 +47,15 @@ def parse_set_options(items: list[str]) -> dict[str, Any]:
 
 # sections that do not change what a run folder holds: a finished run may be evaluated elsewhere with other settings
 EVAL_ONLY = ("eval", "device")
-# what only filter pruning reads
-FILTER_KEYS = ("criterion", "criterion_batches", "allocator", "bn_batches", "floors", "search")
 
 
 def artifact_config(cfg: RunConfig) -> dict[str, Any]:
-    """The part of the config that determines a run folder's source network, ranking and members (the search
-    targets as resolved: an explicit list equal to the default is the same run)."""
-    out = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in EVAL_ONLY}
-    if cfg.method != "filters":  # a method's own section matters only to it
-        return {**out, **dict.fromkeys(FILTER_KEYS), "budget": out["budget"] or METHODS[cfg.method].budgets[0]}
-    del out["magnitude"]
-    for key in ("method", "budget"):  # a folder written before methods and budgets existed ran filters on MACs
-        if out[key] in (None, "filters", "macs"):
-            del out[key]
-    if out["floors"]["round_to"] == 1:  # ... and before widths could be rounded
-        del out["floors"]["round_to"]
-    searched = ALLOCATORS[cfg.allocator].search is not None  # a search's settings matter only to a search
-    out["search"] = {**out["search"], "target": None, "targets": list(cfg.search_targets)} if searched else None
-    return out
+    """The part of the config that determines a run folder's source network, ranking and members: the config less
+    the evaluation-only keys and the keys of other methods, as the run's method reads it (`Method.identity`)."""
+    method = METHODS[cfg.method]
+    others = {key for name, m in METHODS.items() if name != cfg.method for key in m.config_keys}
+    held = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in EVAL_ONLY and k not in others}
+    return method.identity(cfg, held)
 
 
 def held_config(raw: Any) -> RunConfig:

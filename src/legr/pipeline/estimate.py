@@ -38,12 +38,13 @@ from legr.engine.latency_model import latency_model_path
 from legr.engine.surgery import prune
 from legr.methods.allocate import Floors, GlobalSolver
 from legr.methods.criteria import compute_scores, group_scores
+from legr.methods.filters_config import FloorsConfig, SearchConfig
 from legr.pipeline.compare import Comparison
 from legr.pipeline.compare_config import CompareConfig
-from legr.pipeline.config import FloorsConfig, LatencyBudget, RunConfig, SearchConfig, TrainConfig
+from legr.pipeline.config import LatencyBudget, RunConfig
 from legr.pipeline.folder import RunFolder, member_name
 from legr.pipeline.steps import Pipeline, latency_plans
-from legr.training import make_sgd, recalibrate_bn, train_steps
+from legr.training import TrainConfig, make_sgd, recalibrate_bn, train_steps
 
 LIMIT_S = 2 * 3600.0  # what a piece may take: sessions here have ~3 h
 MEASURED_CUTS = 3  # a member cut against the clock is timed 1-4 times (2.6 on average in latency_budget.json)

@@ -24,58 +24,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from legr.engine.artifacts import PLAN_FILE, WEIGHTS_FILE
+from legr.methods.folders import MemberFolder, MethodFolder, member_name
 from legr.reporting import RESULTS_CSV, RESULTS_JSON
 
-
-def member_name(prefix: str, target: float) -> str:
-    """A family member's folder name, e.g. ``legr-47`` for the 47% MACs target of allocator legr."""
-    return f"{prefix}-{round(target * 100)}"
+__all__ = ["ComparisonFolder", "MemberFolder", "RunFolder", "member_name"]
 
 
 @dataclass(frozen=True)
-class MemberFolder:
-    """One pruned network of a family."""
+class RunFolder(MethodFolder):
+    """A run folder: what its method works in (`legr.methods.folders.MethodFolder`) and the results."""
 
-    root: Path
-
-    @property
-    def name(self) -> str:
-        return self.root.name
-
-    plan = property(lambda self: self.root / PLAN_FILE)
-    weights = property(lambda self: self.root / WEIGHTS_FILE)
-    finetuned = property(lambda self: self.root / "finetuned.json")  # written last: the fine-tune is complete
-    finetune_checkpoint = property(lambda self: self.root / "finetune.pt")
-
-
-@dataclass(frozen=True)
-class RunFolder:
-    root: Path
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "root", Path(self.root))
-
-    config = property(lambda self: self.root / "config.yaml")
-    latency_model = property(lambda self: self.root / "latency_model.json")
-    base_weights = property(lambda self: self.root / "base" / "model.safetensors")
-    base_checkpoint = property(lambda self: self.root / "base" / "train.pt")
-    timings = property(lambda self: self.root / "timings.json")
-    ranking = property(lambda self: self.root / "ranking.json")
-    sensitivity = property(lambda self: self.root / "sensitivity.json")
-    search_state = property(lambda self: self.root / "search_state.json")
-    search_log = property(lambda self: self.root / "search_log.jsonl")
-    members = property(lambda self: self.root / "members")
     results_json = property(lambda self: self.root / RESULTS_JSON)  # written last: the run is complete
     results_csv = property(lambda self: self.root / RESULTS_CSV)
     pareto = property(lambda self: self.root / "pareto.png")
-
-    def member(self, name: str) -> MemberFolder:
-        return MemberFolder(self.members / name)
-
-    def saved_members(self) -> list[MemberFolder]:
-        """The members on disk, by name."""
-        return [MemberFolder(p) for p in sorted(self.members.iterdir())] if self.members.is_dir() else []
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from legr.data import load_dataset, split_train_val
-from legr.engine.cost import count_params
+from legr.engine.cost import count_params, price
 from legr.engine.latency import measure_latency
 from legr.errors import ConfigError
 from legr.hardware import git_revision, hardware_label
@@ -28,7 +28,6 @@ from legr.methods.magnitude.compress import (
     MagnitudeConfig,
     check_reachable,
     run_magnitude,
-    sparse_macs,
 )
 from legr.methods.magnitude.pruning import count_nonzero, layer_density
 from legr.methods.magnitude.sparse import (
@@ -71,7 +70,7 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["magnitude"] = self.magnitude.to_dict()
+        out["base"], out["magnitude"] = self.base.state(), self.magnitude.to_dict()
         return json.loads(json.dumps(out))
 
 
@@ -96,7 +95,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, progress: bool = T
     out = make_folder(out)
     input_size = data.input_size
     base_path = out / "base.safetensors"
-    base_key = {"model": cfg.model, "dataset": cfg.dataset, "base": asdict(cfg.base), "val_size": cfg.val_size,
+    base_key = {"model": cfg.model, "dataset": cfg.dataset, "base": cfg.base.state(), "val_size": cfg.val_size,
                 "train_subset": cfg.train_subset, "seed": cfg.seed}
     base_key = json.loads(json.dumps(base_key))
     if cfg.weights is None and (out / "base.json").exists():
@@ -138,8 +137,9 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, progress: bool = T
     lat_base = _latencies(dense, input_size, cfg)
     lat_final = _latencies(final, input_size, cfg)
     lat_sparse = _latencies(sparse_kernel_copy(final), input_size, cfg)
-    dense_macs, _ = sparse_macs(dense, input_size)
-    final_macs, final_nnz_macs = sparse_macs(final, input_size)
+    dense_macs = price(dense, input_size).macs
+    final_price = price(final, input_size)
+    final_macs, final_nnz_macs = final_price.macs, final_price.nonzero_macs
     remaining = layer_density(result.masked, list(result.stds))
     common = {"model": cfg.model, "dataset": DATASET_LABELS.get(cfg.dataset, cfg.dataset), "seed": cfg.seed,
               "git_rev": git_revision(Path(__file__).parent), "hardware": hardware_label()}

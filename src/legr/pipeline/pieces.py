@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from legr.errors import ConfigError
-from legr.methods.allocate import ALLOCATORS
 from legr.hardware import hardware_label
+from legr.methods import METHODS
 from legr.pipeline.compare import family_times, summarize
-from legr.pipeline.compare_config import CompareConfig
+from legr.pipeline.compare_config import DEFAULT_METHOD, CompareConfig
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def _check_settings(cfg: CompareConfig, part: dict[str, Any], i: int) -> None:
         where = f"compare.methods.{m['name']}"
         diff += _differences({k: v for k, v in m.items() if k != "search"},
                              {k: v for k, v in w.items() if k != "search"}, where)
-        if m.get("method", "filters") == "filters" and ALLOCATORS[m["allocator"]].search is not None:
+        if METHODS[m.get("method", DEFAULT_METHOD)].searches(m):
             diff += _differences({**held["search"], **m.get("search", {})}, {**wanted["search"], **w.get("search", {})},
                                  f"{where}.search")
     if diff:

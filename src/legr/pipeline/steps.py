@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -26,7 +25,7 @@ import torch
 import yaml
 from torch import nn
 
-from legr.data import load_dataset, split_train_val
+from legr.data import Splits, load_dataset, split_train_val
 from legr.engine.cost import CostModel
 from legr.engine.latency_model import LatencyModel, build_latency_model
 from legr.engine.latency import measure_interleaved
@@ -39,7 +38,7 @@ from legr.methods.allocate import random_plans
 from legr.models import build_from_factory, build_model, load_checkpoint, save_state_dict
 from legr.models.registry import resolve_factory
 from legr.paths import atomic_write_text, make_folder
-from legr.pipeline.config import LatencyBudget, RunConfig, TrainConfig
+from legr.pipeline.config import LatencyBudget, RunConfig
 from legr.pipeline.config_files import artifact_config, dump_config, held_config
 from legr.pipeline.folder import MemberFolder, RunFolder, member_name
 from legr.reporting import (
@@ -53,18 +52,7 @@ from legr.reporting import (
     warn_if_noisy,
     write_results,
 )
-from legr.training import EvalResult, FinetuneConfig, bn_batches, evaluate, finetune
-
-
-@dataclass(frozen=True)
-class Splits:
-    train: tuple[torch.Tensor, torch.Tensor]
-    val: tuple[torch.Tensor, torch.Tensor]
-    test: tuple[torch.Tensor, torch.Tensor]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    input_size: tuple[int, int, int]
-    num_classes: int
+from legr.training import EvalResult, TrainConfig, bn_batches, evaluate, finetune
 
 
 def resolve_device(name: str) -> torch.device:
@@ -78,10 +66,6 @@ def resolve_device(name: str) -> torch.device:
 def latency_plans(graph: ChannelGraph, cost: CostModel, probes: int) -> list[np.ndarray]:
     """The plans a run's latency model is measured on: the full network and ``probes`` random allocations."""
     return [np.ones(graph.num_classes)] + random_plans(graph, cost, probes, seed=0)
-
-
-def finetune_config(cfg: TrainConfig, seed: int) -> FinetuneConfig:
-    return FinetuneConfig(**cfg.model_dump(), seed=seed)
 
 
 class Pipeline:
@@ -164,8 +148,8 @@ class Pipeline:
         one (``latency_model.json``: the model its members were cut with, also when `legr eval` runs elsewhere)."""
         cost = CostModel(self.graph)
         budget = self.cfg.budget
-        if not isinstance(budget, LatencyBudget) or self.cfg.method != "filters":
-            return cost  # other methods refuse a latency budget when they are built
+        if not isinstance(budget, LatencyBudget) or "latency" not in METHODS[self.cfg.method].budgets:
+            return cost  # a method without latency budgets refuses one when it is built
         if self.folder.latency_model.exists():  # the model this run's members were cut with (eval may run elsewhere)
             return CostModel(self.graph, latency=LatencyModel.from_json(self.folder.latency_model.read_text(),
                                                                         self.graph))
@@ -179,7 +163,7 @@ class Pipeline:
     def train(self, model: nn.Module, cfg: TrainConfig, checkpoint: Path) -> list[dict]:
         x, y = self.data.train
         val = self.data.val if len(self.data.val[0]) else None
-        return finetune(model, x, y, self.data.mean, self.data.std, finetune_config(cfg, self.cfg.seed),
+        return finetune(model, x, y, self.data.mean, self.data.std, cfg.with_seed(self.cfg.seed),
                         checkpoint=checkpoint, val=val, progress=self.progress, device=self.device)
 
     def accuracy(self, model: nn.Module, split: tuple[torch.Tensor, torch.Tensor]) -> EvalResult:

@@ -2,7 +2,8 @@
 
 from legr.training.bn import bn_batches, recalibrate_bn
 from legr.training.evaluate import EvalResult, evaluate, model_device
-from legr.training.loops import FinetuneConfig, finetune, make_sgd, train_steps
+from legr.training.config import FinetuneConfig, TrainConfig
+from legr.training.loops import finetune, make_sgd, train_steps
 
 __all__ = ["EvalResult", "FinetuneConfig", "bn_batches", "evaluate", "finetune", "make_sgd", "model_device",
-           "recalibrate_bn", "train_steps"]
+           "recalibrate_bn", "train_steps", "TrainConfig"]

@@ -12,7 +12,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,57 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from legr.data.loader import TensorLoader
-from legr.errors import CheckpointError, ConfigError
+from legr.errors import CheckpointError
 from legr.models.checkpoint import load_state_dict
 from legr.paths import atomic_file
 from legr.progress import progress_bar
+from legr.training.config import FinetuneConfig
 from legr.training.evaluate import Device, evaluate, model_device
 
 CHECKPOINT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """Fine-tuning hyper-parameters; the defaults are the LeGR paper's CIFAR fine-tuning recipe.
-
-    SGD (Nesterov momentum 0.9, weight decay 5e-4, batch 128) for 60 epochs from lr 0.01, multiplied by ``gamma``
-    = 0.2 at 30%, 60% and 80% of the epochs (epoch ``int(m * epochs)`` for each fraction ``m`` in ``milestones``),
-    with random-crop (padding 4) + horizontal-flip augmentation. An epoch is one shuffled pass in full batches (the
-    last partial batch is dropped unless the set is smaller than one batch); ``steps_per_epoch`` caps its optimizer
-    steps (None: no cap), for quick runs.
-    """
-
-    epochs: int = 60
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = True
-    batch_size: int = 128
-    milestones: tuple[float, ...] = (0.3, 0.6, 0.8)
-    gamma: float = 0.2
-    augment: bool = True
-    seed: int = 0
-    steps_per_epoch: int | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "milestones", tuple(float(m) for m in self.milestones))
-        problems = []
-        if self.epochs < 1:
-            problems.append(f"epochs must be >= 1, got {self.epochs}")
-        if not self.lr > 0:
-            problems.append(f"lr must be > 0, got {self.lr}")
-        if self.batch_size < 1:
-            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
-        if not all(0.0 < m < 1.0 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
-            problems.append(f"milestones must be increasing fractions in (0, 1), got {self.milestones}")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            problems.append(f"steps_per_epoch must be >= 1 or None, got {self.steps_per_epoch}")
-        if problems:
-            raise ConfigError("FinetuneConfig: " + "; ".join(problems))
-
-    def milestone_epochs(self) -> list[int]:
-        """The epochs at whose start the lr is multiplied by ``gamma`` (one entry per fraction, may repeat)."""
-        return [int(m * self.epochs) for m in self.milestones]
 
 
 # ---------------------------------------------------------------- short fine-tune (LeGR search)
@@ -219,7 +175,7 @@ def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
     sched = scheduler.state_dict()
     sched["milestones"] = dict(sched["milestones"])  # a plain dict: loadable by every weights_only unpickler
     state = {"version": CHECKPOINT_VERSION, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": sched, "epoch": history[-1]["epoch"], "history": history, "cfg": asdict(cfg)}
+             "scheduler": sched, "epoch": history[-1]["epoch"], "history": history, "cfg": cfg.state()}
     with atomic_file(path) as fh:
         torch.save(state, fh)
 
@@ -244,8 +200,8 @@ def _check_cfg(path: Path, saved: dict[str, Any], cfg: FinetuneConfig) -> None:
     """Raise CheckpointError naming the fields where the checkpoint's config differs from ``cfg``."""
     if not isinstance(saved, dict):
         raise CheckpointError(f"{path}: the stored config is not a dict")
-    current = asdict(cfg)
-    names = [f.name for f in fields(cfg)] + sorted(set(saved) - set(current))
+    current = cfg.state()
+    names = list(current) + sorted(set(saved) - set(current))
     diffs = [f"{k}={saved.get(k, '<missing>')!r} vs {current.get(k, '<missing>')!r}" for k in names
              if saved.get(k, "<missing>") != current.get(k, "<missing>")]
     if diffs:

@@ -20,15 +20,17 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar
 
 import numpy as np
+from pydantic import Field, model_validator
 
 from legr.errors import ConfigError
 from legr.paths import atomic_write_text
 from legr.progress import progress_bar
+from legr.settings import Settings
 
 STATE_VERSION = 1
 C = TypeVar("C")
@@ -49,33 +51,38 @@ class SearchSpace(Protocol[C]):
     def from_json(self, obj: Any) -> C: ...
 
 
-@dataclass(frozen=True)
-class EvolutionConfig:
+class EvolutionConfig(Settings):
     """Aging-evolution settings; ``evaluations`` counts every evaluated candidate of one restart, initial population
-    included (a search evaluates ``evaluations * restarts`` candidates)."""
+    included (a search evaluates ``evaluations * restarts`` candidates). Positional arguments are taken in the order
+    population, sample, evaluations, seed, restarts. ``seed`` is the library's argument: a run's ``search`` section
+    (`legr.methods.legr.search_config.SearchConfig`, this class plus the fitness settings) is seeded by the run's
+    top-level ``seed`` and never dumps it."""
 
-    population: int = 64
-    sample: int = 16
-    evaluations: int = 400
-    seed: int = 0
-    restarts: int = 1
+    population: int = Field(64, ge=1, strict=True)
+    sample: int = Field(16, ge=1, strict=True)
+    evaluations: int = Field(400, ge=1, strict=True, description="candidates per restart (the initial population "
+                                                                 "included)")
+    restarts: int = Field(1, ge=1, strict=True)
+    seed: int = Field(0, ge=0, strict=True, exclude=True)
 
-    def __post_init__(self) -> None:
-        for name in ("population", "sample", "evaluations", "seed", "restarts"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"EvolutionConfig.{name} must be an int, got {value!r}")
-        if self.population < 1:
-            raise ConfigError(f"EvolutionConfig.population must be >= 1, got {self.population}")
-        if self.sample < 1:
-            raise ConfigError(f"EvolutionConfig.sample must be >= 1, got {self.sample}")
+    def __init__(self, *args: int, **kwargs: Any) -> None:
+        names = ("population", "sample", "evaluations", "seed", "restarts")
+        if len(args) > len(names):
+            raise ConfigError(f"EvolutionConfig takes at most {len(names)} positional arguments ({', '.join(names)})")
+        super().__init__(**dict(zip(names, args)), **kwargs)
+
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]  # nested validation bypasses it
+
+    @model_validator(mode="after")
+    def _enough_evaluations(self) -> "EvolutionConfig":
         if self.evaluations < self.population:
-            raise ConfigError(f"EvolutionConfig.evaluations ({self.evaluations}) must be >= population "
-                              f"({self.population})")
-        if self.seed < 0:
-            raise ConfigError(f"EvolutionConfig.seed must be >= 0, got {self.seed}")
-        if self.restarts < 1:
-            raise ConfigError(f"EvolutionConfig.restarts must be >= 1, got {self.restarts}")
+            raise ValueError(f"evaluations ({self.evaluations}) must be >= population ({self.population})")
+        return self
+
+    def evolution(self, seed: int) -> "EvolutionConfig":
+        """The plain aging-evolution settings of this (possibly larger) section, seeded with ``seed``."""
+        return EvolutionConfig(population=self.population, sample=self.sample, evaluations=self.evaluations,
+                               restarts=self.restarts, seed=seed)
 
 
 @dataclass(frozen=True)
@@ -161,7 +168,8 @@ class _State:
     def config_json(self) -> dict[str, int]:
         """What the state file records of the config: one restart's settings (as before restarts existed, so a
         one-restart state of an earlier version still resumes), plus the restart number after the first."""
-        out = {k: v for k, v in asdict(self.cfg).items() if k != "restarts"}
+        c = self.cfg
+        out = {"population": c.population, "sample": c.sample, "evaluations": c.evaluations, "seed": c.seed}
         return {**out, "restart": self.restart} if self.restart else out
 
     def save(self, path: Path | None) -> None:

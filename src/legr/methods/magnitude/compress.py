@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -107,14 +107,14 @@ class MagnitudeConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["retrain"] = asdict(self.retrain)
+        out["retrain"] = self.retrain.state()
         return json.loads(json.dumps(out))
 
     def round_finetune(self, r: int) -> FinetuneConfig:
         """The retraining recipe of round ``r`` (1-based)."""
         epochs = self.final_epochs if (r == self.rounds and self.final_epochs) else self.retrain.epochs
         wd = self.reg_strength if self.regularization == "l2" else 0.0
-        return replace(self.retrain, epochs=epochs, weight_decay=wd, seed=self.retrain.seed + r)
+        return self.retrain.model_copy(update={"epochs": epochs, "weight_decay": wd, "seed": self.retrain.seed + r})
 
 
 @dataclass
@@ -303,29 +303,10 @@ def load_magnitude(run: str | Path, model: nn.Module) -> nn.Module:
     return load_state_dict(model, state, source=str(run / "model.sparse.safetensors")).eval()
 
 
-def sparse_macs(model: nn.Module, input_size: Sequence[int]) -> tuple[int, int]:
-    """(dense MACs, MACs of the non-zero weights) of every Linear/Conv layer for one image."""
-    layers = prunable_layers(model)
-    sizes: dict[str, int] = {}
-    handles = [m.register_forward_hook(lambda m, a, o, n=n: sizes.__setitem__(n, o[0].numel() // o.shape[1]
-                                                                           if isinstance(m, nn.modules.conv._ConvNd)
-                                                                           else o[0].numel() // o.shape[-1]))
-               for n, m in layers.items()]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, *input_size, dtype=next(model.parameters()).dtype))
-    finally:
-        for h in handles:
-            h.remove()
-    dense = sum(m.weight.numel() * sizes[n] for n, m in layers.items())
-    nnz = sum(int(torch.count_nonzero(m.weight)) * sizes[n] for n, m in layers.items())
-    return dense, nnz
-
-
 def per_layer_remaining(model: nn.Module, names: Sequence[str] | None = None) -> dict[str, float]:
     """Non-zero weights of each layer as a fraction of that layer's weights (``layer_density``)."""
     return layer_density(model, names)
 
 
 __all__ = ["MagnitudeConfig", "MagnitudeResult", "analyze_sensitivity", "check_reachable", "load_magnitude",
-           "per_layer_remaining", "run_magnitude", "sparse_macs"]
+           "per_layer_remaining", "run_magnitude"]

@@ -17,18 +17,19 @@ from typing import Any
 
 from torch import nn
 
-from legr.engine.cost import count_params
+from legr.engine.cost import price
 from legr.errors import ConfigError
 from legr.methods.base import Method, register_method
+from legr.methods.magnitude.config import MAGNITUDE_CONFIG
+from legr.methods.folders import MemberFolder
 from legr.methods.magnitude.compress import (
     MagnitudeConfig,
     analyze_sensitivity,
     check_reachable,
     load_magnitude,
     run_magnitude,
-    sparse_macs,
 )
-from legr.methods.magnitude.pruning import SensitivityCurve, count_nonzero
+from legr.methods.magnitude.pruning import SensitivityCurve
 from legr.paths import atomic_write_text
 from legr.training import FinetuneConfig
 
@@ -38,6 +39,15 @@ class MagnitudePruning(Method):
     name = "magnitude"
     description = "unstructured: weight magnitude pruning with retraining rounds (Han et al. 2015); sparse storage"
     budgets = ("params",)
+    config_keys = MAGNITUDE_CONFIG
+    entry_keys = ("magnitude",)
+
+    @classmethod
+    def identity(cls, cfg: Any, held: dict[str, Any]) -> dict[str, Any]:
+        """The budget as resolved; filter pruning's keys as folders written before methods owned their keys hold
+        them (null), so that those folders still match."""
+        legacy = dict.fromkeys(("criterion", "criterion_batches", "allocator", "bn_batches", "floors", "search"))
+        return {**held, **legacy, "budget": held["budget"] or cls.budgets[0]}
 
     def config(self, target: float = 1.0) -> MagnitudeConfig:
         """The library's `MagnitudeConfig` for a member keeping ``target`` of the parameters."""
@@ -72,7 +82,7 @@ class MagnitudePruning(Method):
     def describe(self, prepared: dict[str, SensitivityCurve]) -> str:
         return f"sensitivity analysis of {len(prepared)} layers x {len(self.run.cfg.magnitude.fractions)} fractions"
 
-    def cut(self, prepared: dict[str, SensitivityCurve], target: float, member: Any) -> None:
+    def cut(self, prepared: dict[str, SensitivityCurve], target: float, member: MemberFolder) -> None:
         run = self.run
         if member.finetuned.exists():
             return
@@ -85,14 +95,14 @@ class MagnitudePruning(Method):
                                    provenance={"source": run.source_info()}, curves=prepared)
         atomic_write_text(member.finetuned, json.dumps(result.rounds, indent=1))
 
-    def finetune(self, member: Any) -> None:
+    def finetune(self, member: MemberFolder) -> None:
         """Nothing: the member was retrained in its rounds (`cut`)."""
 
-    def load(self, member: Any) -> tuple[nn.Module, dict[str, Any]]:
+    def load(self, member: MemberFolder) -> tuple[nn.Module, dict[str, Any]]:
         net = load_magnitude(member.root, copy.deepcopy(self.run.base).cpu())
-        dense, nonzero_macs = sparse_macs(net, self.run.data.input_size)
+        cost = price(net, self.run.data.input_size)  # sparse: torch's count (a keep vector prices channels only)
         rounds = json.loads(member.finetuned.read_text())
         target = json.loads((member.root / "config.json").read_text())["magnitude"]["target"]
-        return net, {"method": self.name, "criterion": None, "target": round(1.0 / target, 6), "macs": dense,
-                     "sparse_macs": nonzero_macs, "params": count_nonzero(net), "dense_params": count_params(net),
+        return net, {"method": self.name, "criterion": None, "target": round(1.0 / target, 6), "macs": cost.macs,
+                     "sparse_macs": cost.nonzero_macs, "params": cost.nonzero_params, "dense_params": cost.params,
                      "finetune_epochs": sum(r["epochs"] for r in rounds)}

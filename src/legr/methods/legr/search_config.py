@@ -1,0 +1,60 @@
+"""The LeGR search's section of a run config (``search:``): the aging evolution's settings
+(`legr.methods.legr.evolution.EvolutionConfig`, one class) plus how a candidate is scored."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from legr.methods.legr.evolution import EvolutionConfig
+
+
+class SearchConfig(EvolutionConfig):
+    """Regularized evolution of the per-layer affine transform (allocator legr) or offset only (allocator lcp).
+
+    Fitness of a candidate: prune at each search target (default: the run's lowest, middle and highest targets),
+    re-estimate BatchNorm statistics on ``bn_batches`` training batches (adaptive BN; augmented when
+    ``finetune.augment`` is), take ``tau`` SGD steps, then the validation ``fitness`` (top-1 by default; see
+    benchmarks/results/fitness_correlation for why); the per-target scores are combined by ``aggregate``
+    (`legr.methods.legr.family`), and with ``guard`` a ranking below the uniform allocation at any search target is
+    never returned. The paper's CIFAR setting: ``{bn_batches: 0, tau: 0, fitness: loss, seed_uniform: false,
+    restarts: 1, target: <one target>, guard: false}`` (ImageNet: tau 200).
+    """
+
+    restarts: int = Field(3, ge=1, strict=True, description="independent searches (own initial population and "
+                                                            "random stream); the fittest candidate of all wins "
+                                                            "(the paper: 1)")
+    mutate_fraction: float = Field(0.1, gt=0, le=1)
+    bn_batches: int = Field(20, ge=0, description="training batches re-estimating BN statistics before the fitness "
+                                                  "(0: keep the source network's statistics, as the paper)")
+    tau: int = Field(0, ge=0, description="fine-tune steps per candidate before measuring fitness")
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    batch_size: int = Field(128, ge=1)
+    fitness: Literal["loss", "accuracy"] = "accuracy"
+    aggregate: Literal["mean", "relative", "worst"] = Field(
+        "mean", description="how the search targets' scores combine: mean (plain mean of the scores), relative (mean "
+                            "over targets of the gain over the uniform allocation, in units of uniform's distance from "
+                            "chance), worst (the smallest relative gain); benchmarks/results/family_fitness says why "
+                            "mean")
+    guard: bool = Field(True, description="never return a ranking scoring below the uniform allocation at a search "
+                                          "target (beyond validation sampling error); fall back to uniform instead")
+    seed_uniform: bool = Field(True, description="the first population also holds the transforms reproducing the "
+                                                 "uniform allocation at each search target (beside the identity = "
+                                                 "global ranking)")
+    target: float | None = Field(None, gt=0, le=1, description="search at this one MACs fraction (the paper's "
+                                                                "single-target search)")
+    targets: tuple[float, ...] | None = Field(None, min_length=1, description="fitness = mean over these MACs "
+                                              "fractions; default (neither key): the run's lowest, middle and "
+                                              "highest targets")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SearchConfig":
+        if self.target is not None and self.targets is not None:
+            raise ValueError("search.target and search.targets exclude each other: give one")
+        bad = [t for t in self.targets or () if not 0 < t <= 1]
+        if bad:
+            raise ValueError(f"search.targets must be fractions in (0, 1], got {bad}")
+        return self
