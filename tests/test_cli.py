@@ -115,7 +115,6 @@ def test_a_ranking_searched_at_other_targets_is_refused(config, tmp_path):
     [
         (["run", "missing.yaml"], "config file not found"),
         (["analyze", "resnet_56"], "unknown model"),
-        (["analyze", "timm:convnextv2_atto"], "as a channel barrier it leaves nothing prunable"),
         (["report", "nowhere"], "results"),
         (["export", "nowhere", "x.onnx"], "no plan.json"),
         (["latency", "digits_cnn", "--clock", "cpu", "--threads", "2"], "threads: 1"),
@@ -136,6 +135,13 @@ def test_analyze_reports_barriers_and_the_prunable_share(tmp_path):
     out = " ".join(proc.stdout.split())
     assert "of the MACs in layers a plan can shrink" in out and "channel barrier(s)" in out
     assert "layer1.0.se.conv" in out and "Conv1d" in out
+
+
+def test_analyze_prunes_through_global_response_norm(tmp_path):
+    """Once refused in one line (its GRN had no channel rule), convnextv2 is analysed with no barrier at all."""
+    proc = legr("analyze", "timm:convnextv2_atto", cwd=tmp_path)
+    out = " ".join(proc.stdout.split())
+    assert "of the MACs in layers a plan can shrink" in out and "channel barrier" not in out
 
 
 # --- bring your own model (issue 32, item 5) ------------------------------------------------------------------------
