@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import RandomNet, ScalarAffine, assert_pruned_matches_masked, equivalence_setup, random_keep, randomize_all
+from helpers import (RandomNet, ScalarAffine, assert_pruned_matches_masked, check_random_plans, equivalence_setup,
+                     random_keep, randomize_all)
 from torch import nn
 
 import legr.graph.compensation as compensation
@@ -111,21 +112,8 @@ def test_random_compositions_with_scalar_affines_pruned_equal_masked(seed):
     before a batch norm): random plans are pruned == masked (float64, 1e-9), MACs equal torch's count."""
     rng = np.random.default_rng(2000 + seed)
     torch.manual_seed(seed)
-    model = randomize_all(RandomNet(rng, steps=6, kinds=RandomNet.AFFINE_KINDS), seed).double().eval()
-    try:
-        graph = analyze(model, (3, 12, 12))
-    except UnsupportedModelError as exc:
-        assert "\n" not in str(exc)
-        return
-    x = torch.randn(2, 3, 12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
-    cost = CostModel(graph)
-    for _ in range(3):
-        keep = random_keep(graph, rng)
-        pruned = prune(graph, keep).eval()
-        with torch.no_grad():
-            a, b = pruned(x), masked_copy(graph, keep).eval()(x)
-        assert (a - b).abs().max().item() <= 1e-9 * max(1.0, b.abs().max().item()), model.kinds
-        assert cost.macs(keep) == counted_macs(pruned, x[:1])
+    check_random_plans(randomize_all(RandomNet(rng, steps=6, kinds=RandomNet.AFFINE_KINDS), seed).double().eval(), seed,
+                       rng)
 
 
 def test_random_compositions_with_scalar_affines_fold_constants():
