@@ -5,7 +5,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from legr.graph import analyze
+from legr.engine.cost import CostModel, counted_macs
+from legr.engine.surgery import masked_copy, prune
+from legr.errors import UnsupportedModelError
+from legr.graph import ChannelGraph, analyze
 
 
 def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -67,6 +70,29 @@ def assert_pruned_matches_masked(a: torch.Tensor, b: torch.Tensor, original: tor
 
 
 # --- random compositions of the supported ops (zero-safety property tests) ---------------------------------------
+def check_random_plans(model: nn.Module, seed: int, rng: np.random.Generator, refused: str = "") -> ChannelGraph | None:
+    """Analyze the float64 ``RandomNet`` ``model`` and check three random plans: pruned == masked (1e-9), MACs as
+    torch counts them, parameters as the pruned network holds them. A refusal (one line, holding ``refused``)
+    returns None."""
+    try:
+        graph = analyze(model, (3, 12, 12))
+    except UnsupportedModelError as exc:
+        assert "\n" not in str(exc) and refused in str(exc), model.kinds
+        return None
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    cost = CostModel(graph)
+    assert cost.base_macs == counted_macs(graph.gm, x[:1])
+    for _ in range(3):
+        keep = random_keep(graph, rng)
+        pruned = prune(graph, keep).eval()
+        with torch.no_grad():
+            a, b = pruned(x), masked_copy(graph, keep).eval()(x)
+        assert (a - b).abs().max().item() <= 1e-9 * max(1.0, b.abs().max().item()), (model.kinds, model.barriers)
+        assert cost.macs(keep) == counted_macs(pruned, x[:1])
+        assert cost.params(keep) == sum(p.numel() for p in pruned.parameters())
+    return graph
+
+
 ACTIVATIONS = [nn.ReLU, nn.Sigmoid, nn.Hardsigmoid, nn.Softplus, nn.GELU, lambda: nn.GELU(approximate="tanh"),
                nn.SiLU, nn.Tanh, nn.Hardswish, nn.ELU, nn.Mish, nn.LeakyReLU]
 

@@ -240,6 +240,62 @@ def test_a_bad_model_factory_is_one_line(model, message, tmp_path):
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
 
 
+
+def _user_module(tmp_path: Path) -> Path:
+    """USER_NET as tmp_path/user_nets/nets.py: importable as ``user_nets.nets`` from tmp_path, or named as a file."""
+    package = tmp_path / "user_nets"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "nets.py").write_text(USER_NET)
+    return package / "nets.py"
+
+
+def _conv_macs(c_in: int, c_out: int, k: int, h: int, w: int) -> int:
+    return c_in * c_out * k * k * h * w
+
+
+@pytest.mark.parametrize("model,size", [("factory:NET:build", 32), ("factory:user_nets.nets:build", 16)],
+                         ids=["file", "module"])
+def test_analyze_takes_the_users_own_model(model, size, tmp_path):
+    """`legr analyze factory:<file or module>:<callable> --input-size CxHxW --kwargs JSON`: the user's model is
+    analysed at the given size (its MACs are the hand count of USER_NET's layers at that size)."""
+    net = _user_module(tmp_path)
+    proc = legr("analyze", model.replace("NET", str(net)), "--input-size", f"3x{size}x{size}", "--num-classes", "10",
+                "--kwargs", '{"in_channels": 3, "width": 6}', cwd=tmp_path)
+    out = " ".join(proc.stdout.split())
+    assert "features.0 │ 6 │ 1 │ yes" in out and "features.3 │ 12 │ 1 │ yes" in out and "fc │ 10 │ 1 │ no" in out
+    macs = _conv_macs(3, 6, 3, size, size) + _conv_macs(6, 12, 3, size, size) + 12 * 10
+    assert f": {macs / 1e6:.2f}M MACs," in out and "2/3 groups prunable" in out
+
+
+def test_latency_takes_the_users_own_model(tmp_path):
+    net = _user_module(tmp_path)
+    proc = legr("latency", f"factory:{net}:build", "--input-size", "1x8x8", "--num-classes", "4", "--probes", "3",
+                "--check", "2", "-q", env={"LEGR_CACHE": str(tmp_path / "cache")})
+    assert f"factory:{net}:build (" in proc.stderr and "full network" in proc.stderr
+    assert "check on 2 new random allocations: median error" in proc.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["analyze", "factory:no_such_pkg.models:build", "--input-size", "1x8x8"], "cannot import module 'no_such_pkg"),
+    (["analyze", "factory:NET:not_a_module", "--input-size", "1x8x8", "--num-classes", "4"],
+     "returned str, not a torch.nn.Module"),
+    (["latency", "factory:NET:build", "--input-size", "3x8x8", "--num-classes", "4"],
+     "forward pass on an input of shape (2, 3, 8, 8) failed"),
+    (["analyze", "factory:NET:build", "--input-size", "3x8x"], "expected positive whole numbers joined by 'x'"),
+    (["latency", "factory:NET:build", "--num-classes", "4"], "a factory's model needs --input-size"),
+    (["analyze", "factory:NET:build", "--input-size", "1x8x8", "--kwargs", "{width: 4}"], "is not JSON"),
+    (["analyze", "factory:NET:build", "--input-size", "1x8x8", "--kwargs", "[4]"], "expected a JSON object"),
+    (["analyze", "digits_cnn", "--kwargs", "{}"], "--kwargs are a factory's arguments"),
+], ids=["unimportable", "not-a-module", "input-size-rejected", "bad-input-size", "no-input-size", "kwargs-not-json",
+        "kwargs-not-an-object", "kwargs-without-factory"])
+def test_analyze_and_latency_refuse_a_bad_own_model_in_one_line(args, message, tmp_path):
+    net = _user_module(tmp_path)
+    proc = legr(*(a.replace("NET", str(net)) for a in args), check=False, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
 def _entry_point() -> str:
     """The `legr` script pip installed (next to this interpreter, else on PATH)."""
     script = shutil.which("legr", path=str(Path(sys.executable).parent)) or shutil.which("legr")

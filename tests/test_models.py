@@ -303,6 +303,8 @@ def test_a_factory_in_an_importable_module_builds_the_users_model(tmp_path, monk
     torch.save(net.state_dict(), tmp_path / "w.pt")
     loaded = build_from_factory("user_models_pkg.nets:build", {"width": 5}, num_classes=7, pretrained=tmp_path / "w.pt")
     assert torch.equal(loaded[0].weight, net[0].weight)
+    named = build_model("factory:user_models_pkg.nets:build", 7, tmp_path / "w.pt", width=5)  # by name: the CLI's form
+    assert torch.equal(named[0].weight, net[0].weight) and named[4].out_features == 7
     with pytest.raises(LegrError, match=r"^model factory 'user_models_pkg\.nets': expected 'package\.module:callable'"):
         build_from_factory("user_models_pkg.nets")
     with pytest.raises(LegrError, match=r"^model factory 'user_models_pkg\.nets:build' raised TypeError"):

@@ -22,6 +22,14 @@ ConfigArg = Annotated[Path, typer.Argument(help="run configuration (YAML); see c
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="run folder (default: runs/<config name>)")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override a config key: --set search.tau=0")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+ModelArg = Annotated[str, typer.Argument(help="registered model name (`legr models`), timm:<name>, or your own model: "
+                                              "factory:<package.module:callable> or factory:<path/to/net.py:callable> "
+                                              "(runs that code)")]
+InputSizeOpt = Annotated[Optional[str], typer.Option(help="input size CxHxW, e.g. 3x32x32 (required for factory: "
+                                                          "models; default: the registered model's)")]
+KwargsOpt = Annotated[Optional[str], typer.Option("--kwargs", help="a factory's keyword arguments, a JSON object: "
+                                                                   "'{\"width\": 64}'")]
+NumClassesOpt = Annotated[Optional[int], typer.Option(help="classifier width")]
 
 
 def _print_version(value: bool) -> None:
@@ -70,18 +78,19 @@ def models(contains: Annotated[str, typer.Argument(help="only names containing t
 
 @app.command()
 def analyze(
-    model: Annotated[str, typer.Argument(help="registered model name (`legr models`) or timm:<name>")],
+    model: ModelArg,
     weights: Annotated[Optional[str], typer.Option(help="checkpoint path or 'pretrained'")] = None,
-    num_classes: Annotated[Optional[int], typer.Option(help="classifier width")] = None,
+    num_classes: NumClassesOpt = None,
+    input_size: InputSizeOpt = None,
+    kwargs: KwargsOpt = None,
 ) -> None:
     """Show a model's channel groups (what is pruned together), its MACs and parameters."""
     from legr.engine.cost import CostModel
     from legr.graph import analyze as analyze_model
     from legr.graph.tracing import SPECIALIZED
-    from legr.models import build_model, get_model_spec
+    from legr.models import model_from_options
 
-    net = build_model(model, num_classes=num_classes, pretrained={"pretrained": True, None: False}.get(weights, weights))
-    graph = analyze_model(net, get_model_spec(model).input_size)
+    graph = analyze_model(*model_from_options(model, input_size, kwargs, num_classes, weights))
     cost = CostModel(graph)
     table = Table("group", "channels", "producers", "prunable", "why not")
     for row in graph.summary_rows():
@@ -105,7 +114,7 @@ def analyze(
 
 @app.command()
 def latency(
-    model: Annotated[str, typer.Argument(help="registered model name (`legr models`) or timm:<name>")],
+    model: ModelArg,
     batch_size: Annotated[int, typer.Option(help="batch the latency is measured at")] = 1,
     threads: Annotated[int, typer.Option(help="CPU threads")] = 1,
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
@@ -113,7 +122,9 @@ def latency(
     check: Annotated[int, typer.Option(help="fresh random allocations it is checked on (0: none)")] = 10,
     clock: Annotated[str, typer.Option(help="wall, or cpu (thread CPU time, 1 thread: busy machines)")] = "wall",
     statistic: Annotated[str, typer.Option(help="median or min (the fastest forward)")] = "median",
-    num_classes: Annotated[Optional[int], typer.Option(help="classifier width")] = None,
+    num_classes: NumClassesOpt = None,
+    input_size: InputSizeOpt = None,
+    kwargs: KwargsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Measure a model's latency model on this machine (or read it from the cache) and check its predictions
@@ -125,12 +136,12 @@ def latency(
     from legr.engine.latency_model import LatencySetting, build_latency_model
     from legr.graph import analyze as analyze_model
     from legr.methods.allocate import random_plans
-    from legr.models import build_model, get_model_spec
+    from legr.models import model_from_options
 
     if probes < 2 or check < 0:
         raise LegrError("--probes must be >= 2 and --check >= 0")
     setting = LatencySetting(batch_size=batch_size, threads=threads, device=device, clock=clock, statistic=statistic)
-    graph = analyze_model(build_model(model, num_classes=num_classes), get_model_spec(model).input_size)
+    graph = analyze_model(*model_from_options(model, input_size, kwargs, num_classes))
     cost = CostModel(graph)
     full = np.ones(graph.num_classes)
     lat = build_latency_model(graph, setting, [full] + random_plans(graph, cost, probes, seed=0), progress=not quiet,

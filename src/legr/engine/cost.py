@@ -3,7 +3,9 @@
 Convention (the LeGR paper's): MACs count the multiply-accumulates of convolutions
 (``H_out * W_out * k_h * k_w * C_in/groups * C_out``) and fully connected layers (``in * out``), per image;
 batch norm, activations, pooling, additions and biases are not counted. FLOPs in the paper's sense equal these MACs
-(`torch.utils.flop_counter` reports 2 FLOPs per MAC). Parameters count every parameter used by the traced graph.
+(`torch.utils.flop_counter` reports 2 FLOPs per MAC). Parameters count every parameter used by the traced graph, and
+the bias surgery gives a layer without one when a plan removes channels whose constant it takes
+(`legr.graph.compensation`).
 
 A `CostModel` is built once per `ChannelGraph`; evaluating it for a keep vector is a couple of vectorised numpy
 operations (tens of microseconds for a CIFAR ResNet), so search and budget solvers can call it thousands of times.
@@ -20,7 +22,7 @@ import torch
 from torch import nn
 
 from legr.errors import LegrError
-from legr.graph import ChannelGraph
+from legr.graph import ChannelGraph, compensation
 from legr.registry import Registry
 
 BudgetUnit = str  # the name of a unit registered in BUDGET_UNITS ("macs", "params", "latency")
@@ -92,6 +94,8 @@ class CostModel:
                 tied = ties.get((module_name, pname), [])
                 untied = math.prod(s for d, s in enumerate(p.shape) if d not in {t.dim for t in tied})
                 params.append((float(untied), [self._dim(t.ids) for t in tied]))
+        self._given_biases = [(graph.classes(c.in_ids), self._dim(t.ids)) for c in graph.compensations if c.created
+                              for t in compensation.bias_ties(graph.layers[c.module])]
         self._macs = CostTerms(macs)
         self._params = CostTerms(params)
         self._pos_dim_arr = np.concatenate(self._pos_dim) if self._pos_dim else np.zeros(0, dtype=np.int64)
@@ -116,7 +120,13 @@ class CostModel:
         return self._macs(self.widths(keep))
 
     def params(self, keep: np.ndarray) -> float:
-        return self._params(self.widths(keep))
+        return self._params_of(keep, self.widths(keep))
+
+    def _params_of(self, keep: np.ndarray, widths: np.ndarray) -> float:
+        """The parameter terms, and the biases given to layers reading removed channels' constants (surgery adds one
+        when the plan removes any of them: `legr.graph.compensation.shifts`)."""
+        given = sum(widths[dim] for classes, dim in self._given_biases if (keep[classes] == 0).any())
+        return self._params(widths) + float(given)
 
     def of(self, unit: BudgetUnit) -> Callable[[np.ndarray], float]:
         """The cost a budget in ``unit`` counts, as a function of the keep vector (`macs`, `params` or `latency`)."""
@@ -143,7 +153,7 @@ class CostModel:
 
     def costs(self, keep: np.ndarray) -> tuple[float, float]:
         w = self.widths(keep)
-        return self._macs(w), self._params(w)
+        return self._macs(w), self._params_of(keep, w)
 
 
 class CostTerms:

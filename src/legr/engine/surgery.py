@@ -102,15 +102,22 @@ def prune(graph: ChannelGraph, keep: np.ndarray) -> fx.GraphModule:
     keep = graph.check_keep(keep)
     shifts = compensation.shifts(graph, keep, lambda: masked_copy(graph, keep))  # removed channels' constants
     gm = copy.deepcopy(graph.gm)
+    given: set[str] = set()  # layers given a bias to hold the shift
     with torch.no_grad():
         for module, tensor, value in shifts:  # folded into the next layer's bias (`legr.graph.compensation`)
-            getattr(gm.get_submodule(module), tensor).add_(value.to(getattr(gm.get_submodule(module), tensor)))
+            owner = gm.get_submodule(module)
+            if getattr(owner, tensor) is None:
+                setattr(owner, tensor, nn.Parameter(value.to(owner.weight).clone()))
+                given.add(module)
+            else:
+                getattr(owner, tensor).add_(value.to(getattr(owner, tensor)))
         for layer in graph.layers.values():
             module = _fold(gm, layer.name, layer.fold) if layer.fold else gm.get_submodule(layer.name)
-            for param in {t.param for t in layer.ties}:
+            ties = layer.ties + compensation.bias_ties(layer) if layer.name in given else layer.ties
+            for param in {t.param for t in ties}:
                 tensor = getattr(module, param)
                 new = tensor.detach()
-                for t in (t for t in layer.ties if t.param == param):
+                for t in (t for t in ties if t.param == param):
                     index = torch.as_tensor(graph.kept_positions(t.ids, keep), device=new.device)
                     new = new.index_select(t.dim, index)
                 if new.shape == tensor.shape:  # nothing removed: the tensor stays as it is (and tied, if it was)

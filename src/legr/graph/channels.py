@@ -111,7 +111,8 @@ class Compensation:
     input) that hold an input-independent constant once removed. Its contribution to the layer's output (per output
     channel, on ``out_axis``) is added, times ``sign``, to the tensor ``module.tensor`` before the channels are
     sliced away: the layer's own bias (+1) or the running mean of the batch norm that alone reads it (-1). An empty
-    ``module``: nothing to shift (that batch norm always normalizes with batch statistics, which absorb it)."""
+    ``module``: nothing to shift (that batch norm always normalizes with batch statistics, which absorb it).
+    ``created``: the layer (a torch.nn conv or linear layer) has no bias; surgery gives it one holding the shift."""
 
     node: str
     in_ids: np.ndarray
@@ -120,3 +121,4 @@ class Compensation:
     module: str
     tensor: str
     sign: float
+    created: bool = False

@@ -7,7 +7,9 @@ linear layer) reading a channel that holds one input-independent value at every 
 contribution is one value per output channel, exactly when nothing pads the input with zeros (a padded 3x3
 convolution reads the constant inside the image and zeros at its border: not a per-channel shift). It is added to
 the layer's bias, or, when the layer has none and its only reader is a batch norm, subtracted from that norm's
-running mean (in training mode the batch mean absorbs it). Anything else keeps the channels.
+running mean (in training mode the batch mean absorbs it). A torch.nn convolution or linear layer with neither is
+given a bias holding it (a plan that removes such channels adds the layer's kept output count to the parameters:
+`legr.engine.cost`). Anything else (a functional conv or linear op without a bias) keeps the channels.
 
 The analysis records each such layer (`consumer`); surgery asks `shifts` for the values, measured on the masked
 network (one forward pass on a random input, the removed channels' part of the layer's input run through the layer
@@ -25,23 +27,33 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from legr.errors import LegrError
-from legr.graph.channels import ChanMap, Compensation
+from legr.graph.channels import ChanMap, Compensation, Layer, Tie
 from legr.graph.context import WalkContext
 
 _FUNCTIONAL_BN = (F.batch_norm, torch.batch_norm)
+_GIVEN_A_BIAS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # their forward adds ``self.bias`` once it is set
 
 
 def consumer(ctx: WalkContext, node: fx.Node, x: ChanMap, bias: tuple[str, str] | None, out_axis: int,
              padded: bool) -> bool:
     """The affine layer ``node`` reads ``x``, whose removed channels hold a constant: record a compensation and
-    return True when it is exact (no zero padding; a bias, or a batch norm alone after the layer, to take it)."""
+    return True when it is exact (no zero padding; a bias, a batch norm alone after the layer, or a bias the layer
+    is given, to take it)."""
     if not x.constant or padded:
         return False
     target = (bias[0], bias[1], 1.0) if bias is not None else _batch_norm_after(node)
+    created = target is None and node.op == "call_module" and type(ctx.module(node)) in _GIVEN_A_BIAS
+    if created:
+        target = (str(node.target), "bias", 1.0)
     if target is None:
         return False
-    ctx.compensations.append(Compensation(node.name, x.ids, x.axis, out_axis, *target))
+    ctx.compensations.append(Compensation(node.name, x.ids, x.axis, out_axis, *target, created))
     return True
+
+
+def bias_ties(layer: Layer) -> list[Tie]:
+    """The ties of the bias a compensation gives ``layer`` (`Compensation.created`): its filters' output channels."""
+    return [Tie("bias", 0, t.ids, "out") for t in layer.ties if t.param == "weight" and t.dim == 0]
 
 
 def _batch_norm_after(node: fx.Node) -> tuple[str, str, float] | None:

@@ -16,6 +16,7 @@ from legr.models.registry import (
     build_model,
     get_model_spec,
     list_models,
+    model_from_options,
     pretrained_path,
     register_model,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "list_models",
     "load_checkpoint",
     "load_state_dict",
+    "model_from_options",
     "pretrained_path",
     "read_state_dict",
     "register_model",

@@ -7,7 +7,9 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +65,7 @@ def list_models() -> list[str]:
 
 
 TIMM_PREFIX = "timm:"
+FACTORY_PREFIX = "factory:"  # factory:<package.module:callable> or factory:<path/to/file.py:callable>
 
 
 def get_model_spec(name: str) -> ModelSpec:
@@ -100,17 +103,44 @@ def build_model(
     pretrained: bool | str | os.PathLike = False,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build `name` with random init (`num_classes=None`: the spec's default), extra kwargs go to the builder.
+    """Build `name` with random init (`num_classes=None`: the spec's default), extra kwargs go to the builder;
+    ``factory:<target>`` is the user's own model (`build_from_factory`: the kwargs are the factory's).
 
     `pretrained=True` loads the spec's published checkpoint (see `legr.models.pretrained_path`);
     `pretrained=<path>` loads that file with `legr.models.load_checkpoint` (strict).
     """
+    if name.startswith(FACTORY_PREFIX):
+        return build_from_factory(name[len(FACTORY_PREFIX):], kwargs, num_classes, pretrained)
     spec = get_model_spec(name)
     model = spec.builder(num_classes=spec.num_classes if num_classes is None else num_classes, **kwargs)
     if pretrained is False or pretrained is None:
         return model
     path = pretrained_path(name) if pretrained is True else pretrained
     return load_checkpoint(model, path)
+
+
+def model_from_options(name: str, input_size: str | None = None, kwargs: str | None = None,
+                       num_classes: int | None = None, weights: str | None = None) -> tuple[nn.Module, tuple[int, ...]]:
+    """The model a command names (`legr analyze`, `legr latency`) and the input size to analyse it at, from the
+    options' text: ``input_size`` ``"3x32x32"`` (required for ``factory:`` names, else the registered model's by
+    default), ``kwargs`` a JSON object (a factory's arguments), ``weights`` a checkpoint path or ``"pretrained"``.
+    `LegrError` in one line for a malformed option, and as `build_model` raises."""
+    factory = name.startswith(FACTORY_PREFIX)
+    if input_size is None and factory:
+        raise LegrError(f"{name}: a factory's model needs --input-size (channels x height x width, e.g. 3x32x32)")
+    if input_size is not None and not re.fullmatch(r"[1-9][0-9]*(x[1-9][0-9]*)*", input_size):
+        raise LegrError(f"--input-size {input_size!r}: expected positive whole numbers joined by 'x', e.g. 3x32x32")
+    size = tuple(map(int, input_size.split("x"))) if input_size else get_model_spec(name).input_size
+    if kwargs is not None and not factory:
+        raise LegrError("--kwargs are a factory's arguments: name the model factory:<module or file>:<callable>")
+    try:
+        args = json.loads(kwargs or "{}")
+    except json.JSONDecodeError as exc:
+        raise LegrError(f"--kwargs {kwargs!r} is not JSON ({exc})") from None
+    if not isinstance(args, dict):
+        raise LegrError(f"--kwargs {kwargs!r}: expected a JSON object of keyword arguments, e.g. '{{\"width\": 64}}'")
+    pretrained = {"pretrained": True, None: False}.get(weights, weights)
+    return build_model(name, num_classes=num_classes, pretrained=pretrained, **args), size
 
 
 def pretrained_path(name: str) -> Path:
@@ -131,7 +161,6 @@ def pretrained_path(name: str) -> Path:
 
 
 # --- bring your own model: a factory the user names ---------------------------------------------------------------
-FACTORY_PREFIX = "factory:"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -60,7 +60,8 @@ def consume(ctx: WalkContext, x: ChanMap, node: fx.Node | None = None, bias: tup
     if x.zero_safe or (node is not None and compensation.consumer(ctx, node, x, bias, out_axis, padded)):
         return
     if x.constant and node is not None:
-        why = "reads beside zero padding" if padded else "has no bias, nor a batch norm alone after it, to take"
+        why = ("reads beside zero padding" if padded else
+               "has no bias (legr gives one only to a torch.nn layer), nor a batch norm alone after it, to take")
         ctx.fix(x.ids, f"feeds {ctx.op(node)} through {x.nonzero}, which maps 0 to a non-zero constant that the "
                        f"layer {why}")
     else:

@@ -137,24 +137,35 @@ def _operands(node: fx.Node) -> list[Any]:
     return list(node.args[:2]) + [v for k, v in node.kwargs.items() if k in ("other", "input")]
 
 
-def _binary(ctx: WalkContext, node: fx.Node, kind: str) -> ChanMap | None:
-    operands = _operands(node)
+def merge_operands(ctx: WalkContext, node: fx.Node, operands: list[Any]) -> tuple[int, int, list[ChanMap]] | None:
+    """The channels of a broadcasting op's operands merged: (channel axis of the output, output rank, the operands'
+    maps that hold every channel, now one set); None when no operand has tracked channels. Refused when the operands
+    have their channels on different axes, or every map is a single channel broadcast over the axis."""
     maps = [(a, ctx.val(a)) for a in operands if isinstance(ctx.val(a), ChanMap)]
     if not maps:
         return None
     out_shape = ctx.shape(node)
     rank = len(out_shape)
-    axis = {m.axis + rank - len(ctx.shape(a)) for a, m in maps}
-    if len(axis) != 1:
+    axes = {m.axis + rank - len(ctx.shape(a)) for a, m in maps}
+    if len(axes) != 1:
         ctx.refuse(node, "its operands have their channels on different axes")
-    axis = axis.pop()
-    width = out_shape[axis]
-    full = [m for _, m in maps if len(m.ids) == width]
+    axis = axes.pop()
+    full = [m for _, m in maps if len(m.ids) == out_shape[axis]]
     if not full:
         ctx.refuse(node, "the channel axis is broadcast from a single channel")
-    out = full[0].ids
     for m in full[1:]:
-        ctx.union(out, m.ids)
+        ctx.union(full[0].ids, m.ids)
+    return axis, rank, full
+
+
+def _binary(ctx: WalkContext, node: fx.Node, kind: str) -> ChanMap | None:
+    operands = _operands(node)
+    merged = merge_operands(ctx, node, operands)
+    if merged is None:
+        return None
+    axis, rank, full = merged
+    out = full[0].ids
+    width = len(out)
     # tensors without tracked channels that vary along the channel axis: a module's per-channel parameter (a layer
     # scale ``gamma * x``, a bias ``x + beta``) is sliced with the channels; anything else keeps them
     scaled = []

@@ -18,7 +18,7 @@ from torch import fx
 from legr.graph.channels import ChanMap
 from legr.graph.context import Patch, WalkContext
 from legr.graph.handlers.base import first_map, register
-from legr.graph.handlers.elementwise import tie_channel_parameter
+from legr.graph.handlers.elementwise import merge_operands, tie_channel_parameter
 
 _NORMS = ("norm", torch.norm, torch.linalg.vector_norm)
 
@@ -93,19 +93,11 @@ def _addcmul(ctx: WalkContext, node: fx.Node) -> ChanMap:
     full-width maps merge; per-channel parameters are pruned with them (masked: zero for a removed channel). A
     removed channel is zero after it when the input term and one factor of the product are."""
     operands = [node.args[0], *node.args[1:3]] if node.op == "call_function" else list(node.args[:3])
-    out_shape = ctx.shape(node)
-    rank = len(out_shape)
-    maps = [(a, ctx.val(a)) for a in operands if isinstance(ctx.val(a), ChanMap)]
-    axes = {m.axis + rank - len(ctx.shape(a)) for a, m in maps}
-    if len(maps) == 0 or len(axes) != 1 or len(operands) != 3:
-        ctx.refuse(node, "its operands have their channels on different axes")
-    axis = axes.pop()
-    full = [m for _, m in maps if len(m.ids) == out_shape[axis]]
-    if not full:
-        ctx.refuse(node, "the channel axis is broadcast from a single channel")
+    merged = merge_operands(ctx, node, operands) if len(operands) == 3 else None
+    if merged is None:
+        ctx.refuse(node, "legr follows it with three positional operands, one with tracked channels")
+    axis, rank, full = merged
     out = full[0].ids
-    for m in full[1:]:
-        ctx.union(out, m.ids)
     zero = []
     for a in operands:
         value, shape = ctx.val(a), ctx.shape(a)
