@@ -70,11 +70,12 @@ def test_every_module_reads_in_one_sitting():
 # modules above methods/ that still import a specific method (not `legr.methods` / `legr.methods.base`): #31 shrinks
 # this list to nothing; it must not grow
 SPECIFIC_METHOD_IMPORTS = {
-    "legr.pipeline.estimate": {"legr.methods.allocate", "legr.methods.criteria", "legr.methods.filters_config"},
+    "legr.pipeline.estimate": {"legr.methods.filters.allocate", "legr.methods.filters.criteria",
+                               "legr.methods.filters.config"},
     "legr.pipeline.magnitude": {"legr.methods.magnitude.compress", "legr.methods.magnitude.pruning",
                                 "legr.methods.magnitude.sparse"},
-    "legr.pipeline.steps": {"legr.methods.allocate"},
-    "legr.cli": {"legr.methods.allocate", "legr.methods.criteria"},
+    "legr.pipeline.steps": {"legr.methods.filters.allocate"},
+    "legr.cli": {"legr.methods.filters.allocate", "legr.methods.filters.criteria"},
 }
 
 
@@ -92,3 +93,11 @@ def test_the_pipeline_imports_no_specific_method_beyond_the_known_ones():
     assert not {m: d for m, d in new.items() if d}, new
     gone = {m: sorted(d - found.get(m, set())) for m, d in SPECIFIC_METHOD_IMPORTS.items()}
     assert not {m: d for m, d in gone.items() if d}, f"no longer imported: shrink SPECIFIC_METHOD_IMPORTS {gone}"
+
+
+def test_the_import_paths_the_readme_documented_before_the_filters_package_still_work():
+    import importlib
+
+    for old, new in [("allocate", "filters.allocate"), ("criteria", "filters.criteria"), ("legr", "filters.legr"),
+                     ("legr.ranking", "filters.legr.ranking"), ("legr.fitness", "filters.legr.fitness")]:
+        assert importlib.import_module(f"legr.methods.{old}") is importlib.import_module(f"legr.methods.{new}")

@@ -9,10 +9,10 @@ import pytest
 from legr.engine.cost import CostModel
 from legr.errors import LegrError
 from legr.graph import analyze
-from legr.methods.allocate import UniformSolver, solve_uniform
-from legr.methods.criteria import compute_scores, group_scores
-from legr.methods.legr import EvolutionConfig, FamilyObjective
-from legr.methods.legr.ranking import (
+from legr.methods.filters.allocate import UniformSolver, solve_uniform
+from legr.methods.filters.criteria import compute_scores, group_scores
+from legr.methods.filters.legr import EvolutionConfig, FamilyObjective
+from legr.methods.filters.legr.ranking import (
     REFERENCE_INDEX,
     Ranking,
     learn_ranking,
@@ -229,7 +229,7 @@ def test_candidate_fitness_is_adaptive_bn_then_tau_steps_then_the_validation_met
     import torch
 
     from legr.data import TensorLoader, load_dataset
-    from legr.methods.legr.fitness import CandidateFitness
+    from legr.methods.filters.legr.fitness import CandidateFitness
     from legr.training import bn_batches, evaluate, make_sgd, recalibrate_bn, train_steps
 
     digits = load_dataset("digits")

@@ -124,7 +124,7 @@ def latency(
     from legr.engine.latency_check import validate
     from legr.engine.latency_model import LatencySetting, build_latency_model
     from legr.graph import analyze as analyze_model
-    from legr.methods.allocate import random_plans
+    from legr.methods.filters.allocate import random_plans
     from legr.models import build_model, get_model_spec
 
     if probes < 2 or check < 0:
@@ -204,8 +204,8 @@ def methods() -> None:
     """List the compression methods, and filter pruning's criteria and budget allocators (any criterion combines
     with any allocator)."""
     from legr.methods import METHODS
-    from legr.methods.allocate import ALLOCATORS
-    from legr.methods.criteria import CRITERIA
+    from legr.methods.filters.allocate import ALLOCATORS
+    from legr.methods.filters.criteria import CRITERIA
 
     table = Table("kind", "name", "budgets", "description")
     for name, method in METHODS.items():

@@ -1,6 +1,6 @@
 """Pruning methods compared under equal budgets.
 
-Every method (a criterion cut by an allocator, see `legr.methods.criteria` and `legr.methods.allocate`, or another
+Every method (a criterion cut by an allocator, see `legr.methods.filters`, or another
 registered method such as Han et al.'s ``magnitude``) prunes the same source network to the same targets (fractions of
 each method's budget unit: MACs for filter pruning, parameters for magnitude pruning; the tables say which), with the
 same train/validation/test splits and the same fine-tuning budget, once per seed; each (method, seed) is an ordinary resumable `Pipeline` run folder. Afterwards all networks are timed together

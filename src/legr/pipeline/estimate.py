@@ -36,9 +36,9 @@ from legr.data import TensorLoader
 from legr.engine.latency import measure_latency
 from legr.engine.latency_model import latency_model_path
 from legr.engine.surgery import prune
-from legr.methods.allocate import Floors, GlobalSolver
-from legr.methods.criteria import compute_scores, group_scores
-from legr.methods.filters_config import FloorsConfig, SearchConfig
+from legr.methods.filters.allocate import Floors, GlobalSolver
+from legr.methods.filters.criteria import compute_scores, group_scores
+from legr.methods.filters.config import FloorsConfig, SearchConfig
 from legr.pipeline.compare import Comparison
 from legr.pipeline.compare_config import CompareConfig
 from legr.pipeline.config import LatencyBudget, RunConfig

@@ -34,7 +34,7 @@ from legr.errors import ConfigError
 from legr.graph import ChannelGraph, analyze
 from legr.hardware import git_revision, hardware_label
 from legr.methods import METHODS, Method
-from legr.methods.allocate import random_plans
+from legr.methods.filters.allocate import random_plans
 from legr.models import build_from_factory, build_model, load_checkpoint, save_state_dict
 from legr.models.registry import resolve_factory
 from legr.paths import atomic_write_text, make_folder
