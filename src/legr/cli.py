@@ -257,40 +257,11 @@ def export(
     console.print(f"wrote {output} (onnxruntime max abs diff vs PyTorch: {info['max_abs_diff']:.2e})")
 
 
-@app.command()
-def magnitude(
-    model: Annotated[str, typer.Argument(help="registered model name (see `legr models`)")],
-    dataset: Annotated[str, typer.Option(help="registered dataset")] = "mnist",
-    weights: Annotated[Optional[str], typer.Option(help="trained checkpoint; omitted: train the dense model here")] = None,
-    target: Annotated[float, typer.Option(help="overall compression: dense params / non-zero params")] = 12.0,
-    quality: Annotated[Optional[list[str]], typer.Option(help="LAYER=Q: explicit quality (skips sensitivity)")] = None,
-    rounds: Annotated[int, typer.Option(help="prune -> retrain iterations")] = 3,
-    epochs: Annotated[int, typer.Option(help="retraining epochs per round")] = 3,
-    final_epochs: Annotated[Optional[int], typer.Option(help="retraining epochs of the last round")] = None,
-    lr: Annotated[float, typer.Option(help="retraining learning rate")] = 0.01,
-    regularization: Annotated[str, typer.Option(help="l1 or l2")] = "l2",
-    reg_strength: Annotated[float, typer.Option(help="L2 weight decay / L1 coefficient")] = 5e-4,
-    base_epochs: Annotated[int, typer.Option(help="epochs to train the dense model (without --weights)")] = 10,
-    val_size: Annotated[int, typer.Option(help="validation images held out of the training set")] = 5000,
-    train_subset: Annotated[Optional[int], typer.Option(help="use only the first N training images")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
-    out: OutOpt = None,
-    quiet: QuietOpt = False,
-) -> None:
-    """Han et al. 2015 magnitude pruning: sensitivity -> prune/retrain rounds -> dead units removed -> CSR file
-    (resumable: rerun the same command after an interruption)."""
-    from legr.pipeline.magnitude import experiment_from_options, run_experiment
-    from legr.reporting import format_table
-
-    cfg = experiment_from_options(model=model, dataset=dataset, weights=weights, target=target,
-                                  qualities=_overrides(quality), rounds=rounds, epochs=epochs,
-                                  final_epochs=final_epochs, lr=lr, regularization=regularization,
-                                  reg_strength=reg_strength, base_epochs=base_epochs, val_size=val_size,
-                                  train_subset=train_subset, seed=seed)
-    folder = out or Path("runs") / f"magnitude-{model}"
-    summary = run_experiment(cfg, folder, progress=not quiet, log=lambda m: console.print(m, highlight=False))
-    typer.echo(format_table(summary["rows"]))
-    console.print(f"results: {folder / 'results.csv'}  sparse model: {folder / 'magnitude' / 'model.sparse.safetensors'}")
+@app.command(hidden=True, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def magnitude() -> None:
+    """Gone: Han et al.'s experiment is a run of the method ``magnitude`` (its arguments are ignored)."""
+    raise LegrError("`legr magnitude` is gone: use `legr run CONFIG.yaml` with `method: magnitude` (Han et al.'s "
+                    "MNIST setting: configs/han_lenet_300_100_mnist.yaml)")
 
 
 def _click_errors() -> tuple[type[Exception], ...]:
