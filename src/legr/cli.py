@@ -201,15 +201,18 @@ def run(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: Quiet
 
 @app.command()
 def methods() -> None:
-    """List the compression methods, and filter pruning's criteria and budget allocators (any criterion combines
-    with any allocator)."""
-    from legr.methods import METHODS
+    """List the compression methods, the stages that may follow one (``method: [filters, <stage>]``), and filter
+    pruning's criteria and budget allocators (any criterion combines with any allocator)."""
+    from legr.methods import METHODS, STAGES
     from legr.methods.filters.allocate import ALLOCATORS
     from legr.methods.filters.criteria import CRITERIA
 
     table = Table("kind", "name", "budgets", "description")
     for name, method in METHODS.items():
         table.add_row("method", name, ", ".join(method.budgets), method.description)
+    for name, stage in STAGES.items():
+        then = "; fine-tuned after it" if stage.needs_finetune else ""
+        table.add_row("stage", name, ", ".join(stage.budgets), stage.description + then)
     for name, criterion in CRITERIA.items():
         table.add_row("criterion", name, "", criterion.summary)
     for name, allocator in ALLOCATORS.items():
