@@ -72,7 +72,6 @@ def test_every_module_reads_in_one_sitting():
 SPECIFIC_METHOD_IMPORTS = {
     "legr.pipeline.estimate": {"legr.methods.filters.allocate", "legr.methods.filters.criteria",
                                "legr.methods.filters.config"},
-    "legr.pipeline.steps": {"legr.methods.filters.allocate"},
     "legr.cli": {"legr.methods.filters.allocate", "legr.methods.filters.criteria"},
 }
 

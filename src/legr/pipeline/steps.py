@@ -21,7 +21,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
 import torch
 import yaml
 from torch import nn
@@ -32,10 +31,9 @@ from legr.engine.latency_model import LatencyModel, build_latency_model
 from legr.engine.latency import measure_interleaved
 from legr.engine.surgery import fold_batchnorm
 from legr.errors import ConfigError
-from legr.graph import ChannelGraph, analyze
+from legr.graph import analyze
 from legr.hardware import git_revision, hardware_label
 from legr.methods import METHODS, STAGES, Member, Method
-from legr.methods.filters.allocate import random_plans
 from legr.methods.stages import method_member, run_stages
 from legr.models import build_from_factory, build_model, load_checkpoint, save_state_dict
 from legr.models.registry import resolve_factory
@@ -63,11 +61,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' requested but CUDA is not available")
     return torch.device(name)
-
-
-def latency_plans(graph: ChannelGraph, cost: CostModel, probes: int) -> list[np.ndarray]:
-    """The plans a run's latency model is measured on: the full network and ``probes`` random allocations."""
-    return [np.ones(graph.num_classes)] + random_plans(graph, cost, probes, seed=0)
 
 
 class Pipeline:
@@ -158,7 +151,7 @@ class Pipeline:
                                                                         self.graph))
         setting = budget.setting()
         self.log(f"latency model of {self.cfg.model.name} ({setting.label}): measured once per device, then cached")
-        model = build_latency_model(self.graph, setting, latency_plans(self.graph, cost, budget.probes),
+        model = build_latency_model(self.graph, setting, self.method.latency_probes(cost, budget.probes),
                                     progress=self.progress, log=self.log)
         return CostModel(self.graph, latency=model)
 

@@ -22,12 +22,19 @@ from torch import nn
 
 from legr.data import TensorLoader
 from legr.engine.artifacts import load_pruned, save_pruned
-from legr.engine.cost import BUDGET_UNITS, count_params, format_cost
+from legr.engine.cost import BUDGET_UNITS, CostModel, count_params, format_cost
 from legr.engine.latency_check import meet_measured
 from legr.engine.plan import Plan
 from legr.engine.surgery import prune
 from legr.errors import ConfigError
-from legr.methods.filters.allocate import ALLOCATORS, BudgetSolver, Floors, check_reachable, solve_uniform
+from legr.methods.filters.allocate import (
+    ALLOCATORS,
+    BudgetSolver,
+    Floors,
+    check_reachable,
+    random_plans,
+    solve_uniform,
+)
 from legr.methods.base import Method, register_method
 from legr.methods.filters.criteria import CriterionContext, compute_scores, group_scores
 from legr.methods.filters.config import FILTERS_CONFIG
@@ -96,6 +103,11 @@ class FilterPruning(Method):
             raise ConfigError("the search needs a validation split: set data.val_size > 0")
         check_reachable(self.run.graph, self.run.cost, self.floors, (*self.cfg.targets, *self.cfg.search_targets),
                         self.budget)
+
+    def latency_probes(self, cost: CostModel, count: int) -> list[np.ndarray]:
+        """The full network and ``count`` random allocations (`random_plans`: widths differing between layers as a
+        learned ranking's do)."""
+        return [np.ones(self.run.graph.num_classes)] + random_plans(self.run.graph, cost, count, seed=0)
 
     # --- prepare: the ranking ---------------------------------------------------------------------------------
     def prepare(self) -> Ranking:
