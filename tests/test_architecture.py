@@ -82,6 +82,18 @@ def test_methods_import_nothing_from_the_pipeline():
     assert not bad, bad
 
 
+def test_a_method_folder_imports_no_other_methods_folder():
+    """A method is one folder (methods/<name>/): it uses the shared interface (base, folders, stages), never another
+    method's code."""
+    def folder(module: str) -> str | None:
+        parts = module.split(".")
+        return parts[2] if len(parts) > 3 and parts[1] == "methods" else None  # legr.methods.<folder>.<module>
+
+    bad = [f"{m} -> {d}" for m, deps in _imports().items() if folder(m) for d in deps
+           if folder(d) and folder(d) != folder(m)]
+    assert not bad, bad
+
+
 def test_the_pipeline_imports_no_specific_method_beyond_the_known_ones():
     generic = {"legr.methods", "legr.methods.base", "legr.methods.folders", "legr.methods.stages"}
     found = {m: {d for d in deps if _stage(d) == "methods" and d not in generic}
