@@ -196,6 +196,11 @@ class _Run(Settings):
         bad = [t for t in self.targets if not 0 < t <= 1]
         if bad:
             raise ValueError(f"targets must be fractions in (0, 1], got {bad}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_stages(self) -> "_Run":
+        """Every stage of the chain keeps the budget unit the method cuts to (its default or the budget key)."""
         unit = self.budget_unit or METHODS[self.chain[0]].budgets[0]
         for name in self.chain[1:]:
             if unit not in STAGES[name].budgets:
