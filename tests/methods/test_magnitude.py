@@ -327,7 +327,7 @@ def test_han_benchmark_runs_the_paper_setting_as_a_run(tmp_path):
     from conftest import shared_path
 
     shared_path("data", "mnist")
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "han_mnist.py"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "han_mnist.py"
     cmd = [sys.executable, str(script), "--quick", "--models", "lenet_300_100", "--threads", "1", "--out", str(tmp_path)]
     for _ in range(2):
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

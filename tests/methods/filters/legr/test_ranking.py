@@ -212,7 +212,7 @@ def test_search_falls_back_to_uniform_when_no_candidate_is_feasible(resnet20):
 
 def test_committed_version1_rankings_still_load():
     """Ranking files written by earlier versions (v1, no stored scores) load and cut the current network."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks/results/legr_resnet56_cifar10jpeg/ranking.json"
+    path = Path(__file__).resolve().parents[4] / "benchmarks/results/legr_resnet56_cifar10jpeg/ranking.json"
     assert json.loads(path.read_text())["version"] == 1
     ranking = Ranking.load(path)
     model = build_model("cifar_resnet56", pretrained=True)

@@ -251,7 +251,7 @@ def test_resume_after_sigkill(tmp_path, toy_script):
     script, mod = toy_script
     state, log = tmp_path / "state.json", tmp_path / "log.jsonl"
     cmd = [sys.executable, str(script), str(state), str(log), "0.05"]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[4] / "src")}
     proc = subprocess.Popen(cmd, env=env)
     deadline = time.monotonic() + 60
     while history_len(state) < 3:
