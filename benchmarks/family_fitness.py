@@ -5,8 +5,8 @@ On the comparison's source network (ResNet-20 adapted to CIFAR-10-JPEG, `benchma
 setting and `Study`), a pool of candidate rankings is scored at each target (bn20-top1: validation top-1 after adaptive
 BN on 20 training batches, the product's fitness) and given the same short fine-tune whose test top-1 is the ground
 truth: the identity (global ranking), seeded random transforms, and the winners of three short searches, one per
-objective (`legr.methods.legr.family`: plain mean without guard — the default before issue 38 —, plain mean with the
-guard, relative gain over uniform with the guard). The uniform allocation is scored and fine-tuned at
+objective (`legr.methods.filters.legr.family`: plain mean without guard — the default before issue 38 —, plain
+mean with the guard, relative gain over uniform with the guard). The uniform allocation is scored and fine-tuned at
 every target too: it is the reference of the relative objectives and the baseline to beat. Then every objective
 (mean / relative / worst, with and without the guard) picks from the whole pool, and the table shows its pick's
 fine-tuned top-1 at each target against uniform's. At the lowest target (``--probe``: others), sharper and dearer
@@ -34,10 +34,10 @@ from fitness_correlation import BN_MID, ROOT, Recipe, Study  # noqa: E402
 from legr.engine.surgery import prune  # noqa: E402
 from legr.errors import LegrError  # noqa: E402
 from legr.hardware import hardware_label  # noqa: E402
-from legr.methods.allocate import solve_uniform  # noqa: E402
-from legr.methods.criteria import group_scores  # noqa: E402
-from legr.methods.legr import AffineTransform, EvolutionConfig, FamilyObjective, aging_evolution  # noqa: E402
-from legr.methods.legr.ranking import uniform_transform  # noqa: E402
+from legr.methods.filters.allocate import solve_uniform  # noqa: E402
+from legr.methods.filters.criteria import group_scores  # noqa: E402
+from legr.methods.filters.legr import AffineTransform, EvolutionConfig, FamilyObjective, aging_evolution  # noqa: E402
+from legr.methods.filters.legr.ranking import uniform_transform  # noqa: E402
 from legr.paths import atomic_write_text  # noqa: E402
 from legr.pipeline.compare import Comparison  # noqa: E402
 from legr.pipeline.compare_config import CompareConfig  # noqa: E402

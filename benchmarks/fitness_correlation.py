@@ -30,10 +30,10 @@ from legr.data import TensorLoader
 from legr.engine.surgery import prune
 from legr.errors import LegrError
 from legr.hardware import hardware_label
-from legr.methods.allocate import Floors, GlobalSolver
-from legr.methods.criteria import compute_scores, group_scores
-from legr.methods.legr import AffineSpace, AffineTransform, EvolutionConfig, aging_evolution
-from legr.methods.legr.ranking import layer_score_std, ranked_layers, uniform_transform
+from legr.methods.filters.allocate import Floors, GlobalSolver
+from legr.methods.filters.criteria import compute_scores, group_scores
+from legr.methods.filters.legr import AffineSpace, AffineTransform, EvolutionConfig, aging_evolution
+from legr.methods.filters.legr.ranking import layer_score_std, ranked_layers, uniform_transform
 from legr.paths import atomic_write_text
 from legr.pipeline.compare import Comparison
 from legr.pipeline.compare_config import CompareConfig

@@ -53,9 +53,9 @@ from legr.engine.surgery import prune
 from legr.errors import BudgetError
 from legr.graph import analyze
 from legr.hardware import git_revision, hardware_label
-from legr.methods.allocate import Floors, GlobalSolver, UniformSolver, random_plans
-from legr.methods.criteria import compute_scores, group_scores
-from legr.methods.legr import Ranking
+from legr.methods.filters.allocate import Floors, GlobalSolver, UniformSolver, random_plans
+from legr.methods.filters.criteria import compute_scores, group_scores
+from legr.methods.filters.legr import Ranking
 from legr.models import build_model
 from legr.paths import atomic_write_text
 

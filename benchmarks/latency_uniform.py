@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Does uniform L1-norm pruning turn MACs savings into CPU latency savings?
 
-For every model and MACs target: uniform L1-norm pruning (`legr.methods.allocate.solve_uniform`, Li et al. 2017), physical
+For every model and MACs target: uniform L1-norm pruning (`legr.methods.filters.allocate.solve_uniform`, Li et al.
+2017), physical
 surgery (`legr.engine.surgery.prune`), then CPU latency of the original and the pruned networks at a fixed thread count,
 eval mode, `torch.inference_mode`, median of timed forwards after warm-up (`legr.engine.latency.measure_latency`).
 
@@ -58,8 +59,8 @@ from legr.engine.latency import measure_latency
 from legr.engine.surgery import prune
 from legr.graph import analyze
 from legr.hardware import git_revision, hardware_info, hardware_label
-from legr.methods.allocate import solve_uniform
-from legr.methods.criteria import CRITERIA, group_scores
+from legr.methods.filters.allocate import solve_uniform
+from legr.methods.filters.criteria import CRITERIA, group_scores
 from legr.models import build_model, get_model_spec
 from legr.paths import atomic_write_text
 
@@ -387,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         "hardware": None,
         "settings": {
             "models": args.models, "targets": args.targets, "batch_sizes": args.batch_sizes, "threads": args.threads,
-            "criterion": args.criterion, "allocation": "uniform (legr.methods.allocate.solve_uniform, default floors)",
+            "criterion": args.criterion, "allocation":
+                "uniform (legr.methods.filters.allocate.solve_uniform, default floors)",
             "rounds": args.rounds, "min_repeats": args.min_repeats, "min_time_s": args.min_time,
             "warmup_time_s": args.warmup_time, "round_warmup": args.round_warmup, "max_foreign": args.max_foreign,
             "attempts": args.attempts, "quiet_wait_s": args.quiet_wait, "max_total_wait_s": args.max_total_wait,

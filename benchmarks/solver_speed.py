@@ -19,7 +19,7 @@ from pathlib import Path
 from legr.engine.cost import CostModel
 from legr.graph import analyze
 from legr.hardware import git_revision, hardware_label
-from legr.methods.legr.ranking import Ranking, ranked_layers
+from legr.methods.filters.legr.ranking import Ranking, ranked_layers
 from legr.models import build_model, get_model_spec
 from legr.paths import atomic_write_text
 

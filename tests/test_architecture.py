@@ -70,11 +70,9 @@ def test_every_module_reads_in_one_sitting():
 # modules above methods/ that still import a specific method (not `legr.methods` / `legr.methods.base`): #31 shrinks
 # this list to nothing; it must not grow
 SPECIFIC_METHOD_IMPORTS = {
-    "legr.pipeline.estimate": {"legr.methods.allocate", "legr.methods.criteria", "legr.methods.filters_config"},
-    "legr.pipeline.magnitude": {"legr.methods.magnitude.compress", "legr.methods.magnitude.pruning",
-                                "legr.methods.magnitude.sparse"},
-    "legr.pipeline.steps": {"legr.methods.allocate"},
-    "legr.cli": {"legr.methods.allocate", "legr.methods.criteria"},
+    "legr.pipeline.estimate": {"legr.methods.filters.allocate", "legr.methods.filters.criteria",
+                               "legr.methods.filters.config"},
+    "legr.cli": {"legr.methods.filters.allocate", "legr.methods.filters.criteria"},
 }
 
 
@@ -84,11 +82,31 @@ def test_methods_import_nothing_from_the_pipeline():
     assert not bad, bad
 
 
+def test_a_method_folder_imports_no_other_methods_folder():
+    """A method is one folder (methods/<name>/): it uses the shared interface (base, folders, stages), never another
+    method's code."""
+    def folder(module: str) -> str | None:
+        parts = module.split(".")
+        return parts[2] if len(parts) > 3 and parts[1] == "methods" else None  # legr.methods.<folder>.<module>
+
+    bad = [f"{m} -> {d}" for m, deps in _imports().items() if folder(m) for d in deps
+           if folder(d) and folder(d) != folder(m)]
+    assert not bad, bad
+
+
 def test_the_pipeline_imports_no_specific_method_beyond_the_known_ones():
-    generic = {"legr.methods", "legr.methods.base", "legr.methods.folders"}
+    generic = {"legr.methods", "legr.methods.base", "legr.methods.folders", "legr.methods.stages"}
     found = {m: {d for d in deps if _stage(d) == "methods" and d not in generic}
              for m, deps in _imports().items() if _stage(m) in ("pipeline", "cli", "reporting")}
     new = {m: sorted(d - SPECIFIC_METHOD_IMPORTS.get(m, set())) for m, d in found.items()}
     assert not {m: d for m, d in new.items() if d}, new
     gone = {m: sorted(d - found.get(m, set())) for m, d in SPECIFIC_METHOD_IMPORTS.items()}
     assert not {m: d for m, d in gone.items() if d}, f"no longer imported: shrink SPECIFIC_METHOD_IMPORTS {gone}"
+
+
+def test_the_import_paths_the_readme_documented_before_the_filters_package_still_work():
+    import importlib
+
+    for old, new in [("allocate", "filters.allocate"), ("criteria", "filters.criteria"), ("legr", "filters.legr"),
+                     ("legr.ranking", "filters.legr.ranking"), ("legr.fitness", "filters.legr.fitness")]:
+        assert importlib.import_module(f"legr.methods.{old}") is importlib.import_module(f"legr.methods.{new}")

@@ -383,14 +383,13 @@ def test_compare_refuses_a_run_config(config, tmp_path):
 
 
 @pytest.mark.parametrize("where", ["under-a-file", "proc"])
-@pytest.mark.parametrize("command", ["rank", "magnitude"])
-def test_out_folder_that_cannot_be_created_is_one_line(config, tmp_path, where, command):
+@pytest.mark.parametrize("method", ["filters", "magnitude"])
+def test_out_folder_that_cannot_be_created_is_one_line(config, tmp_path, where, method):
     """Issue #11: -o under a regular file or on a file system that takes no folders: exit 2, no traceback."""
     (tmp_path / "file").write_text("x")
     out = tmp_path / "file" / "run" if where == "under-a-file" else Path("/proc/legr-test/run")
-    magnitude = ["magnitude", "digits_cnn", "--dataset", "digits", "--val-size", "300"]
-    args = ["rank", str(config)] if command == "rank" else magnitude
-    proc = legr(*args, "--out", str(out), "--quiet", check=False)
+    proc = legr("rank", str(config), "--set", f"method={method}", "--set", "magnitude.rounds=1", "--out", str(out),
+                "--quiet", check=False)
     assert proc.returncode == 2, proc.stderr
     assert "cannot create output folder" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -427,13 +426,20 @@ def test_a_folder_whose_run_never_started_is_reused(config, tmp_path):
         Pipeline(load_config(config, {"seed": 5}), out, progress=False)
 
 
-def test_unreachable_magnitude_target_is_refused_before_training(tmp_path):
-    """Issue #11: `legr magnitude --target 1e9` is refused from the shapes, before dense training and sensitivity."""
+def test_unreachable_magnitude_target_is_refused_before_training(config, tmp_path):
+    """Issue #11: a magnitude target beyond the sensitivity grid is refused from the shapes, before the source
+    network is trained and the sensitivity analysed."""
     out = tmp_path / "run"
-    proc = legr("magnitude", "digits_cnn", "--dataset", "digits", "--val-size", "300", "--target", "1e9",
-                "--out", str(out), "--quiet", check=False, timeout=120)
+    proc = legr("prune", str(config), "--set", "method=magnitude", "--set", "magnitude.rounds=1", "--set",
+                "targets=[1e-9]", "--out", str(out), "--quiet", check=False, timeout=120)
     assert proc.returncode == 2 and "beyond what the sensitivity grid allows" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_legr_magnitude_is_gone_and_names_its_replacement():
+    proc = legr("magnitude", "lenet_300_100", "--target", "12", "--out", "x", check=False)
+    assert proc.returncode == 2 and "legr run" in proc.stderr and "method: magnitude" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not Path("x").exists()
 
 
 def test_latency_measures_and_checks_a_latency_model(tmp_path):

@@ -531,7 +531,7 @@ def test_split_along_channels_prunes_each_piece(how):
 
 def test_budget_solvers_never_empty_a_split_piece():
     """Scores that rank one piece's channels lowest: without a floor per piece the solver would remove it whole."""
-    from legr.methods.allocate import Floors, GlobalSolver, solve_uniform
+    from legr.methods.filters.allocate import Floors, GlobalSolver, solve_uniform
 
     graph = analyze(_SplitNet("sizes"), (3, 16, 16))
     cost = CostModel(graph)

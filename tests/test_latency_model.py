@@ -23,9 +23,16 @@ from legr.engine.latency_model import (
 )
 from legr.errors import BudgetError, ConfigError, LegrError
 from legr.graph import analyze
-from legr.methods.allocate import ALLOCATORS, Floors, GlobalSolver, check_reachable, min_cost_bound, random_plans
-from legr.methods.criteria import compute_scores, group_scores
-from legr.methods.legr.ranking import learn_ranking
+from legr.methods.filters.allocate import (
+    ALLOCATORS,
+    Floors,
+    GlobalSolver,
+    check_reachable,
+    min_cost_bound,
+    random_plans,
+)
+from legr.methods.filters.criteria import compute_scores, group_scores
+from legr.methods.filters.legr.ranking import learn_ranking
 from legr.models import build_model
 from legr.pipeline.config import LatencyBudget, parse_config
 
@@ -122,7 +129,7 @@ def test_the_search_runs_under_a_latency_target(resnet20):
         widths.append(sum(p.numel() for p in net.parameters()))
         return float(-widths[-1])
 
-    from legr.methods.legr import EvolutionConfig
+    from legr.methods.filters.legr import EvolutionConfig
     ranking = learn_ranking(model, graph, fitness, [target], unit="latency", cost=cost,
                             search=EvolutionConfig(population=4, sample=2, evaluations=6), progress=False)
     keep = ranking.solver(graph, cost, model, unit="latency").solve(target)

@@ -16,7 +16,7 @@ from legr.engine.surgery import StandardizedConv2d, prune
 from legr.errors import BudgetError, UnsupportedModelError
 from legr.graph import analyze
 from legr.graph.tracing import SPECIALIZED
-from legr.methods.allocate import Floors, check_reachable
+from legr.methods.filters.allocate import Floors, check_reachable
 from legr.models import build_model
 
 

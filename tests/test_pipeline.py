@@ -206,10 +206,10 @@ def test_a_member_is_never_below_the_uniform_allocation_on_validation(run, monke
     budget higher by more than the sampling error; then uniform is kept, and the member says so."""
     import numpy as np
 
-    from legr.methods.allocate import solve_uniform
-    from legr.methods.criteria import group_scores
-    from legr.methods.legr import Ranking
-    from legr.methods.legr.ranking import REFERENCE_INDEX
+    from legr.methods.filters.allocate import solve_uniform
+    from legr.methods.filters.criteria import group_scores
+    from legr.methods.filters.legr import Ranking
+    from legr.methods.filters.legr.ranking import REFERENCE_INDEX
 
     cfg, out, _ = run
     pipeline = Pipeline(cfg, out, progress=False, log=lambda m: None)

@@ -12,7 +12,7 @@ from legr.engine.cost import CostModel
 from legr.engine.surgery import prune
 from legr.errors import CheckpointError, ConfigError
 from legr.graph import analyze
-from legr.methods.legr.ranking import Ranking, ranked_layers
+from legr.methods.filters.legr.ranking import Ranking, ranked_layers
 from legr.models import build_model
 from legr.training import (
     EvalResult,

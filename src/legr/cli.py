@@ -135,7 +135,7 @@ def latency(
     from legr.engine.latency_check import validate
     from legr.engine.latency_model import LatencySetting, build_latency_model
     from legr.graph import analyze as analyze_model
-    from legr.methods.allocate import random_plans
+    from legr.methods.filters.allocate import random_plans
     from legr.models import model_from_options
 
     if probes < 2 or check < 0:
@@ -212,15 +212,18 @@ def run(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: Quiet
 
 @app.command()
 def methods() -> None:
-    """List the compression methods, and filter pruning's criteria and budget allocators (any criterion combines
-    with any allocator)."""
-    from legr.methods import METHODS
-    from legr.methods.allocate import ALLOCATORS
-    from legr.methods.criteria import CRITERIA
+    """List the compression methods, the stages that may follow one (``method: [filters, <stage>]``), and filter
+    pruning's criteria and budget allocators (any criterion combines with any allocator)."""
+    from legr.methods import METHODS, STAGES
+    from legr.methods.filters.allocate import ALLOCATORS
+    from legr.methods.filters.criteria import CRITERIA
 
     table = Table("kind", "name", "budgets", "description")
     for name, method in METHODS.items():
         table.add_row("method", name, ", ".join(method.budgets), method.description)
+    for name, stage in STAGES.items():
+        then = "; fine-tuned after it" if stage.needs_finetune else ""
+        table.add_row("stage", name, ", ".join(stage.budgets), stage.description + then)
     for name, criterion in CRITERIA.items():
         table.add_row("criterion", name, "", criterion.summary)
     for name, allocator in ALLOCATORS.items():
@@ -268,40 +271,11 @@ def export(
     console.print(f"wrote {output} (onnxruntime max abs diff vs PyTorch: {info['max_abs_diff']:.2e})")
 
 
-@app.command()
-def magnitude(
-    model: Annotated[str, typer.Argument(help="registered model name (see `legr models`)")],
-    dataset: Annotated[str, typer.Option(help="registered dataset")] = "mnist",
-    weights: Annotated[Optional[str], typer.Option(help="trained checkpoint; omitted: train the dense model here")] = None,
-    target: Annotated[float, typer.Option(help="overall compression: dense params / non-zero params")] = 12.0,
-    quality: Annotated[Optional[list[str]], typer.Option(help="LAYER=Q: explicit quality (skips sensitivity)")] = None,
-    rounds: Annotated[int, typer.Option(help="prune -> retrain iterations")] = 3,
-    epochs: Annotated[int, typer.Option(help="retraining epochs per round")] = 3,
-    final_epochs: Annotated[Optional[int], typer.Option(help="retraining epochs of the last round")] = None,
-    lr: Annotated[float, typer.Option(help="retraining learning rate")] = 0.01,
-    regularization: Annotated[str, typer.Option(help="l1 or l2")] = "l2",
-    reg_strength: Annotated[float, typer.Option(help="L2 weight decay / L1 coefficient")] = 5e-4,
-    base_epochs: Annotated[int, typer.Option(help="epochs to train the dense model (without --weights)")] = 10,
-    val_size: Annotated[int, typer.Option(help="validation images held out of the training set")] = 5000,
-    train_subset: Annotated[Optional[int], typer.Option(help="use only the first N training images")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
-    out: OutOpt = None,
-    quiet: QuietOpt = False,
-) -> None:
-    """Han et al. 2015 magnitude pruning: sensitivity -> prune/retrain rounds -> dead units removed -> CSR file
-    (resumable: rerun the same command after an interruption)."""
-    from legr.pipeline.magnitude import experiment_from_options, run_experiment
-    from legr.reporting import format_table
-
-    cfg = experiment_from_options(model=model, dataset=dataset, weights=weights, target=target,
-                                  qualities=_overrides(quality), rounds=rounds, epochs=epochs,
-                                  final_epochs=final_epochs, lr=lr, regularization=regularization,
-                                  reg_strength=reg_strength, base_epochs=base_epochs, val_size=val_size,
-                                  train_subset=train_subset, seed=seed)
-    folder = out or Path("runs") / f"magnitude-{model}"
-    summary = run_experiment(cfg, folder, progress=not quiet, log=lambda m: console.print(m, highlight=False))
-    typer.echo(format_table(summary["rows"]))
-    console.print(f"results: {folder / 'results.csv'}  sparse model: {folder / 'magnitude' / 'model.sparse.safetensors'}")
+@app.command(hidden=True, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def magnitude() -> None:
+    """Gone: Han et al.'s experiment is a run of the method ``magnitude`` (its arguments are ignored)."""
+    raise LegrError("`legr magnitude` is gone: use `legr run CONFIG.yaml` with `method: magnitude` (Han et al.'s "
+                    "MNIST setting: configs/han_lenet_300_100_mnist.yaml)")
 
 
 def _click_errors() -> tuple[type[Exception], ...]:

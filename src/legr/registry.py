@@ -45,6 +45,8 @@ class Registry(Generic[T]):
 
     def unknown(self, name: str) -> str:
         """The message for an unknown ``name``."""
+        if not self._entries:
+            return f"unknown {self.kind} {name!r}: none is registered"
         close = difflib.get_close_matches(name, self._entries, n=3, cutoff=0.6)
         guess = f"did you mean {', '.join(close)}?" if close else ""
         if len(self._entries) <= self.list_max:

@@ -36,7 +36,7 @@ def validate(model: LatencyModel, plans: Sequence[np.ndarray], setting: LatencyS
 
 
 class LatencySolver(Protocol):
-    """An allocator's budget solver in unit ``latency`` (`legr.methods.allocate.BudgetSolver`)."""
+    """An allocator's budget solver in unit ``latency`` (`legr.methods.filters.allocate.BudgetSolver`)."""
 
     min_cost: float
 

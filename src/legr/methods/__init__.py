@@ -1,9 +1,20 @@
-"""Compression methods behind one interface (`legr.methods.base.Method`, registered in ``METHODS``): structured filter
-pruning (`filters`: filter criteria cut by budget allocators — uniform, global, LCP, LeGR's learned ranking in
-`legr.methods.legr`) and Han et al.'s unstructured magnitude pruning (`legr.methods.magnitude`)."""
+"""Compression methods behind one interface (`legr.methods.base.Method`, registered in ``METHODS``), one folder each:
+structured filter pruning (`legr.methods.filters`: filter criteria cut by budget allocators — uniform, global, LCP,
+LeGR's learned ranking in `legr.methods.filters.legr`) and Han et al.'s unstructured magnitude pruning
+(`legr.methods.magnitude`); stages that follow a method in a chain (`legr.methods.stages`)."""
+
+import sys
 
 from legr.methods.base import METHODS, Method, RunContext, register_method
-from legr.methods.filters import FilterPruning
+from legr.methods.filters import FilterPruning, allocate, criteria, legr
+from legr.methods.filters.legr import fitness, ranking
 from legr.methods.magnitude.method import MagnitudePruning
+from legr.methods.stages import STAGES, Member, Stage, register_stage
 
-__all__ = ["METHODS", "FilterPruning", "MagnitudePruning", "Method", "RunContext", "register_method"]
+# the import paths the README documented before filter pruning became one package (#31) keep working
+for _old, _module in {"allocate": allocate, "criteria": criteria, "legr": legr, "legr.fitness": fitness,
+                      "legr.ranking": ranking}.items():
+    sys.modules.setdefault(f"{__name__}.{_old}", _module)
+
+__all__ = ["METHODS", "STAGES", "FilterPruning", "MagnitudePruning", "Member", "Method", "RunContext", "Stage",
+           "register_method", "register_stage"]

@@ -27,6 +27,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -118,6 +119,12 @@ class Method(ABC):
 
     def validate(self) -> None:
         """Refuse (with a one-line `LegrError`) what can be checked before any training: e.g. unreachable budgets."""
+
+    def latency_probes(self, cost: CostModel, count: int) -> list[np.ndarray]:
+        """The keep vectors a latency model of the source network is fitted on (``cost``: its MACs and params): the
+        full network and ``count`` others. Only a method whose ``budgets`` hold ``latency`` is asked."""
+        raise NotImplementedError(f"method {self.name} takes latency budgets: it chooses the plans they are "
+                                  "modelled on (latency_probes)")
 
     @property
     def prefix(self) -> str:

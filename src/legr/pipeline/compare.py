@@ -1,6 +1,6 @@
 """Pruning methods compared under equal budgets.
 
-Every method (a criterion cut by an allocator, see `legr.methods.criteria` and `legr.methods.allocate`, or another
+Every method (a criterion cut by an allocator, see `legr.methods.filters`, or another
 registered method such as Han et al.'s ``magnitude``) prunes the same source network to the same targets (fractions of
 each method's budget unit: MACs for filter pruning, parameters for magnitude pruning; the tables say which), with the
 same train/validation/test splits and the same fine-tuning budget, once per seed; each (method, seed) is an ordinary resumable `Pipeline` run folder. Afterwards all networks are timed together
@@ -34,6 +34,7 @@ from legr.pipeline.steps import Pipeline
 from legr.reporting import (
     BASELINE,
     LATENCY_KEY,
+    comparison_markdown,
     is_baseline,
     latency_columns,
     plot_method_curves,
@@ -274,49 +275,8 @@ def family_times(per_seed: dict[str, dict[str, float]]) -> dict[str, dict[str, f
     return out
 
 
-def _pm(mean: float | None, std: float | None) -> str:
-    if mean is None:
-        return "-"
-    return f"{100 * mean:.2f} ± {100 * (std or 0.0):.2f}"
-
-
-def _search_targets(pc: dict[str, Any]) -> list[float]:
-    """The family's own search targets (``search_target``: a compare.json written before multi-target searches)."""
-    return pc.get("search_targets") or [pc["search_target"]]
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
-
-
 def summary_markdown(result: dict[str, Any]) -> str:
-    """The comparison's tables: accuracy/cost per method and target, family wall time, pipeline cost."""
-    lat = sorted({k for r in result["summary"] for k in r if k.startswith("latency_")})
-    head = ["method", "target", "MACs (M)", "params (K)", *[k.removeprefix("latency_").replace("_ms", " ms")
-                                                          for k in lat], "top-1 before FT %",
-            "top-1 after adaptive BN %", "top-1 after FT %"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join([":---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
-    for r in result["summary"]:
-        unit = {"params": " params", "latency": " latency"}.get(r.get("budget"), "")  # MACs: no unit shown
-        cells = [r["method"], "-" if r["target"] is None else f"{r['target']:.0%}{unit}", f"{r['macs'] / 1e6:.2f}",
-                 f"{r['params'] / 1e3:.1f}", *[("-" if r.get(k) is None else f"{r[k]:.2f}") for k in lat],
-                 _pm(r.get("top1_before_ft"), r.get("top1_before_ft_std")),
-                 _pm(r.get("top1_after_bn"), r.get("top1_after_bn_std")), _pm(r["top1"], r["top1_std"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "| method | criterion | allocator | family wall time: rank + prune + fine-tune (mean ± std over seeds) |",
-              "|:---|:---|:---|---:|"]
-    methods = {m["name"]: m for m in result["config"]["compare"]["methods"]}
-    for name, t in result["family_time_s"].items():
-        cell = "-" if t["mean_s"] is None else f"{_duration(t['mean_s'])} ± {_duration(t['std_s'] or 0.0)}"
-        m = methods[name]
-        what = METHODS[m.get("method", DEFAULT_METHOD)].entry_label(m)
-        lines.append(f"| {name} | {what[0]} | {what[1]} | {cell} |")
-    pc = result.get("pipeline_cost")
-    if pc:
-        k = len(pc["targets"])
-        searches = ", ".join(f"{float(t):.0%}: {_duration(s)}" for t, s in pc["search_s"].items())
-        lines += ["", f"Pipeline cost ({pc['method']}, seed {pc['seed']}, {k} targets): one search at "
-                  f"{', '.join(f'{t:.0%}' for t in _search_targets(pc))} + {k} prunes/fine-tunes = {_duration(pc['learn_once_s'])}; one search "
-                  f"per target ({searches}) + the same prunes/fine-tunes = {_duration(pc['search_per_target_s'])}. "
-                  f"Search time ratio {pc['search_ratio']:.2f}x, whole-pipeline ratio {pc['pipeline_ratio']:.2f}x."]
-    return "\n".join(lines) + "\n"
+    """The comparison's ``summary.md`` (`legr.reporting.comparison_markdown`), each entry labelled by its method."""
+    labels = {m["name"]: METHODS[m.get("method", DEFAULT_METHOD)].entry_label(m)
+              for m in result["config"]["compare"]["methods"]}
+    return comparison_markdown(result, labels)

@@ -98,6 +98,8 @@ class CompareConfig(RunConfig):
 
     @model_validator(mode="after")
     def _check_entry_sections(self) -> "CompareConfig":
+        if len(self.chain) > 1:  # each entry names its method; a shared chain would be dropped without a word
+            raise ValueError("config key 'method': a comparison runs its entries' methods, not a chain")
         for i, m in enumerate(self.compare.methods):
             for key in SECTIONS:
                 try:

@@ -6,12 +6,12 @@ these typed objects or plain arguments.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, create_model, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, create_model, model_validator
 
 from legr.errors import ConfigError
-from legr.methods import METHODS
+from legr.methods import METHODS, STAGES
 from legr.registry import Registry
 from legr.settings import Settings, explain, registered
 from legr.training import TrainConfig
@@ -23,6 +23,26 @@ def _units() -> Registry:
 
 
 MethodName = registered(lambda: METHODS)  # a name registered in legr.methods.base.METHODS
+
+
+def _chain(value: Any) -> Any:
+    """``method: filters``, or a chain ``[filters, stage, ...]``: a method, then stages registered in
+    `legr.methods.stages.STAGES` (a chain of one name is that name)."""
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"must be a method or a list [method, stage, ...], got {value!r}")
+    first, *stages = names
+    if first not in METHODS:
+        raise ValueError(f"a chain starts with a method, not the stage {first!r}" if first in STAGES
+                         else METHODS.unknown(first))
+    for name in stages:
+        if name not in STAGES:
+            raise ValueError(f"a method goes first in a chain, not after: {name!r}" if name in METHODS
+                             else STAGES.unknown(name))
+    return first if not stages else tuple(names)
+
+
+MethodChain = Annotated[str | tuple[str, ...], BeforeValidator(_chain)]
 UnitName = registered(_units)  # a budget unit registered in legr.engine.cost.BUDGET_UNITS
 
 
@@ -109,8 +129,9 @@ CORE_FIELDS: dict[str, tuple[Any, Any]] = {  # the run's own keys; each method a
     "model": (ModelConfig, ...),
     "data": (DataConfig, DataConfig()),
     "base_training": (TrainConfig, TrainConfig(epochs=0)),
-    "method": (MethodName, Field("filters", description="compression method (`legr methods`): filters (criterion + "
-                                                       "allocator) or magnitude (Han et al.)")),
+    "method": (MethodChain, Field("filters", description="compression method (`legr methods`): filters (criterion + "
+                                                        "allocator) or magnitude (Han et al.), or a chain [method, "
+                                                        "stage, ...]: stages applied to each member in turn")),
     "budget": (UnitName | LatencyBudget | None, Field(
         None, description="what targets are fractions of: the source's MACs, parameters or latency (`latency` or a "
                           "latency section; null: the method's own unit: filters macs, magnitude params)")),
@@ -165,11 +186,26 @@ class _Run(Settings):
         """The unit the targets count (``macs``, ``params``, ``latency``), None for the method's default."""
         return self.budget.unit if isinstance(self.budget, LatencyBudget) else self.budget
 
+    @property
+    def chain(self) -> tuple[str, ...]:
+        """The run's method and the stages after it (`legr.methods.stages`)."""
+        return (self.method,) if isinstance(self.method, str) else tuple(self.method)
+
     @model_validator(mode="after")
     def _check_targets(self) -> "_Run":
         bad = [t for t in self.targets if not 0 < t <= 1]
         if bad:
             raise ValueError(f"targets must be fractions in (0, 1], got {bad}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_stages(self) -> "_Run":
+        """Every stage of the chain keeps the budget unit the method cuts to (its default or the budget key)."""
+        unit = self.budget_unit or METHODS[self.chain[0]].budgets[0]
+        for name in self.chain[1:]:
+            if unit not in STAGES[name].budgets:
+                raise ValueError(f"stage {name} keeps budgets in {' or '.join(STAGES[name].budgets)}, not {unit}: "
+                                 "remove it from the method chain or choose another budget")
         return self
 
     @property
@@ -194,12 +230,14 @@ def _seeded(annotation: Any) -> bool:
 
 
 def _method_fields() -> dict[str, tuple[Any, Any]]:
+    """The config keys every registered method and stage declares."""
     out: dict[str, tuple[Any, Any]] = {}
-    for name, method in METHODS.items():
-        for key, spec in method.config_keys.items():
-            if key in out or key in CORE_FIELDS or key in CORE_TAIL:
-                raise ValueError(f"method {name} declares the config key {key!r}, which is already taken")
-            out[key] = spec
+    for registry in (METHODS, STAGES):
+        for name, step in registry.items():
+            for key, spec in step.config_keys.items():
+                if key in out or key in CORE_FIELDS or key in CORE_TAIL:
+                    raise ValueError(f"{registry.kind} {name} declares the config key {key!r}, which is already taken")
+                out[key] = spec
     return out
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from legr.errors import ConfigError
-from legr.methods import METHODS
+from legr.methods import METHODS, STAGES
 from legr.pipeline.config import RunConfig, parse_config
 
 
@@ -51,9 +51,11 @@ EVAL_ONLY = ("eval", "device")
 
 def artifact_config(cfg: RunConfig) -> dict[str, Any]:
     """The part of the config that determines a run folder's source network, ranking and members: the config less
-    the evaluation-only keys and the keys of other methods, as the run's method reads it (`Method.identity`)."""
-    method = METHODS[cfg.method]
-    others = {key for name, m in METHODS.items() if name != cfg.method for key in m.config_keys}
+    the evaluation-only keys and the keys of the methods and stages it does not run, as the run's method reads it
+    (`Method.identity`)."""
+    method = METHODS[cfg.chain[0]]
+    others = {key for registry in (METHODS, STAGES) for name, step in registry.items() if name not in cfg.chain
+              for key in step.config_keys}
     held = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in EVAL_ONLY and k not in others}
     return method.identity(cfg, held)
 

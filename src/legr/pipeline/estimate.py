@@ -36,14 +36,14 @@ from legr.data import TensorLoader
 from legr.engine.latency import measure_latency
 from legr.engine.latency_model import latency_model_path
 from legr.engine.surgery import prune
-from legr.methods.allocate import Floors, GlobalSolver
-from legr.methods.criteria import compute_scores, group_scores
-from legr.methods.filters_config import FloorsConfig, SearchConfig
+from legr.methods.filters.allocate import Floors, GlobalSolver
+from legr.methods.filters.criteria import compute_scores, group_scores
+from legr.methods.filters.config import FloorsConfig, SearchConfig
 from legr.pipeline.compare import Comparison
 from legr.pipeline.compare_config import CompareConfig
 from legr.pipeline.config import LatencyBudget, RunConfig
 from legr.pipeline.folder import RunFolder, member_name
-from legr.pipeline.steps import Pipeline, latency_plans
+from legr.pipeline.steps import Pipeline
 from legr.training import TrainConfig, make_sgd, recalibrate_bn, train_steps
 
 LIMIT_S = 2 * 3600.0  # what a piece may take: sessions here have ~3 h
@@ -283,7 +283,7 @@ def _latency_model_s(units: _Units, source: Pipeline, budget: LatencyBudget, wor
     """Measuring the latency model (nothing when this device's model is cached or the work folder holds one):
     every probe, every round, a pass of the timing interpreter and the timed forwards."""
     setting = budget.setting()
-    if latency_model_path(source.graph, setting, latency_plans(source.graph, source.cost, budget.probes)).exists() \
+    if latency_model_path(source.graph, setting, source.method.latency_probes(source.cost, budget.probes)).exists() \
             or any(work.glob("seed*/*/latency_model.json")):
         return 0.0
     forward = units.forward(budget.batch_size)

@@ -1,6 +1,7 @@
-"""The pipeline over one run folder: base -> prepare (rank) -> prune -> finetune -> evaluate -> report, the same for
-every compression method (`legr.methods.base.Method`: the method named by ``cfg.method`` does prepare, cut and
-fine-tune; this module owns the folder, data, source network, evaluation, latency and results).
+"""The pipeline over one run folder: base -> prepare (rank) -> prune -> finetune -> [stages] -> evaluate -> report,
+the same for every compression method (`legr.methods.base.Method`: the method named by ``cfg.method`` does prepare,
+cut and fine-tune; the stages after it in a chain take each member in turn, `legr.methods.stages`; this module owns
+the folder, data, source network, evaluation, latency and results).
 
 Every step writes its artifacts atomically and skips work already on disk, so a killed run restarted with the same
 command continues where it stopped (the search and each fine-tune also resume mid-way). The folder's layout:
@@ -20,7 +21,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
 import torch
 import yaml
 from torch import nn
@@ -31,10 +31,10 @@ from legr.engine.latency_model import LatencyModel, build_latency_model
 from legr.engine.latency import measure_interleaved
 from legr.engine.surgery import fold_batchnorm
 from legr.errors import ConfigError
-from legr.graph import ChannelGraph, analyze
+from legr.graph import analyze
 from legr.hardware import git_revision, hardware_label
-from legr.methods import METHODS, Method
-from legr.methods.allocate import random_plans
+from legr.methods import METHODS, STAGES, Member, Method
+from legr.methods.stages import method_member, run_stages
 from legr.models import build_from_factory, build_model, load_checkpoint, save_state_dict
 from legr.models.registry import resolve_factory
 from legr.paths import atomic_write_text, make_folder
@@ -63,18 +63,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def latency_plans(graph: ChannelGraph, cost: CostModel, probes: int) -> list[np.ndarray]:
-    """The plans a run's latency model is measured on: the full network and ``probes`` random allocations."""
-    return [np.ones(graph.num_classes)] + random_plans(graph, cost, probes, seed=0)
-
-
 class Pipeline:
     def __init__(self, cfg: RunConfig, out: str | Path, *, progress: bool = True, log: Callable[[str], None] = print):
         self.cfg, self.out, self.progress, self.log = cfg, Path(out), progress, log
         self.folder = RunFolder(self.out)
         self.device = resolve_device(cfg.device)
         self._bn: dict[int, list[torch.Tensor]] = {}
-        self.method: Method = METHODS[cfg.method](self)
+        self.method: Method = METHODS[cfg.chain[0]](self)
+        self.stages = [STAGES[name](self) for name in cfg.chain[1:]]
         # what needs no training is checked before the folder is claimed: the model builds and its checkpoint fits,
         # the dataset loads, and the method accepts the budgets (e.g. every target above the floor any cut reaches)
         self.method.validate()
@@ -148,14 +144,14 @@ class Pipeline:
         one (``latency_model.json``: the model its members were cut with, also when `legr eval` runs elsewhere)."""
         cost = CostModel(self.graph)
         budget = self.cfg.budget
-        if not isinstance(budget, LatencyBudget) or "latency" not in METHODS[self.cfg.method].budgets:
+        if not isinstance(budget, LatencyBudget) or "latency" not in METHODS[self.cfg.chain[0]].budgets:
             return cost  # a method without latency budgets refuses one when it is built
         if self.folder.latency_model.exists():  # the model this run's members were cut with (eval may run elsewhere)
             return CostModel(self.graph, latency=LatencyModel.from_json(self.folder.latency_model.read_text(),
                                                                         self.graph))
         setting = budget.setting()
         self.log(f"latency model of {self.cfg.model.name} ({setting.label}): measured once per device, then cached")
-        model = build_latency_model(self.graph, setting, latency_plans(self.graph, cost, budget.probes),
+        model = build_latency_model(self.graph, setting, self.method.latency_probes(cost, budget.probes),
                                     progress=self.progress, log=self.log)
         return CostModel(self.graph, latency=model)
 
@@ -220,10 +216,18 @@ class Pipeline:
         return [m.root for m in self.members()]
 
     def finetune(self) -> None:
+        """Fine-tune every member, then apply the chain's stages to it (work already on disk is kept)."""
         self.prune()
         for member in self.members():
             if not member.finetuned.exists():
                 self.method.finetune(member)
+            if self.stages:
+                self.load(member)
+
+    def load(self, member: MemberFolder) -> tuple[Member, MemberFolder]:
+        """A member as the run's chain leaves it (the method's, after every stage) and the folder holding it."""
+        net, info = self.method.load(member)
+        return run_stages(self, self.stages, method_member(self.method.name, member, net, info), member)
 
     def evaluate(self, baseline: bool = True) -> list[ResultRow]:
         """Test accuracy (and latency) of the source network (unless ``baseline`` is False) and every member."""
@@ -234,9 +238,9 @@ class Pipeline:
             source["predicted_ms"] = self.cost.latency.base_ms
         rows = [self._row(BASELINE, self.base, source)] if baseline else []
         for member in self.members():
-            net, info = self.method.load(member)
-            nets[member.name] = net.to(self.device)
-            rows.append(self._row(member.name, nets[member.name], info, str(member.root.relative_to(self.out))))
+            last, folder = self.load(member)
+            nets[member.name] = last.net.to(self.device)
+            rows.append(self._row(member.name, nets[member.name], last.figures, str(folder.root.relative_to(self.out))))
         if self.cfg.eval.latency:
             for row, timings in zip(rows, self._latency(nets).values()):
                 row.update(timings)

@@ -1,5 +1,6 @@
-"""Reporting: the result-row contract and its files, tables, the Pareto front and plots."""
+"""Reporting: the result-row contract and its files, tables, the Pareto front and plots, a comparison's summary."""
 
+from legr.reporting.comparison import comparison_markdown
 from legr.reporting.plots import figure, pareto_front, plot_method_curves, plot_pareto, plot_widths, save_figure
 from legr.reporting.rows import (
                                  BASELINE,
@@ -19,7 +20,7 @@ from legr.reporting.rows import (
 )
 from legr.reporting.tables import format_table, markdown_table
 
-__all__ = ["BASELINE", "BUSY_MACHINE", "LATENCY_KEY", "RESULTS_CSV", "RESULTS_JSON", "ResultRow", "config_hash",
-           "figure", "format_table", "is_baseline", "latency_columns", "latency_key", "markdown_table",
+__all__ = ["BASELINE", "BUSY_MACHINE", "LATENCY_KEY", "RESULTS_CSV", "RESULTS_JSON", "ResultRow", "comparison_markdown",
+           "config_hash", "figure", "format_table", "is_baseline", "latency_columns", "latency_key", "markdown_table",
            "pareto_front", "plot_method_curves", "plot_pareto", "plot_widths", "read_results", "save_figure",
            "validate_rows", "warn_if_noisy", "write_results"]

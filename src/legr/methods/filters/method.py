@@ -1,6 +1,6 @@
 """Structured filter pruning: a criterion scores every filter, an allocator turns the scores into per-layer widths
 for a MACs budget (uniform, global, LCP's learned offsets, LeGR's learned affine transforms), and surgery removes the
-filters. Any criterion combines with any allocator (`legr.methods.criteria`, `legr.methods.allocate`).
+filters. Any criterion combines with any allocator (`legr.methods.filters.criteria`, `legr.methods.filters.allocate`).
 
 ``prepare`` computes the ranking (``ranking.json``; for lcp/legr the evolutionary search with its fitness, resumable
 after every candidate), ``cut`` solves the budget on it and removes the channels (the member's BN statistics are
@@ -22,19 +22,26 @@ from torch import nn
 
 from legr.data import TensorLoader
 from legr.engine.artifacts import load_pruned, save_pruned
-from legr.engine.cost import BUDGET_UNITS, count_params, format_cost
+from legr.engine.cost import BUDGET_UNITS, CostModel, count_params, format_cost
 from legr.engine.latency_check import meet_measured
 from legr.engine.plan import Plan
 from legr.engine.surgery import prune
 from legr.errors import ConfigError
-from legr.methods.allocate import ALLOCATORS, BudgetSolver, Floors, check_reachable, solve_uniform
+from legr.methods.filters.allocate import (
+    ALLOCATORS,
+    BudgetSolver,
+    Floors,
+    check_reachable,
+    random_plans,
+    solve_uniform,
+)
 from legr.methods.base import Method, register_method
-from legr.methods.criteria import CriterionContext, compute_scores, group_scores
-from legr.methods.filters_config import FILTERS_CONFIG
+from legr.methods.filters.criteria import CriterionContext, compute_scores, group_scores
+from legr.methods.filters.config import FILTERS_CONFIG
 from legr.methods.folders import MemberFolder
-from legr.methods.legr.family import FamilyObjective
-from legr.methods.legr.fitness import CandidateFitness
-from legr.methods.legr.ranking import (
+from legr.methods.filters.legr.family import FamilyObjective
+from legr.methods.filters.legr.fitness import CandidateFitness
+from legr.methods.filters.legr.ranking import (
     REFERENCE_INDEX,
     Ranking,
     learn_ranking,
@@ -96,6 +103,11 @@ class FilterPruning(Method):
             raise ConfigError("the search needs a validation split: set data.val_size > 0")
         check_reachable(self.run.graph, self.run.cost, self.floors, (*self.cfg.targets, *self.cfg.search_targets),
                         self.budget)
+
+    def latency_probes(self, cost: CostModel, count: int) -> list[np.ndarray]:
+        """The full network and ``count`` random allocations (`random_plans`: widths differing between layers as a
+        learned ranking's do)."""
+        return [np.ones(self.run.graph.num_classes)] + random_plans(self.run.graph, cost, count, seed=0)
 
     # --- prepare: the ranking ---------------------------------------------------------------------------------
     def prepare(self) -> Ranking:

@@ -9,7 +9,7 @@ import torch
 from legr.engine.cost import CostModel
 from legr.errors import BudgetError, LegrError
 from legr.graph import analyze
-from legr.methods.allocate import (
+from legr.methods.filters.allocate import (
     ALLOCATORS,
     Floors,
     GlobalSolver,
@@ -19,8 +19,8 @@ from legr.methods.allocate import (
     solve_uniform,
     uniform_keep,
 )
-from legr.methods.criteria import CRITERIA, CriterionContext, compute_scores, group_scores
-from legr.methods.legr.ranking import Ranking, ranked_layers, stored_scores
+from legr.methods.filters.criteria import CRITERIA, CriterionContext, compute_scores, group_scores
+from legr.methods.filters.legr.ranking import Ranking, ranked_layers, stored_scores
 from legr.models import build_model
 
 

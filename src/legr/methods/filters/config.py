@@ -9,13 +9,13 @@ from typing import Any
 
 from pydantic import Field
 
-from legr.methods.allocate import ALLOCATORS
-from legr.methods.criteria import CRITERIA
-from legr.methods.legr.search_config import SearchConfig
+from legr.methods.filters.allocate import ALLOCATORS
+from legr.methods.filters.criteria import CRITERIA
+from legr.methods.filters.legr.search_config import SearchConfig
 from legr.settings import Settings, registered
 
-CriterionName = registered(lambda: CRITERIA)  # a name registered in legr.methods.criteria
-AllocatorName = registered(lambda: ALLOCATORS)  # a name registered in legr.methods.allocate
+CriterionName = registered(lambda: CRITERIA)  # a name registered in legr.methods.filters.criteria
+AllocatorName = registered(lambda: ALLOCATORS)  # a name registered in legr.methods.filters.allocate
 
 
 class FloorsConfig(Settings):

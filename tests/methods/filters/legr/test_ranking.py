@@ -9,10 +9,10 @@ import pytest
 from legr.engine.cost import CostModel
 from legr.errors import LegrError
 from legr.graph import analyze
-from legr.methods.allocate import UniformSolver, solve_uniform
-from legr.methods.criteria import compute_scores, group_scores
-from legr.methods.legr import EvolutionConfig, FamilyObjective
-from legr.methods.legr.ranking import (
+from legr.methods.filters.allocate import UniformSolver, solve_uniform
+from legr.methods.filters.criteria import compute_scores, group_scores
+from legr.methods.filters.legr import EvolutionConfig, FamilyObjective
+from legr.methods.filters.legr.ranking import (
     REFERENCE_INDEX,
     Ranking,
     learn_ranking,
@@ -212,7 +212,7 @@ def test_search_falls_back_to_uniform_when_no_candidate_is_feasible(resnet20):
 
 def test_committed_version1_rankings_still_load():
     """Ranking files written by earlier versions (v1, no stored scores) load and cut the current network."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks/results/legr_resnet56_cifar10jpeg/ranking.json"
+    path = Path(__file__).resolve().parents[4] / "benchmarks/results/legr_resnet56_cifar10jpeg/ranking.json"
     assert json.loads(path.read_text())["version"] == 1
     ranking = Ranking.load(path)
     model = build_model("cifar_resnet56", pretrained=True)
@@ -229,7 +229,7 @@ def test_candidate_fitness_is_adaptive_bn_then_tau_steps_then_the_validation_met
     import torch
 
     from legr.data import TensorLoader, load_dataset
-    from legr.methods.legr.fitness import CandidateFitness
+    from legr.methods.filters.legr.fitness import CandidateFitness
     from legr.training import bn_batches, evaluate, make_sgd, recalibrate_bn, train_steps
 
     digits = load_dataset("digits")

@@ -9,7 +9,7 @@ from torch import nn
 
 from legr.errors import LegrError
 from legr.graph import analyze
-from legr.methods.criteria import CRITERIA, CriterionContext, compute_scores, group_scores
+from legr.methods.filters.criteria import CRITERIA, CriterionContext, compute_scores, group_scores
 from legr.models import build_model
 
 

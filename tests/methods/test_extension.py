@@ -17,8 +17,8 @@ from legr.engine.plan import Plan
 from legr.engine.surgery import prune
 from legr.errors import LegrError
 from legr.methods import METHODS, Method, register_method
-from legr.methods.allocate import ALLOCATORS, Allocator, GlobalSolver, UniformSolver, register_allocator
-from legr.methods.criteria import compute_scores
+from legr.methods.filters.allocate import ALLOCATORS, Allocator, GlobalSolver, UniformSolver, register_allocator
+from legr.methods.filters.criteria import compute_scores
 from legr.models import build_model
 from legr.settings import Settings
 

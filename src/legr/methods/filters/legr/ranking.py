@@ -3,7 +3,7 @@
 A channel's global score is ``sum over its producer layers l of (alpha_l * s_f + kappa_l)``, where ``s_f`` is the
 criterion score of the producing filter (squared L2 norm in the paper). With alpha = 1 and kappa = 0 everywhere this
 is the plain global ranking. One ranking serves every FLOPs budget: `Ranking.solver` cuts it for any target with
-the ranking's allocator (see `legr.methods.allocate.ALLOCATORS`: ``uniform``/``global`` use the raw criterion, ``lcp``/``legr``
+the ranking's allocator (see `allocate.ALLOCATORS`: ``uniform``/``global`` use the raw criterion, ``lcp``/``legr``
 a learned transform). The artifact stores the criterion scores it was made from, so data-dependent criteria
 (``taylor``) and seeded ones (``random``) cut the same way every time.
 """
@@ -24,11 +24,11 @@ from legr.engine.cost import BudgetUnit, CostModel
 from legr.engine.surgery import prune
 from legr.errors import LegrError
 from legr.graph import ChannelGraph
-from legr.methods.allocate import ALLOCATORS, BudgetSolver, Floors, solve_uniform
-from legr.methods.criteria import compute_scores, group_scores
-from legr.methods.legr.affine import AffineSpace, AffineTransform
-from legr.methods.legr.evolution import EvolutionConfig, aging_evolution
-from legr.methods.legr.family import FamilyObjective
+from legr.methods.filters.allocate import ALLOCATORS, BudgetSolver, Floors, solve_uniform
+from legr.methods.filters.criteria import compute_scores, group_scores
+from legr.methods.filters.legr.affine import AffineSpace, AffineTransform
+from legr.methods.filters.legr.evolution import EvolutionConfig, aging_evolution
+from legr.methods.filters.legr.family import FamilyObjective
 from legr.paths import atomic_write_text
 
 RANKING_VERSION = 2  # 2 adds the allocator and the stored criterion scores
@@ -211,7 +211,7 @@ def learn_ranking(
     Each candidate ranking prunes ``model`` (weights restored from memory) to each of ``target_macs`` (costs in
     ``unit``: MACs, parameters with ``unit="params"``, predicted ms with ``unit="latency"`` and a ``cost`` model that
     holds a latency model); ``fitness(pruned_network, candidate_index)`` scores each network (higher is better, e.g.
-    validation top-1 after `recalibrate_bn`), and ``objective`` (`legr.methods.legr.family`) turns the scores into the
+    validation top-1 after `recalibrate_bn`), and ``objective`` (`family`) turns the scores into the
     candidate's fitness against the uniform allocation of the raw ``scores`` cut and scored the same way at each
     target (the reference, scored once). ``scores`` are the criterion's per-filter scores (default: computed from the
     weights); ``allocator`` "lcp" learns only the offsets. The first population holds the identity (the plain global

@@ -55,7 +55,7 @@ class EvolutionConfig(Settings):
     """Aging-evolution settings; ``evaluations`` counts every evaluated candidate of one restart, initial population
     included (a search evaluates ``evaluations * restarts`` candidates). Positional arguments are taken in the order
     population, sample, evaluations, seed, restarts. ``seed`` is the library's argument: a run's ``search`` section
-    (`legr.methods.legr.search_config.SearchConfig`, this class plus the fitness settings) is seeded by the run's
+    (`search_config.SearchConfig`, this class plus the fitness settings) is seeded by the run's
     top-level ``seed`` and never dumps it."""
 
     population: int = Field(64, ge=1, strict=True)

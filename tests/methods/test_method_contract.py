@@ -1,8 +1,14 @@
 """The contract every registered method keeps (parametrized over `METHODS`, so a new method is checked by adding
 it): its config keys parse, dump and read back the same; a bad value in them is a one-line error naming the key,
-raised when the config is read; a tiny run produces members whose figures are the cost oracle's."""
+raised when the config is read; a tiny run produces members whose figures are the cost oracle's; a tiny run killed
+with SIGKILL and started again resumes, and ends where an uninterrupted run does."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import yaml
@@ -58,3 +64,46 @@ def test_a_tiny_run_reports_the_cost_oracles_figures(name, tmp_path):
         assert info["macs"] == figures.macs and info["params"] in (figures.params, figures.nonzero_params)
         row = rows[member.name]
         assert (row["macs"], row["params"], row["budget"]) == (info["macs"], info["params"], pipeline.method.budget)
+
+
+def _legr_run(config, out, **kw) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "legr.cli", "run", str(config), "--out", str(out), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, **kw)
+
+
+def _finished(out) -> list[dict]:
+    """A run's result rows, less what differs between two runs of the same config (when and where it ran)."""
+    volatile = {"git_rev", "hardware"}
+    return [{k: v for k, v in r.items() if k not in volatile} for r in json.loads((out / "results.json").read_text())]
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_a_run_killed_midway_resumes_and_ends_as_an_uninterrupted_one(name, tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY_RUN, "method": name, **TINY[name], "targets": [0.3, 0.5, 0.7]}))
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    assert _legr_run(config, reference).wait(timeout=600) == 0
+
+    proc = _legr_run(config, killed)
+    timings, deadline = killed / "timings.json", time.monotonic() + 600
+    while proc.poll() is None and time.monotonic() < deadline:  # killed once the method's one-time work is done
+        try:
+            if "rank" in json.loads(timings.read_text()):
+                break
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "results.json").exists()
+    # what was finished when it was killed (the source network, the method's one-time work): kept, not redone
+    done = {p: p.stat().st_mtime_ns for p in killed.rglob("*") if p.is_file() and p.suffix != ".pt"
+            and p.name not in ("config.yaml", "timings.json") and "members" not in p.relative_to(killed).parts}
+    assert done, "nothing was finished before the kill"
+
+    again = _legr_run(config, killed)
+    assert again.wait(timeout=600) == 0, again.stderr.read()[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in done} == done, "the rerun redid finished work instead of resuming"
+    assert _finished(killed) == _finished(reference)  # the code is deterministic on the CPU: the same family

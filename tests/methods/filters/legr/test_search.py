@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from legr.errors import ConfigError
-from legr.methods.legr import AffineSpace, AffineTransform, EvolutionConfig, SearchResult, aging_evolution
+from legr.methods.filters.legr import AffineSpace, AffineTransform, EvolutionConfig, SearchResult, aging_evolution
 
 L = 6
 STD = np.array([0.5, 1.0, 1.5, 2.0, 0.8, 1.2])
@@ -203,7 +203,7 @@ SCRIPT = '''
 import sys, time
 from pathlib import Path
 import numpy as np
-from legr.methods.legr import AffineSpace, EvolutionConfig, aging_evolution
+from legr.methods.filters.legr import AffineSpace, EvolutionConfig, aging_evolution
 
 CFG = EvolutionConfig(population=6, sample=3, evaluations=40, seed=11)
 STD = [0.5, 1.0, 1.5, 2.0, 0.8, 1.2]
@@ -251,7 +251,7 @@ def test_resume_after_sigkill(tmp_path, toy_script):
     script, mod = toy_script
     state, log = tmp_path / "state.json", tmp_path / "log.jsonl"
     cmd = [sys.executable, str(script), str(state), str(log), "0.05"]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[4] / "src")}
     proc = subprocess.Popen(cmd, env=env)
     deadline = time.monotonic() + 60
     while history_len(state) < 3:

@@ -1,5 +1,5 @@
 """The LeGR search's section of a run config (``search:``): the aging evolution's settings
-(`legr.methods.legr.evolution.EvolutionConfig`, one class) plus how a candidate is scored."""
+(`legr.methods.filters.legr.evolution.EvolutionConfig`, one class) plus how a candidate is scored."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from legr.methods.legr.evolution import EvolutionConfig
+from legr.methods.filters.legr.evolution import EvolutionConfig
 
 
 class SearchConfig(EvolutionConfig):
@@ -17,7 +17,7 @@ class SearchConfig(EvolutionConfig):
     re-estimate BatchNorm statistics on ``bn_batches`` training batches (adaptive BN; augmented when
     ``finetune.augment`` is), take ``tau`` SGD steps, then the validation ``fitness`` (top-1 by default; see
     benchmarks/results/fitness_correlation for why); the per-target scores are combined by ``aggregate``
-    (`legr.methods.legr.family`), and with ``guard`` a ranking below the uniform allocation at any search target is
+    (`family`), and with ``guard`` a ranking below the uniform allocation at any search target is
     never returned. The paper's CIFAR setting: ``{bn_batches: 0, tau: 0, fitness: loss, seed_uniform: false,
     restarts: 1, target: <one target>, guard: false}`` (ImageNet: tau 200).
     """

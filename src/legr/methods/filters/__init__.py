@@ -1,0 +1,7 @@
+"""Structured filter pruning (``method: filters``, `method.FilterPruning`): a criterion scores every filter
+(`criteria`), an allocator cuts the scores at a budget (`allocate`: uniform, global, LCP, LeGR), surgery removes the
+filters; the method's config keys are `config`. LeGR's learned ranking, the allocator's search, is `legr`."""
+
+from legr.methods.filters.method import FilterPruning
+
+__all__ = ["FilterPruning"]
