@@ -196,6 +196,9 @@ class _Run(Settings):
         bad = [t for t in self.targets if not 0 < t <= 1]
         if bad:
             raise ValueError(f"targets must be fractions in (0, 1], got {bad}")
+        if self.base_training.distill is not None:
+            raise ValueError("config key 'base_training.distill': the source network is the teacher, it has none "
+                             "(distill in finetune)")
         return self
 
     @model_validator(mode="after")

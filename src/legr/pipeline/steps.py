@@ -159,8 +159,9 @@ class Pipeline:
     def train(self, model: nn.Module, cfg: TrainConfig, checkpoint: Path) -> list[dict]:
         x, y = self.data.train
         val = self.data.val if len(self.data.val[0]) else None
+        teacher = self.base if cfg.distill is not None else None  # a member learns from its source network
         return finetune(model, x, y, self.data.mean, self.data.std, cfg.with_seed(self.cfg.seed),
-                        checkpoint=checkpoint, val=val, progress=self.progress, device=self.device)
+                        checkpoint=checkpoint, val=val, progress=self.progress, device=self.device, teacher=teacher)
 
     def accuracy(self, model: nn.Module, split: tuple[torch.Tensor, torch.Tensor]) -> EvalResult:
         return evaluate(model, *split, self.data.mean, self.data.std, batch_size=self.cfg.eval.batch_size,

@@ -10,7 +10,7 @@ from typing import Any
 
 from legr.errors import LegrError
 from legr.paths import atomic_file
-from legr.reporting.rows import BASELINE, as_number, is_baseline, latency_key
+from legr.reporting.rows import BASELINE, ONNX_LATENCY, as_number, is_baseline, latency_key
 
 
 def pareto_front(rows: Sequence[Mapping[str, Any]], x: str = "macs", y: str = "top1") -> list[dict[str, Any]]:
@@ -130,7 +130,11 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str],
 
     lat_key = latency_key("cpu", 1)
     has_latency = any(as_number(r.get(lat_key)) is not None for r in rows)
-    ncols = 2 if has_latency else 1
+    deployed = onnx_rows(rows)
+    for m in dict.fromkeys(str(r["method"]) for r in deployed):
+        k = len(styles) - 1
+        styles.setdefault(m, (_PALETTE[k % len(_PALETTE)], _MARKERS[k % len(_MARKERS)]))
+    ncols = 1 + has_latency + bool(deployed)
     fig = figure(6.4 * ncols, 5.0)
     axes = fig.subplots(1, ncols, squeeze=False)[0]
     annotate = len(rows) <= 25
@@ -148,10 +152,35 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str],
         hw = sorted({str(r["hardware"]) for r in rows if r.get("hardware") and as_number(r.get(lat_key)) is not None})
         sub = f"\n{hw[0]}" if len(hw) == 1 else ""
         axes[1].set_title(f"accuracy vs. measured latency{sub}", fontsize=10 if not sub else 9)
+    if deployed:
+        _panel(axes[-1], deployed, ONNX_X, 1.0, f"onnxruntime CPU latency, batch {deployed[0]['onnx_batch']} (ms)",
+               styles, annotate)
+        axes[-1].set_title("deployed in onnxruntime: fp32 and int8", fontsize=10)
+        axes[-1].legend(loc="best", fontsize=8, frameon=True, framealpha=0.9)
     axes[0].legend(loc="best", fontsize=8, frameon=True, framealpha=0.9)
     fig.suptitle(_title(rows, title), fontsize=12, fontweight="bold")
 
     return save_figure(fig, path)
+
+
+ONNX_X = "onnx_ms"
+
+
+def onnx_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Two points per network quantized by `legr quantize`: its fp32 and its int8 onnxruntime figures (top-1 on the
+    test split, latency at the smallest batch measured), as rows of methods ``<method> fp32`` / ``<method> int8``."""
+    batches = sorted({int(m.group(2)) for r in rows for k in r if (m := ONNX_LATENCY.match(str(k)))})
+    if not batches:
+        return []
+    b = batches[0]
+    out = []
+    for r in rows:
+        for kind, top1 in (("fp32", "onnx_top1"), ("int8", "int8_top1")):
+            ms = as_number(r.get(f"{'onnx' if kind == 'fp32' else 'int8'}_cpu_b{b}_ms"))
+            if ms is not None and as_number(r.get(top1)) is not None:
+                out.append({**r, "method": f"{r.get('method')} {kind}", "top1": r[top1], ONNX_X: ms, "onnx_batch": b,
+                            "name": f"{r.get('name')} {kind}"})
+    return out
 
 
 def figure(width: float, height: float):

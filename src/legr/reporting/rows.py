@@ -4,9 +4,10 @@ A result row is a plain dict written by code (`legr eval`) and aggregated by a s
 benchmarks); `ResultRow` types it. Required keys: ``name``, ``method`` (`BASELINE` for the source network),
 ``model``, ``dataset``, ``macs``, ``params``, ``top1``. Common optional keys: ``target`` (a fraction of the source's
 cost in ``budget`` units, or None), ``budget``, ``macs_ratio``, ``params_ratio``, ``compression`` (original params /
-params), ``top5``, ``loss``, ``top1_before_ft`` (as cut), ``top1_after_bn`` (after adaptive BN), ``predicted_ms`` (a latency budget's
-prediction),
-``latency_{cpu,cuda}_b{N}_ms``, ``seed``, ``config_hash``, ``git_rev``, ``hardware``, ``finetune_epochs``, ``path``.
+params), ``top5``, ``loss``, ``top1_before_ft`` (as cut), ``top1_after_bn`` (after adaptive BN), ``predicted_ms`` (a
+latency budget's prediction), ``latency_{cpu,cuda}_b{N}_ms``; after `legr quantize`: ``int8_top1`` / ``onnx_top1``
+(test top-1 in onnxruntime, int8 / fp32), ``{int8,onnx}_cpu_b{N}_ms``, ``{int8,onnx}_bytes``; ``seed``,
+``config_hash``, ``git_rev``, ``hardware``, ``finetune_epochs``, ``path``.
 Unknown keys are allowed and kept.
 Accuracies are fractions in [0, 1]; tables and plots show them in percent.
 """
@@ -43,6 +44,7 @@ PROVENANCE_KEYS: tuple[str, ...] = (
 )
 
 LATENCY_KEY = re.compile(r"^latency_(cpu|cuda)_b(\d+)_ms$")
+ONNX_LATENCY = re.compile(r"^(onnx|int8)_cpu_b(\d+)_ms$")  # `legr quantize`: onnxruntime fp32 / int8
 
 
 class _Required(TypedDict):

@@ -6,7 +6,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from legr.reporting.rows import BUSY_MACHINE, LATENCY_KEY, as_number, baseline_row, latency_sort_key, noisy_latency
+from legr.reporting.rows import (BUSY_MACHINE, LATENCY_KEY, ONNX_LATENCY, as_number, baseline_row, latency_sort_key,
+                                 noisy_latency)
 
 
 def _ratio(row: Mapping[str, Any], base: Mapping[str, Any] | None, key: str) -> float | None:
@@ -65,6 +66,15 @@ def _table_columns(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[b
         device, bs = LATENCY_KEY.match(key).groups()
         columns.append((f"{device.upper()} b{bs} ms", True,
                         lambda r, k=key: _fmt_sig(as_number(r.get(k))) + ("?" if noisy_latency(r, k) else "")))
+    if any(as_number(r.get("int8_top1")) is not None for r in rows):  # `legr quantize`: measured in onnxruntime
+        columns.append(("int8 top-1 %", True, lambda r: _fmt(None if as_number(r.get("int8_top1")) is None
+                                                             else 100 * as_number(r["int8_top1"]), 2)))
+    onnx_keys = sorted({k for r in rows for k in r if ONNX_LATENCY.match(str(k)) and as_number(r.get(k)) is not None},
+                       key=lambda k: (int(ONNX_LATENCY.match(k).group(2)), not k.startswith("onnx")))
+    for key in onnx_keys:
+        kind, bs = ONNX_LATENCY.match(key).groups()
+        columns.append((f"ORT {'fp32' if kind == 'onnx' else 'int8'} b{bs} ms", True,
+                        lambda r, k=key: _fmt_sig(as_number(r.get(k)))))
     # speedup vs baseline on the CPU at the smallest measured batch size (batch 1 normally)
     cpu = [k for k in _latency_keys(rows, "cpu") if base is not None and as_number(base.get(k))]
     if cpu:

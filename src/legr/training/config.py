@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from legr.settings import Settings
+from legr.training.distill import DistillConfig
 
 
 class TrainConfig(Settings):
@@ -16,6 +17,9 @@ class TrainConfig(Settings):
     with random-crop (padding 4) + horizontal-flip augmentation. An epoch is one shuffled pass in full batches (the
     last partial batch is dropped unless the set is smaller than one batch); ``steps_per_epoch`` caps its optimizer
     steps (None: no cap), for quick runs. ``epochs: 0`` trains nothing.
+
+    ``distill`` (a `DistillConfig`; None: plain cross-entropy) trains against a teacher's softened outputs as well:
+    in a run, the source network teaches its members.
 
     ``seed`` seeds the batch order and augmentation. It is the library's argument, not a config key: a run passes its
     own top-level ``seed`` (it is left out of dumps, so a config file never holds it).
@@ -31,6 +35,7 @@ class TrainConfig(Settings):
     gamma: float = Field(0.2, gt=0)
     augment: bool = True
     steps_per_epoch: int | None = Field(None, ge=1)
+    distill: DistillConfig | None = None
     seed: int = Field(0, exclude=True, description="library argument; a run passes its top-level seed")
 
     @field_validator("milestones")

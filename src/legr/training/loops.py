@@ -26,6 +26,7 @@ from legr.models.checkpoint import load_state_dict
 from legr.paths import atomic_file
 from legr.progress import progress_bar
 from legr.training.config import FinetuneConfig
+from legr.training.distill import DistillConfig, Teacher, distill_loss
 from legr.training.evaluate import Device, evaluate, model_device
 
 CHECKPOINT_VERSION = 1
@@ -49,11 +50,12 @@ def cycle_batches(loader: TensorLoader) -> Iterator[tuple[torch.Tensor, torch.Te
         yield from loader
 
 
-def _step(model: nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Tensor,
-          yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One SGD step on a batch; returns the (detached) summed loss and number of correct top-1 predictions."""
+def _step(model: nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor,
+          teacher: Teacher | None = None, distill: DistillConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on a batch (against ``teacher`` too with ``distill``); returns the (detached) summed loss and
+    number of correct top-1 predictions."""
     logits = model(xb)
-    loss = F.cross_entropy(logits, yb)
+    loss = F.cross_entropy(logits, yb) if teacher is None else distill_loss(logits, teacher(xb), yb, distill)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -86,7 +88,7 @@ def train_steps(model: nn.Module, loader: TensorLoader, steps: int, optimizer: t
 def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: Sequence[float] | None,
              std: Sequence[float] | None, cfg: FinetuneConfig, *, checkpoint: str | os.PathLike | None = None,
              val: tuple[torch.Tensor, torch.Tensor] | None = None, progress: bool = True,
-             device: Device = None) -> list[dict[str, Any]]:
+             device: Device = None, teacher: nn.Module | None = None) -> list[dict[str, Any]]:
     """Fine-tune ``model`` in place on (``x``, ``y``) with ``cfg``; returns one history row per epoch.
 
     Rows hold ``epoch``, ``lr``, ``train_loss``, ``train_top1`` (on the augmented batches), ``val_loss`` and
@@ -98,9 +100,14 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: Sequence[
     file resumes after its last epoch; the result is bit-identical to an uninterrupted run (on CPU, or with
     deterministic kernels on GPU). A finished checkpoint just loads its weights and returns its history. A
     checkpoint from another config or model raises ``CheckpointError``.
+
+    With ``cfg.distill``, ``teacher`` (on ``device``, never changed) is distilled into the model; rows then also hold
+    ``teacher_seconds``, its share of the epoch's time.
     """
     if len(x) == 0:
         raise ValueError("finetune needs at least one training sample")
+    if (cfg.distill is None) != (teacher is None):
+        raise ValueError("finetune: a teacher goes with cfg.distill, and cfg.distill needs a teacher")
     device = torch.device(device) if device is not None else model_device(model)
     model.to(device)
     loader = TensorLoader(x, y, cfg.batch_size, mean, std, shuffle=True, augment=cfg.augment,
@@ -115,7 +122,10 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: Sequence[
     with progress_bar("fine-tune", cfg.epochs, done=len(history), enabled=progress) as advance:
         for epoch in range(len(history), cfg.epochs):
             start = time.perf_counter()
-            row = _train_epoch(model, loader, optimizer, epoch, steps, cfg.seed, device)
+            guide = Teacher(teacher) if teacher is not None else None
+            row = _train_epoch(model, loader, optimizer, epoch, steps, cfg.seed, device, guide, cfg.distill)
+            if guide is not None:
+                row["teacher_seconds"] = guide.seconds
             if val is not None:
                 result = evaluate(model, val[0], val[1], mean, std, device=device)
                 row.update(val_loss=result.loss, val_top1=result.top1)
@@ -130,7 +140,8 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: Sequence[
 
 
 def _train_epoch(model: nn.Module, loader: TensorLoader, optimizer: torch.optim.Optimizer, epoch: int, steps: int,
-                 seed: int, device: torch.device) -> dict[str, Any]:
+                 seed: int, device: torch.device, teacher: Teacher | None = None,
+                 distill: DistillConfig | None = None) -> dict[str, Any]:
     """Train one epoch (at most ``steps`` batches); data order/augmentation and the global RNG seeded by epoch."""
     lr = optimizer.param_groups[0]["lr"]
     model.train()
@@ -140,7 +151,7 @@ def _train_epoch(model: nn.Module, loader: TensorLoader, optimizer: torch.optim.
     seen = 0
     with _seeded_rng(_epoch_seed(seed, epoch), device):
         for _, (xb, yb) in zip(range(steps), loader):
-            batch_loss, batch_correct = _step(model, optimizer, xb, yb)
+            batch_loss, batch_correct = _step(model, optimizer, xb, yb, teacher, distill)
             loss_sum += batch_loss.double()
             correct += batch_correct
             seen += len(yb)
@@ -250,4 +261,6 @@ def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
 
 def _row_text(row: dict[str, Any]) -> str:
     text = f"loss {row['train_loss']:.4f}  lr {row['lr']:.3g}"
+    if "teacher_seconds" in row:  # what distillation costs: the teacher's forwards, in % of the epoch
+        text += f"  teacher {100 * row['teacher_seconds'] / max(row['seconds'], 1e-9):.0f}% of the time"
     return text + (f"  val {100 * row['val_top1']:.2f}%" if "val_top1" in row else "")
