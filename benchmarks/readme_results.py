@@ -150,6 +150,20 @@ def latency_accuracy() -> list[str]:
             "![accuracy vs latency](benchmarks/results/latency_accuracy/accuracy_vs_latency.png)"]
 
 
+def distill_quantize() -> list[str]:
+    path = RESULTS / "distill_quantize" / "distill_quantize.md"
+    if not path.is_file():
+        return ["Not run yet: in pieces, `python benchmarks/distill_quantize.py --seeds 0 --arms ce`, then the `kd-*` "
+                "arms of that seed, `--timing`, then `--merge` (issue 33; `benchmarks/README.md`)."]
+    d = json.loads((RESULTS / "distill_quantize" / "distill_quantize.json").read_text())
+    return [f"LeGR members of cifar_resnet20 on CIFAR-10-JPEG fine-tuned with cross-entropy (`ce`) or distilled from "
+            f"the source network (`kd-*`, alpha and T in `configs/distill_resnet20_cifar10jpeg.yaml`; the KD arm "
+            f"reported is chosen on validation: {d['chosen_kd'] or 'none yet'}), then int8 in onnxruntime (static, "
+            f"QDQ, 512 training images to calibrate; top-1 and latency measured in onnxruntime, thread CPU time, one "
+            f"thread). Hardware: {', '.join(d['hardware']) or '-'}. Below: ResNet-50 / MobileNetV2 (random weights: "
+            "time only), unpruned and uniform-L1 at 50% MACs.", "", *path.read_text().strip().splitlines()]
+
+
 def solver() -> list[str]:
     d = _load("solver_speed.json")
     if d is None or "solve_only_median_s" not in d:
@@ -371,6 +385,7 @@ SECTIONS: list[tuple[str, Callable[[], list[str]]]] = [
     ("Latency budgets (`benchmarks/latency_budget.py`)", latency_budget),
     ("Is a convolution's time smooth in its width? (`benchmarks/conv_widths.py`)", conv_widths),
     ("Accuracy at equal measured latency (`benchmarks/latency_accuracy.py`)", latency_accuracy),
+    ("Distillation and int8 (`benchmarks/distill_quantize.py`)", distill_quantize),
     ("Budget solver speed (`benchmarks/solver_speed.py`)", solver),
     ("LeGR on ResNet-56, CIFAR-10-JPEG (`benchmarks/legr_resnet56_cifar10jpeg.py`)",
      lambda: legr_run("legr_resnet56_cifar10jpeg", "2-core CPU budget")()
