@@ -15,6 +15,7 @@ from legr.cli import app, main
 from legr.engine.cost import counted_macs, price
 from legr.engine.surgery import fold_batchnorm
 from legr.methods import STAGES, Member, Stage, register_stage
+from legr.methods.folders import MemberFolder
 from legr.models import load_checkpoint
 from legr.pipeline.config import parse_config
 from legr.pipeline.steps import Pipeline
@@ -38,7 +39,7 @@ class FoldBatchNorm(Stage):
     description = "batch norms folded into the convolutions (test)"
     budgets = ("macs", "params")
 
-    def apply(self, member: Member) -> Member:
+    def apply(self, member: Member, folder: MemberFolder) -> Member:
         net = fold_batchnorm(copy.deepcopy(member.net))
         cost = price(net, self.run.data.input_size)
         return Member(net, member.plan, {**member.figures, "macs": cost.macs, "params": cost.params}, member.chain)

@@ -5,6 +5,7 @@ and graph optimisation, which folds Conv+BN), then quantized statically in the Q
 channel, uint8 activations (x86's u8s8 kernels) whose ranges are calibrated on held-out *training* images. Every
 figure of an int8 network is then measured in onnxruntime itself (`OnnxModule` makes a session look like a module, so
 the project's `evaluate` and `measure_interleaved` time and score it exactly as they do PyTorch networks).
+`calibration_batches` and `export_quantized` are what `legr quantize` and the ``int8`` stage of a chain share.
 
 Known traps it reports rather than hides: a per-layer sensitivity (`sensitivity`: the accuracy regained by keeping
 one layer in fp32) names the layers to leave out (`Int8Settings.exclude`) when the int8 drop is too large, as on
@@ -26,11 +27,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from legr.data import normalize
+from legr.engine.export import export_onnx
 from legr.errors import LegrError
 from legr.paths import atomic_write_bytes
 
 Calibration = Literal["minmax", "entropy", "percentile"]
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")  # the layers holding the MACs; the rest follows through QDQ pairs
+FP32_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"  # a network's deployed forms in its folder
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,30 @@ def quantize(fp32: str | os.PathLike[str], out: str | os.PathLike[str], calibrat
     atomic_write_bytes(out, data)
     return {"path": str(out), "bytes": len(data), "quantized": [n for n in nodes if n not in settings.exclude],
             "excluded": list(settings.exclude), "settings": asdict(settings)}
+
+
+def calibration_batches(x: torch.Tensor, mean: Sequence[float], std: Sequence[float], count: int, seed: int,
+                        batch: int = 64) -> list[np.ndarray]:
+    """``count`` images of ``x`` (uint8 NCHW *training* images: the test split chooses nothing) as normalized float32
+    batches: a sample seeded by the run's seed, so a rerun calibrates on the same images, and not augmented, as
+    inference sees them."""
+    n = min(count, len(x))
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
+    return [normalize(x[idx[i:i + batch]], mean, std).numpy() for i in range(0, n, batch)]
+
+
+def export_quantized(net: nn.Module, input_size: tuple[int, ...], folder: str | os.PathLike[str],
+                     calibration: Sequence[np.ndarray], settings: Int8Settings = Int8Settings()) -> dict[str, Any]:
+    """``net`` (CPU, eval mode) as deployed in ``folder``: exported and pre-processed to `FP32_FILE` (BN folded), then
+    quantized to `INT8_FILE` (see `quantize`, whose dict it returns, plus ``fp32_path`` / ``fp32_bytes``)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fp32 = folder / FP32_FILE
+    with tempfile.TemporaryDirectory() as tmp:
+        exported = export_onnx(net, input_size, Path(tmp) / "export.onnx")
+        preprocess(exported["path"], fp32)
+    info = quantize(fp32, folder / INT8_FILE, calibration, settings)
+    return {**info, "fp32_path": str(fp32), "fp32_bytes": fp32.stat().st_size}
 
 
 def sensitivity(fp32: str | os.PathLike[str], calibration: Sequence[np.ndarray], score: Callable[[Path], float],

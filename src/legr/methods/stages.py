@@ -4,10 +4,13 @@ taking the previous step's member and returning a new one (``members/legr-50/qua
 
 A stage declares the budget units whose targets its members still meet (``budgets``: a stage that changes the
 latency cannot follow a latency budget; the config is refused when it is read) and whether its member needs the
-run's fine-tuning after it (``needs_finetune``). ``apply`` must be deterministic: a stage's member is stored as its
-weights and its ``member.json`` (the chain that made it and its figures, written last: the stage is done), and read
-back by applying the stage to the previous member again and loading those weights. Adding a stage = a class
-implementing `Stage` + ``register_stage``; its settings are config keys it declares (``config_keys``), as a method's.
+run's fine-tuning after it (``needs_finetune``). ``apply`` gets the member's folder (made before): a stage whose
+network is a file of its own (the ``int8`` stage's ONNX model) writes it there. A stage's member is stored by the
+stage's ``save`` (default: its weights) and its ``member.json`` (the chain that made it and its figures, written last:
+the stage is done), and read back by the stage's ``load`` (default: ``apply`` again to the previous member — it must
+be deterministic — and those weights loaded; a stage with its own file opens it instead, redoing nothing). Adding a
+stage = a class implementing `Stage` + ``register_stage``; its settings are config keys it declares
+(``config_keys``), as a method's.
 """
 
 from __future__ import annotations
@@ -54,8 +57,20 @@ class Stage(ABC):
         self.run = run
 
     @abstractmethod
-    def apply(self, member: Member) -> Member:
-        """The new member (a new network: ``member.net`` is left as it is) with its figures; deterministic."""
+    def apply(self, member: Member, folder: MemberFolder) -> Member:
+        """The new member (a new network: ``member.net`` is left as it is) with its figures; deterministic.
+        ``folder`` is where it is stored: what the network needs on disk (an ONNX file it runs) goes there."""
+
+    def save(self, net: nn.Module, folder: MemberFolder) -> None:
+        """Store the finished member's network (fine-tuned when the stage asks) in ``folder``: its weights."""
+        save_state_dict(net.state_dict(), folder.weights)
+
+    def load(self, previous: Member, folder: MemberFolder) -> Member:
+        """The member `save` stored in ``folder`` (its figures are read from ``member.json``): the stage applied to
+        ``previous`` again, then the stored weights loaded."""
+        made = self.apply(previous, folder)
+        load_checkpoint(made.net, folder.weights)
+        return made
 
 
 STAGES = Registry[type[Stage]]("stage")
@@ -82,13 +97,12 @@ def run_stages(run: RunContext, stages: list[Stage], member: Member,
 
 
 def _stage_member(run: RunContext, stage: Stage, previous: Member, folder: MemberFolder) -> Member:
-    made = stage.apply(previous)
     chain = (*previous.chain, stage.name)
     done = folder.root / MEMBER_FILE
     if done.exists():
-        load_checkpoint(made.net, folder.weights)
-        return replace(made, figures=json.loads(done.read_text())["figures"], chain=chain)
+        return replace(stage.load(previous, folder), figures=json.loads(done.read_text())["figures"], chain=chain)
     make_folder(folder.root)
+    made = stage.apply(previous, folder)
     figures = {**made.figures, "method": f"{previous.figures['method']}+{stage.name}"}  # e.g. legr+quantize
     cfg = run.cfg.finetune
     if stage.needs_finetune and cfg.epochs > 0:
@@ -97,7 +111,7 @@ def _stage_member(run: RunContext, stage: Stage, previous: Member, folder: Membe
             run.train(made.net.to(run.device), cfg, folder.finetune_checkpoint)
         made.net.cpu().eval()
         figures["finetune_epochs"] = previous.figures.get("finetune_epochs", cfg.epochs) + cfg.epochs
-    save_state_dict(made.net.state_dict(), folder.weights)
+    stage.save(made.net, folder)
     atomic_write_text(done, json.dumps({"chain": list(chain), "figures": figures}, indent=1))
     folder.finetune_checkpoint.unlink(missing_ok=True)
     return replace(made, figures=figures, chain=chain)

@@ -16,7 +16,6 @@ results.json / .csv gain ``int8_*`` / ``onnx_*`` columns, and its report and Par
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -27,9 +26,7 @@ import torch
 import yaml
 from torch import nn
 
-from legr.data import normalize
 from legr.engine import int8
-from legr.engine.export import export_onnx
 from legr.engine.latency import measure_interleaved
 from legr.errors import ConfigError, LegrError
 from legr.paths import atomic_write_text
@@ -57,11 +54,9 @@ def run_of(path: str | Path) -> tuple[RunFolder, list[str] | None]:
                     "<run>/members/<name>): int8 needs the run's data for calibration and evaluation")
 
 
-def _calibration(pipe: Pipeline, settings: int8.Int8Settings, batch: int = 64) -> list[np.ndarray]:
+def _calibration(pipe: Pipeline, settings: int8.Int8Settings) -> list[np.ndarray]:
     x, _ = pipe.data.train
-    n = min(settings.calibration_images, len(x))
-    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(pipe.cfg.seed))[:n]
-    return [normalize(x[idx[i:i + batch]], pipe.data.mean, pipe.data.std).numpy() for i in range(0, n, batch)]
+    return int8.calibration_batches(x, pipe.data.mean, pipe.data.std, settings.calibration_images, pipe.cfg.seed)
 
 
 def quantize_network(pipe: Pipeline, net: nn.Module, folder: Path, settings: int8.Int8Settings,
@@ -74,12 +69,8 @@ def quantize_network(pipe: Pipeline, net: nn.Module, folder: Path, settings: int
         held = json.loads(record.read_text())
         if held.get("settings") == wanted:
             return held
-    folder.mkdir(parents=True, exist_ok=True)
-    fp32, q8 = folder / "model.onnx", folder / "model.int8.onnx"
-    with tempfile.TemporaryDirectory() as tmp:
-        exported = export_onnx(net, pipe.data.input_size, Path(tmp) / "export.onnx")
-        int8.preprocess(exported["path"], fp32)
-    info = int8.quantize(fp32, q8, calibration, settings)
+    fp32, q8 = folder / int8.FP32_FILE, folder / int8.INT8_FILE
+    info = int8.export_quantized(net, pipe.data.input_size, folder, calibration, settings)
     nets = {"fp32": int8.OnnxModule(fp32, threads), "int8": int8.OnnxModule(q8, threads)}
 
     def top1(module: nn.Module, split: tuple[torch.Tensor, torch.Tensor]) -> float:
@@ -161,6 +152,6 @@ def int8_file(member: str | Path, log: Callable[[str], None] = print) -> Path:
     if only is None:
         raise LegrError(f"{member} is a run folder: give one member folder (<run>/members/<name>)")
     path = Path(member)
-    if not ((path / INT8_JSON).is_file() and (path / "model.int8.onnx").is_file()):
+    if not ((path / INT8_JSON).is_file() and (path / int8.INT8_FILE).is_file()):
         quantize_run(path, progress=False, log=log)
-    return path / "model.int8.onnx"
+    return path / int8.INT8_FILE

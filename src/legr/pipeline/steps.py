@@ -27,6 +27,7 @@ from torch import nn
 
 from legr.data import Splits, load_dataset, split_train_val
 from legr.engine.cost import CostModel
+from legr.engine.int8 import OnnxModule
 from legr.engine.latency_model import LatencyModel, build_latency_model
 from legr.engine.latency import measure_interleaved
 from legr.engine.surgery import fold_batchnorm
@@ -164,8 +165,10 @@ class Pipeline:
                         checkpoint=checkpoint, val=val, progress=self.progress, device=self.device, teacher=teacher)
 
     def accuracy(self, model: nn.Module, split: tuple[torch.Tensor, torch.Tensor]) -> EvalResult:
+        """Top-1 etc. on ``split``, on the run's device (an onnxruntime network, the int8 stage's: on the CPU)."""
+        device = torch.device("cpu") if isinstance(model, OnnxModule) else self.device
         return evaluate(model, *split, self.data.mean, self.data.std, batch_size=self.cfg.eval.batch_size,
-                        device=self.device)
+                        device=device)
 
     @contextmanager
     def timed(self, step: str) -> Iterator[None]:
@@ -252,7 +255,7 @@ class Pipeline:
         result = self.accuracy(net, self.data.test)
         member = name != BASELINE
         macs, params = info["macs"], info["params"]
-        extra = {k: info[k] for k in ("sparse_macs", "dense_params") if k in info}
+        extra = {k: info[k] for k in ("sparse_macs", "dense_params", "int8_bytes", "onnx_bytes") if k in info}
         return {
             "name": name, "method": info["method"] if member else BASELINE, "criterion": info.get("criterion"),
             "model": self.cfg.model.name, "dataset": self.cfg.data.name, "target": info.get("target"),
@@ -268,15 +271,16 @@ class Pipeline:
 
     def _latency(self, nets: dict[str, nn.Module]) -> dict[str, dict[str, float]]:
         """Per network, `latency_<device>_b<batch>_ms`: all networks timed in interleaved rounds (see
-        `measure_interleaved`), on the CPU and, when the run uses one, the GPU; batch norms folded first when
-        ``eval.fold_bn``."""
+        `measure_interleaved`), on the CPU and, when the run uses one, the GPU (not an onnxruntime network: it runs
+        on the CPU, its CPU figure is onnxruntime's); batch norms folded first when ``eval.fold_bn``."""
         e = self.cfg.eval
         threads, batches = self.cfg.latency_timing()
         if e.fold_bn:
             nets = {name: fold_batchnorm(net) for name, net in nets.items()}
         out: dict[str, dict[str, float]] = {name: {} for name in nets}
         for device in ["cpu"] + (["cuda"] if self.device.type == "cuda" else []):
-            timings = measure_interleaved(nets, self.data.input_size, batches, device=device,
+            timed = {n: net for n, net in nets.items() if device == "cpu" or not isinstance(net, OnnxModule)}
+            timings = measure_interleaved(timed, self.data.input_size, batches, device=device,
                                           rounds=e.latency_rounds, threads=threads if device == "cpu" else None,
                                           warmup=e.latency_warmup, repeats=e.latency_repeats)
             for name, per_batch in timings.items():
