@@ -44,7 +44,7 @@ from legr.engine.latency import measure_interleaved
 from legr.engine.surgery import prune
 from legr.errors import LegrError
 from legr.graph import analyze
-from legr.hardware import hardware_label
+from legr.hardware import git_revision, hardware_label
 from legr.methods.filters.allocate import UniformSolver
 from legr.methods.filters.criteria import compute_scores
 from legr.models import build_model
@@ -119,7 +119,7 @@ def run_piece(cfg_data: dict[str, Any], seed: int, arm: dict[str, Any], work: Pa
         val[row["name"]] = history[-1].get("val_top1") if history else None
     out = {"seed": seed, "arm": arm["name"], "set": arm.get("set", {}), "rows": rows, "val_top1": val,
            "timings": json.loads((folder / "timings.json").read_text()) if (folder / "timings.json").exists() else {},
-           "wall_s": time.perf_counter() - start, "hardware": hardware_label()}
+           "wall_s": time.perf_counter() - start, "hardware": hardware_label(), "git_rev": git_revision(ROOT)}
     path = results / "pieces" / f"seed{seed}_{arm['name']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(out, indent=1))
@@ -154,7 +154,8 @@ def timing_piece(results: Path, repeats: int = 3) -> Path:
                 print(json.dumps(row))
     path = results / "pieces" / "timing.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({"rows": rows, "hardware": hardware_label()}, indent=1))
+    atomic_write_text(path, json.dumps({"rows": rows, "hardware": hardware_label(), "git_rev": git_revision(ROOT)},
+                                          indent=1))
     return path
 
 

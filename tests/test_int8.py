@@ -51,17 +51,6 @@ def onnx_pair(tmp_path_factory):
     return fp32, d / "model.int8.onnx", calib, info
 
 
-def _output_scale(path) -> float:
-    """The scale of the DequantizeLinear producing the graph's output (one quantization step of the logits)."""
-    g = onnx.load(str(path)).graph
-    inits = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}
-    producers = {o: n for n in g.node for o in n.output}
-    node = producers[g.output[0].name]
-    while node.op_type != "DequantizeLinear":
-        node = producers[node.input[0]]
-    return float(inits[node.input[1]])
-
-
 def test_int8_kernels_agree_with_the_qdq_reference(onnx_pair):
     fp32, q8, _, info = onnx_pair
     x = np.random.default_rng(1).standard_normal((32, 3, 16, 16)).astype(np.float32)
@@ -70,12 +59,16 @@ def test_int8_kernels_agree_with_the_qdq_reference(onnx_pair):
     reference = ort.InferenceSession(str(q8), options, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     fused = int8.session(q8).run(None, {"input": x})[0]
     full = int8.session(fp32).run(None, {"input": x})[0]
-    step = _output_scale(q8)
-    assert np.abs(fused - reference).max() <= 3 * step  # integer kernels = the graph's arithmetic, up to rounding
+    # integer kernels = the graph's arithmetic, up to the rounding of intermediate requantizations
+    assert np.abs(fused - reference).max() <= 0.02 * np.abs(reference).max()
+    assert (fused.argmax(1) == reference.argmax(1)).mean() >= 0.9
     assert np.abs(fused - full).max() < 0.1 * np.abs(full).max()  # and close to the float network
     assert np.abs(reference - full).max() > 0  # really quantized
-    # weights stored as int8 initializers, every conv/linear quantized; the file is much smaller
+    # weights stored as int8 initializers, every conv/linear quantized; the file is much smaller; the classifier's
+    # output stays float (quantized logits tie, and a tie decides top-1 by the argmax's rule)
     model = onnx.load(str(q8))
+    producer = {o: n for n in model.graph.node for o in n.output}[model.graph.output[0].name]
+    assert producer.op_type == "Gemm" and len(set(np.round(fused[0], 6))) == fused.shape[1]
     assert any(i.data_type == onnx.TensorProto.INT8 for i in model.graph.initializer)
     assert info["quantized"] == int8.quantizable_nodes(fp32) and len(info["quantized"]) == 3
     assert info["bytes"] == q8.stat().st_size
