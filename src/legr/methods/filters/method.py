@@ -167,11 +167,14 @@ class FilterPruning(Method):
             run.base, run.graph, self._fitness(), [t * base for t in targets], unit=self.budget, cost=run.cost,
             objective=self._objective(), criterion=cfg.criterion, scores=scores, allocator=cfg.allocator, floors=self.floors,
             mutate_fraction=s.mutate_fraction, seed_uniform=s.seed_uniform,
-            search=s.evolution(cfg.seed),
+            fallback=not self._members_guarded(), search=s.evolution(cfg.seed),
             state_path=run.folder.search_state, log_path=run.folder.search_log, progress=run.progress,
         )
         margins = [{**m, "target": t} for m, t in zip(learned.search["margins"], targets)]
         self._log_margins(margins, learned.search.get("fallback"))
+        if learned.search.get("infeasible_targets"):
+            run.log("no searched ranking stays within the tolerance of the uniform allocation at every search target: "
+                    "the winner is kept, and each member whose cut scores below uniform's keeps the uniform allocation")
         return replace(learned, source=run.source_info(),
                        search={**learned.search, **s.model_dump(mode="json"), "target": targets[0],
                                "targets": list(targets), "margins": margins})
@@ -244,6 +247,11 @@ class FilterPruning(Method):
         run.log(f"pruned {member.name}: {macs / 1e6:.2f}M MACs ({macs / run.cost.base_macs:.1%}), "
                 f"{params / 1e3:.1f}K params{predicted}, top-1 before fine-tuning {before.top1:.2%}"
                 + (f" ({after_bn:.2%} after adaptive BN)" if after_bn is not None else ""))
+
+    def _members_guarded(self) -> bool:
+        """Whether `cut` checks every member against the uniform allocation (a cut measured against the clock is
+        not: there the search's own fallback protects the family)."""
+        return self.cfg.search.guard and not (self.budget == "latency" and self.cfg.budget.measure_members)
 
     def _guard_member(self, ranking: Ranking, keep: np.ndarray, target: float,
                       member: MemberFolder) -> tuple[np.ndarray, dict | None]:

@@ -210,6 +210,29 @@ def test_search_falls_back_to_uniform_when_no_candidate_is_feasible(resnet20):
         np.testing.assert_array_equal(learned.solver(graph, cost, model).solve(t), expected)
 
 
+def test_without_fallback_the_winner_is_kept_with_the_targets_it_loses(resnet20):
+    """``fallback=False`` (the caller guards every member, as the method ``filters`` does): an infeasible winner is
+    returned as learned, naming the targets where it scores below uniform by more than the tolerance."""
+    model, graph = resnet20
+    cost = CostModel(graph)
+    targets = [0.3 * cost.base_macs, 0.6 * cost.base_macs]
+    # a candidate loses at the first target only (index 0 of each pair of target evaluations: `per_target` order)
+    calls = {"n": 0}
+
+    def fitness(net, i):
+        if i >= REFERENCE_INDEX:
+            return 0.5
+        calls["n"] += 1
+        return 0.2 if calls["n"] % 2 == 1 else 0.9
+
+    learned = learn_ranking(model, graph, fitness, targets, progress=False, fallback=False,
+                            search=EvolutionConfig(population=4, sample=2, evaluations=5, seed=0),
+                            objective=FamilyObjective(chance=0.1, val_images=1000))
+    assert learned.allocator == "legr" and "fallback" not in learned.search
+    assert learned.search["infeasible_targets"] == [targets[0]]
+    assert [round(m["margin"], 6) for m in learned.search["margins"]] == [-0.3, 0.4]
+
+
 def test_committed_version1_rankings_still_load():
     """Ranking files written by earlier versions (v1, no stored scores) load and cut the current network."""
     path = Path(__file__).resolve().parents[4] / "benchmarks/results/legr_resnet56_cifar10jpeg/ranking.json"
