@@ -232,3 +232,22 @@ def test_pieces_merge_into_the_whole_comparison(comparison, tmp_path):
         merge(cfg, [*parts, parts[1]])
     with pytest.raises(ConfigError, match="no method named bogus"):
         piece(cfg, [0], ["bogus"])
+
+
+def test_a_member_cut_again_is_timed_again(comparison):
+    """The comparison's cached timings (latency.json) hold only while every member has the architecture it was timed
+    with: a member cut again since (a changed plan.json) makes the comparison time the networks again."""
+    out, result = comparison
+    cfg = parse_config(yaml.safe_load(CONFIG), schema=CompareConfig)
+    messages: list[str] = []
+    Comparison(cfg, out, progress=False, log=messages.append).run()
+    assert not any(m.startswith("timing ") for m in messages)  # nothing changed: the cache is used
+    plan = next(out.glob("seed*/*/members/*/plan.json"))
+    original = plan.read_text()
+    try:
+        plan.write_text(original + "\n")  # another digest, the same plan: stands for a member cut again
+        messages.clear()
+        Comparison(cfg, out, progress=False, log=messages.append).run()
+        assert any(m.startswith("timing ") for m in messages)
+    finally:
+        plan.write_text(original)

@@ -13,6 +13,7 @@ network and the splits are the same for every run. The test split is only used t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 from dataclasses import dataclass
@@ -180,8 +181,12 @@ class Comparison:
         e = self.shared.eval
         if not e.latency:
             return {}
+        shapes = {str(m.root.relative_to(self.out)): _digest(m.plan if m.plan.exists() else m.weights)
+                  for p in pipelines for m in p.members()}  # what a member's timing depends on: its architecture
         if path.exists():
-            return json.loads(path.read_text())
+            held = json.loads(path.read_text())
+            if held.get("networks") == shapes:  # else a member was cut again since: time them all again
+                return held["timings"]
         first = pipelines[0]
         nets: dict[str, nn.Module] = {BASELINE: first.graph.gm}
         for pipeline in pipelines:
@@ -197,7 +202,7 @@ class Comparison:
                                       repeats=e.latency_repeats)
         out = {name: latency_columns("cpu", per) for name, per in timings.items()}
         warn_if_noisy(out, self.log)
-        atomic_write_text(path, json.dumps(out, indent=1))
+        atomic_write_text(path, json.dumps({"networks": shapes, "timings": out}, indent=1))
         return out
 
     def _family_seconds(self) -> dict[str, dict[str, float]]:
@@ -280,3 +285,7 @@ def summary_markdown(result: dict[str, Any]) -> str:
     labels = {m["name"]: METHODS[m.get("method", DEFAULT_METHOD)].entry_label(m)
               for m in result["config"]["compare"]["methods"]}
     return comparison_markdown(result, labels)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
