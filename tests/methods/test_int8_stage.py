@@ -85,3 +85,23 @@ def test_the_int8_section_is_checked_when_the_config_is_read(section, message):
     with pytest.raises(ConfigError) as err:
         parse_config({**yaml.safe_load(RUN), "int8": section})
     assert message in str(err.value) and len(str(err.value).splitlines()) == 1, err.value
+
+
+def test_int8_ends_a_chain(stage_after_int8):
+    with pytest.raises(ConfigError, match="the stage 'int8' ends a chain.*not 'fold-after-int8-test' after it"):
+        parse_config({**yaml.safe_load(RUN), "method": ["filters", "int8", stage_after_int8]})
+
+
+@pytest.fixture
+def stage_after_int8():
+    from legr.methods import STAGES, Member, Stage, register_stage
+
+    class Identity(Stage):
+        name, description, budgets = "fold-after-int8-test", "the member as it is (test)", ("macs", "params")
+
+        def apply(self, member: Member, folder) -> Member:
+            return member
+
+    register_stage(Identity)
+    yield Identity.name
+    STAGES.remove(Identity.name)

@@ -51,6 +51,7 @@ class Stage(ABC):
     description: ClassVar[str]
     budgets: ClassVar[tuple[BudgetUnit, ...]]  # the budget units whose targets its members still meet
     needs_finetune: ClassVar[bool] = False  # its member is fine-tuned with the run's recipe after it
+    last: ClassVar[bool] = False  # it ends a chain: its member is no PyTorch network another stage could take
     config_keys: ClassVar[dict[str, tuple[Any, Any]]] = {}  # as `Method.config_keys`
 
     def __init__(self, run: RunContext) -> None:

@@ -35,10 +35,13 @@ def _chain(value: Any) -> Any:
     if first not in METHODS:
         raise ValueError(f"a chain starts with a method, not the stage {first!r}" if first in STAGES
                          else METHODS.unknown(first))
-    for name in stages:
+    for i, name in enumerate(stages):
         if name not in STAGES:
             raise ValueError(f"a method goes first in a chain, not after: {name!r}" if name in METHODS
                              else STAGES.unknown(name))
+        if STAGES[name].last and i < len(stages) - 1:
+            raise ValueError(f"the stage {name!r} ends a chain (its member is not a network the next stage can "
+                             f"take), not {stages[i + 1]!r} after it")
     return first if not stages else tuple(names)
 
 

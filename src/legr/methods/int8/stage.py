@@ -63,6 +63,7 @@ class Int8Stage(Stage):
     description = "int8 post-training static quantization in onnxruntime (the member is the int8 ONNX network)"
     budgets = ("macs", "params")
     needs_finetune = False  # an ONNX graph does not train
+    last = True  # nor does anything follow it
     config_keys = INT8_CONFIG
 
     def apply(self, member: Member, folder: MemberFolder) -> Member:
