@@ -201,30 +201,38 @@ def test_a_latency_budget_run_cuts_members_against_the_clock(tmp_path, monkeypat
     assert (tmp_path / "members" / "uniform-85" / "plan.json").stat().st_mtime_ns == stamp
 
 
-def test_a_member_is_never_below_the_uniform_allocation_on_validation(run, monkeypatch):
+@pytest.mark.parametrize("fallback_criterion", ["l1", None])
+def test_a_member_is_never_below_the_uniform_allocation_on_validation(run, monkeypatch, fallback_criterion):
     """The member guard: a learned ranking's cut is kept unless the search fitness scores the uniform cut at the same
-    budget higher by more than the sampling error; then uniform is kept, and the member says so."""
+    budget higher by more than the sampling error; then uniform is kept, and the member says so. The uniform cut
+    keeps the filters of ``search.fallback_criterion`` (default l1), or of the ranking's own criterion (null)."""
     import numpy as np
 
     from legr.methods.filters.allocate import solve_uniform
-    from legr.methods.filters.criteria import group_scores
+    from legr.methods.filters.criteria import compute_scores, group_scores
     from legr.methods.filters.legr import Ranking
     from legr.methods.filters.legr.ranking import REFERENCE_INDEX
 
     cfg, out, _ = run
     pipeline = Pipeline(cfg, out, progress=False, log=lambda m: None)
     method = pipeline.method
+    method.cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"fallback_criterion": fallback_criterion})})
     ranking = Ranking.load(out / "ranking.json")
     member = next(iter(pipeline.members()))
     target = 0.35
     keep = ranking.solver(pipeline.graph, pipeline.cost, pipeline.base, method.floors).solve(target * pipeline.cost.base_macs)
-    uniform, _ = solve_uniform(pipeline.graph, pipeline.cost,
-                               group_scores(pipeline.graph, ranking.layer_scores(pipeline.graph, pipeline.base)),
+    scores = (compute_scores("l1", pipeline.graph, pipeline.base) if fallback_criterion
+              else ranking.layer_scores(pipeline.graph, pipeline.base))
+    uniform, _ = solve_uniform(pipeline.graph, pipeline.cost, group_scores(pipeline.graph, scores),
                                target * pipeline.cost.base_macs, method.floors)
     assert not np.array_equal(keep, uniform)
+    own = group_scores(pipeline.graph, ranking.layer_scores(pipeline.graph, pipeline.base))
+    own_uniform, _ = solve_uniform(pipeline.graph, pipeline.cost, own, target * pipeline.cost.base_macs, method.floors)
+    assert np.array_equal(uniform, own_uniform) == (fallback_criterion is None)  # l1 keeps other filters than l2sq
     for ranking_score, chosen in ((0.5, "uniform"), (0.9, "ranking"), (0.8 - 0.01, "ranking")):
-        scores = {REFERENCE_INDEX: ranking_score, REFERENCE_INDEX + 1: 0.8}  # uniform scores 0.8 on 200 images
-        monkeypatch.setattr(type(method), "_fitness", lambda self: (lambda net, i: scores[i]))
+        fit = {REFERENCE_INDEX: ranking_score, REFERENCE_INDEX + 1: 0.8}  # uniform scores 0.8 on 200 images
+        monkeypatch.setattr(type(method), "_fitness", lambda self: (lambda net, i: fit[i]))
         got, record = method._guard_member(ranking, keep, target, member)
         assert record["chosen"] == chosen and record["tolerance"] == pytest.approx(np.sqrt(0.8 * 0.2 / 200))
+        assert record["uniform_criterion"] == (fallback_criterion or "l2sq")
         np.testing.assert_array_equal(got, uniform if chosen == "uniform" else keep)

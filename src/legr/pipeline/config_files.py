@@ -62,9 +62,10 @@ def artifact_config(cfg: RunConfig) -> dict[str, Any]:
 
 def held_config(raw: Any) -> RunConfig:
     """A run folder's stored config.yaml, read as written by the version that ran it: a search block from before
-    ``search.restarts`` existed ran one search."""
+    ``search.restarts`` existed ran one search, and one from before ``search.fallback_criterion`` fell back to the
+    uniform allocation of the ranking's own criterion."""
     if isinstance(raw, dict) and isinstance(raw.get("search"), dict):
-        raw = {**raw, "search": {"restarts": 1, **raw["search"]}}
+        raw = {**raw, "search": {"restarts": 1, "fallback_criterion": None, **raw["search"]}}
     return parse_config(raw)
 
 

@@ -14,6 +14,7 @@ import math
 import shutil
 from collections.abc import Mapping
 from dataclasses import replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -167,14 +168,25 @@ class FilterPruning(Method):
             run.base, run.graph, self._fitness(), [t * base for t in targets], unit=self.budget, cost=run.cost,
             objective=self._objective(), criterion=cfg.criterion, scores=scores, allocator=cfg.allocator, floors=self.floors,
             mutate_fraction=s.mutate_fraction, seed_uniform=s.seed_uniform,
-            fallback=not self._members_guarded(), search=s.evolution(cfg.seed),
+            fallback=False, search=s.evolution(cfg.seed),
             state_path=run.folder.search_state, log_path=run.folder.search_log, progress=run.progress,
         )
         margins = [{**m, "target": t} for m, t in zip(learned.search["margins"], targets)]
-        self._log_margins(margins, learned.search.get("fallback"))
+        self._log_margins(margins)
         if learned.search.get("infeasible_targets"):
-            run.log("no searched ranking stays within the tolerance of the uniform allocation at every search target: "
-                    "the winner is kept, and each member whose cut scores below uniform's keeps the uniform allocation")
+            if self._members_guarded():
+                run.log("no searched ranking stays within the tolerance of the uniform allocation at every search "
+                        "target: the winner is kept, and each member whose cut scores below uniform's on validation "
+                        f"keeps the uniform allocation ({self._fallback_criterion(learned)})")
+            else:  # members cut against the clock are not guarded one by one: the whole family falls back
+                criterion = self._fallback_criterion(learned)
+                run.log("no searched ranking stays within the tolerance of the uniform allocation at every search "
+                        f"target: falling back to the uniform allocation ({criterion})")
+                learned = replace(Ranking.identity(learned.layers, criterion=criterion,
+                                                   fingerprint=learned.fingerprint, allocator="uniform",
+                                                   scores=stored_scores(self._fallback_scores(learned),
+                                                                        list(learned.layers))),
+                                  search={**learned.search, "fallback": f"uniform-{criterion}"})
         return replace(learned, source=run.source_info(),
                        search={**learned.search, **s.model_dump(mode="json"), "target": targets[0],
                                "targets": list(targets), "margins": margins})
@@ -195,15 +207,27 @@ class FilterPruning(Method):
             s.aggregate, s.guard, chance=1 / classes if s.fitness == "accuracy" else -math.log(classes),
             val_images=len(self.run.data.val[1]) if s.fitness == "accuracy" else 0)
 
-    def _log_margins(self, margins: list[dict[str, Any]], fallback: str | None) -> None:
+    def _log_margins(self, margins: list[dict[str, Any]]) -> None:
         metric = "top-1" if self.cfg.search.fitness == "accuracy" else "-loss"
         pct = (lambda v: f"{100 * v:.1f}%") if metric == "top-1" else (lambda v: f"{v:.3f}")  # noqa: E731
         for m in margins:
             self.run.log(f"search winner at {m['target']:.0%}: validation {metric} {pct(m['score'])} vs uniform "
                          f"{pct(m['uniform'])} (margin {m['margin']:+.4f}, tolerance {m['tolerance']:.4f})")
-        if fallback:
-            self.run.log(f"no searched ranking stays within the tolerance of the uniform allocation at every search "
-                         f"target: falling back to the {fallback} allocation")
+
+    def _fallback_criterion(self, ranking: Ranking) -> str:
+        return self.cfg.search.fallback_criterion or ranking.criterion
+
+    def _fallback_scores(self, ranking: Ranking) -> dict[str, np.ndarray]:
+        """Per-filter scores of `_fallback_criterion`, which choose the filters the uniform allocation keeps where
+        the guard falls back (the ranking's own stored scores when it is the ranking's criterion); computed once."""
+        if self._fallback_criterion(ranking) == ranking.criterion:
+            return ranking.layer_scores(self.run.graph, self.run.base)
+        return self._configured_fallback_scores
+
+    @cached_property
+    def _configured_fallback_scores(self) -> dict[str, np.ndarray]:
+        return compute_scores(self.cfg.search.fallback_criterion, self.run.graph, self.run.base,
+                              self._criterion_context())
 
     def describe(self, ranking: Ranking) -> str:
         fallback = f" (fallback: {ranking.search['fallback']})" if ranking.search.get("fallback") else ""
@@ -257,11 +281,12 @@ class FilterPruning(Method):
                       member: MemberFolder) -> tuple[np.ndarray, dict | None]:
         """With ``search.guard``, a learned ranking's member is never worse than the uniform allocation at its own
         budget: both are scored by the search's fitness (validation), and uniform is kept when the ranking's cut
-        scores below it by more than the sampling error (the search guards only its search targets)."""
+        scores below it by more than the sampling error (the search guards only its search targets). The uniform
+        allocation keeps the filters of ``search.fallback_criterion`` (default l1: Li et al.'s baseline)."""
         run, s = self.run, self.cfg.search
         if self.allocator.search is None or not s.guard or ranking.allocator == "uniform":
             return keep, None
-        raw = group_scores(run.graph, ranking.layer_scores(run.graph, run.base))
+        raw = group_scores(run.graph, self._fallback_scores(ranking))
         uniform, _ = solve_uniform(run.graph, run.cost, raw, target * run.cost.base(self.budget), self.floors,
                                    unit=self.budget)
         if np.array_equal(uniform, keep):
@@ -272,9 +297,11 @@ class FilterPruning(Method):
         chosen = "ranking" if mine >= ref - tolerance else "uniform"
         if chosen == "uniform":
             run.log(f"{member.name}: the ranking's cut scores {mine:.4f} on validation, below "
-                    f"the uniform allocation's {ref:.4f} by more than {tolerance:.4f}: keeping the uniform allocation")
+                    f"the uniform allocation's {ref:.4f} by more than {tolerance:.4f}: keeping the uniform allocation "
+                    f"({self._fallback_criterion(ranking)})")
         return (keep if chosen == "ranking" else uniform), {"ranking": mine, "uniform": ref, "tolerance": tolerance,
-                                                            "chosen": chosen}
+                                                            "chosen": chosen,
+                                                            "uniform_criterion": self._fallback_criterion(ranking)}
 
     def _measured_cut(self, solver: BudgetSolver, ranking: Ranking, target: float,
                       member: MemberFolder) -> tuple[np.ndarray, dict[str, Any]]:

@@ -7,7 +7,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from legr.methods.filters.criteria import CRITERIA
 from legr.methods.filters.legr.evolution import EvolutionConfig
+from legr.settings import registered
 
 
 class SearchConfig(EvolutionConfig):
@@ -22,6 +24,11 @@ class SearchConfig(EvolutionConfig):
     restarts: 1, target: <one target>, guard: false}`` (ImageNet: tau 200).
     """
 
+    fallback_criterion: registered(lambda: CRITERIA) | None = Field(  # type: ignore[valid-type]
+        "l1", description="the criterion choosing the filters of the uniform allocation that the guard checks each "
+                          "member against and falls back to (null: the ranking's own criterion). l1 is Li et al.'s "
+                          "uniform baseline: on ResNet-20 / CIFAR-10-JPEG uniform widths with l2sq fine-tuned 2.2 "
+                          "points below l1 at 35% MACs (3 seeds, benchmarks/README.md)")
     restarts: int = Field(3, ge=1, strict=True, description="independent searches (own initial population and "
                                                             "random stream); the fittest candidate of all wins "
                                                             "(the paper: 1)")
