@@ -10,7 +10,8 @@ figures into benchmarks/results/compare_<config name>/. Resumable: rerun the sam
 In pieces (each finishes within the time at hand and leaves a result file to commit; see benchmarks/README.md,
 "Long runs"): ``--seeds 0 --methods legr`` runs that part only (work folder ``<work>/<piece>``) and writes
 ``<results>/pieces/<piece>.json``; ``--merge`` builds the tables and plots from the pieces that exist and names the
-missing ones.
+missing ones. ``--split`` turns a comparison run whole (``<results>/compare.json``) into one piece per method, so that
+one method can be run again in pieces after a change to it (delete its piece file, run its pieces, merge).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from legr.paths import atomic_write_text
 from legr.pipeline.compare import Comparison, summary_markdown, write_result
 from legr.pipeline.folder import ComparisonFolder
 from legr.pipeline.estimate import estimate_comparison
-from legr.pipeline.pieces import merge, piece, piece_config
+from legr.pipeline.pieces import merge, piece, piece_config, split
 from legr.pipeline.compare_config import CompareConfig
 from legr.pipeline.config_files import load_config, parse_set_options
 
@@ -47,6 +48,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", help="run these seeds only (a piece)")
     parser.add_argument("--methods", nargs="+", help="run these methods only (a piece)")
     parser.add_argument("--merge", action="store_true", help="merge <results>/pieces/*.json into the results")
+    parser.add_argument("--split", action="store_true",
+                        help="write <results>/compare.json (a whole run) as <results>/pieces/, one piece per method")
     parser.add_argument("--estimate-only", action="store_true", help="print the estimated wall time and stop")
     args = parser.parse_args()
     config = ROOT / "configs" / "compare_resnet56_cifar10jpeg_full.yaml" if args.full else args.config
@@ -56,11 +59,21 @@ def main() -> None:
     start = time.time()
     try:
         cfg = load_config(config, parse_set_options(args.set), schema=CompareConfig)
+        if args.split:
+            pieces = results / "pieces"
+            held = sorted(p.name for p in pieces.glob("*.json"))
+            if held:
+                raise LegrError(f"{pieces} already holds pieces ({', '.join(held)}): nothing was split")
+            pieces.mkdir(parents=True, exist_ok=True)
+            for name, part in split(json.loads((results / "compare.json").read_text())).items():
+                atomic_write_text(pieces / f"{name}.json", json.dumps(part, indent=1))
+                print(f"wrote {pieces / name}.json")
+            return
         if not args.merge:  # the wall time, before any work: a piece that cannot finish is not started
             p = piece(cfg, args.seeds, args.methods)
-            split = bool(args.seeds or args.methods)
-            estimate = estimate_comparison(piece_config(cfg, p) if split else cfg, work / p.name if split else work)
-            print(estimate.line(f"piece {p.name}" if split else "this run"), flush=True)
+            partial = bool(args.seeds or args.methods)
+            estimate = estimate_comparison(piece_config(cfg, p) if partial else cfg, work / p.name if partial else work)
+            print(estimate.line(f"piece {p.name}" if partial else "this run"), flush=True)
             if estimate.warning():
                 print(estimate.warning(), flush=True)
             if args.estimate_only:

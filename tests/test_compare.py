@@ -234,6 +234,34 @@ def test_pieces_merge_into_the_whole_comparison(comparison, tmp_path):
         piece(cfg, [0], ["bogus"])
 
 
+def test_a_whole_comparison_splits_into_pieces_that_merge_back(comparison):
+    """`split`: a comparison run whole becomes one piece per method (all seeds) that merge back into the same
+    summary, family times, widths, searches and pipeline cost; dropping a method's piece leaves only it missing (to be
+    run again as pieces); a result without per-seed family times keeps each method's mean and std."""
+    from legr.pipeline.pieces import merge, split
+
+    _, whole = comparison
+    cfg = parse_config(yaml.safe_load(CONFIG), schema=CompareConfig)
+    parts = split(json.loads(json.dumps(whole)))
+    assert list(parts) == ["seed0-1_uniform-l1", "seed0-1_taylor", "seed0-1_lcp", "seed0-1_lcp-one"]
+    assert parts["seed0-1_lcp"]["pipeline_cost"] == whole["pipeline_cost"]
+    assert parts["seed0-1_taylor"]["pipeline_cost"] is None and "lcp" not in parts["seed0-1_taylor"]["searches"]
+    merged = merge(cfg, list(parts.values()))
+    assert merged["missing"] == []
+    methods = lambda summary: [r for r in summary if r["method"] != "baseline"]  # noqa: E731
+    source = lambda summary: next({**r, "n": None} for r in summary if r["method"] == "baseline")  # noqa: E731
+    assert methods(merged["summary"]) == methods(whole["summary"]), "the methods' rows"
+    assert source(merged["summary"]) == source(whole["summary"])  # the source network's (each piece holds its row)
+    assert merged["family_time_s"] == whole["family_time_s"]
+    assert merged["widths"] == whole["widths"] and merged["searches"] == whole["searches"]
+    assert merged["pipeline_cost"] == whole["pipeline_cost"]
+    merged = merge(cfg, [p for name, p in parts.items() if name != "seed0-1_lcp"])
+    assert merged["missing"] == [[0, "lcp"], [1, "lcp"]] and merged["pipeline_cost"] is None
+    assert not any(r["method"] == "lcp" for r in merged["runs"])
+    legacy = {k: v for k, v in json.loads(json.dumps(whole)).items() if k != "family_time_per_seed"}
+    assert merge(cfg, list(split(legacy).values()))["family_time_s"] == whole["family_time_s"]
+
+
 def test_a_member_cut_again_is_timed_again(comparison):
     """The comparison's cached timings (latency.json) hold only while every member has the architecture it was timed
     with: a member cut again since (a changed plan.json) makes the comparison time the networks again."""

@@ -212,11 +212,9 @@ def run(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: Quiet
 
 @app.command()
 def methods() -> None:
-    """List the compression methods, the stages that may follow one (``method: [filters, <stage>]``), and filter
-    pruning's criteria and budget allocators (any criterion combines with any allocator)."""
+    """List the compression methods, the stages that may follow one (``method: [filters, <stage>]``), and the parts
+    each method combines (filter pruning: criteria and budget allocators; any criterion combines with any allocator)."""
     from legr.methods import METHODS, STAGES
-    from legr.methods.filters.allocate import ALLOCATORS
-    from legr.methods.filters.criteria import CRITERIA
 
     table = Table("kind", "name", "budgets", "description")
     for name, method in METHODS.items():
@@ -224,10 +222,9 @@ def methods() -> None:
     for name, stage in STAGES.items():
         then = "; fine-tuned after it" if stage.needs_finetune else ""
         table.add_row("stage", name, ", ".join(stage.budgets), stage.description + then)
-    for name, criterion in CRITERIA.items():
-        table.add_row("criterion", name, "", criterion.summary)
-    for name, allocator in ALLOCATORS.items():
-        table.add_row("allocator", name, "", allocator.description)
+    for _, method in METHODS.items():
+        for kind, name, description in method.parts():
+            table.add_row(kind, name, "", description)
     Console().print(table)
 
 

@@ -70,6 +70,20 @@ class RunContext(Protocol):
     def source_info(self) -> dict[str, Any]: ...
 
 
+class WorkUnits(Protocol):
+    """Unit times measured on the source network before a long run starts (`legr.pipeline.estimate`), from which a
+    method estimates its own one-time work (`Method.prepare_seconds`); ``fraction``: a network's size as a fraction
+    of the source network's MACs."""
+
+    model: nn.Module  # the source network
+
+    def candidate(self, fraction: float, bn_batches: int, tau: int, batch_size: int) -> float:
+        """Cutting a network of this size, adaptive BN on ``bn_batches`` batches, ``tau`` SGD steps, validation."""
+
+    def validation(self, fraction: float) -> float:
+        """One pass over the validation split."""
+
+
 class Method(ABC):
     """One way of compressing the source network into a family (see the module doc)."""
 
@@ -104,6 +118,17 @@ class Method(ABC):
         """What of the run's config determines a run folder of this method (a folder refuses a config with another
         identity): ``held`` is the config's dump less the evaluation-only keys and the other methods' keys."""
         return held
+
+    @classmethod
+    def parts(cls) -> list[tuple[str, str, str]]:
+        """(kind, name, description) of the registered parts its settings choose from (`legr methods` lists them)."""
+        return []
+
+    @classmethod
+    def prepare_seconds(cls, cfg: Any, folder: MethodFolder, units: WorkUnits) -> float:
+        """What `prepare` still has to do in ``folder`` for a run with config ``cfg``, in seconds estimated from
+        ``units`` (work found finished on disk is not counted)."""
+        return 0.0
 
     def __init__(self, run: RunContext) -> None:
         self.run = run

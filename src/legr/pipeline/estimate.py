@@ -36,13 +36,13 @@ from legr.data import TensorLoader
 from legr.engine.latency import measure_latency
 from legr.engine.latency_model import latency_model_path
 from legr.engine.surgery import prune
+from legr.methods import METHODS
 from legr.methods.filters.allocate import Floors, GlobalSolver
 from legr.methods.filters.criteria import compute_scores, group_scores
-from legr.methods.filters.config import FloorsConfig, SearchConfig
 from legr.pipeline.compare import Comparison
 from legr.pipeline.compare_config import CompareConfig
-from legr.pipeline.config import LatencyBudget, RunConfig
-from legr.pipeline.folder import RunFolder, member_name
+from legr.pipeline.config import LatencyBudget
+from legr.pipeline.folder import member_name
 from legr.pipeline.steps import Pipeline
 from legr.training import TrainConfig, make_sgd, recalibrate_bn, train_steps
 
@@ -125,28 +125,27 @@ class _Units:
     """Unit times on the source pipeline, measured once per network size (a fraction of the source MACs)."""
 
     def __init__(self, source: Pipeline) -> None:
-        self.source, self.now = source, _clock()
+        self.source, self.model, self.now = source, source.base, _clock()
         self.scores = group_scores(source.graph, compute_scores("l2sq", source.graph, source.base))
         self.sizes: dict[tuple, _Size] = {}
         self.steps: dict[tuple, float] = {}
         self.forwards: dict[int, float] = {}
         self.candidates: list[float] = []
 
-    def _network(self, fraction: float, f: FloorsConfig) -> nn.Module:
+    def _network(self, fraction: float) -> nn.Module:
         """A global-ranking cut at ``fraction`` of the MACs (what a search candidate builds, solver included)."""
-        cost = self.source.cost
+        cost, f = self.source.cost, self.source.cfg.floors
         solver = GlobalSolver(self.source.graph, cost, self.scores, Floors(f.safeguard, f.min_channels, f.round_to))
         return prune(self.source.graph, solver.solve(max(fraction * cost.base_macs, solver.min_cost)))
 
-    def size(self, fraction: float, floors: FloorsConfig | None = None) -> _Size:
-        floors = floors or self.source.cfg.floors
-        key = (round(fraction, 4), floors)
+    def size(self, fraction: float) -> _Size:
+        key = round(fraction, 4)
         if key not in self.sizes:
             src = self.source
             bn = src.bn_batches(5)
             for _ in range(2):  # the first pass warms up (allocations), the second is timed
                 start = self.now()
-                net = self._network(fraction, floors)
+                net = self._network(fraction)
                 cut = self.now()
                 recalibrate_bn(net, bn)
                 calibrated = self.now()
@@ -155,13 +154,16 @@ class _Units:
             self.sizes[key] = _Size(cut - start, (calibrated - cut) / len(bn), end - calibrated)
         return self.sizes[key]
 
-    def candidate(self, fraction: float, search: SearchConfig, floors: FloorsConfig) -> float:
+    def candidate(self, fraction: float, bn_batches: int, tau: int, batch_size: int) -> float:
         """One candidate scored at one search target: cut, adaptive BN, ``tau`` SGD steps, validation."""
-        size = self.size(fraction, floors)
-        seconds = size.cut_s + search.bn_batches * size.bn_s + size.val_s
-        seconds += search.tau * self.step(fraction, search.batch_size, True) if search.tau else 0.0
+        size = self.size(fraction)
+        seconds = size.cut_s + bn_batches * size.bn_s + size.val_s
+        seconds += tau * self.step(fraction, batch_size, True) if tau else 0.0
         self.candidates.append(seconds)
         return seconds
+
+    def validation(self, fraction: float) -> float:
+        return self.size(fraction).val_s
 
     def test(self, fraction: float) -> float:
         """One pass over the test split (scaled from the validation pass)."""
@@ -173,7 +175,7 @@ class _Units:
         key = (round(fraction, 4), batch_size, augment)
         if key not in self.steps:
             src = self.source
-            net = self._network(fraction, src.cfg.floors)
+            net = self._network(fraction)
             x, y = src.data.train
             loader = TensorLoader(x, y, batch_size, src.data.mean, src.data.std, shuffle=True, augment=augment,
                                   drop_last=len(x) > batch_size, device=src.device)
@@ -226,19 +228,19 @@ def estimate_piece(cfg: CompareConfig, source: Pipeline, work: str | Path | None
             if run.results_json.exists():
                 continue
             other += setup_s
-            if m.method == "filters" and not run.ranking.exists() and rc.allocator in ("lcp", "legr"):
-                search += _search_s(units, rc, run)
-            if m.method == "magnitude" and not run.sensitivity.exists():
-                layers = len(rc.magnitude.layers or [x for x in source.base.modules()
-                                                     if isinstance(x, (nn.Conv2d, nn.Linear))])
-                other += len(rc.magnitude.fractions) * layers * units.size(1.0).val_s  # the sensitivity analysis
+            method = METHODS[m.method]
+            prepare = method.prepare_seconds(rc, run, units)
+            if method.searches(m.model_dump()):
+                search += prepare
+            else:
+                other += prepare
             budget = rc.budget if isinstance(rc.budget, LatencyBudget) else None
             if budget is not None and not latency_done:
                 latency_done = True
                 other += _latency_model_s(units, source, budget, folder.root)
             for t in sorted(rc.targets):
-                member = run.member(member_name(m.allocator if m.method == "filters" else m.method, t))
-                size = t if m.method == "filters" else 1.0  # a sparse network computes as the dense one
+                member = run.member(member_name(method.member_prefix(m.model_dump()), t))
+                size = t if method.channel_plans else 1.0  # e.g. a sparse network computes as the dense one
                 if not member.plan.exists():
                     other += 2 * units.test(size)  # top-1 as cut and after adaptive BN
                     other += rc.bn_batches * units.size(size).bn_s
@@ -259,8 +261,8 @@ def estimate_piece(cfg: CompareConfig, source: Pipeline, work: str | Path | None
             run = folder.per_target(pc, t)
             if not run.ranking.exists():
                 other += setup_s
-                search += _search_s(units, rc.model_copy(update={"targets": (t,), "search": rc.search.model_copy(
-                    update={"target": t, "targets": None})}), run)
+                search += METHODS[m.method].prepare_seconds(rc.model_copy(update={
+                    "targets": (t,), "search": rc.search.model_copy(update={"target": t, "targets": None})}), run, units)
     e = shared.eval
     if e.latency and not folder.latency.exists():
         _, batches = shared.latency_timing()
@@ -268,15 +270,6 @@ def estimate_piece(cfg: CompareConfig, source: Pipeline, work: str | Path | None
                                                   for batch in batches)
     mean = lambda values: float(np.mean(list(values))) if values else 0.0  # noqa: E731
     return Estimate(search, finetune, other, mean(units.candidates), mean(units.steps.values()))
-
-
-def _search_s(units: _Units, rc: RunConfig, run: RunFolder) -> float:
-    """A search still to do in ``run``: candidates left (the search log has one line per candidate evaluated) plus
-    the uniform reference and the winner, each scored at every search target."""
-    s = rc.search
-    done = len(run.search_log.read_text().splitlines()) if run.search_log.exists() else 0
-    left = max(s.evaluations * s.restarts - done, 0) + 2
-    return left * sum(units.candidate(t, s, rc.floors) for t in rc.search_targets)
 
 
 def _latency_model_s(units: _Units, source: Pipeline, budget: LatencyBudget, work: Path) -> float:

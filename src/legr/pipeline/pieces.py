@@ -91,6 +91,42 @@ def _check_settings(cfg: CompareConfig, part: dict[str, Any], i: int) -> None:
                           + "; ".join(diff[:3]))
 
 
+def split(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A comparison's result (`Comparison.run`'s dict, e.g. a run made whole before pieces existed) as one piece per
+    method holding all its seeds, keyed by the piece's file name (`Piece.name`), so that one method can be run again
+    as pieces (after a change to it) and merged with the other methods' earlier runs. Each piece keeps the method's
+    rows with the source network's rows timed in the same run (``baseline``), its searches and widths, its family
+    times (per seed where the result has them, else its mean and std) and the pipeline-cost run if it timed that
+    method."""
+    compare, seeds = result["config"]["compare"], result["seeds"]
+    baseline = [r for r in result["runs"] if r["method"] == "baseline"]
+    per_seed = result.get("family_time_per_seed") or {}
+    out = {}
+    for m in compare["methods"]:
+        name, cost = m["name"], result.get("pipeline_cost")
+        mine = {f"seed{s}/{name}" for s in seeds}
+        rows = [r for r in result["runs"] if r.get("run") in mine]
+        if not any(r["method"] != "baseline" for r in rows):
+            raise ConfigError(f"the result holds no rows of method {name}")
+        if not any(r["method"] == "baseline" for r in rows):
+            rows += baseline[:1]
+        times = ({"family_time_per_seed": {name: per_seed[name]}} if name in per_seed
+                 else {"family_time_s": {name: result["family_time_s"][name]}} if name in result.get("family_time_s", {})
+                 else {})
+        out[Piece(tuple(seeds), (name,)).name] = {
+            **{k: result[k] for k in ("model", "dataset", "targets", "hardware", "search_targets")}, "seeds": seeds,
+            "config": {**result["config"], "compare": {**compare, "methods": [m],
+                                                       "pipeline_cost": compare["pipeline_cost"] if cost and
+                                                       cost["method"] == name else None}},
+            "runs": [{k: v for k, v in r.items() if k != "piece"} for r in rows], **times,
+            "pipeline_cost": cost if cost and cost["method"] == name else None,
+            "widths": {**result["widths"], "methods": {k: v for k, v in result["widths"]["methods"].items()
+                                                       if k == name}},
+            "searches": {k: v for k, v in result.get("searches", {}).items() if k == name},
+        }
+    return out
+
+
 def merge(cfg: CompareConfig, parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One comparison result from the pieces' results (`Comparison.run`'s dicts): their runs, the summary over all
     seeds, family times, searches, the widths of the first seed, and ``missing``: the (seed, method) pairs of the
@@ -103,6 +139,7 @@ def merge(cfg: CompareConfig, parts: Sequence[dict[str, Any]]) -> dict[str, Any]
     rows: list[dict[str, Any]] = []
     per_seed: dict[str, dict[str, float]] = {m.name: {} for m in cfg.compare.methods}
     searches: dict[str, dict[str, Any]] = {}
+    times: dict[str, dict[str, float | None]] = {}  # a split whole run's mean and std, where it had no per-seed times
     for i, part in enumerate(parts):
         _check_settings(cfg, part, i)
         for seed in part["seeds"]:
@@ -114,6 +151,8 @@ def merge(cfg: CompareConfig, parts: Sequence[dict[str, Any]]) -> dict[str, Any]
             rows.append({**row, "piece": i})
         for name, seconds in part.get("family_time_per_seed", {}).items():
             per_seed.setdefault(name, {}).update(seconds)
+        if "family_time_per_seed" not in part:
+            times.update(part.get("family_time_s", {}))
         for name, by_seed in part.get("searches", {}).items():
             searches.setdefault(name, {}).update(by_seed)
     targets = sorted(cfg.targets)
@@ -127,7 +166,8 @@ def merge(cfg: CompareConfig, parts: Sequence[dict[str, Any]]) -> dict[str, Any]
         "hardware": "; ".join(dict.fromkeys([p["hardware"] for p in parts] or [hardware_label()])),
         "search_targets": parts[0]["search_targets"], "config": cfg.model_dump(mode="json"),
         "runs": rows, "summary": summarize(rows, cfg.compare.methods, targets),
-        "family_time_s": family_times(per_seed), "family_time_per_seed": per_seed,
+        "family_time_s": {**family_times(per_seed), **{k: v for k, v in times.items() if not per_seed.get(k)}},
+        "family_time_per_seed": per_seed,
         "pipeline_cost": next((p["pipeline_cost"] for p in parts if p.get("pipeline_cost")), None),
         "widths": widths, "searches": searches, "pieces": len(parts),
         "missing": [[s, m] for s, m in all_pieces(cfg) if (s, m) not in seen],

@@ -36,10 +36,10 @@ from legr.methods.filters.allocate import (
     random_plans,
     solve_uniform,
 )
-from legr.methods.base import Method, register_method
-from legr.methods.filters.criteria import CriterionContext, compute_scores, group_scores
+from legr.methods.base import Method, WorkUnits, register_method
+from legr.methods.filters.criteria import CRITERIA, CriterionContext, compute_scores, group_scores
 from legr.methods.filters.config import FILTERS_CONFIG
-from legr.methods.folders import MemberFolder
+from legr.methods.folders import MemberFolder, MethodFolder
 from legr.methods.filters.legr.family import FamilyObjective
 from legr.methods.filters.legr.fitness import CandidateFitness
 from legr.methods.filters.legr.ranking import (
@@ -88,6 +88,22 @@ class FilterPruning(Method):
         searched = ALLOCATORS[cfg.allocator].search is not None  # a search's settings matter only to a search
         out["search"] = {**out["search"], "target": None, "targets": list(cfg.search_targets)} if searched else None
         return out
+
+    @classmethod
+    def parts(cls) -> list[tuple[str, str, str]]:
+        return ([("criterion", name, c.summary) for name, c in CRITERIA.items()]
+                + [("allocator", name, a.description) for name, a in ALLOCATORS.items()])
+
+    @classmethod
+    def prepare_seconds(cls, cfg: Any, folder: MethodFolder, units: WorkUnits) -> float:
+        """The search's candidates still to do (the search log has one line per candidate evaluated) plus the
+        uniform reference and the winner, each scored at every search target."""
+        if ALLOCATORS[cfg.allocator].search is None or folder.ranking.exists():
+            return 0.0
+        s = cfg.search
+        done = len(folder.search_log.read_text().splitlines()) if folder.search_log.exists() else 0
+        left = max(s.evaluations * s.restarts - done, 0) + 2
+        return left * sum(units.candidate(t, s.bn_batches, s.tau, s.batch_size) for t in cfg.search_targets)
 
     def __init__(self, run) -> None:
         super().__init__(run)

@@ -19,9 +19,9 @@ from torch import nn
 
 from legr.engine.cost import price
 from legr.errors import ConfigError
-from legr.methods.base import Method, register_method
+from legr.methods.base import Method, WorkUnits, register_method
 from legr.methods.magnitude.config import MAGNITUDE_CONFIG
-from legr.methods.folders import MemberFolder
+from legr.methods.folders import MemberFolder, MethodFolder
 from legr.methods.magnitude.compress import (
     MagnitudeConfig,
     analyze_sensitivity,
@@ -48,6 +48,14 @@ class MagnitudePruning(Method):
         them (null), so that those folders still match."""
         legacy = dict.fromkeys(("criterion", "criterion_batches", "allocator", "bn_batches", "floors", "search"))
         return {**held, **legacy, "budget": held["budget"] or cls.budgets[0]}
+
+    @classmethod
+    def prepare_seconds(cls, cfg: Any, folder: MethodFolder, units: WorkUnits) -> float:
+        """The sensitivity analysis: one validation pass per pruned fraction and layer."""
+        if folder.sensitivity.exists():
+            return 0.0
+        layers = len(cfg.magnitude.layers or [m for m in units.model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))])
+        return len(cfg.magnitude.fractions) * layers * units.validation(1.0)
 
     def config(self, target: float = 1.0) -> MagnitudeConfig:
         """The library's `MagnitudeConfig` for a member keeping ``target`` of the parameters."""
