@@ -119,6 +119,8 @@ def test_a_ranking_searched_at_other_targets_is_refused(config, tmp_path):
         (["export", "nowhere", "x.onnx"], "no plan.json"),
         (["latency", "digits_cnn", "--clock", "cpu", "--threads", "2"], "threads: 1"),
         (["latency", "digits_cnn", "--batch-size", "0"], "batch_size"),
+        (["latency", "digits_cnn", "--method", "magnitude"], "method magnitude takes no latency budget"),
+        (["latency", "digits_cnn", "--method", "bogus"], "unknown method 'bogus'"),
     ],
 )
 def test_errors_are_one_line_with_exit_code_2(args, message, tmp_path):

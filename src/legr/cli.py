@@ -122,6 +122,7 @@ def latency(
     check: Annotated[int, typer.Option(help="fresh random allocations it is checked on (0: none)")] = 10,
     clock: Annotated[str, typer.Option(help="wall, or cpu (thread CPU time, 1 thread: busy machines)")] = "wall",
     statistic: Annotated[str, typer.Option(help="median or min (the fastest forward)")] = "median",
+    method: Annotated[str, typer.Option(help="the method whose plans the model is fitted on")] = "filters",
     num_classes: NumClassesOpt = None,
     input_size: InputSizeOpt = None,
     kwargs: KwargsOpt = None,
@@ -135,22 +136,23 @@ def latency(
     from legr.engine.latency_check import validate
     from legr.engine.latency_model import LatencySetting, build_latency_model
     from legr.graph import analyze as analyze_model
-    from legr.methods.filters.allocate import random_plans
+    from legr.methods import METHODS
     from legr.models import model_from_options
 
     if probes < 2 or check < 0:
         raise LegrError("--probes must be >= 2 and --check >= 0")
+    if "latency" not in METHODS[method].budgets:
+        raise LegrError(f"method {method} takes no latency budget: nothing of it is timed (try --method filters)")
     setting = LatencySetting(batch_size=batch_size, threads=threads, device=device, clock=clock, statistic=statistic)
     graph = analyze_model(*model_from_options(model, input_size, kwargs, num_classes))
     cost = CostModel(graph)
-    full = np.ones(graph.num_classes)
-    lat = build_latency_model(graph, setting, [full] + random_plans(graph, cost, probes, seed=0), progress=not quiet,
-                              log=console.print)
+    probe = METHODS[method].latency_probes
+    lat = build_latency_model(graph, setting, probe(graph, cost, probes), progress=not quiet, log=console.print)
     fit = lat.info["fit"]
     console.print(f"{model} ({setting.label}): full network {lat.base_ms:.3f} ms predicted; fit on {fit['probes']} "
                   f"probes: median error {fit['median_rel_err']:.1%}, max {fit['max_rel_err']:.1%}")
     if check:
-        plans = random_plans(graph, cost, check, seed=1000)
+        plans = probe(graph, cost, check, seed=1000)[1:]  # fresh ones, the full network left out
         pairs = validate(lat, plans, setting)
         table = Table("plan", "MACs %", "predicted ms", "measured ms", "error")
         errors = []

@@ -145,10 +145,12 @@ class Method(ABC):
     def validate(self) -> None:
         """Refuse (with a one-line `LegrError`) what can be checked before any training: e.g. unreachable budgets."""
 
-    def latency_probes(self, cost: CostModel, count: int) -> list[np.ndarray]:
-        """The keep vectors a latency model of the source network is fitted on (``cost``: its MACs and params): the
-        full network and ``count`` others. Only a method whose ``budgets`` hold ``latency`` is asked."""
-        raise NotImplementedError(f"method {self.name} takes latency budgets: it chooses the plans they are "
+    @classmethod
+    def latency_probes(cls, graph: ChannelGraph, cost: CostModel, count: int, seed: int = 0) -> list[np.ndarray]:
+        """The keep vectors a latency model of the source network (``graph``; ``cost``: its MACs and params) is
+        fitted on: the full network and ``count`` others drawn with ``seed``. Only a method whose ``budgets`` hold
+        ``latency`` is asked."""
+        raise NotImplementedError(f"method {cls.name} takes latency budgets: it chooses the plans they are "
                                   "modelled on (latency_probes)")
 
     @property

@@ -276,7 +276,7 @@ def _latency_model_s(units: _Units, source: Pipeline, budget: LatencyBudget, wor
     """Measuring the latency model (nothing when this device's model is cached or the work folder holds one):
     every probe, every round, a pass of the timing interpreter and the timed forwards."""
     setting = budget.setting()
-    if latency_model_path(source.graph, setting, source.method.latency_probes(source.cost, budget.probes)).exists() \
+    if latency_model_path(source.graph, setting, source.method.latency_probes(source.graph, source.cost, budget.probes)).exists() \
             or any(work.glob("seed*/*/latency_model.json")):
         return 0.0
     forward = units.forward(budget.batch_size)

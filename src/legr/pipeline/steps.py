@@ -152,7 +152,7 @@ class Pipeline:
                                                                         self.graph))
         setting = budget.setting()
         self.log(f"latency model of {self.cfg.model.name} ({setting.label}): measured once per device, then cached")
-        model = build_latency_model(self.graph, setting, self.method.latency_probes(cost, budget.probes),
+        model = build_latency_model(self.graph, setting, self.method.latency_probes(self.graph, cost, budget.probes),
                                     progress=self.progress, log=self.log)
         return CostModel(self.graph, latency=model)
 

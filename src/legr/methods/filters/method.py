@@ -28,6 +28,7 @@ from legr.engine.latency_check import meet_measured
 from legr.engine.plan import Plan
 from legr.engine.surgery import prune
 from legr.errors import ConfigError
+from legr.graph import ChannelGraph
 from legr.methods.filters.allocate import (
     ALLOCATORS,
     BudgetSolver,
@@ -121,10 +122,11 @@ class FilterPruning(Method):
         check_reachable(self.run.graph, self.run.cost, self.floors, (*self.cfg.targets, *self.cfg.search_targets),
                         self.budget)
 
-    def latency_probes(self, cost: CostModel, count: int) -> list[np.ndarray]:
+    @classmethod
+    def latency_probes(cls, graph: ChannelGraph, cost: CostModel, count: int, seed: int = 0) -> list[np.ndarray]:
         """The full network and ``count`` random allocations (`random_plans`: widths differing between layers as a
         learned ranking's do)."""
-        return [np.ones(self.run.graph.num_classes)] + random_plans(self.run.graph, cost, count, seed=0)
+        return [np.ones(graph.num_classes)] + random_plans(graph, cost, count, seed=seed)
 
     # --- prepare: the ranking ---------------------------------------------------------------------------------
     def prepare(self) -> Ranking:
