@@ -6,6 +6,7 @@ takes it from the caller), applies the plan physically and loads the weights; no
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from torch import fx, nn
 
@@ -30,7 +31,13 @@ def save_pruned(directory: str | Path, module: nn.Module, plan: Plan) -> Path:
 
 def build_pruned(plan: Plan, base: nn.Module | None = None) -> tuple[fx.GraphModule, ChannelGraph]:
     """The pruned architecture of ``plan`` (weights of ``base``, or random ones when the source is rebuilt)."""
-    source = plan.source
+    graph = source_graph(plan.source, base)
+    return prune(graph, plan.keep_vector(graph)), graph
+
+
+def source_graph(source: dict[str, Any], base: nn.Module | None = None) -> ChannelGraph:
+    """The channel graph of the unpruned network a plan's ``source`` describes (``base``: that network, for
+    architectures not in the registry)."""
     if base is None:
         if "model" not in source:
             raise LegrError("plan has no source model name; pass the unpruned model to load it")
@@ -40,8 +47,7 @@ def build_pruned(plan: Plan, base: nn.Module | None = None) -> tuple[fx.GraphMod
             base = build_model(source["model"], num_classes=source.get("num_classes"))
     if "input_size" not in source:
         raise LegrError("plan has no source input_size (C, H, W)")
-    graph = analyze(base, source["input_size"])
-    return prune(graph, plan.keep_vector(graph)), graph
+    return analyze(base, source["input_size"])
 
 
 def load_pruned(directory: str | Path, base: nn.Module | None = None) -> tuple[fx.GraphModule, Plan]:

@@ -43,6 +43,13 @@ class Plan:
         """Kept channels per group (every group, prunable or not)."""
         return {g.name: len(self.keep.get(g.name, range(g.size))) for g in graph.groups}
 
+    def layer_widths(self, graph: ChannelGraph) -> dict[str, int]:
+        """Output channels kept per producer layer of every prunable group, in graph order (`source_widths`: the
+        unpruned ones)."""
+        keep = self.keep_vector(graph)
+        return {name: int(keep[graph.classes(graph.layers[name].producer_ids)].sum())
+                for name in prunable_layers(graph)}
+
     def to_json(self) -> str:
         return json.dumps({"version": PLAN_VERSION, **asdict(self)}, indent=1)
 
@@ -68,3 +75,14 @@ class Plan:
         if not path.is_file():
             raise LegrError(f"plan file not found: {path}")
         return cls.from_json(path.read_text())
+
+
+def prunable_layers(graph: ChannelGraph) -> list[str]:
+    """The producer layers of every prunable group, in graph order."""
+    prunable = {name for g in graph.prunable_groups() for name in g.producers}
+    return [name for name in graph.layers if name in prunable]
+
+
+def source_widths(graph: ChannelGraph) -> dict[str, int]:
+    """Output channels per producer layer of every prunable group of the unpruned network, in graph order."""
+    return {name: len(graph.layers[name].producer_ids) for name in prunable_layers(graph)}

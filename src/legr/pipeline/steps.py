@@ -262,7 +262,7 @@ class Pipeline:
             "budget": self.method.budget if member else None, "macs": macs, "params": params,
             "macs_ratio": macs / self.cost.base_macs, "params_ratio": params / self.cost.base_params,
             "compression": self.cost.base_params / params, "top1": result.top1, "top5": result.top5,
-            "loss": result.loss, "top1_before_ft": info.get("top1_before_ft"),
+            "loss": result.loss, "test_images": result.n, "top1_before_ft": info.get("top1_before_ft"),
             "top1_after_bn": info.get("top1_after_bn"), "predicted_ms": info.get("predicted_ms"), **extra,
             "finetune_epochs": info.get("finetune_epochs", self.cfg.finetune.epochs) if member else None,
             "seed": self.cfg.seed, "config_hash": config_hash(artifact_config(self.cfg)),

@@ -1,4 +1,5 @@
-"""Reporting: the result-row contract and its files, tables, the Pareto front and plots, a comparison's summary."""
+"""Reporting: the result-row contract and its files, tables, the Pareto front and plots, a comparison's summary (the
+interactive HTML report: `legr.reporting.html`, imported on its own as it loads altair)."""
 
 from legr.reporting.comparison import comparison_markdown
 from legr.reporting.plots import figure, pareto_front, plot_method_curves, plot_pareto, plot_widths, save_figure

@@ -4,10 +4,11 @@ A result row is a plain dict written by code (`legr eval`) and aggregated by a s
 benchmarks); `ResultRow` types it. Required keys: ``name``, ``method`` (`BASELINE` for the source network),
 ``model``, ``dataset``, ``macs``, ``params``, ``top1``. Common optional keys: ``target`` (a fraction of the source's
 cost in ``budget`` units, or None), ``budget``, ``macs_ratio``, ``params_ratio``, ``compression`` (original params /
-params), ``top5``, ``loss``, ``top1_before_ft`` (as cut), ``top1_after_bn`` (after adaptive BN), ``predicted_ms`` (a
-latency budget's prediction), ``latency_{cpu,cuda}_b{N}_ms``; after `legr quantize`: ``int8_top1`` / ``onnx_top1``
-(test top-1 in onnxruntime, int8 / fp32), ``{int8,onnx}_cpu_b{N}_ms``, ``{int8,onnx}_bytes``; ``seed``,
-``config_hash``, ``git_rev``, ``hardware``, ``finetune_epochs``, ``path``.
+params), ``top5``, ``loss``, ``test_images`` (how many test images the accuracies count), ``top1_before_ft`` (as
+cut), ``top1_after_bn`` (after adaptive BN), ``predicted_ms`` (a latency budget's prediction),
+``latency_{cpu,cuda}_b{N}_ms``; after `legr quantize`: ``int8_top1`` / ``onnx_top1`` (test top-1 in onnxruntime,
+int8 / fp32), ``{int8,onnx}_cpu_b{N}_ms``, ``{int8,onnx}_bytes``; ``seed``, ``config_hash``, ``git_rev``,
+``hardware``, ``finetune_epochs``, ``path``.
 Unknown keys are allowed and kept.
 Accuracies are fractions in [0, 1]; tables and plots show them in percent.
 """
@@ -37,7 +38,7 @@ RESULTS_CSV = "results.csv"
 IDENTITY_KEYS: tuple[str, ...] = ("name", "method", "criterion", "model", "dataset", "target")
 METRIC_KEYS: tuple[str, ...] = (
     "macs", "macs_ratio", "params", "params_ratio", "compression",
-    "top1", "top5", "loss", "top1_before_ft", "top5_before_ft", "top1_after_bn", "predicted_ms",
+    "top1", "top5", "loss", "test_images", "top1_before_ft", "top5_before_ft", "top1_after_bn", "predicted_ms",
 )
 PROVENANCE_KEYS: tuple[str, ...] = (
     "finetune_epochs", "seed", "config_hash", "git_rev", "hardware", "path",
@@ -68,6 +69,7 @@ class ResultRow(_Required, total=False):
     compression: float
     top5: float
     loss: float
+    test_images: int  # how many test images top1/top5/loss were measured on
     top1_before_ft: float | None
     top1_after_bn: float | None
     predicted_ms: float | None  # a latency budget's prediction (ms, at the budget's batch size and threads)

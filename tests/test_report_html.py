@@ -1,0 +1,240 @@
+"""``report.html`` (`legr report`): one self-contained offline page from a tiny real run on the bundled digits (its
+points, table rows, intervals, widths and search read back from the page), and in a real headless Chromium: no
+console errors, the charts drawn as SVG, the x-axis switch and the table's sorting."""
+
+import json
+import math
+import os
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from legr.cli import app
+from legr.engine.plan import Plan
+from legr.errors import LegrError
+from legr.pipeline.config import parse_config
+from legr.pipeline.steps import Pipeline
+from legr.reporting import read_results
+from legr.reporting.html import DATA_ID, REPORT_HTML, write_report_html
+from legr.reporting.report_data import binomial_interval
+
+CONFIG = """
+model: {name: digits_cnn, weights: null}
+data: {name: digits, val_size: 200}
+base_training: {epochs: 2, lr: 0.05, batch_size: 64, augment: false}
+search: {population: 4, sample: 2, evaluations: 6, batch_size: 64, bn_batches: 3}
+bn_batches: 3
+targets: [0.35, 0.7]
+finetune: {epochs: 1, batch_size: 64, augment: false}
+eval: {latency: true, latency_batch_sizes: [1], latency_repeats: 3, latency_warmup: 1, latency_rounds: 1}
+"""
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    Pipeline(parse_config(yaml.safe_load(CONFIG)), out, progress=False, log=lambda _: None).run()
+    result = CliRunner().invoke(app, ["report", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"report: {out / REPORT_HTML}" in result.output.replace("\n", "")
+    return out
+
+
+class _Page(HTMLParser):
+    """Every tag's attributes, the member table's body rows, the scripts' text."""
+
+    def __init__(self):
+        super().__init__()
+        self.attrs, self.scripts, self.member_rows = [], [], 0
+        self._table = self._body = False
+        self._script = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.attrs.append((tag, attrs))
+        if tag == "table":
+            self._table = attrs.get("id") == "members"
+        elif tag == "tbody":
+            self._body = self._table
+        elif tag == "tr" and self._body:
+            self.member_rows += 1
+        elif tag == "script":
+            self._script = attrs
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._table = self._body = False
+        elif tag == "script":
+            self._script = None
+
+    def handle_data(self, data):
+        if self._script is not None:
+            self.scripts.append((self._script, data))
+
+
+def _parse(path):
+    page = _Page()
+    page.feed(path.read_text())
+    data = [json.loads(text) for attrs, text in page.scripts if attrs.get("id") == DATA_ID]
+    assert len(data) == 1
+    return page, data[0]
+
+
+def test_the_page_is_offline_and_holds_one_point_and_row_per_network(run):
+    path = run / REPORT_HTML
+    assert path.stat().st_size < 2_000_000
+    page, data = _parse(path)
+    rows = read_results(run)
+    assert len(rows) == 3  # the source network and two members
+
+    external = [(tag, k, v) for tag, attrs in page.attrs for k, v in attrs.items()
+                if k in ("src", "href", "action", "data") and v and re.match(r"\s*(https?:)?//", v)]
+    assert not external
+    assert not [attrs for tag, attrs in page.attrs if tag == "script" and "src" in attrs]  # every script inline
+    assert not [attrs for tag, attrs in page.attrs if tag == "link"]
+    text = path.read_text()
+    assert not re.search(r"""\bimport\s*(\(|[^;]*?\bfrom)\s*['"]https?:""", text)  # no module imports from a URL
+    assert not re.search(r"@import|url\(\s*['\"]?https?:", text)  # nor stylesheets
+    assert "vegaEmbed" in text and len(text) > 500_000  # the charting runtime itself is inlined
+
+    points = data["datasets"]["points"]
+    assert [p["name"] for p in points] == [r["name"] for r in rows]
+    assert page.member_rows == len(rows)
+    assert set(data["pareto"]) == {"macs", "params", "latency_cpu_b1_ms"}  # the x-axis switch
+    for p, r in zip(points, rows):
+        assert p["macs_m"] == pytest.approx(r["macs"] / 1e6) and p["top1"] == pytest.approx(100 * r["top1"])
+        assert p["latency_cpu_b1_ms"] == pytest.approx(r["latency_cpu_b1_ms"])
+    assert points[0]["top1_before_ft"] is None and points[1]["top1_before_ft"] == pytest.approx(
+        100 * rows[1]["top1_before_ft"])
+
+
+def test_the_intervals_are_binomial_on_the_test_set(run):
+    from legr.data import load_dataset
+
+    _, data = _parse(run / REPORT_HTML)
+    rows = read_results(run)
+    n = len(load_dataset("digits").test_y)
+    assert {r["test_images"] for r in rows} == {n}
+    for p, r in zip(data["datasets"]["points"], rows):
+        k = round(r["top1"] * n)
+        assert k / n == pytest.approx(r["top1"])
+        # the Wilson score interval, by hand: (k + z^2/2 -+ z sqrt(k (n - k) / n + z^2 / 4)) / (n + z^2)
+        z = 1.959963984540054
+        half = z * math.sqrt(k * (n - k) / n + z * z / 4)
+        assert p["top1_lo"] == pytest.approx(100 * (k + z * z / 2 - half) / (n + z * z), abs=1e-9)
+        assert p["top1_hi"] == pytest.approx(100 * (k + z * z / 2 + half) / (n + z * z), abs=1e-9)
+        assert p["top1_lo"] < p["top1"] < p["top1_hi"]
+    assert binomial_interval(0.9, 100) == pytest.approx((0.8256, 0.9448), abs=5e-5)  # the textbook 90/100 case
+    assert binomial_interval(1.0, 50)[1] == 1.0 and binomial_interval(0.0, 50)[0] == 0.0
+    with pytest.raises(LegrError, match="positive number of test images"):
+        binomial_interval(0.5, 0)
+
+
+def test_widths_search_config_and_provenance(run):
+    page, data = _parse(run / REPORT_HTML)
+    rows = read_results(run)
+    layers = data["datasets"]["layers"]
+    assert layers and all(layer["source"] > 0 for layer in layers)
+    widths = data["datasets"]["widths"]
+    members = [r for r in rows if r["path"]]
+    assert {w["member"] for w in widths} == {r["name"] for r in members}
+    for r in members:
+        plan = Plan.load(run / r["path"] / "plan.json")
+        mine = {w["layer"]: w["kept"] for w in widths if w["member"] == r["name"]}
+        assert sum(mine.values()) < sum(layer["source"] for layer in layers)  # a pruned member
+        assert sorted(mine.values()) == sorted(len(v) for v in plan.keep.values())  # digits_cnn: a layer per group
+    search = data["datasets"]["search"]
+    assert len(search) == len((run / "search_log.jsonl").read_text().splitlines()) > 0
+    assert data["search"] is not None and data["widths"] is not None
+    text = (run / REPORT_HTML).read_text()
+    assert rows[0]["hardware"] in text and rows[0]["git_rev"] in text
+    assert "name: digits_cnn" in text  # config.yaml
+
+
+def test_a_run_without_latency_search_or_intervals(run, tmp_path):
+    rows = [{k: v for k, v in r.items() if not k.startswith("latency") and k != "test_images"}
+            for r in read_results(run)]
+    (tmp_path / "results.json").write_text(json.dumps(rows))
+    _, data = _parse(write_report_html(tmp_path))
+    assert set(data["pareto"]) == {"macs", "params"} and data["search"] is None and data["widths"] is None
+    assert all(p["top1_lo"] is None for p in data["datasets"]["points"])
+    with pytest.raises(LegrError, match="no results file"):
+        write_report_html(tmp_path / "nowhere")
+
+
+def _browser():
+    """(chromium, chromedriver) paths, or None."""
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        if (binary := shutil.which(name)) and (driver := shutil.which("chromedriver")):
+            return binary, driver
+    return None
+
+
+def test_the_page_in_a_real_browser(run, tmp_path):
+    found = _browser()
+    if found is None:
+        pytest.skip("no Chromium with chromedriver on PATH (Debian: apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = found[0]
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1200,2400"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    os.environ.setdefault("SE_OFFLINE", "true")  # selenium manager: use the given driver, download nothing
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=found[1]))
+    try:
+        driver.get((run / REPORT_HTML).resolve().as_uri())
+        WebDriverWait(driver, 60).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-rendered"))
+        rows = read_results(run)
+        for chart in ("pareto", "widths", "search"):
+            assert driver.find_elements(By.CSS_SELECTOR, f"#{chart} svg"), chart
+        symbols = lambda: driver.find_elements(By.CSS_SELECTOR, "#pareto g.mark-symbol.role-mark path")  # noqa: E731
+        assert len(symbols()) == len(rows)  # one point per network
+        driver.find_element(By.CSS_SELECTOR, "#axis input[value=latency_cpu_b1_ms]").click()
+        WebDriverWait(driver, 30).until(lambda d: "CPU latency, batch 1 (ms)" in [
+            t.text for t in d.find_elements(By.CSS_SELECTOR, "#pareto g.role-axis-title text")])
+        assert len(symbols()) == len(rows)
+
+        header = next(th for th in driver.find_elements(By.CSS_SELECTOR, "#members th") if th.text == "top-1 %")
+        column = [th.text for th in driver.find_elements(By.CSS_SELECTOR, "#members th")].index("top-1 %")
+
+        def top1s():
+            return [float(tr.find_elements(By.TAG_NAME, "td")[column].get_attribute("data-value"))
+                    for tr in driver.find_elements(By.CSS_SELECTOR, "#members tbody tr")]
+
+        header.click()
+        assert top1s() == sorted(100 * r["top1"] for r in rows) and header.get_attribute("aria-sort") == "ascending"
+        header.click()
+        assert top1s() == sorted((100 * r["top1"] for r in rows), reverse=True)
+        driver.save_screenshot(str(tmp_path / "report.png"))
+        assert (tmp_path / "report.png").stat().st_size > 10_000
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+    finally:
+        driver.quit()
+
+
+def test_search_log_candidates(tmp_path):
+    from legr.reporting.report_data import search_candidates
+
+    assert search_candidates(tmp_path) == []  # no search
+    lines = [{"index": 0, "fitness": -999.4, "best_fitness": -999.4, "restart": 0},
+             {"index": 1, "fitness": 0.61, "best_fitness": 0.61, "restart": 0},
+             {"index": 0, "fitness": None, "best_fitness": None, "restart": 1},
+             {"index": 1, "fitness": 0.58, "best_fitness": 0.58, "restart": 1}]
+    (tmp_path / "search_log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    got = search_candidates(tmp_path)
+    assert [c["candidate"] for c in got] == [0, 1, 2, 3] and [c["restart"] for c in got] == [0, 0, 1, 1]
+    assert [c["penalized"] for c in got] == [True, False, True, False]
+    (tmp_path / "search_log.jsonl").write_text('{"index": 0, "fitness": 0.5}\n{"index": 1,\n')
+    with pytest.raises(LegrError, match="line 2 is not JSON"):
+        search_candidates(tmp_path)
