@@ -4,7 +4,6 @@ console errors, the charts drawn as SVG, the x-axis switch and the table's sorti
 
 import json
 import math
-import os
 import re
 import shutil
 from html.parser import HTMLParser
@@ -175,7 +174,7 @@ def _browser():
     return None
 
 
-def test_the_page_in_a_real_browser(run, tmp_path):
+def test_the_page_in_a_real_browser(run, tmp_path, monkeypatch):
     found = _browser()
     if found is None:
         pytest.skip("no Chromium with chromedriver on PATH (Debian: apt-get install chromium chromium-driver)")
@@ -189,7 +188,7 @@ def test_the_page_in_a_real_browser(run, tmp_path):
                 "--window-size=1200,2400"):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    os.environ.setdefault("SE_OFFLINE", "true")  # selenium manager: use the given driver, download nothing
+    monkeypatch.setenv("SE_OFFLINE", "true")  # selenium manager: use the given browser and driver, download nothing
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=found[1]))
     try:
         driver.get((run / REPORT_HTML).resolve().as_uri())

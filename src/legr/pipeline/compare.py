@@ -24,7 +24,7 @@ from torch import nn
 
 from legr.engine.latency import measure_interleaved
 from legr.engine.surgery import fold_batchnorm
-from legr.engine.plan import Plan
+from legr.engine.plan import Plan, source_widths
 from legr.hardware import hardware_label
 from legr.methods import METHODS
 from legr.paths import atomic_write_text
@@ -220,9 +220,8 @@ class Comparison:
         """Channels kept per prunable producer layer at the width target, per method (first seed)."""
         target = self.spec.width_target or self.targets[len(self.targets) // 2]
         graph = first.graph
-        prunable = {name for g in graph.prunable_groups() for name in g.producers}
-        layers = [name for name in graph.layers if name in prunable]  # every producer of a prunable group
-        original = {name: len(graph.layers[name].producer_ids) for name in layers}
+        original = source_widths(graph)  # every producer of a prunable group, in graph order
+        layers = list(original)
         per_method = {}
         for m in self.spec.methods:
             method = METHODS[m.method]
@@ -230,9 +229,7 @@ class Comparison:
             plan_path = self.folder.run(self.spec.seeds[0], m.name).member(member_name(prefix, target)).plan
             if not method.channel_plans or not plan_path.exists():
                 continue
-            keep = Plan.load(plan_path).keep_vector(graph)
-            per_method[m.name] = {name: int(keep[graph.classes(graph.layers[name].producer_ids)].sum())
-                                  for name in layers}
+            per_method[m.name] = Plan.load(plan_path).layer_widths(graph)
         return {"target": target, "budget": self.shared.budget_unit or "macs", "seed": self.spec.seeds[0],
                 "layers": layers, "original": original, "methods": per_method}
 

@@ -13,6 +13,7 @@ A run folder (`RunFolder`)::
     members/<name>/           plan.json + model.safetensors (+ finetuned.json once fine-tuned; finetune.pt meanwhile);
                               method magnitude: its rounds' files and model.sparse.safetensors (+ finetuned.json)
     results.json / .csv       one row per network;  pareto.png: accuracy vs MACs and vs latency
+    report.html               `legr report`: the results as one offline interactive page (legr.reporting.html)
 
 A comparison folder (`ComparisonFolder`): ``source/`` (the adapted source network's run folder), ``seed<S>/<method>/``
 (one run folder per method and seed), ``per_target/<method>-<T>/`` (pipeline-cost searches), ``latency.json``,
