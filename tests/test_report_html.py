@@ -179,6 +179,7 @@ def test_the_page_in_a_real_browser(run, tmp_path, monkeypatch):
     if found is None:
         pytest.skip("no Chromium with chromedriver on PATH (Debian: apt-get install chromium chromium-driver)")
     from selenium import webdriver
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -198,6 +199,9 @@ def test_the_page_in_a_real_browser(run, tmp_path, monkeypatch):
             assert driver.find_elements(By.CSS_SELECTOR, f"#{chart} svg"), chart
         symbols = lambda: driver.find_elements(By.CSS_SELECTOR, "#pareto g.mark-symbol.role-mark path")  # noqa: E731
         assert len(symbols()) == len(rows)  # one point per network
+        ActionChains(driver).move_to_element(symbols()[-1]).perform()  # hover: the network's figures
+        tip = WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "vg-tooltip-element").text)
+        assert rows[-1]["name"] in tip and "top-1 95% interval" in tip and "MACs (M)" in tip, tip
         driver.find_element(By.CSS_SELECTOR, "#axis input[value=latency_cpu_b1_ms]").click()
         WebDriverWait(driver, 30).until(lambda d: "CPU latency, batch 1 (ms)" in [
             t.text for t in d.find_elements(By.CSS_SELECTOR, "#pareto g.role-axis-title text")])
