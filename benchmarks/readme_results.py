@@ -274,8 +274,9 @@ def compare(folder: str) -> Callable[[], list[str]]:
                   else "") + f", fitness = validation {s['fitness']} after "
                f"adaptive BN on {s.get('bn_batches', 0)} training batches"
                + (f" at {', '.join(f'{100 * t:.0f}%' for t in d['search_targets'])} MACs, "
-                  + AGGREGATES[s.get("aggregate", "mean")] + (", guarded: never below uniform at a search target"
-                                                               if s.get("guard") else "")
+                  + AGGREGATES[s.get("aggregate", "mean")] + (", guarded: a member whose cut scores below uniform-"
+                                                               f"{s.get('fallback_criterion') or 'l2sq'} on validation "
+                                                               "is that network" if s.get("guard") else "")
                   if len(d.get("search_targets", ())) > 1 else f" at {100 * targets[0]:.0f}% MACs") + ", tau "
                f"{s['tau']}, on {c['data']['val_size']} held-out training images"
                + (f" (changed per method — {fitness})" if fitness else "") + ". Test top-1 % on the 10,000 "
