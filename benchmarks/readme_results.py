@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from legr.methods.filters.legr.family import PENALTY
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 START, END = "<!-- results:start (written by benchmarks/readme_results.py) -->", "<!-- results:end -->"
@@ -286,12 +288,16 @@ def compare(folder: str) -> Callable[[], list[str]]:
         if d.get("missing"):
             out += ["", f"Merged from {d['pieces']} pieces; still missing (seed method): "
                     + ", ".join(f"{seed} {m}" for seed, m in d["missing"]) + "."]
+        revisions = _revisions(d["runs"])
+        if len(set(revisions.values())) > 1:
+            out += ["", "Rows from different code (pieces run at different times; git revision per method): "
+                    + "; ".join(f"{m} {rev}" for m, rev in revisions.items()) + "."]
         out += _goal(d, summary, targets)
         restarted = {m: v for m, v in d.get("searches", {}).items() if any(len(r["restart_best"]) > 1 for r in v.values())}
         if restarted:
             out += ["", "Validation fitness of each independent search (restart 0 / restart 1 / ...; the fitter "
                     "winner is kept), per seed:"]
-            out += [f"- {m}: " + "; ".join(f"seed {seed} " + " / ".join(f"{100 * f:.1f}" for f in r["restart_best"])
+            out += [f"- {m}: " + "; ".join(f"seed {seed} " + " / ".join(_fitness(f) for f in r["restart_best"])
                                             for seed, r in v.items()) for m, v in restarted.items()]
         if pc:
             out += ["", f"Pipeline cost ({pc['method']}, seed {pc['seed']}): learning once and cutting {len(targets)} "
@@ -405,6 +411,23 @@ def render() -> str:
     for title, block in SECTIONS:
         lines += [f"### {title}", "", *block(), ""]
     return "\n".join(lines + [END])
+
+
+def _revisions(runs: list[dict]) -> dict[str, str]:
+    """Per method (in order of appearance), the git revisions its rows were computed at ("-dirty" dropped)."""
+    revs: dict[str, list[str]] = {}
+    for r in runs:
+        if r["method"] != "baseline" and r.get("git_rev"):
+            rev = r["git_rev"].removesuffix("-dirty")
+            if rev not in revs.setdefault(r["method"], []):
+                revs[r["method"]].append(rev)
+    return {m: ", ".join(v) for m, v in revs.items()}
+
+
+def _fitness(value: float) -> str:
+    """A search's best validation fitness in %, or "infeasible" when the guard's penalty holds it (the search found
+    no candidate within the tolerance of uniform at every search target)."""
+    return "infeasible" if value < -PENALTY / 2 else f"{100 * value:.1f}"
 
 
 def main() -> None:
