@@ -228,9 +228,9 @@ def estimate_piece(cfg: CompareConfig, source: Pipeline, work: str | Path | None
             if run.results_json.exists():
                 continue
             other += setup_s
-            method = METHODS[m.method]
+            method, settings = METHODS[m.method], rc.model_dump()
             prepare = method.prepare_seconds(rc, run, units)
-            if method.searches(m.model_dump()):
+            if method.searches(settings):
                 search += prepare
             else:
                 other += prepare
@@ -239,7 +239,7 @@ def estimate_piece(cfg: CompareConfig, source: Pipeline, work: str | Path | None
                 latency_done = True
                 other += _latency_model_s(units, source, budget, folder.root)
             for t in sorted(rc.targets):
-                member = run.member(member_name(method.member_prefix(m.model_dump()), t))
+                member = run.member(member_name(method.member_prefix(settings), t))
                 size = t if method.channel_plans else 1.0  # e.g. a sparse network computes as the dense one
                 if not member.plan.exists():
                     other += 2 * units.test(size)  # top-1 as cut and after adaptive BN
@@ -276,8 +276,8 @@ def _latency_model_s(units: _Units, source: Pipeline, budget: LatencyBudget, wor
     """Measuring the latency model (nothing when this device's model is cached or the work folder holds one):
     every probe, every round, a pass of the timing interpreter and the timed forwards."""
     setting = budget.setting()
-    if latency_model_path(source.graph, setting, source.method.latency_probes(source.graph, source.cost, budget.probes)).exists() \
-            or any(work.glob("seed*/*/latency_model.json")):
+    probes = source.method.latency_probes(source.graph, source.cost, budget.probes)
+    if latency_model_path(source.graph, setting, probes).exists() or any(work.glob("seed*/*/latency_model.json")):
         return 0.0
     forward = units.forward(budget.batch_size)
     per_round = 2.5 * forward + max(budget.repeats * forward, setting.min_time_s)
