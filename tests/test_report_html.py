@@ -166,6 +166,25 @@ def test_a_run_without_latency_search_or_intervals(run, tmp_path):
         write_report_html(tmp_path / "nowhere")
 
 
+def test_widths_need_one_architecture_not_one_weights_file(run, tmp_path):
+    """A member re-cut in another folder names another weights file: its widths are still drawn against the same
+    architecture; members of different architectures are not."""
+    from legr.reporting.report_data import member_widths
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    rows = read_results(copy)
+    member = next(r for r in rows if r["path"])
+    path = copy / member["path"] / "plan.json"
+    plan = json.loads(path.read_text())
+    path.write_text(json.dumps({**plan, "source": {**plan["source"], "weights": "/elsewhere/model.safetensors"}}))
+    widths, why = member_widths(copy, rows)
+    assert widths is not None and why == ""
+    path.write_text(json.dumps({**plan, "source": {**plan["source"], "num_classes": 7}}))
+    widths, why = member_widths(copy, rows)
+    assert widths is None and "different source networks" in why
+
+
 def _browser():
     """(chromium, chromedriver) paths, or None."""
     for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):

@@ -99,7 +99,9 @@ def member_widths(run: Path, rows: Sequence[Mapping[str, Any]]) -> tuple[dict[st
             plans[str(row["name"])] = Plan.load(run / str(row["path"]) / PLAN_FILE)
     if not plans:
         return None, "no member of this run has a plan.json (a channel plan)"
-    sources = {json.dumps(p.source, sort_keys=True) for p in plans.values()}
+    # the architecture only: widths do not depend on the weights (a member re-cut elsewhere names another file)
+    sources = {json.dumps({k: v for k, v in p.source.items() if k != "weights"}, sort_keys=True)
+               for p in plans.values()}
     if len(sources) > 1:
         return None, "the members' plans describe different source networks"
     try:
