@@ -67,11 +67,6 @@ def test_every_module_reads_in_one_sitting():
     assert not long, long
 
 
-# modules above methods/ that still import a specific method (not `legr.methods` / `legr.methods.base`): #31 shrinks
-# this list to nothing; it must not grow
-SPECIFIC_METHOD_IMPORTS = {
-    "legr.pipeline.estimate": {"legr.methods.filters.allocate", "legr.methods.filters.criteria"},
-}
 
 
 def test_methods_import_nothing_from_the_pipeline():
@@ -92,14 +87,12 @@ def test_a_method_folder_imports_no_other_methods_folder():
     assert not bad, bad
 
 
-def test_the_pipeline_imports_no_specific_method_beyond_the_known_ones():
+def test_the_pipeline_imports_no_specific_method():
+    """Above methods/, only the shared interface is imported (a method is reached through the METHODS registry)."""
     generic = {"legr.methods", "legr.methods.base", "legr.methods.folders", "legr.methods.stages"}
-    found = {m: {d for d in deps if _stage(d) == "methods" and d not in generic}
+    found = {m: sorted(d for d in deps if _stage(d) == "methods" and d not in generic)
              for m, deps in _imports().items() if _stage(m) in ("pipeline", "cli", "reporting")}
-    new = {m: sorted(d - SPECIFIC_METHOD_IMPORTS.get(m, set())) for m, d in found.items()}
-    assert not {m: d for m, d in new.items() if d}, new
-    gone = {m: sorted(d - found.get(m, set())) for m, d in SPECIFIC_METHOD_IMPORTS.items()}
-    assert not {m: d for m, d in gone.items() if d}, f"no longer imported: shrink SPECIFIC_METHOD_IMPORTS {gone}"
+    assert not {m: d for m, d in found.items() if d}, found
 
 
 def test_the_import_paths_the_readme_documented_before_the_filters_package_still_work():

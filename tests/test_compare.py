@@ -184,6 +184,40 @@ def test_han_et_al_beside_filter_pruning_at_equal_parameter_counts(tmp_path):
     assert set(result["widths"]["methods"]) == {"uniform-l1"}  # channel widths: filter pruning only
 
 
+CHAIN = """
+model: {name: digits_cnn, weights: null}
+data: {name: digits, val_size: 200}
+base_training: {epochs: 3, lr: 0.05, batch_size: 64, augment: false}
+targets: [0.5]
+finetune: {epochs: 1, batch_size: 64, augment: false}
+int8: {calibration_images: 128}
+eval: {latency_repeats: 2, latency_warmup: 1, latency_rounds: 1, latency_batch_sizes: [1], threads: 1}
+compare:
+  seeds: [0]
+  methods:
+    - {name: uniform-l1, criterion: l1, allocator: uniform}
+    - {name: uniform-l1-int8, method: [filters, int8], criterion: l1, allocator: uniform}
+"""
+
+
+def test_an_entry_may_be_a_chain_beside_its_method_alone(tmp_path):
+    """``method: [filters, int8]`` in a comparison: the same cut as the entry without the stage, then quantized;
+    scored and timed as the int8 network; a latency budget for such an entry is refused when the config is read."""
+    cfg = parse_config(yaml.safe_load(CHAIN), schema=CompareConfig)
+    result = Comparison(cfg, tmp_path, progress=False, log=lambda m: None).run()
+    rows = {r["method"]: r for r in result["runs"]}
+    fp32, q8 = rows["uniform-l1"], rows["uniform-l1-int8"]
+    assert q8["allocator"] == "uniform+int8" and q8["path"].endswith("members/uniform-50/int8")
+    assert (q8["macs"], q8["params"]) == (fp32["macs"], fp32["params"])  # the same cut, then quantized
+    assert q8["loss"] != fp32["loss"] and q8["int8_bytes"] < q8["onnx_bytes"] and q8["latency_cpu_b1_ms"] > 0 and fp32["latency_cpu_b1_ms"] > 0
+    assert (tmp_path / q8["run"] / q8["path"] / "model.int8.onnx").is_file()
+    assert "| uniform-l1-int8 | 50% | 1.46 |" in (tmp_path / "summary.md").read_text()
+    raw = yaml.safe_load(CHAIN)
+    raw["compare"]["methods"][1]["budget"] = "latency"
+    with pytest.raises(ConfigError, match=r"compare.methods\[1\] \(uniform-l1-int8\): stage int8 keeps budgets"):
+        parse_config(raw, schema=CompareConfig)
+
+
 def test_a_method_may_have_its_own_budget_and_targets(tmp_path):
     """The equal-latency study (benchmarks/latency_accuracy.py): methods under a shared latency budget beside one
     searched and cut at its own MACs targets."""

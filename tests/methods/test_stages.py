@@ -129,7 +129,7 @@ def test_a_comparison_refuses_a_shared_chain_it_would_drop(stages):
     from legr.errors import ConfigError
     from legr.pipeline.compare_config import CompareConfig
 
-    with pytest.raises(ConfigError, match="a comparison runs its entries' methods, not a chain"):
+    with pytest.raises(ConfigError, match="a comparison runs its entries' methods \\(an entry may name a chain\\), not a shared chain"):
         parse_config({"model": {"name": "digits_cnn"}, "method": ["filters", stages[0]],
                       "compare": {"methods": [{"name": "uniform-l1", "criterion": "l1", "allocator": "uniform"}]}},
                      schema=CompareConfig)

@@ -20,6 +20,7 @@ validated with the rest of the config when it is read.
 
 from __future__ import annotations
 
+import copy
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -97,6 +98,8 @@ class Method(ABC):
     entry_keys: ClassVar[tuple[str, ...]] = ()
 
     channel_plans: ClassVar[bool] = False  # its members are channel cuts of the source (plan.json keep vectors)
+    # the settings under which a run of it does no more than the source network (a comparison's source-only run)
+    source_settings: ClassVar[dict[str, Any]] = {}
 
     @classmethod
     def member_prefix(cls, settings: Mapping[str, Any]) -> str:
@@ -157,6 +160,12 @@ class Method(ABC):
     def prefix(self) -> str:
         """Member folder names: ``<prefix>-<target in %>``."""
         return self.member_prefix(self.run.cfg.model_dump())
+
+    def sized_network(self, fraction: float) -> nn.Module:
+        """A network of about ``fraction`` of the source MACs, built as this method builds a member (what
+        `legr.pipeline.estimate` times work of that size on). Default: a copy of the source network (a method whose
+        members keep the source's dense shape)."""
+        return copy.deepcopy(self.run.base)
 
     @abstractmethod
     def prepare(self) -> Any:

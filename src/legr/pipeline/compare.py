@@ -26,9 +26,9 @@ from legr.engine.latency import measure_interleaved
 from legr.engine.surgery import fold_batchnorm
 from legr.engine.plan import Plan, source_widths
 from legr.hardware import hardware_label
-from legr.methods import METHODS
+from legr.methods.stages import MEMBER_FILE
 from legr.paths import atomic_write_text
-from legr.pipeline.compare_config import DEFAULT_METHOD, CompareConfig, MethodConfig
+from legr.pipeline.compare_config import CompareConfig, MethodConfig, entry_method
 from legr.pipeline.config import LatencyBudget, RunConfig
 from legr.pipeline.folder import ComparisonFolder, RunFolder, member_name
 from legr.pipeline.steps import Pipeline
@@ -72,9 +72,7 @@ class Comparison:
         """The shared settings with the source network fixed: adapted once (in ``source/``) when base training is on."""
         if self.shared.base_training.epochs == 0:
             return self.shared
-        only_base = {"targets": (self.targets[0],), "method": "filters", "allocator": "uniform"}  # no search settings: changing them
-        pipeline = Pipeline(self.shared.model_copy(update=only_base), self.folder.source.root,  # keeps the source
-                            progress=self.progress, log=self.log)
+        pipeline = Pipeline(self.shared.source_only(), self.folder.source.root, progress=self.progress, log=self.log)
         pipeline.base  # trains (or loads) and saves source/base/model.safetensors
         weights = str(self.folder.source.base_weights.resolve())
         model = self.shared.model.model_copy(update={"weights": weights})
@@ -103,7 +101,7 @@ class Comparison:
         source = self._source()
         rows, pipelines = [], []
         for ref in self.runs():
-            criterion, allocator = METHODS[ref.method.method].entry_label(ref.method.model_dump())
+            criterion, allocator = entry_method(ref.method.model_dump()).entry_label(ref.method.model_dump())
             what = allocator if criterion == "-" else f"{criterion} + {allocator}"
             self.log(f"[seed {ref.seed}] {ref.method.name} ({what})")
             pipeline = self._pipeline(self._config(source, ref.method, ref.seed), ref.folder)
@@ -181,8 +179,12 @@ class Comparison:
         e = self.shared.eval
         if not e.latency:
             return {}
-        shapes = {str(m.root.relative_to(self.out)): _digest(m.plan if m.plan.exists() else m.weights)
-                  for p in pipelines for m in p.members()}  # what a member's timing depends on: its architecture
+        shapes = {}  # per member as its chain leaves it: what its timing depends on (its architecture, its stages)
+        for p in pipelines:
+            for m in p.members():
+                last = m.root.joinpath(*p.cfg.chain[1:])
+                stages = [last / MEMBER_FILE] if last != m.root else []
+                shapes[str(last.relative_to(self.out))] = _digest(m.plan if m.plan.exists() else m.weights, *stages)
         if path.exists():
             held = json.loads(path.read_text())
             if held.get("networks") == shapes:  # else a member was cut again since: time them all again
@@ -191,8 +193,8 @@ class Comparison:
         nets: dict[str, nn.Module] = {BASELINE: first.graph.gm}
         for pipeline in pipelines:
             for member in pipeline.members():
-                net, _ = pipeline.method.load(member)
-                nets[str(member.root.relative_to(self.out))] = net
+                last, folder = pipeline.load(member)
+                nets[str(folder.root.relative_to(self.out))] = last.net
         if e.fold_bn:
             nets = {name: fold_batchnorm(net) for name, net in nets.items()}
         self.log(f"timing {len(nets)} networks on the CPU ({e.latency_rounds} interleaved rounds)")
@@ -224,7 +226,7 @@ class Comparison:
         layers = list(original)
         per_method = {}
         for m in self.spec.methods:
-            method = METHODS[m.method]
+            method = entry_method(m.model_dump())
             prefix = method.member_prefix(m.model_dump())
             plan_path = self.folder.run(self.spec.seeds[0], m.name).member(member_name(prefix, target)).plan
             if not method.channel_plans or not plan_path.exists():
@@ -279,10 +281,10 @@ def family_times(per_seed: dict[str, dict[str, float]]) -> dict[str, dict[str, f
 
 def summary_markdown(result: dict[str, Any]) -> str:
     """The comparison's ``summary.md`` (`legr.reporting.comparison_markdown`), each entry labelled by its method."""
-    labels = {m["name"]: METHODS[m.get("method", DEFAULT_METHOD)].entry_label(m)
+    labels = {m["name"]: entry_method(m).entry_label(m)
               for m in result["config"]["compare"]["methods"]}
     return comparison_markdown(result, labels)
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+def _digest(*paths: Path) -> str:
+    return hashlib.sha256(b"".join(p.read_bytes() for p in paths)).hexdigest()[:16]

@@ -6,12 +6,22 @@ changes the shared section. The entry schema is built from the METHODS registry,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
 from legr.methods import METHODS
-from legr.pipeline.config import MethodName, RunConfig, UnitName, _seeded, _Strict, current_schema
+from legr.pipeline.config import (
+    MethodChain,
+    RunConfig,
+    UnitName,
+    _seeded,
+    _Strict,
+    chain_of,
+    check_stage_budgets,
+    current_schema,
+)
 from legr.settings import explain
 
 
@@ -39,7 +49,12 @@ ENTRY_FIELDS, SECTIONS = _entry_fields()
 
 
 class _Entry(_Strict):
-    """One compared method: a registered method with its own settings (e.g. a criterion cut by an allocator)."""
+    """One compared method: a registered method with its own settings (e.g. a criterion cut by an allocator), or a
+    chain of it and stages (``method: [filters, int8]``)."""
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        return chain_of(self.method)
 
     @model_validator(mode="after")
     def _check(self) -> "_Entry":
@@ -55,7 +70,7 @@ class _Entry(_Strict):
 MethodConfig = create_model(
     "MethodConfig", __base__=_Entry, __module__=__name__,
     name=(str, Field(description="label in tables and plots, e.g. legr-l2sq")),
-    method=(MethodName, "filters"),
+    method=(MethodChain, RunConfig.model_fields["method"].default),
     **ENTRY_FIELDS,
     budget=(UnitName | None, Field(None, description="this method's budget unit (latency: the shared latency "
                                                      "section's settings)")),
@@ -64,7 +79,10 @@ MethodConfig = create_model(
 )  # type: ignore[call-overload]
 
 
-DEFAULT_METHOD = MethodConfig.model_fields["method"].default  # an entry (or a compare.json) naming no method
+def entry_method(entry: Mapping[str, Any]) -> Any:
+    """The method class of a compare entry as ``compare.json`` stores it (no ``method``: the default method; a
+    chain: its first name)."""
+    return METHODS[chain_of(entry.get("method", MethodConfig.model_fields["method"].default))[0]]
 
 
 class CompareSection(_Strict):
@@ -85,7 +103,7 @@ class CompareSection(_Strict):
             if self.pipeline_cost not in names:
                 raise ValueError(f"pipeline_cost names '{self.pipeline_cost}', which is not a method ({', '.join(names)})")
             chosen = self.methods[names.index(self.pipeline_cost)]
-            if not METHODS[chosen.method].searches(chosen.model_dump()):
+            if not METHODS[chosen.chain[0]].searches(chosen.model_dump()):
                 raise ValueError(f"pipeline_cost names '{self.pipeline_cost}', whose allocator searches nothing "
                                  "(use an lcp or legr method)")
         return self
@@ -99,8 +117,14 @@ class CompareConfig(RunConfig):
     @model_validator(mode="after")
     def _check_entry_sections(self) -> "CompareConfig":
         if len(self.chain) > 1:  # each entry names its method; a shared chain would be dropped without a word
-            raise ValueError("config key 'method': a comparison runs its entries' methods, not a chain")
+            raise ValueError("config key 'method': a comparison runs its entries' methods (an entry may name a "
+                             "chain), not a shared chain")
         for i, m in enumerate(self.compare.methods):
+            unit = m.budget if m.budget is not None else self.budget_unit
+            try:
+                check_stage_budgets(m.chain, unit)
+            except ValueError as exc:
+                raise ValueError(f"compare.methods[{i}] ({m.name}): {exc}") from None
             for key in SECTIONS:
                 try:
                     self.entry_section(m, key)

@@ -22,7 +22,6 @@ def _units() -> Registry:
     return BUDGET_UNITS
 
 
-MethodName = registered(lambda: METHODS)  # a name registered in legr.methods.base.METHODS
 
 
 def _chain(value: Any) -> Any:
@@ -43,6 +42,20 @@ def _chain(value: Any) -> Any:
             raise ValueError(f"the stage {name!r} ends a chain (its member is not a network the next stage can "
                              f"take), not {stages[i + 1]!r} after it")
     return first if not stages else tuple(names)
+
+
+def chain_of(method: str | tuple[str, ...]) -> tuple[str, ...]:
+    """A validated ``method`` value as a chain: the method, then its stages."""
+    return (method,) if isinstance(method, str) else tuple(method)
+
+
+def check_stage_budgets(chain: tuple[str, ...], unit: str | None) -> None:
+    """Every stage of ``chain`` keeps the budget unit its method cuts to (``unit``; None: the method's default)."""
+    unit = unit or METHODS[chain[0]].budgets[0]
+    for name in chain[1:]:
+        if unit not in STAGES[name].budgets:
+            raise ValueError(f"stage {name} keeps budgets in {' or '.join(STAGES[name].budgets)}, not {unit}: "
+                             "remove it from the method chain or choose another budget")
 
 
 MethodChain = Annotated[str | tuple[str, ...], BeforeValidator(_chain)]
@@ -189,10 +202,18 @@ class _Run(Settings):
         """The unit the targets count (``macs``, ``params``, ``latency``), None for the method's default."""
         return self.budget.unit if isinstance(self.budget, LatencyBudget) else self.budget
 
+    def source_only(self, **update: Any) -> Any:
+        """These settings, changed by ``update``, run by the default method under its `Method.source_settings` at
+        one target: a run that does no more than its source network (training or adapting it), whose folder the
+        method's other settings do not change."""
+        method = type(self).model_fields["method"].default
+        return self.model_copy(update={"method": method, **METHODS[method].source_settings,
+                                       "targets": (min(self.targets),), **update})
+
     @property
     def chain(self) -> tuple[str, ...]:
         """The run's method and the stages after it (`legr.methods.stages`)."""
-        return (self.method,) if isinstance(self.method, str) else tuple(self.method)
+        return chain_of(self.method)
 
     @model_validator(mode="after")
     def _check_targets(self) -> "_Run":
@@ -207,11 +228,7 @@ class _Run(Settings):
     @model_validator(mode="after")
     def _check_stages(self) -> "_Run":
         """Every stage of the chain keeps the budget unit the method cuts to (its default or the budget key)."""
-        unit = self.budget_unit or METHODS[self.chain[0]].budgets[0]
-        for name in self.chain[1:]:
-            if unit not in STAGES[name].budgets:
-                raise ValueError(f"stage {name} keeps budgets in {' or '.join(STAGES[name].budgets)}, not {unit}: "
-                                 "remove it from the method chain or choose another budget")
+        check_stage_budgets(self.chain, self.budget_unit)
         return self
 
     @property

@@ -35,10 +35,7 @@ from torch import nn
 from legr.data import TensorLoader
 from legr.engine.latency import measure_latency
 from legr.engine.latency_model import latency_model_path
-from legr.engine.surgery import prune
 from legr.methods import METHODS
-from legr.methods.filters.allocate import Floors, GlobalSolver
-from legr.methods.filters.criteria import compute_scores, group_scores
 from legr.pipeline.compare import Comparison
 from legr.pipeline.compare_config import CompareConfig
 from legr.pipeline.config import LatencyBudget
@@ -100,11 +97,8 @@ def source_pipeline(cfg: CompareConfig, work: str | Path, out: str | Path) -> Pi
     shared = cfg.run_config()
     adapted = Comparison(cfg, work).folder.source.base_weights
     model = shared.model.model_copy(update={"weights": str(adapted.resolve())}) if adapted.exists() else shared.model
-    only = shared.model_copy(update={
-        "model": model, "method": "filters", "allocator": "uniform", "budget": None, "targets": (1.0,),
-        "base_training": TrainConfig(epochs=0), "search": shared.search.model_copy(update={"target": None,
-                                                                                           "targets": None}),
-        "eval": shared.eval.model_copy(update={"latency": False})})
+    only = shared.source_only(model=model, budget=None, targets=(1.0,), base_training=TrainConfig(epochs=0),
+                              eval=shared.eval.model_copy(update={"latency": False}))
     return Pipeline(only, out, progress=False, log=lambda _: None)
 
 
@@ -126,17 +120,14 @@ class _Units:
 
     def __init__(self, source: Pipeline) -> None:
         self.source, self.model, self.now = source, source.base, _clock()
-        self.scores = group_scores(source.graph, compute_scores("l2sq", source.graph, source.base))
         self.sizes: dict[tuple, _Size] = {}
         self.steps: dict[tuple, float] = {}
         self.forwards: dict[int, float] = {}
         self.candidates: list[float] = []
 
     def _network(self, fraction: float) -> nn.Module:
-        """A global-ranking cut at ``fraction`` of the MACs (what a search candidate builds, solver included)."""
-        cost, f = self.source.cost, self.source.cfg.floors
-        solver = GlobalSolver(self.source.graph, cost, self.scores, Floors(f.safeguard, f.min_channels, f.round_to))
-        return prune(self.source.graph, solver.solve(max(fraction * cost.base_macs, solver.min_cost)))
+        """A network of ``fraction`` of the source MACs as the default method builds one (`Method.sized_network`)."""
+        return self.source.method.sized_network(fraction)
 
     def size(self, fraction: float) -> _Size:
         key = round(fraction, 4)
@@ -228,7 +219,7 @@ def estimate_piece(cfg: CompareConfig, source: Pipeline, work: str | Path | None
             if run.results_json.exists():
                 continue
             other += setup_s
-            method, settings = METHODS[m.method], rc.model_dump()
+            method, settings = METHODS[m.chain[0]], rc.model_dump()
             prepare = method.prepare_seconds(rc, run, units)
             if method.searches(settings):
                 search += prepare
@@ -261,7 +252,7 @@ def estimate_piece(cfg: CompareConfig, source: Pipeline, work: str | Path | None
             run = folder.per_target(pc, t)
             if not run.ranking.exists():
                 other += setup_s
-                search += METHODS[m.method].prepare_seconds(rc.model_copy(update={
+                search += METHODS[m.chain[0]].prepare_seconds(rc.model_copy(update={
                     "targets": (t,), "search": rc.search.model_copy(update={"target": t, "targets": None})}), run, units)
     e = shared.eval
     if e.latency and not folder.latency.exists():

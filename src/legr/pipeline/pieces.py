@@ -16,9 +16,8 @@ from typing import Any, Sequence
 
 from legr.errors import ConfigError
 from legr.hardware import hardware_label
-from legr.methods import METHODS
 from legr.pipeline.compare import family_times, summarize
-from legr.pipeline.compare_config import DEFAULT_METHOD, CompareConfig
+from legr.pipeline.compare_config import CompareConfig, entry_method
 
 
 @dataclass(frozen=True)
@@ -83,7 +82,7 @@ def _check_settings(cfg: CompareConfig, part: dict[str, Any], i: int) -> None:
         where = f"compare.methods.{m['name']}"
         diff += _differences({k: v for k, v in m.items() if k != "search"},
                              {k: v for k, v in w.items() if k != "search"}, where)
-        if METHODS[m.get("method", DEFAULT_METHOD)].searches(m):
+        if entry_method(m).searches(m):
             diff += _differences({**held["search"], **m.get("search", {})}, {**wanted["search"], **w.get("search", {})},
                                  f"{where}.search")
     if diff:

@@ -24,20 +24,20 @@ from torch import nn
 from legr.data import TensorLoader
 from legr.engine.artifacts import load_pruned, save_pruned
 from legr.engine.cost import BUDGET_UNITS, CostModel, count_params, format_cost
-from legr.engine.latency_check import meet_measured
 from legr.engine.plan import Plan
 from legr.engine.surgery import prune
 from legr.errors import ConfigError
 from legr.graph import ChannelGraph
 from legr.methods.filters.allocate import (
     ALLOCATORS,
-    BudgetSolver,
     Floors,
+    GlobalSolver,
     check_reachable,
     random_plans,
     solve_uniform,
 )
 from legr.methods.base import Method, WorkUnits, register_method
+from legr.methods.filters.latency import measured_cut
 from legr.methods.filters.criteria import CRITERIA, CriterionContext, compute_scores, group_scores
 from legr.methods.filters.config import FILTERS_CONFIG
 from legr.methods.folders import MemberFolder, MethodFolder
@@ -63,6 +63,7 @@ class FilterPruning(Method):
     entry_keys = ("criterion", "allocator", "search", "floors")
 
     channel_plans = True
+    source_settings = {"allocator": "uniform"}  # no search
 
     @classmethod
     def member_prefix(cls, settings: Mapping[str, Any]) -> str:
@@ -119,14 +120,24 @@ class FilterPruning(Method):
     def validate(self) -> None:
         if self.allocator.search is not None and len(self.run.data.val[0]) == 0:
             raise ConfigError("the search needs a validation split: set data.val_size > 0")
-        check_reachable(self.run.graph, self.run.cost, self.floors, (*self.cfg.targets, *self.cfg.search_targets),
-                        self.budget)
+        searched = self.cfg.search_targets if self.allocator.search is not None else ()
+        check_reachable(self.run.graph, self.run.cost, self.floors, (*self.cfg.targets, *searched), self.budget)
 
     @classmethod
     def latency_probes(cls, graph: ChannelGraph, cost: CostModel, count: int, seed: int = 0) -> list[np.ndarray]:
         """The full network and ``count`` random allocations (`random_plans`: widths differing between layers as a
         learned ranking's do)."""
         return [np.ones(graph.num_classes)] + random_plans(graph, cost, count, seed=seed)
+
+    def sized_network(self, fraction: float) -> nn.Module:
+        """A global l2sq-ranking cut at ``fraction`` of the MACs (what a search candidate builds, solver included)."""
+        cost = self.run.cost
+        solver = GlobalSolver(self.run.graph, cost, self._l2sq_scores, self.floors)
+        return prune(self.run.graph, solver.solve(max(fraction * cost.base_macs, solver.min_cost)))
+
+    @cached_property
+    def _l2sq_scores(self) -> dict[str, np.ndarray]:
+        return group_scores(self.run.graph, compute_scores("l2sq", self.run.graph, self.run.base))
 
     # --- prepare: the ranking ---------------------------------------------------------------------------------
     def prepare(self) -> Ranking:
@@ -260,7 +271,7 @@ class FilterPruning(Method):
         solver = ranking.solver(run.graph, run.cost, run.base, self.floors, self.budget)
         measured = self.budget == "latency" and cfg.budget.measure_members
         if measured:
-            keep, checked = self._measured_cut(solver, ranking, target, member)
+            keep, checked = measured_cut(run, solver, ranking.fingerprint, target, member)
         else:
             keep = solver.solve(target * run.cost.base(self.budget))
             keep, checked = self._guard_member(ranking, keep, target, member)
@@ -320,26 +331,6 @@ class FilterPruning(Method):
         return (keep if chosen == "ranking" else uniform), {"ranking": mine, "uniform": ref, "tolerance": tolerance,
                                                             "chosen": chosen,
                                                             "uniform_criterion": self._fallback_criterion(ranking)}
-
-    def _measured_cut(self, solver: BudgetSolver, ranking: Ranking, target: float,
-                      member: MemberFolder) -> tuple[np.ndarray, dict[str, Any]]:
-        """A latency budget cut against the clock (`meet_measured`); a member already cut that way from this ranking
-        for this target is kept (timings differ between runs: measuring again could cut it otherwise)."""
-        run, budget = self.run, self.cfg.budget
-        if member.plan.exists():
-            plan = Plan.load(member.plan)
-            held = plan.info.get("latency_check") or {}
-            if plan.info.get("ranking") == ranking.fingerprint and plan.info.get("target") == target and held:
-                keep = solver.solve(held["asked_ms"])
-                if np.array_equal(plan.keep_vector(run.graph), keep):
-                    return keep, held
-        keep, record = meet_measured(run.graph, solver, target, run.cost.latency, budget.setting())
-        run.log(f"{member.name}: measured at {record['measured_ratio']:.1%} of the source network's latency "
-                f"(target {target:.0%}, {len(record['steps'])} cut(s))")
-        if record["over_target"]:
-            run.log(f"warning: {member.name} stayed above its latency target after {len(record['steps'])} "
-                    "measured cuts (a busy machine? see eval's latency spread)")
-        return keep, record
 
     def load(self, member: MemberFolder) -> tuple[nn.Module, dict[str, Any]]:
         net, plan = load_pruned(member.root, self.run.base)
