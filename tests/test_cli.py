@@ -56,6 +56,7 @@ def test_demo_writes_the_family(tmp_path):
         assert row["macs"] <= target * base["macs"] and row["macs"] > 0.8 * target * base["macs"]
         assert row["params"] < base["params"] and row["latency_cpu_b1_ms"] > 0
     assert (out / "pareto.png").stat().st_size > 10_000 and (out / "results.csv").exists()
+    assert (out / "report.html").stat().st_size > 500_000 and "report.html" in proc.stderr
     assert "legr-30" in proc.stdout and (out / "config.yaml").exists()
     # the same command again finds everything done and reproduces the table
     again = legr("demo", "--out", str(out), "--quiet", *DEMO_TINY)

@@ -193,14 +193,13 @@ def _browser():
     return None
 
 
-def test_the_page_in_a_real_browser(run, tmp_path, monkeypatch):
+@pytest.fixture
+def driver(monkeypatch):
+    """Headless Chromium driven by selenium (skipped when none is installed), its console log kept."""
     found = _browser()
     if found is None:
         pytest.skip("no Chromium with chromedriver on PATH (Debian: apt-get install chromium chromium-driver)")
     from selenium import webdriver
-    from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     options = webdriver.ChromeOptions()
     options.binary_location = found[0]
@@ -209,40 +208,53 @@ def test_the_page_in_a_real_browser(run, tmp_path, monkeypatch):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     monkeypatch.setenv("SE_OFFLINE", "true")  # selenium manager: use the given browser and driver, download nothing
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=found[1]))
-    try:
-        driver.get((run / REPORT_HTML).resolve().as_uri())
-        WebDriverWait(driver, 60).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-rendered"))
-        rows = read_results(run)
-        for chart in ("pareto", "widths", "search"):
-            assert driver.find_elements(By.CSS_SELECTOR, f"#{chart} svg"), chart
-        symbols = lambda: driver.find_elements(By.CSS_SELECTOR, "#pareto g.mark-symbol.role-mark path")  # noqa: E731
-        assert len(symbols()) == len(rows)  # one point per network
-        ActionChains(driver).move_to_element(symbols()[-1]).perform()  # hover: the network's figures
-        tip = WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "vg-tooltip-element").text)
-        assert rows[-1]["name"] in tip and "top-1 95% interval" in tip and "MACs (M)" in tip, tip
-        driver.find_element(By.CSS_SELECTOR, "#axis input[value=latency_cpu_b1_ms]").click()
-        WebDriverWait(driver, 30).until(lambda d: "CPU latency, batch 1 (ms)" in [
-            t.text for t in d.find_elements(By.CSS_SELECTOR, "#pareto g.role-axis-title text")])
-        assert len(symbols()) == len(rows)
+    chrome = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=found[1]))
+    yield chrome
+    chrome.quit()
 
-        header = next(th for th in driver.find_elements(By.CSS_SELECTOR, "#members th") if th.text == "top-1 %")
-        column = [th.text for th in driver.find_elements(By.CSS_SELECTOR, "#members th")].index("top-1 %")
 
-        def top1s():
-            return [float(tr.find_elements(By.TAG_NAME, "td")[column].get_attribute("data-value"))
-                    for tr in driver.find_elements(By.CSS_SELECTOR, "#members tbody tr")]
+def _rendered(driver, page):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
-        header.click()
-        assert top1s() == sorted(100 * r["top1"] for r in rows) and header.get_attribute("aria-sort") == "ascending"
-        header.click()
-        assert top1s() == sorted((100 * r["top1"] for r in rows), reverse=True)
-        driver.save_screenshot(str(tmp_path / "report.png"))
-        assert (tmp_path / "report.png").stat().st_size > 10_000
-        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-        assert not errors, errors
-    finally:
-        driver.quit()
+    driver.get(page.resolve().as_uri())
+    WebDriverWait(driver, 60).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-rendered"))
+
+
+def test_the_page_in_a_real_browser(run, tmp_path, driver):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _rendered(driver, run / REPORT_HTML)
+    rows = read_results(run)
+    for chart in ("pareto", "widths", "search"):
+        assert driver.find_elements(By.CSS_SELECTOR, f"#{chart} svg"), chart
+    symbols = lambda: driver.find_elements(By.CSS_SELECTOR, "#pareto g.mark-symbol.role-mark path")  # noqa: E731
+    assert len(symbols()) == len(rows)  # one point per network
+    ActionChains(driver).move_to_element(symbols()[-1]).perform()  # hover: the network's figures
+    tip = WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "vg-tooltip-element").text)
+    assert rows[-1]["name"] in tip and "top-1 95% interval" in tip and "MACs (M)" in tip, tip
+    driver.find_element(By.CSS_SELECTOR, "#axis input[value=latency_cpu_b1_ms]").click()
+    WebDriverWait(driver, 30).until(lambda d: "CPU latency, batch 1 (ms)" in [
+        t.text for t in d.find_elements(By.CSS_SELECTOR, "#pareto g.role-axis-title text")])
+    assert len(symbols()) == len(rows)
+
+    header = next(th for th in driver.find_elements(By.CSS_SELECTOR, "#members th") if th.text == "top-1 %")
+    column = [th.text for th in driver.find_elements(By.CSS_SELECTOR, "#members th")].index("top-1 %")
+
+    def top1s():
+        return [float(tr.find_elements(By.TAG_NAME, "td")[column].get_attribute("data-value"))
+                for tr in driver.find_elements(By.CSS_SELECTOR, "#members tbody tr")]
+
+    header.click()
+    assert top1s() == sorted(100 * r["top1"] for r in rows) and header.get_attribute("aria-sort") == "ascending"
+    header.click()
+    assert top1s() == sorted((100 * r["top1"] for r in rows), reverse=True)
+    driver.save_screenshot(str(tmp_path / "report.png"))
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+    errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors
 
 
 def test_search_log_candidates(tmp_path):
@@ -260,3 +272,78 @@ def test_search_log_candidates(tmp_path):
     (tmp_path / "search_log.jsonl").write_text('{"index": 0, "fitness": 0.5}\n{"index": 1,\n')
     with pytest.raises(LegrError, match="line 2 is not JSON"):
         search_candidates(tmp_path)
+
+
+def _compare_json(folder, runs):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "compare.json").write_text(json.dumps({
+        "model": "m", "dataset": "d", "config": {"targets": [0.3, 0.6]}, "runs": runs,
+        "widths": {"layers": ["a", "b"], "original": {"a": 8, "b": 16}, "methods": {"x": {"a": 4, "b": 8}}}}))
+
+
+def _row(method, seed, target, macs, top1, **extra):
+    return {"name": f"{method[0]}-{round(100 * target)}" if target else "baseline", "method": method,
+            "seed": seed, "target": target, "macs": macs, "params": macs / 10, "top1": top1, "test_images": 1000,
+            "run": f"seed{seed}/{method}", "path": "", **extra}
+
+
+def test_a_comparison_page_draws_seeds_as_points_and_methods_as_their_means(tmp_path):
+    """`legr report` on a comparison folder (compare.json, no results.json): one point per seed's network and the
+    source once, the seed means ± std per method and target (their Pareto front), the widths per method, and the
+    one-line answer read from the means."""
+    from legr.reporting.html import best_within
+    from legr.reporting.report_data import comparison_data
+
+    runs = [_row("baseline", 0, None, 100.0, 0.90), _row("baseline", 1, None, 100.0, 0.90)]
+    for seed, (x30, x60, y30, y60) in enumerate([(30, 60, 0.80, 0.895), (30, 60, 0.84, 0.885)]):
+        runs += [_row("x", seed, 0.3, x30, y30), _row("x", seed, 0.6, x60, y60),
+                 _row("y", seed, 0.3, x30, y30 - 0.1), _row("y", seed, 0.6, x60, y60 + 0.01)]
+    _compare_json(tmp_path / "cmp", runs)
+    data = comparison_data(tmp_path / "cmp")
+    assert [p["name"] for p in data.points][:2] == ["source network", "x-30 (seed 0)"]
+    assert len(data.points) == 1 + 8  # the source once (every piece times its own), every seed's member
+    means = {(m["method"], m["target"]): m for m in data.means}
+    assert means["x", 0.3]["top1"] == pytest.approx(82.0) and means["x", 0.3]["seeds"] == 2
+    assert means["x", 0.3]["top1_std"] == pytest.approx(math.sqrt(8.0))  # sample std of 80 and 84
+    assert means["x", 0.3]["top1_hi"] - means["x", 0.3]["top1_lo"] == pytest.approx(2 * math.sqrt(8.0))
+    assert means["y", 0.6]["front_macs"] and means["x", 0.3]["front_macs"] and not means["y", 0.3]["front_macs"]
+    assert data.widths == {"layers": ["a", "b"], "source": {"a": 8, "b": 16}, "members": {"x": {"a": 4, "b": 8}}}
+    line = best_within(data)  # within 1 pt of 90%: x and y at 60% (89.0 and 90.0); x at 30% is 82 (not)
+    assert "x at 60% (mean of 2 seeds)" in line and "MACs (M)" in line and "60%" in line, line
+
+    page = write_report_html(tmp_path / "cmp")
+    assert page == tmp_path / "cmp" / REPORT_HTML
+    parsed, payload = _parse(page)
+    assert parsed.member_rows == 9 and len(payload["datasets"]["means"]) == 4
+    assert "means" in json.dumps(payload["pareto"]["macs"])  # the means' layers are drawn
+    runs[2]["top1"] = 0.5  # no member within 1 pt: said so
+    _compare_json(tmp_path / "none", [r for r in runs if r["method"] == "baseline" or r["top1"] < 0.889])
+    assert "No compressed network is within 1 pt" in best_within(comparison_data(tmp_path / "none"))
+    with pytest.raises(LegrError, match="no compare.json"):
+        comparison_data(tmp_path)
+
+
+def test_the_page_answers_which_network_is_cheapest_within_one_point(run):
+    rows = read_results(run)
+    source = next(r for r in rows if r["method"] == "baseline")
+    close = [r for r in rows if r is not source and r["top1"] >= source["top1"] - 0.01]
+    text = (run / REPORT_HTML).read_text()
+    if close:
+        best = min(close, key=lambda r: r["latency_cpu_b1_ms"])  # the first latency axis
+        assert f"by CPU latency, batch 1 (ms): {best['name']}," in text
+    else:
+        assert "No compressed network is within 1 pt" in text
+
+
+def test_a_comparison_page_in_a_real_browser(tmp_path, driver):
+    """Every seed's point and every mean's diamond drawn, the charts without console errors."""
+    from selenium.webdriver.common.by import By
+
+    runs = [_row("baseline", 0, None, 100.0, 0.90)] + [
+        _row(m, seed, t, 100 * t, 0.8 + t / 10 + seed / 100) for m in ("x", "y") for seed in (0, 1) for t in (0.3, 0.6)]
+    _compare_json(tmp_path / "cmp", runs)
+    _rendered(driver, write_report_html(tmp_path / "cmp"))
+    shapes = [p.get_attribute("d") for p in driver.find_elements(By.CSS_SELECTOR, "#pareto g.mark-symbol.role-mark path")]
+    assert len(shapes) == len(runs) + 4  # one point per network and one diamond per method and target
+    assert driver.find_elements(By.CSS_SELECTOR, "#widths svg")
+    assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]

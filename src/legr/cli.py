@@ -210,7 +210,7 @@ def run(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: Quiet
     """All steps: (train base) -> rank -> prune -> finetune -> eval -> report."""
     pipeline = _pipeline(config, out, set_, quiet)
     typer.echo(pipeline.run())
-    console.print(f"results: {pipeline.out / 'results.csv'}  plot: {pipeline.out / 'pareto.png'}")
+    console.print(f"results: {pipeline.out / 'results.csv'}  report: {pipeline.out / 'report.html'}")
 
 
 @app.command()
@@ -242,7 +242,7 @@ def compare(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: Q
     folder = out or Path("runs") / config.stem
     Comparison(cfg, folder, progress=not quiet, log=lambda m: console.print(m, highlight=False)).run()
     typer.echo((folder / "summary.md").read_text())
-    console.print(f"plots: {folder / 'accuracy_vs_macs.png'}  {folder / 'widths.png'}")
+    console.print(f"report: {folder / 'report.html'}  plots: {folder / 'accuracy_vs_macs.png'}")
 
 
 @app.command()
@@ -253,7 +253,7 @@ def demo(out: OutOpt = None, set_: SetOpt = None, quiet: QuietOpt = False) -> No
     with resources.as_file(config) as path:
         pipeline = _pipeline(Path(path), out or Path("runs/demo"), set_, quiet)
     typer.echo(pipeline.run())
-    console.print(f"results: {pipeline.out / 'results.csv'}  plot: {pipeline.out / 'pareto.png'}")
+    console.print(f"results: {pipeline.out / 'results.csv'}  report: {pipeline.out / 'report.html'}")
 
 
 @app.command()

@@ -127,6 +127,9 @@ class Comparison:
             "pipeline_cost": pipeline_cost, "widths": self._widths(first), "searches": self._searches(),
         }
         write_result(result, self.folder)
+        from legr.reporting.html import write_report_html  # altair: imported when a report is written
+
+        write_report_html(self.out)
         return result
 
     def _searches(self) -> dict[str, dict[str, dict[str, Any]]]:

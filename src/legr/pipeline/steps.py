@@ -289,9 +289,13 @@ class Pipeline:
         return out
 
     def report(self) -> str:
+        """Draw pareto.png, write report.html (`legr.reporting.html`) and return the results table."""
+        from legr.reporting.html import write_report_html  # altair: imported when a report is written
+
         rows = read_results(self.out)
         title = f"{rows[0]['model']} on {rows[0]['dataset']}" if rows else None
         plot_pareto(rows, self.folder.pareto, title=title)
+        write_report_html(self.out)
         return format_table(rows)
 
     def run(self) -> str:

@@ -1,8 +1,10 @@
 """``report.html``: a run's results as one self-contained, offline, interactive page (`write_report_html`).
 
-The page holds the Pareto chart of test top-1 (each point with its binomial 95% interval) against MACs, params or
-measured latency (a switch between x axes), a sortable table of the networks, the members' kept widths per layer
-against the source network, the search's fitness per candidate, the run's config, hardware and git revision.
+The page opens with the answer to "which network is the cheapest within 1 point of the source?" and holds the Pareto
+chart of test top-1 (each point with its binomial 95% interval) against MACs, params or measured latency (a switch
+between x axes), a sortable table of the networks, the members' kept widths per layer against the source network,
+the search's fitness per candidate, the run's config, hardware and git revision. A comparison's page
+(``compare.json``) draws every seed's network as a point and each method as a line through its seed means (±1 std).
 
 Why Vega-Lite (altair builds the specs; vl-convert-python bundles the JavaScript): the whole charting runtime
 (vega, vega-lite, vega-embed) is one ~0.9 MB script that vl-convert ships inside its wheel, so the page inlines it
@@ -22,7 +24,8 @@ from typing import Any
 
 from legr.paths import atomic_write_text
 from legr.reporting.charts import pareto_spec, search_spec, widths_spec
-from legr.reporting.report_data import ReportData, report_data
+from legr.reporting.report_data import COMPARE_FILE, ReportData, comparison_data, report_data
+from legr.reporting.rows import RESULTS_JSON
 
 REPORT_HTML = "report.html"
 DATA_ID = "legr-report-data"
@@ -70,7 +73,7 @@ def members_table(data: ReportData) -> str:
 
 def page_data(data: ReportData) -> dict[str, Any]:
     """What the page's script reads: the specs per chart and the named datasets they draw."""
-    datasets: dict[str, Any] = {"points": data.points, "search": data.search}
+    datasets: dict[str, Any] = {"points": data.points, "search": data.search, "means": data.means or []}
     if data.widths is not None:
         w = data.widths
         datasets["layers"] = [{"layer": name, "order": i, "source": w["source"][name]}
@@ -79,15 +82,16 @@ def page_data(data: ReportData) -> dict[str, Any]:
                                "source": w["source"][name], "fraction": kept[name] / max(1, w["source"][name])}
                               for m, kept in w["members"].items() for i, name in enumerate(w["layers"])]
     return {"datasets": datasets, "axes": [a.key for a in data.axes],
-            "pareto": {a.key: pareto_spec(a, data.axes, data.title) for a in data.axes},
+            "pareto": {a.key: pareto_spec(a, data.axes, data.title, means=data.means is not None) for a in data.axes},
             "widths": widths_spec(data.widths["layers"], data.title) if data.widths is not None else None,
-            "search": search_spec() if data.search else None}
+            "search": search_spec("restart" if data.means is None else "run") if data.search else None}
 
 
 _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#222;padding:0 16px}
 h1{font-size:22px;margin-bottom:4px}h2{font-size:17px;margin-top:32px;border-bottom:1px solid #ddd}
-.facts{color:#555}.facts b{color:#222}.note{color:#777;font-style:italic}
+.facts{color:#555}.pick{font-size:15px;background:#fff8e6;padding:8px 12px;border-left:4px solid #f2b134}
+.facts b{color:#222}.note{color:#777;font-style:italic}
 table{border-collapse:collapse;font-variant-numeric:tabular-nums}
 th,td{padding:4px 10px;border-bottom:1px solid #eee;text-align:right}th:first-child,td:first-child,
 th:nth-child(2),td:nth-child(2){text-align:left}
@@ -132,6 +136,35 @@ document.querySelectorAll('table.sortable th').forEach((th, col) => th.addEventL
 """
 
 
+READING = {
+    False: "Each point is a network; its bar is the binomial 95% interval (Wilson) of its test top-1 on the test "
+           "images (two networks whose bars overlap may differ by sampling noise alone); the wide yellow line is the "
+           "Pareto front.",
+    True: "Each small point is one seed's network, its thin bar the binomial 95% interval (Wilson) of its test top-1; "
+          "each method's diamonds are its means over the seeds, joined by a line, their thick bars ±1 std over the "
+          "seeds; the wide yellow line is the Pareto front of the means.",
+}
+
+
+def best_within(data: ReportData, points: float = 1.0) -> str:
+    """One line answering "which network is the cheapest within ``points`` pt of the source's top-1?" on the first
+    latency axis (MACs when none was measured); a comparison answers with its seed means."""
+    source = next((p for p in data.points if p["method"] == "baseline"), None)
+    if source is None:
+        return "The source network was not evaluated: no network can be read against it."
+    axis = data.axes[2] if len(data.axes) > 2 else data.axes[0]
+    pool = data.means if data.means is not None else [p for p in data.points if p is not source]
+    close = [p for p in pool if p["top1"] >= source["top1"] - points and p.get(axis.field) is not None]
+    if not close:
+        return f"No compressed network is within {points:g} pt of the source network's test top-1 ({source['top1']:.2f}%)."
+    best = min(close, key=lambda p: p[axis.field])
+    label = (f"{best['method']} at {best['target']:.0%} (mean of {best['seeds']} seeds)" if data.means is not None
+             else best["name"])
+    return (f"Cheapest within {points:g} pt of the source network's test top-1 ({source['top1']:.2f}%) by "
+            f"{axis.title}: {label}, {best[axis.field]:.3f} against the source's {source[axis.field]:.3f} "
+            f"({best[axis.field] / source[axis.field]:.0%}), top-1 {best['top1']:.2f}%.")
+
+
 def render_html(data: ReportData, name: str = "") -> str:
     """The whole page as a string (every script inline)."""
     esc = html.escape
@@ -157,9 +190,9 @@ def render_html(data: ReportData, name: str = "") -> str:
 <body>
 <h1>{esc(data.title)}</h1>
 <p class="facts">run <b>{esc(name)}</b> &middot; {facts}</p>
+<p class="pick">{esc(best_within(data))}</p>
 <h2>Accuracy against cost</h2>
-<p>Each point is a network; its bar is the binomial 95% interval (Wilson) of its test top-1 on the test images;
-the wide yellow line is the Pareto front. Hover a point for its figures.</p>
+<p>{READING[data.means is not None]} Hover a point for its figures.</p>
 <div id="axis">x axis: {radios}</div>
 <div id="pareto"></div>
 <h2>Networks</h2>
@@ -179,8 +212,10 @@ the wide yellow line is the Pareto front. Hover a point for its figures.</p>
 
 
 def write_report_html(run: str | Path, path: str | Path | None = None) -> Path:
-    """Write ``report.html`` for the run folder ``run`` (default: inside it, next to pareto.png); returns its path."""
+    """Write ``report.html`` for ``run`` (default: inside it), a run folder (``results.json``) or a comparison's
+    (``compare.json`` and no results.json: `comparison_data`); returns its path."""
     run = Path(run)
     out = Path(path) if path is not None else run / REPORT_HTML
-    atomic_write_text(out, render_html(report_data(run), run.resolve().name))
+    compared = (run / COMPARE_FILE).is_file() and not (run / RESULTS_JSON).is_file()
+    atomic_write_text(out, render_html(comparison_data(run) if compared else report_data(run), run.resolve().name))
     return out

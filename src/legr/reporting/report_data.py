@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from legr.engine.artifacts import PLAN_FILE, source_graph
 from legr.engine.plan import Plan, source_widths
@@ -18,7 +21,7 @@ from legr.reporting.plots import front_indices
 from legr.reporting.rows import LATENCY_KEY, as_number, read_results
 
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
-CONFIG_FILE, SEARCH_LOG = "config.yaml", "search_log.jsonl"
+CONFIG_FILE, SEARCH_LOG, COMPARE_FILE = "config.yaml", "search_log.jsonl", "compare.json"
 # a candidate this far below the search's best was penalized (the family guard lowers an infeasible candidate's
 # fitness by 1000): drawn at the bottom edge of the fitness chart, its true fitness in the tooltip
 OFF_SCALE = 100.0
@@ -113,13 +116,14 @@ def member_widths(run: Path, rows: Sequence[Mapping[str, Any]]) -> tuple[dict[st
             "members": {name: plan.layer_widths(graph) for name, plan in plans.items()}}, ""
 
 
-def search_candidates(run: Path) -> list[dict[str, Any]]:
+def search_candidates(run: Path, series: str | None = None) -> list[dict[str, Any]]:
     """The search's candidates (``search_log.jsonl``, one JSON line each), numbered across restarts; ``penalized``
-    marks a fitness more than `OFF_SCALE` below the best. Empty when the run did not search."""
+    marks a fitness more than `OFF_SCALE` below the best; ``series``: the restart, or the label given (a comparison
+    draws one series per run). Empty when the run did not search."""
     path = run / SEARCH_LOG
     if not path.is_file():
         return []
-    out = []
+    out: list[dict[str, Any]] = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -129,8 +133,10 @@ def search_candidates(run: Path) -> list[dict[str, Any]]:
             raise LegrError(f"{path} line {number} is not JSON: {exc}") from exc
         if not isinstance(entry, dict) or "fitness" not in entry:
             raise LegrError(f"{path} line {number} has no 'fitness'")
-        out.append({"candidate": len(out), "index": entry.get("index"), "restart": int(entry.get("restart") or 0),
-                    "fitness": as_number(entry["fitness"]), "best_fitness": as_number(entry.get("best_fitness"))})
+        restart = int(entry.get("restart") or 0)
+        out.append({"candidate": len(out), "index": entry.get("index"), "restart": restart,
+                    "series": series or str(restart), "fitness": as_number(entry["fitness"]),
+                    "best_fitness": as_number(entry.get("best_fitness"))})
     best = max((c["fitness"] for c in out if c["fitness"] is not None), default=0.0)
     for c in out:  # a fitness that is not a finite number (a diverged candidate) counts as penalized
         c["penalized"] = c["fitness"] is None or c["fitness"] < best - OFF_SCALE
@@ -155,6 +161,7 @@ class ReportData:
     hardware: list[str] = field(default_factory=list)
     git_revs: list[str] = field(default_factory=list)
     test_images: list[int] = field(default_factory=list)
+    means: list[dict[str, Any]] | None = None  # a comparison's: per method and target, the mean over its seeds
 
 
 def report_data(run: str | Path) -> ReportData:
@@ -172,3 +179,65 @@ def report_data(run: str | Path) -> ReportData:
         config_text=config.read_text() if config.is_file() else "", hardware=_distinct(rows, "hardware"),
         git_revs=_distinct(rows, "git_rev"),
         test_images=sorted({r["test_images"] for r in rows if isinstance(r.get("test_images"), int)}))
+
+
+def seed_means(points_: Sequence[Mapping[str, Any]], axes: Sequence[XAxis]) -> list[dict[str, Any]]:
+    """Per method and target of a comparison's seed points: every axis and top-1 averaged over the seeds, top-1's
+    sample std (0 for one seed) and its mean ± std as the bar, and per axis whether the mean is on the Pareto front."""
+    groups: dict[tuple[str, float], list[Mapping[str, Any]]] = {}
+    for p in points_:
+        if p.get("seed") is not None:
+            groups.setdefault((p["method"], p["target"]), []).append(p)
+    out = []
+    for (method, target), group in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+        top1 = [p["top1"] for p in group]
+        std = statistics.stdev(top1) if len(top1) > 1 else 0.0
+        mean: dict[str, Any] = {"method": method, "target": target, "seeds": len(group), "top1": statistics.fmean(top1),
+                                "top1_std": std}
+        mean.update(top1_lo=mean["top1"] - std, top1_hi=mean["top1"] + std)
+        for axis in axes:
+            values = [p[axis.field] for p in group if p.get(axis.field) is not None]
+            mean[axis.field] = statistics.fmean(values) if len(values) == len(group) else None
+        out.append(mean)
+    for axis in axes:
+        front = set(front_indices(out, axis.field, "top1"))
+        for i, mean in enumerate(out):
+            mean[f"front_{axis.key}"] = i in front
+    return out
+
+
+def comparison_data(folder: str | Path) -> ReportData:
+    """Read a comparison folder (``compare.json`` of `legr compare` or a merged benchmark): every seed's member as a
+    point (with its interval), the source network once, the seed means per method and target, the width-target
+    widths per method, the search logs of the run folders still present, the config."""
+    folder = Path(folder)
+    path = folder / COMPARE_FILE
+    if not path.is_file():
+        raise LegrError(f"{folder}: no {COMPARE_FILE} (run `legr compare` first)")
+    try:
+        result = json.loads(path.read_text())
+        rows, config = result["runs"], result["config"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise LegrError(f"{path} is not a comparison result: {exc}") from None
+    source = next((r for r in rows if r["method"] == "baseline"), None)
+    members = [r for r in rows if r["method"] != "baseline"]
+    if not members:
+        raise LegrError(f"{path} holds no compressed network")
+    shown = ([{**source, "name": "source network", "seed": None}] if source else []) + [
+        {**r, "name": f"{r['name']} (seed {r['seed']})"} for r in members]
+    axes = x_axes(shown)
+    pts = [{**p, "seed": r.get("seed")} for p, r in zip(points(shown, axes), shown)]
+    widths, note = None, "the comparison recorded no channel widths"
+    w = result.get("widths") or {}
+    if w.get("methods"):
+        widths = {"layers": w["layers"], "source": w["original"], "members": w["methods"]}
+    elif "widths" in result:
+        note = "no method of the comparison cuts channels"
+    runs = sorted({(str(r["run"]), str(r["method"]), str(r["seed"])) for r in members if r.get("run")})
+    search = [c for run, method, seed in runs for c in search_candidates(folder / run, f"{method}, seed {seed}")]
+    return ReportData(
+        title=f"{result.get('model', '?')} on {result.get('dataset', '?')}: methods compared", axes=axes, points=pts,
+        widths=widths, widths_note=note, search=search, config_text=yaml.safe_dump(config, sort_keys=False),
+        hardware=_distinct(rows, "hardware"), git_revs=_distinct(rows, "git_rev"),
+        test_images=sorted({r["test_images"] for r in rows if isinstance(r.get("test_images"), int)}),
+        means=seed_means(pts, axes))
