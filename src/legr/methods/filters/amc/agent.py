@@ -142,7 +142,7 @@ class DDPGAgent:
             for net, target in ((self.actor, self.actor_target), (self.critic, self.critic_target)):
                 for p, t in zip(net.parameters(), target.parameters()):
                     t.mul_(1.0 - self.cfg.tau).add_(p, alpha=self.cfg.tau)
-        return float(critic_loss), float(actor_loss)
+        return float(critic_loss.detach()), float(actor_loss.detach())
 
     # --- checkpoint -------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
