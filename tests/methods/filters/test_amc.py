@@ -19,12 +19,15 @@ from legr.engine.surgery import masked_copy, prune
 from legr.errors import BudgetError, ConfigError
 from legr.graph import analyze
 from legr.methods.filters.allocate import ALLOCATORS, Floors
-from legr.methods.filters.amc import AmcConfig, DDPGAgent, PruningEnv, search_target
+from legr.methods.filters import FilterPruning
+from legr.methods.filters.amc import AmcConfig, DDPGAgent, PruningEnv, reward_function, search_target
 from legr.methods.filters.amc.agent import DTYPE
 from legr.methods.filters.criteria import compute_scores, group_scores
 from legr.methods.filters.legr.ranking import Ranking
+from legr.methods.folders import MethodFolder
 from legr.models import build_model
 from legr.pipeline.config import parse_config
+from legr.pipeline.config_files import artifact_config
 
 SMALL = AmcConfig(warmup=3, episodes=5, hidden=32, batch_size=16, replay_size=200)
 
@@ -267,3 +270,31 @@ def test_bad_amc_settings_are_one_line_errors():
         assert str(info.value) == message and "\n" not in str(info.value)
     with pytest.raises(ConfigError, match="AmcConfig: unknown config key 'noise_sigma'"):
         AmcConfig(noise_sigma=0.3)
+
+
+def test_the_paper_reward_is_minus_error_times_log_macs():
+    macs = lambda keep: 1e6 * keep.sum()  # noqa: E731
+    keep = np.ones(3)
+    paper = reward_function("paper", lambda k, i: 0.75, macs)
+    assert paper(keep, 0) == (pytest.approx(-0.25 * np.log(3e6)), 0.75)
+    assert reward_function("paper", lambda k, i: -0.5, macs, metric="loss")(keep, 0)[0] == pytest.approx(-0.5 * np.log(3e6))
+    assert reward_function("accuracy", lambda k, i: 0.75, macs)(keep, 0) == (0.75, 0.75)
+
+
+def test_amc_searches_its_section_identifies_its_folders_and_its_episodes_are_estimated(tmp_path):
+    base = {"model": {"name": "digits_cnn"}, "targets": [0.4, 0.7]}
+    amc, legr = (parse_config({**base, "allocator": a}) for a in ("amc", "legr"))
+    assert FilterPruning.searches(amc.model_dump()) and FilterPruning.searches(legr.model_dump())
+    other = parse_config({**base, "allocator": "legr", "amc": {"warmup": 5}})
+    assert artifact_config(other) == artifact_config(legr) and "amc" not in artifact_config(legr)
+    assert artifact_config(parse_config({**base, "allocator": "amc", "amc": {"warmup": 5}})) != artifact_config(amc)
+
+    class Units:
+        def candidate(self, fraction, bn_batches, tau, batch_size):
+            return 10 * fraction
+
+    folder = MethodFolder(tmp_path)
+    (tmp_path / "amc_log_0.4.jsonl").write_text("{}\n" * 30)  # 30 of 100 episodes done at 40%
+    assert FilterPruning.prepare_seconds(amc, folder, Units()) == pytest.approx(70 * 4.0 + 100 * 7.0)
+    folder.ranking.write_text("{}")
+    assert FilterPruning.prepare_seconds(amc, folder, Units()) == 0.0
