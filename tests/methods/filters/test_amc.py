@@ -146,7 +146,9 @@ def test_clipped_actions_keep_the_budget_reachable_and_every_episode_meets_it_fr
 
 
 def test_the_ddpg_update_reduces_the_critics_td_error():
+    before_rng = torch.random.get_rng_state()
     agent = DDPGAgent(4, AmcConfig(hidden=64, batch_size=32, replay_size=256), seed=0)
+    assert torch.equal(torch.random.get_rng_state(), before_rng)  # seeded on its own
     rng = np.random.default_rng(1)
     for _ in range(256):  # terminal transitions: the TD target is the reward itself, a fixed function
         state, action = rng.uniform(size=4), float(rng.uniform())
@@ -270,6 +272,14 @@ def test_bad_amc_settings_are_one_line_errors():
         assert str(info.value) == message and "\n" not in str(info.value)
     with pytest.raises(ConfigError, match="AmcConfig: unknown config key 'noise_sigma'"):
         AmcConfig(noise_sigma=0.3)
+
+
+def test_a_latency_budget_is_refused_before_the_run_folder_is_touched(tmp_path):
+    config = tmp_path / "latency.yaml"
+    config.write_text(RUN + "budget: latency\n")
+    result = CliRunner().invoke(app, ["run", str(config), "--out", str(tmp_path / "run"), "--quiet"])
+    assert isinstance(result.exception, ConfigError) and not (tmp_path / "run").exists()
+    assert str(result.exception) == "allocator amc takes budgets in macs or params, not latency"
 
 
 def test_the_paper_reward_is_minus_error_times_log_macs():

@@ -72,12 +72,12 @@ class DDPGAgent:
 
     def __init__(self, state_dim: int, cfg: AmcConfig = AmcConfig(), seed: int = 0) -> None:
         self.cfg = cfg
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]):  # seeded, and the caller's torch generator left untouched
             torch.manual_seed(seed)
             self.actor = _mlp(state_dim, cfg.hidden, nn.Sigmoid())
             self.critic = Critic(state_dim, cfg.hidden)
-        self.actor_target = _mlp(state_dim, cfg.hidden, nn.Sigmoid())
-        self.critic_target = Critic(state_dim, cfg.hidden)
+            self.actor_target = _mlp(state_dim, cfg.hidden, nn.Sigmoid())
+            self.critic_target = Critic(state_dim, cfg.hidden)
         self.actor_target.load_state_dict(self.actor.state_dict())
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
