@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from legr.cli import app
 from legr.engine.cost import CostModel
+from legr.engine.plan import Plan
 from legr.engine.surgery import masked_copy, prune
 from legr.errors import BudgetError, ConfigError
 from legr.graph import analyze
@@ -257,6 +258,8 @@ def test_legr_run_with_allocator_amc_makes_a_family_within_its_budgets(tmp_path)
         assert record["episodes"] == record["fitness_evaluations"] == 5 and record["seconds"] > 0
         assert 0.0 <= record["best_score"] <= 1.0 and record["best_reward"] == record["best_score"]
         assert set(record["ratios"]) == set(record["widths"]) and len(record["ratios"]) == 4
+        plan = Plan.load(tmp_path / "run" / "members" / f"amc-{round(100 * record['target'])}" / "plan.json")
+        assert {name: len(kept) for name, kept in plan.keep.items()} == record["widths"]  # cut from its record
     assert len((tmp_path / "run" / "amc_log_0.4.jsonl").read_text().splitlines()) == 5
     assert (tmp_path / "run" / "amc_state_0.7.pt").exists()
 
@@ -279,7 +282,7 @@ def test_a_latency_budget_is_refused_before_the_run_folder_is_touched(tmp_path):
     config.write_text(RUN + "budget: latency\n")
     result = CliRunner().invoke(app, ["run", str(config), "--out", str(tmp_path / "run"), "--quiet"])
     assert isinstance(result.exception, ConfigError) and not (tmp_path / "run").exists()
-    assert str(result.exception) == "allocator amc takes budgets in macs or params, not latency"
+    assert str(result.exception) == "allocator amc takes macs or params budgets, not latency"
 
 
 def test_the_paper_reward_is_minus_error_times_log_macs():
@@ -287,7 +290,8 @@ def test_the_paper_reward_is_minus_error_times_log_macs():
     keep = np.ones(3)
     paper = reward_function("paper", lambda k, i: 0.75, macs)
     assert paper(keep, 0) == (pytest.approx(-0.25 * np.log(3e6)), 0.75)
-    assert reward_function("paper", lambda k, i: -0.5, macs, metric="loss")(keep, 0)[0] == pytest.approx(-0.5 * np.log(3e6))
+    loss = reward_function("paper", lambda k, i: -0.5, macs, metric="loss")
+    assert loss(keep, 0)[0] == pytest.approx(-0.5 * np.log(3e6))
     assert reward_function("accuracy", lambda k, i: 0.75, macs)(keep, 0) == (0.75, 0.75)
 
 

@@ -91,9 +91,8 @@ class FilterPruning(Method):
             out["floors"] = {k: v for k, v in out["floors"].items() if k != "round_to"}
         searched = ALLOCATORS[cfg.allocator].search is not None  # a search's settings matter only to a search
         out["search"] = {**out["search"], "target": None, "targets": list(cfg.search_targets)} if searched else None
-        for name, a in ALLOCATORS.items():  # a per-target search's section matters only to its own runs
-            if a.per_target is not None and name != cfg.allocator:
-                out.pop(a.per_target.section, None)
+        for a in (a for n, a in ALLOCATORS.items() if a.per_target is not None and n != cfg.allocator):
+            out.pop(a.per_target.section, None)  # a per-target search's section matters only to its own runs
         return out
 
     @classmethod
@@ -128,7 +127,7 @@ class FilterPruning(Method):
         if self.allocator.searches and len(self.run.data.val[0]) == 0:
             raise ConfigError("the search needs a validation split: set data.val_size > 0")
         if self.budget not in (units := (self.allocator.per_target or self).budgets):  # amc: macs or params
-            raise ConfigError(f"allocator {self.cfg.allocator} takes budgets in {' or '.join(units)}, not {self.budget}")
+            raise ConfigError(f"allocator {self.allocator.name} takes {' or '.join(units)} budgets, not {self.budget}")
         searched = self.cfg.search_targets if self.allocator.search is not None else ()
         check_reachable(self.run.graph, self.run.cost, self.floors, (*self.cfg.targets, *searched), self.budget)
 

@@ -48,10 +48,8 @@ class ReplayBuffer:
 
     def __init__(self, capacity: int, state_dim: int) -> None:
         self.capacity, self.size, self.position = capacity, 0, 0
-        self.data = {"state": torch.zeros(capacity, state_dim, dtype=DTYPE), "action": torch.zeros(capacity, 1, dtype=DTYPE),
-                     "reward": torch.zeros(capacity, 1, dtype=DTYPE),
-                     "next_state": torch.zeros(capacity, state_dim, dtype=DTYPE),
-                     "done": torch.zeros(capacity, 1, dtype=DTYPE)}
+        widths = {"state": state_dim, "action": 1, "reward": 1, "next_state": state_dim, "done": 1}
+        self.data = {key: torch.zeros(capacity, width, dtype=DTYPE) for key, width in widths.items()}
 
     def add(self, state: np.ndarray, action: float, reward: float, next_state: np.ndarray, done: bool) -> None:
         row = {"state": state, "action": [action], "reward": [reward], "next_state": next_state, "done": [float(done)]}

@@ -38,7 +38,8 @@ class SearchedSolver:
 
     def __init__(self, graph: ChannelGraph, cost: CostModel, scores: Mapping[str, np.ndarray], floors: Floors,
                  unit: BudgetUnit, records: list[dict[str, Any]]) -> None:
-        self.graph, self.cost, self.scores, self.floors, self.unit, self.records = graph, cost, scores, floors, unit, records
+        self.graph, self.cost, self.scores, self.floors, self.unit = graph, cost, scores, floors, unit
+        self.records = records
         self.base = cost.base(unit)
         self.min_cost = cost.of(unit)(RatioKeep(graph, scores, floors)([0.0] * len(graph.prunable_groups())))
 
