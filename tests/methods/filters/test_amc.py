@@ -243,6 +243,8 @@ eval: {latency: false}
 
 
 def test_legr_run_with_allocator_amc_makes_a_family_within_its_budgets(tmp_path):
+    listing = CliRunner().invoke(app, ["methods"]).output
+    assert "│ amc " in listing and "DDPG agent" in listing
     config = tmp_path / "amc.yaml"
     config.write_text(RUN)
     result = CliRunner().invoke(app, ["run", str(config), "--out", str(tmp_path / "run"), "--quiet"])
