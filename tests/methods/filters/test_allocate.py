@@ -120,13 +120,16 @@ def resnet20():
 
 
 def test_allocator_registry():
-    assert set(ALLOCATORS) == {"uniform", "global", "lcp", "legr"}
-    assert [ALLOCATORS[n].search for n in ("uniform", "global", "lcp", "legr")] == [None, None, "offsets", "affine"]
-    with pytest.raises(LegrError, match="unknown allocator 'even'; available: global, lcp, legr, uniform"):
+    assert set(ALLOCATORS) == {"uniform", "global", "lcp", "legr", "amc"}
+    assert [ALLOCATORS[n].search for n in ("uniform", "global", "lcp", "legr", "amc")] == [None, None, "offsets",
+                                                                                          "affine", None]
+    assert [n for n, a in ALLOCATORS.items() if a.per_target is not None] == ["amc"]  # searched per target
+    assert [n for n, a in ALLOCATORS.items() if a.searches] == ["amc", "lcp", "legr"]
+    with pytest.raises(LegrError, match="unknown allocator 'even'; available: amc, global, lcp, legr, uniform"):
         ALLOCATORS["even"]
 
 
-@pytest.mark.parametrize("allocator", sorted(ALLOCATORS))
+@pytest.mark.parametrize("allocator", sorted(n for n, a in ALLOCATORS.items() if a.per_target is None))  # amc: test_amc
 @pytest.mark.parametrize("criterion", sorted(CRITERIA))
 def test_every_criterion_with_every_allocator_meets_the_budget(resnet20, criterion, allocator):
     model, graph, cost, context = resnet20

@@ -1,6 +1,7 @@
 """Structured filter pruning (``method: filters``, `method.FilterPruning`): a criterion scores every filter
-(`criteria`), an allocator cuts the scores at a budget (`allocate`: uniform, global, LCP, LeGR), surgery removes the
-filters; the method's config keys are `config`. LeGR's learned ranking, the allocator's search, is `legr`."""
+(`criteria`), an allocator cuts the scores at a budget (`allocate`: uniform, global, LCP, LeGR, AMC), surgery removes the
+filters; the method's config keys are `config`. LeGR's learned ranking, the allocator's search, is `legr`; AMC's
+per-target DDPG search is `amc`."""
 
 from legr.methods.filters.method import FilterPruning
 

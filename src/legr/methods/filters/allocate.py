@@ -12,11 +12,13 @@ every prunable group keeps a multiple of R channels (or all of them; floors roun
 - `solve_uniform` / `UniformSolver` (Li et al. 2017): every layer keeps the same fraction of its filters (the
   top-scored ones); the fraction is the largest for which the rounded network's exact MACs <= target (the official
   LeGR code instead solves the quadratic ``first * r + second * r**2 = target``, which ignores rounding and floors).
+- `ratio_keep` / `RatioKeep`: a keep ratio per group (AMC's actions), each group's top-scored filters.
 
 `ALLOCATORS` names the budget allocators a run can use: ``uniform``, ``global`` (the raw criterion ranked across
 layers), ``lcp`` (global with a learned offset per layer, Chin et al. 2018) and ``legr`` (global with a learned
-affine transform per layer). Each pairs a solver with the transform search it needs (none, offsets or affine), so
-any criterion combines with any allocator.
+affine transform per layer); ``amc`` (a DDPG agent's per-layer ratios, searched per target: `legr.methods.filters.amc`)
+registers itself. Each pairs a solver with the search it needs (none, offsets, affine or per target), so any criterion
+combines with any allocator.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Literal, Mapping, Protocol, Sequence
+from typing import Any, Callable, Literal, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -187,23 +189,46 @@ def _blocks(graph: ChannelGraph, class_score: np.ndarray, size: int) -> list[np.
 
 
 def uniform_keep(graph: ChannelGraph, scores: Mapping[str, np.ndarray], ratio: float, floors: Floors = Floors()) -> np.ndarray:
-    """Keep ``round(ratio * N)`` top-scored filters (at least the floor) in every producer layer.
+    """Keep ``round(ratio * N)`` top-scored filters (at least the floor) in every producer layer (`ratio_keep` with
+    one ratio for every group)."""
+    return ratio_keep(graph, scores, lambda _: ratio, floors)
 
-    Layers sharing channels (residual chains) are settled from the narrowest to the widest, each topping up the
-    channels already kept by narrower ones.
-    """
-    class_score = _class_scores(graph, scores)
-    keep = np.ones(graph.num_classes)
-    decided = np.zeros(graph.num_classes, dtype=bool)
-    for dim in sorted(_producer_dims(graph), key=len):
-        n = len(dim)
-        target = floors.width(n, int(round(ratio * n)))
-        open_ = dim[~decided[dim]]
-        need = max(0, target - int(keep[dim[decided[dim]]].sum()))
-        ranked = open_[np.argsort(-class_score[open_], kind="stable")]
-        keep[ranked[need:]] = 0.0
-        decided[dim] = True
-    return keep
+
+def ratio_keep(graph: ChannelGraph, scores: Mapping[str, np.ndarray], ratio: Callable[[str], float],
+               floors: Floors = Floors()) -> np.ndarray:
+    """Keep ``round(ratio(group) * N)`` top-scored filters (at least the floor) in every producer layer of each
+    prunable group (``ratio``: group name -> keep ratio; AMC's per-layer actions): `RatioKeep` once."""
+    cut = RatioKeep(graph, scores, floors)
+    return cut([ratio(name) for name in cut.names])
+
+
+class RatioKeep:
+    """Per-group keep ratios (in ``graph.prunable_groups()`` order, ``names``) -> keep vector, prepared once for many
+    calls. Layers sharing channels (residual chains) are settled from the narrowest to the widest, each topping up
+    the channels already kept by narrower ones; a split piece takes the ratio of the group of its first channel."""
+
+    def __init__(self, graph: ChannelGraph, scores: Mapping[str, np.ndarray], floors: Floors = Floors()) -> None:
+        self.num_classes, self.floors = graph.num_classes, floors
+        self.class_score = _class_scores(graph, scores)
+        groups = graph.prunable_groups()
+        self.names = [group.name for group in groups]
+        group_of = np.full(graph.num_classes, -1, dtype=np.int64)
+        for i, group in enumerate(groups):
+            group_of[group.classes] = i
+        self.dims = [(dim, int(group_of[dim[0]])) for dim in sorted(_producer_dims(graph), key=len)]
+
+    def __call__(self, ratios: Sequence[float]) -> np.ndarray:
+        keep = np.ones(self.num_classes)
+        decided = np.zeros(self.num_classes, dtype=bool)
+        for dim, group in self.dims:
+            n = len(dim)
+            target = self.floors.width(n, int(round(ratios[group] * n)))
+            open_ = dim[~decided[dim]]
+            need = max(0, target - int(keep[dim[decided[dim]]].sum()))
+            ranked = open_[np.argsort(-self.class_score[open_], kind="stable")]
+            keep[ranked[need:]] = 0.0
+            decided[dim] = True
+        return keep
 
 
 def solve_uniform(
@@ -253,18 +278,45 @@ class BudgetSolver(Protocol):
 SolverFactory = Callable[[ChannelGraph, CostModel, Mapping[str, np.ndarray], Floors, BudgetUnit], BudgetSolver]
 
 
+class TargetSearch(Protocol):
+    """An allocation searched once per target (AMC's agent, `legr.methods.filters.amc`), not learned once for all.
+
+    ``rank(run, scores, floors, unit, fitness)`` searches every target of the run (resumable) and returns the record
+    the ranking file stores (its ``search``); ``solver(..., search)`` cuts a searched target from that record (any
+    other target is an error naming it); ``prepare_seconds`` estimates the searching left in a run folder.
+    ``section``: its run-config section; ``budgets``: the units it meets.
+    """
+
+    section: str
+    budgets: tuple[BudgetUnit, ...]
+
+    def rank(self, run: Any, scores: Mapping[str, np.ndarray], floors: Floors, unit: BudgetUnit,
+             fitness: Callable[[Any, int], float]) -> dict[str, Any]: ...
+
+    def solver(self, graph: ChannelGraph, cost: CostModel, scores: Mapping[str, np.ndarray], floors: Floors,
+               unit: BudgetUnit, search: Mapping[str, Any]) -> BudgetSolver: ...
+
+    def prepare_seconds(self, cfg: Any, folder: Any, units: Any) -> float: ...
+
+
 @dataclass(frozen=True)
 class Allocator:
     """How channel scores become a per-layer width for a budget.
 
     ``search``: which per-layer transform of the criterion is learned before solving (None: the raw criterion;
-    "offsets": ``s + kappa``, LCP; "affine": ``alpha * s + kappa``, LeGR).
+    "offsets": ``s + kappa``, LCP; "affine": ``alpha * s + kappa``, LeGR). ``per_target``: instead, a search run for
+    every target (AMC); its records, not ``solver``, decide the widths.
     """
 
     name: str
     solver: SolverFactory
     search: Literal["offsets", "affine"] | None
     description: str
+    per_target: TargetSearch | None = None
+
+    @property
+    def searches(self) -> bool:
+        return self.search is not None or self.per_target is not None
 
 
 ALLOCATORS = Registry[Allocator]("allocator")

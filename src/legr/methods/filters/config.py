@@ -1,7 +1,7 @@
 """The run-config keys of the method ``filters`` (`legr.methods.filters.FilterPruning.config_keys`): which criterion,
-which allocator, the layer floors and the LeGR search. The run config (`legr.pipeline.config.RunConfig`) is built
-from every registered method's keys; these are top-level keys (``criterion: l2sq``, ``floors: {...}``) as they were
-before methods declared their own."""
+which allocator, the layer floors, the LeGR search and AMC's (``amc``, read only with ``allocator: amc``). The run
+config (`legr.pipeline.config.RunConfig`) is built from every registered method's keys; these are top-level keys
+(``criterion: l2sq``, ``floors: {...}``) as they were before methods declared their own."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import Field
 
 from legr.methods.filters.allocate import ALLOCATORS
+from legr.methods.filters.amc.config import AmcConfig  # (registers the allocator amc)
 from legr.methods.filters.criteria import CRITERIA
 from legr.methods.filters.legr.search_config import SearchConfig
 from legr.settings import Settings, registered
@@ -28,12 +29,13 @@ FILTERS_CONFIG: dict[str, tuple[Any, Any]] = {
     "criterion": (CriterionName, Field("l2sq", description="filter criterion (see `legr methods`)")),
     "criterion_batches": (int, Field(8, ge=1, description="training batches seen by data-dependent criteria "
                                                           "(taylor)")),
-    "allocator": (AllocatorName, Field("legr", description="budget allocator: uniform, global, lcp or legr "
+    "allocator": (AllocatorName, Field("legr", description="budget allocator: uniform, global, lcp, legr or amc "
                                                            "(`legr methods`)")),
     "bn_batches": (int, Field(20, ge=0, description="training batches re-estimating each pruned member's BN "
                                                     "statistics before it is saved and reported (0: off)")),
     "floors": (FloorsConfig, FloorsConfig()),
     "search": (SearchConfig, SearchConfig()),
+    "amc": (AmcConfig, AmcConfig()),
 }
 
-__all__ = ["FILTERS_CONFIG", "AllocatorName", "CriterionName", "FloorsConfig", "SearchConfig"]
+__all__ = ["FILTERS_CONFIG", "AllocatorName", "AmcConfig", "CriterionName", "FloorsConfig", "SearchConfig"]

@@ -1,10 +1,12 @@
 """Structured filter pruning: a criterion scores every filter, an allocator turns the scores into per-layer widths
-for a MACs budget (uniform, global, LCP's learned offsets, LeGR's learned affine transforms), and surgery removes the
-filters. Any criterion combines with any allocator (`legr.methods.filters.criteria`, `legr.methods.filters.allocate`).
+for a MACs budget (uniform, global, LCP's learned offsets, LeGR's learned affine transforms, AMC's agent searched per
+target), and surgery removes the filters. Any criterion combines with any allocator (`legr.methods.filters.criteria`,
+`legr.methods.filters.allocate`).
 
 ``prepare`` computes the ranking (``ranking.json``; for lcp/legr the evolutionary search with its fitness, resumable
-after every candidate), ``cut`` solves the budget on it and removes the channels (the member's BN statistics are
-re-estimated on training batches before it is saved), ``finetune`` is the run's SGD recipe.
+after every candidate; for amc one search per target, `legr.methods.filters.amc`), ``cut`` solves the budget on it
+and removes the channels (the member's BN statistics are re-estimated on training batches before it is saved),
+``finetune`` is the run's SGD recipe.
 """
 
 from __future__ import annotations
@@ -57,10 +59,10 @@ from legr.training import recalibrate_bn
 @register_method
 class FilterPruning(Method):
     name = "filters"
-    description = "structured: a filter criterion cut by a budget allocator (uniform, global, LCP, LeGR)"
+    description = "structured: a filter criterion cut by a budget allocator (uniform, global, LCP, LeGR, AMC)"
     budgets = ("macs", "params", "latency")
     config_keys = FILTERS_CONFIG
-    entry_keys = ("criterion", "allocator", "search", "floors")
+    entry_keys = ("criterion", "allocator", "search", "floors", "amc")
 
     channel_plans = True
     source_settings = {"allocator": "uniform"}  # no search
@@ -75,7 +77,7 @@ class FilterPruning(Method):
 
     @classmethod
     def searches(cls, settings: Mapping[str, Any]) -> bool:
-        return ALLOCATORS[settings["allocator"]].search is not None
+        return ALLOCATORS[settings["allocator"]].searches
 
     @classmethod
     def identity(cls, cfg: Any, held: dict[str, Any]) -> dict[str, Any]:
@@ -89,6 +91,8 @@ class FilterPruning(Method):
             out["floors"] = {k: v for k, v in out["floors"].items() if k != "round_to"}
         searched = ALLOCATORS[cfg.allocator].search is not None  # a search's settings matter only to a search
         out["search"] = {**out["search"], "target": None, "targets": list(cfg.search_targets)} if searched else None
+        for a in (a for n, a in ALLOCATORS.items() if a.per_target is not None and n != cfg.allocator):
+            out.pop(a.per_target.section, None)  # a per-target search's section matters only to its own runs
         return out
 
     @classmethod
@@ -100,6 +104,8 @@ class FilterPruning(Method):
     def prepare_seconds(cls, cfg: Any, folder: MethodFolder, units: WorkUnits) -> float:
         """The search's candidates still to do (the search log has one line per candidate evaluated) plus the
         uniform reference and the winner, each scored at every search target."""
+        if (per_target := ALLOCATORS[cfg.allocator].per_target) is not None:
+            return per_target.prepare_seconds(cfg, folder, units)
         if ALLOCATORS[cfg.allocator].search is None or folder.ranking.exists():
             return 0.0
         s = cfg.search
@@ -118,8 +124,10 @@ class FilterPruning(Method):
         return Floors(f.safeguard, f.min_channels, f.round_to)
 
     def validate(self) -> None:
-        if self.allocator.search is not None and len(self.run.data.val[0]) == 0:
+        if self.allocator.searches and len(self.run.data.val[0]) == 0:
             raise ConfigError("the search needs a validation split: set data.val_size > 0")
+        if self.budget not in (units := (self.allocator.per_target or self).budgets):  # amc: macs or params
+            raise ConfigError(f"allocator {self.allocator.name} takes {' or '.join(units)} budgets, not {self.budget}")
         searched = self.cfg.search_targets if self.allocator.search is not None else ()
         check_reachable(self.run.graph, self.run.cost, self.floors, (*self.cfg.targets, *searched), self.budget)
 
@@ -181,9 +189,11 @@ class FilterPruning(Method):
     def _make_ranking(self, fingerprint: str) -> Ranking:
         run, cfg = self.run, self.cfg
         scores = compute_scores(cfg.criterion, run.graph, run.base, self._criterion_context())
-        if self.allocator.search is None:
-            layers = ranked_layers(run.graph)
-            return Ranking.identity(layers, criterion=cfg.criterion, fingerprint=fingerprint,
+        if self.allocator.search is None:  # the raw criterion, or searched per target (amc) on it
+            layers, per_target = ranked_layers(run.graph), self.allocator.per_target
+            searched = {} if per_target is None else per_target.rank(
+                run, group_scores(run.graph, scores), self.floors, self.budget, self._fitness())
+            return Ranking.identity(layers, criterion=cfg.criterion, fingerprint=fingerprint, search=searched,
                                     source=run.source_info(), allocator=cfg.allocator,
                                     scores=stored_scores(scores, layers))
         s = cfg.search

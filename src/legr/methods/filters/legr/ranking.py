@@ -100,7 +100,11 @@ class Ranking:
 
     def solver(self, graph: ChannelGraph, cost: CostModel, model: nn.Module, floors: Floors = Floors(),
                unit: BudgetUnit = "macs") -> BudgetSolver:
-        return ALLOCATORS[self.allocator].solver(graph, cost, self.group_scores(graph, model), floors, unit)
+        """The ranking's allocator cutting it (a per-target search, AMC, cuts its stored records: ``search``)."""
+        spec, scores = ALLOCATORS[self.allocator], self.group_scores(graph, model)
+        if spec.per_target is not None:
+            return spec.per_target.solver(graph, cost, scores, floors, unit, self.search)
+        return spec.solver(graph, cost, scores, floors, unit)
 
     # --- JSON artifact ---------------------------------------------------------------------------------------
     def to_json(self) -> str:
