@@ -85,3 +85,17 @@ def test_legr_compare_takes_lowrank_entries(tmp_path):
     assert "| enc-model |" in output
     member = tmp_path / "cmp" / "seed0" / "enc-model" / "members" / "enc-model-50"
     assert read_record(member)["figures"]["selection"] == "model"
+
+
+def test_a_sized_network_for_estimates_is_decomposed_to_about_that_size(tmp_path):
+    from legr.engine.cost import price
+    from legr.pipeline.config import parse_config
+    from legr.pipeline.steps import Pipeline
+
+    cfg = parse_config({**RUN, "base_training": {"epochs": 0}})
+    pipeline = Pipeline(cfg, tmp_path, progress=False, log=lambda m: None)
+    base = price(pipeline.base, (1, 8, 8)).macs
+    for fraction in (0.3, 0.7):
+        macs = price(pipeline.method.sized_network(fraction), (1, 8, 8)).macs
+        assert 0.5 * fraction * base < macs <= fraction * base
+    assert not (tmp_path / "lowrank_analysis.json").exists()  # an estimate writes nothing
