@@ -48,6 +48,7 @@ def test_a_run_makes_a_family_within_its_budgets_that_loads_back(selection, tmp_
         record = read_record(folder)
         assert record["ranks"] and all(1 <= r < record["full_ranks"][n] for n, r in record["ranks"].items())
         assert (len(record["candidates"]) > 1) == (selection == "inf")
+        assert json.loads((folder / "finetuned.json").read_text())  # the factored network was fine-tuned
         net, _ = load_lowrank(folder, build_model("digits_cnn", num_classes=10))  # a fresh source network
         assert row["macs"] == counted_macs(net, torch.zeros(1, 1, 8, 8))
         assert row["params"] == sum(p.numel() for p in net.parameters())
@@ -99,3 +100,20 @@ def test_a_sized_network_for_estimates_is_decomposed_to_about_that_size(tmp_path
         macs = price(pipeline.method.sized_network(fraction), (1, 8, 8)).macs
         assert 0.5 * fraction * base < macs <= fraction * base
     assert not (tmp_path / "lowrank_analysis.json").exists()  # an estimate writes nothing
+
+
+def test_enc_inf_scores_its_candidates_on_validation_images_only(tmp_path):
+    from legr.pipeline.config import parse_config
+    from legr.pipeline.steps import Pipeline
+
+    cfg = parse_config({**RUN, "base_training": {"epochs": 0}, "lowrank": {"candidates": 4, "inf_images": 50}})
+    pipeline = Pipeline(cfg, tmp_path, progress=False, log=lambda m: None)
+    seen = []
+    scored = pipeline.accuracy
+    pipeline.accuracy = lambda net, split: seen.append(split) or scored(net, split)
+    member = pipeline.members()[0]
+    pipeline.method.cut(pipeline.prepared, 0.3, member)
+    val_x = pipeline.data.val[0]
+    assert len(seen) == len(read_record(member.root)["candidates"]) > 1
+    for x, _ in seen:
+        assert len(x) == 50 and x.untyped_storage().data_ptr() == val_x.untyped_storage().data_ptr()

@@ -55,6 +55,12 @@ class LowRank(Method):
     def entry_label(cls, settings: Mapping[str, Any]) -> tuple[str, str]:
         return "svd", f"enc-{_selection(settings)}"
 
+    @classmethod
+    def parts(cls) -> list[tuple[str, str, str]]:
+        return [("selection", "map", "ENC-Map: one PCA-energy level for every layer, the highest that fits"),
+                ("selection", "model", "ENC-Model: the best product of layer energies under the budget"),
+                ("selection", "inf", "ENC-Inf: ENC-Model's best candidates scored on validation images")]
+
     @property
     def section(self) -> LowRankSection:
         return self.run.cfg.lowrank
