@@ -25,7 +25,8 @@ TINY_RUN = {**BASE, "base_training": {"epochs": 2, "lr": 0.05, "batch_size": 64,
             "targets": [0.5], "finetune": {"epochs": 1, "batch_size": 64, "augment": False}, "eval": {"latency": False}}
 # what keeps each built-in method's tiny run short (a method without an entry runs with its defaults)
 TINY = {"filters": {"allocator": "uniform", "bn_batches": 2},
-        "magnitude": {"magnitude": {"rounds": 1, "sensitivity_samples": 100, "fractions": [0.3, 0.6, 0.9]}}}
+        "magnitude": {"magnitude": {"rounds": 1, "sensitivity_samples": 100, "fractions": [0.3, 0.6, 0.9]}},
+        "lowrank": {"lowrank": {"selection": "inf", "candidates": 3, "inf_images": 100}}}
 
 
 @pytest.mark.parametrize("name", METHODS.names())
