@@ -38,7 +38,7 @@ from legr.registry import Registry
 
 @dataclass(frozen=True)
 class Floors:
-    safeguard: float = 0.1
+    safeguard: float = 0.1  # the LeGR paper's; a run's default is its config's (floors.safeguard: 0.25)
     min_channels: int = 2
     round_to: int = 1  # kept widths are multiples of this (see the module doc)
 
