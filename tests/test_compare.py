@@ -151,6 +151,23 @@ def test_every_search_reports_its_restarts(comparison):
             assert len(s["restart_best"]) == 3 and s["best_fitness"] == max(s["restart_best"])  # default: 3 searches
 
 
+def test_every_run_reports_its_search_cost(comparison):
+    """Per method and seed: the one-time work's seconds and the networks its search scored — lcp: every logged
+    candidate plus the uniform references and the winner, at each search target; nothing searched: 0."""
+    out, result = comparison
+    cost = result["search_cost"]
+    assert sorted(cost) == ["lcp", "lcp-one", "taylor", "uniform-l1"]
+    for name, targets in (("lcp", 2), ("lcp-one", 1)):
+        for seed in ("0", "1"):
+            logged = len((out / f"seed{seed}" / name / "search_log.jsonl").read_text().splitlines())
+            assert logged == 3 * 5  # 3 restarts x 5 candidates
+            assert cost[name][seed]["fitness_evaluations"] == (logged + 2) * targets
+            assert cost[name][seed]["rank_s"] > 0
+    assert cost["uniform-l1"]["0"]["fitness_evaluations"] == 0 == cost["taylor"]["1"]["fitness_evaluations"]
+    assert "| lcp | l2sq | lcp |" in (out / "summary.md").read_text()
+    assert f"| {(15 + 2) * 2} |" in (out / "summary.md").read_text()  # lcp's networks scored per seed
+
+
 PARAMS = """
 model: {name: digits_cnn, weights: null}
 data: {name: digits, val_size: 200}
@@ -288,6 +305,7 @@ def test_a_whole_comparison_splits_into_pieces_that_merge_back(comparison):
     assert source(merged["summary"]) == source(whole["summary"])  # the source network's (each piece holds its row)
     assert merged["family_time_s"] == whole["family_time_s"]
     assert merged["widths"] == whole["widths"] and merged["searches"] == whole["searches"]
+    assert merged["search_cost"] == whole["search_cost"]
     assert merged["pipeline_cost"] == whole["pipeline_cost"]
     merged = merge(cfg, [p for name, p in parts.items() if name != "seed0-1_lcp"])
     assert merged["missing"] == [[0, "lcp"], [1, "lcp"]] and merged["pipeline_cost"] is None

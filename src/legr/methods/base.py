@@ -133,6 +133,12 @@ class Method(ABC):
         ``units`` (work found finished on disk is not counted)."""
         return 0.0
 
+    @classmethod
+    def search_cost(cls, folder: MethodFolder) -> dict[str, Any]:
+        """What its finished one-time work in ``folder`` cost, read from its files, e.g. ``fitness_evaluations``:
+        the networks a search scored (a comparison reports it beside the work's seconds). Default: nothing."""
+        return {}
+
     def __init__(self, run: RunContext) -> None:
         self.run = run
         wanted = run.cfg.budget_unit

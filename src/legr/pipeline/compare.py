@@ -125,6 +125,7 @@ class Comparison:
             "runs": rows, "summary": summarize(rows, self.spec.methods, self.targets),
             "family_time_s": family_times(per_seed := self._family_seconds()), "family_time_per_seed": per_seed,
             "pipeline_cost": pipeline_cost, "widths": self._widths(first), "searches": self._searches(),
+            "search_cost": self._search_costs(),
         }
         write_result(result, self.folder)
         from legr.reporting.html import write_report_html  # altair: imported when a report is written
@@ -141,6 +142,17 @@ class Comparison:
                 out.setdefault(ref.method.name, {})[str(ref.seed)] = {
                     "best_fitness": search["best_fitness"], "restart_best": search.get("restart_best",
                                                                                        [search["best_fitness"]])}
+        return out
+
+    def _search_costs(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Per method and seed: the seconds of its one-time work (``rank`` in timings.json: a search, a sensitivity
+        analysis ...) and what the method reports of it (`Method.search_cost`: e.g. the fitness evaluations)."""
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for ref in self.runs():
+            if ref.folder.timings.exists():
+                seconds = json.loads(ref.folder.timings.read_text()).get("rank")
+                cost = entry_method(ref.method.model_dump()).search_cost(ref.folder)
+                out.setdefault(ref.method.name, {})[str(ref.seed)] = {"rank_s": seconds, **cost}
         return out
 
     @staticmethod

@@ -122,6 +122,7 @@ def split(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "widths": {**result["widths"], "methods": {k: v for k, v in result["widths"]["methods"].items()
                                                        if k == name}},
             "searches": {k: v for k, v in result.get("searches", {}).items() if k == name},
+            "search_cost": {k: v for k, v in result.get("search_cost", {}).items() if k == name},
         }
     return out
 
@@ -138,6 +139,7 @@ def merge(cfg: CompareConfig, parts: Sequence[dict[str, Any]]) -> dict[str, Any]
     rows: list[dict[str, Any]] = []
     per_seed: dict[str, dict[str, float]] = {m.name: {} for m in cfg.compare.methods}
     searches: dict[str, dict[str, Any]] = {}
+    search_cost: dict[str, dict[str, Any]] = {}  # absent from pieces run before it was recorded
     times: dict[str, dict[str, float | None]] = {}  # a split whole run's mean and std, where it had no per-seed times
     for i, part in enumerate(parts):
         _check_settings(cfg, part, i)
@@ -152,8 +154,9 @@ def merge(cfg: CompareConfig, parts: Sequence[dict[str, Any]]) -> dict[str, Any]
             per_seed.setdefault(name, {}).update(seconds)
         if "family_time_per_seed" not in part:
             times.update(part.get("family_time_s", {}))
-        for name, by_seed in part.get("searches", {}).items():
-            searches.setdefault(name, {}).update(by_seed)
+        for key, merged in (("searches", searches), ("search_cost", search_cost)):
+            for name, by_seed in part.get(key, {}).items():
+                merged.setdefault(name, {}).update(by_seed)
     targets = sorted(cfg.targets)
     seeds = sorted({s for s, _ in seen})
     first = min(parts, key=lambda p: p["seeds"][0])
@@ -168,6 +171,6 @@ def merge(cfg: CompareConfig, parts: Sequence[dict[str, Any]]) -> dict[str, Any]
         "family_time_s": {**family_times(per_seed), **{k: v for k, v in times.items() if not per_seed.get(k)}},
         "family_time_per_seed": per_seed,
         "pipeline_cost": next((p["pipeline_cost"] for p in parts if p.get("pipeline_cost")), None),
-        "widths": widths, "searches": searches, "pieces": len(parts),
+        "widths": widths, "searches": searches, "search_cost": search_cost, "pieces": len(parts),
         "missing": [[s, m] for s, m in all_pieces(cfg) if (s, m) not in seen],
     }

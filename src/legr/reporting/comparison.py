@@ -38,12 +38,15 @@ def comparison_markdown(result: dict[str, Any], labels: Mapping[str, tuple[str, 
                  _pm(r.get("top1_before_ft"), r.get("top1_before_ft_std")),
                  _pm(r.get("top1_after_bn"), r.get("top1_after_bn_std")), _pm(r["top1"], r["top1_std"])]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "| method | criterion | allocator | family wall time: rank + prune + fine-tune (mean ± std over seeds) |",
-              "|:---|:---|:---|---:|"]
+    lines += ["", "| method | criterion | allocator | family wall time: rank + prune + fine-tune (mean ± std over seeds) "
+                  "| search: networks scored per seed (mean) |", "|:---|:---|:---|---:|---:|"]
     for name, t in result["family_time_s"].items():
         cell = "-" if t["mean_s"] is None else f"{_duration(t['mean_s'])} ± {_duration(t['std_s'] or 0.0)}"
+        scored = [c["fitness_evaluations"] for c in result.get("search_cost", {}).get(name, {}).values()
+                  if c.get("fitness_evaluations") is not None]
         criterion, allocator = labels[name]
-        lines.append(f"| {name} | {criterion} | {allocator} | {cell} |")
+        lines.append(f"| {name} | {criterion} | {allocator} | {cell} | "
+                     f"{f'{sum(scored) / len(scored):.0f}' if scored else '-'} |")
     pc = result.get("pipeline_cost")
     if pc:
         k = len(pc["targets"])

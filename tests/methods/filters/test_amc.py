@@ -264,6 +264,8 @@ def test_legr_run_with_allocator_amc_makes_a_family_within_its_budgets(tmp_path)
         assert {name: len(kept) for name, kept in plan.keep.items()} == record["widths"]  # cut from its record
     assert len((tmp_path / "run" / "amc_log_0.4.jsonl").read_text().splitlines()) == 5
     assert (tmp_path / "run" / "amc_state_0.7.pt").exists()
+    folder = MethodFolder(tmp_path / "run")  # what a comparison reports: every target's episodes, each one network
+    assert FilterPruning.search_cost(folder) == {"fitness_evaluations": 2 * 5}
 
 
 def test_bad_amc_settings_are_one_line_errors():

@@ -1,13 +1,8 @@
 """Structured filter pruning: a criterion scores every filter, an allocator turns the scores into per-layer widths
-for a MACs budget (uniform, global, LCP's learned offsets, LeGR's learned affine transforms, AMC's agent searched per
-target), and surgery removes the filters. Any criterion combines with any allocator (`legr.methods.filters.criteria`,
-`legr.methods.filters.allocate`).
-
-``prepare`` computes the ranking (``ranking.json``; for lcp/legr the evolutionary search with its fitness, resumable
-after every candidate; for amc one search per target, `legr.methods.filters.amc`), ``cut`` solves the budget on it
-and removes the channels (the member's BN statistics are re-estimated on training batches before it is saved),
-``finetune`` is the run's SGD recipe.
-"""
+(uniform, global, LCP's offsets, LeGR's affine transforms, AMC's agent per target: `legr.methods.filters.criteria`,
+`.allocate`), surgery removes the filters. ``prepare`` computes the ranking (``ranking.json``: lcp/legr's resumable
+evolutionary search, amc's per-target searches), ``cut`` solves each budget on it and removes the channels (BN
+statistics re-estimated before the member is saved), ``finetune`` is the run's SGD recipe."""
 
 from __future__ import annotations
 
@@ -48,6 +43,7 @@ from legr.methods.filters.legr.fitness import CandidateFitness
 from legr.methods.filters.legr.ranking import (
     REFERENCE_INDEX,
     Ranking,
+    fitness_evaluations,
     learn_ranking,
     model_fingerprint,
     ranked_layers,
@@ -112,6 +108,11 @@ class FilterPruning(Method):
         done = len(folder.search_log.read_text().splitlines()) if folder.search_log.exists() else 0
         left = max(s.evaluations * s.restarts - done, 0) + 2
         return left * sum(units.candidate(t, s.bn_batches, s.tau, s.batch_size) for t in cfg.search_targets)
+
+    @classmethod
+    def search_cost(cls, folder: MethodFolder) -> dict[str, Any]:
+        done = folder.ranking.exists()
+        return {"fitness_evaluations": fitness_evaluations(folder.ranking, folder.search_log)} if done else {}
 
     def __init__(self, run) -> None:
         super().__init__(run)

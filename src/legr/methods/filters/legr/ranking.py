@@ -286,3 +286,17 @@ def _distinct(transforms: Sequence[AffineTransform]) -> list[AffineTransform]:
 
 def stored_scores(scores: Mapping[str, np.ndarray], layers: Sequence[str]) -> dict[str, tuple[float, ...]]:
     return {name: tuple(float(v) for v in scores[name]) for name in layers}
+
+
+def fitness_evaluations(ranking_path: Path, log_path: Path) -> int:
+    """The networks a ranking's search scored: a learned ranking's logged candidates (every restart) plus the uniform
+    references and the winner, each at every search target; a per-target search's episodes (``amc``: its records);
+    0 for an allocator that searches nothing."""
+    search = json.loads(Path(ranking_path).read_text()).get("search", {})
+    if "amc" in search:
+        return sum(int(r["fitness_evaluations"]) for r in search["amc"].get("searched", []))
+    if "evaluations" not in search:
+        return 0
+    targets = search.get("targets") or [search.get("target")]
+    logged = len(Path(log_path).read_text().splitlines()) if Path(log_path).exists() else 0
+    return (logged + 2) * len(targets)
