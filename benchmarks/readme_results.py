@@ -242,7 +242,9 @@ def compare(folder: str) -> Callable[[], list[str]]:
     def block() -> list[str]:
         d = _load(f"{folder}/compare.json")
         if d is None:
-            return [f"Not run yet: `python benchmarks/compare_methods.py` (writes `benchmarks/results/{folder}/`)."]
+            return [f"Not run yet: in pieces, `python benchmarks/compare_methods.py --config configs/{folder}.yaml "
+                    f"--seeds 0 --methods amc` (one seed of one method each), then `--merge` (writes "
+                    f"`benchmarks/results/{folder}/`)."]
         c, targets = d["config"], d["targets"]
         s, f = c["search"], c["finetune"]
         steps = f["epochs"] * f["steps_per_epoch"] if f.get("steps_per_epoch") else None
@@ -401,6 +403,8 @@ SECTIONS: list[tuple[str, Callable[[], list[str]]]] = [
     ("Methods under equal budgets (`benchmarks/compare_methods.py`)", compare("compare_resnet20_cifar10jpeg")),
     ("Methods under equal budgets, five targets from 20% to 80% (`benchmarks/compare_methods.py --config "
      "configs/compare_resnet20_cifar10jpeg_family5.yaml`, in pieces)", compare("compare_resnet20_cifar10jpeg_family5")),
+    ("AMC against LeGR, seven targets from 20% to 80% (`benchmarks/compare_methods.py --config "
+     "configs/compare_resnet20_cifar10jpeg_family7.yaml`, in pieces)", compare("compare_resnet20_cifar10jpeg_family7")),
     ("One fitness for the family (`benchmarks/family_fitness.py`)", family_fitness),
     ("Han et al. 2015 magnitude pruning (`benchmarks/han_mnist.py`, `benchmarks/han_resnet56_cifar10jpeg.py`)", han),
 ]
