@@ -261,6 +261,26 @@ def test_members_are_cut_against_the_clock(resnet20, monkeypatch):
     assert np.array_equal(keep, solver.solve(record["asked_ms"]))
 
 
+def test_a_noisy_clock_does_not_pick_the_smaller_network(resnet20, monkeypatch):
+    """Replays a busy machine (latency_accuracy seed 0, four jobs on two cores): two cuts measure under the target,
+    the smaller one with the *higher* measured ratio. The larger network (by prediction) is kept."""
+    import legr.engine.latency_check as check
+
+    model, graph, cost = resnet20
+    latency, _ = _model(graph, cost)
+    solver = GlobalSolver(graph, CostModel(graph, latency=latency), group_scores(graph, compute_scores(
+        "l1", graph, model)), Floors(), "latency")
+    measured = iter([0.72, 0.374, 0.74, 0.369])  # the measured ratios of that run's four cuts, in order
+
+    monkeypatch.setattr(check, "measured_ratio", lambda *a, **k: (next(measured), 0.1))
+    keep, record = check.meet_measured(graph, solver, 0.55, latency, LatencySetting())
+    steps = record["steps"]
+    under = [s for s in steps if s["measured_ratio"] <= 0.55]
+    assert len(steps) == 4 and len(under) == 2
+    assert record["asked_ms"] == max(under, key=lambda s: s["predicted_ms"])["asked_ms"]
+    assert latency.predict(keep) == max(s["predicted_ms"] for s in under) and not record["over_target"]
+
+
 @pytest.mark.parametrize("name,shape", [("cifar_resnet56", (3, 32, 32)), ("cifar_mobilenet_v2", (3, 32, 32))])
 def test_deployed_members_have_their_batch_norms_folded(name, shape):
     from legr.engine.surgery import fold_batchnorm, prune

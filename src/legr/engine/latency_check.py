@@ -68,7 +68,9 @@ def meet_measured(graph: ChannelGraph, solver: LatencySolver, fraction: float, m
     (`measured_ratio`), stop once the ratio lies within ``tolerance`` below ``fraction``, else ask for a budget
     scaled by ``fraction / ratio`` (stopping too when that cuts the same plan again). Returns the largest plan
     measured at or under ``fraction`` (else the smallest measured, marked ``over_target``) and a record of the
-    steps.
+    steps. "Largest" and "smallest" go by the model's *predicted* latency, which orders the plans of one solver as
+    their size does: a measured ratio that noise pushed up (a busy machine) must not pick a smaller network over a
+    larger one that also measured under the target.
     """
     asked, tried = max(fraction * model.base_ms, solver.min_cost), []
     for _ in range(steps):
@@ -82,7 +84,7 @@ def meet_measured(graph: ChannelGraph, solver: LatencySolver, fraction: float, m
             break
         asked = float(np.clip(asked * fraction / ratio, solver.min_cost, model.base_ms))
     within = [t for t in tried if t["measured_ratio"] <= fraction]
-    best = max(within, key=lambda t: t["measured_ratio"]) if within else min(tried, key=lambda t: t["measured_ratio"])
+    best = max(within, key=lambda t: t["predicted_ms"]) if within else min(tried, key=lambda t: t["predicted_ms"])
     record = {"asked_ms": best["asked_ms"], "measured_ratio": best["measured_ratio"], "over_target": not within,
               "steps": [{k: v for k, v in t.items() if k != "keep"} for t in tried]}
     return best["keep"], record
