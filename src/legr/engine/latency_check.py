@@ -61,7 +61,7 @@ def measured_ratio(graph: ChannelGraph, keep: np.ndarray, setting: LatencySettin
 
 def meet_measured(graph: ChannelGraph, solver: LatencySolver, fraction: float, model: LatencyModel,
                   setting: LatencySetting, *, steps: int = 4, tolerance: float = 0.05, rounds: int = 5,
-                  warmup: int = 1) -> tuple[np.ndarray, dict[str, Any]]:
+                  warmup: int = 1, floor_ms: float = 0.0) -> tuple[np.ndarray, dict[str, Any]]:
     """The plan for ``fraction`` of the source network's latency, checked by measurement.
 
     ``solver`` cuts at a predicted budget in ms. Up to ``steps`` times: cut, time the network against the source
@@ -70,9 +70,12 @@ def meet_measured(graph: ChannelGraph, solver: LatencySolver, fraction: float, m
     measured at or under ``fraction`` (else the smallest measured, marked ``over_target``) and a record of the
     steps. "Largest" and "smallest" go by the model's *predicted* latency, which orders the plans of one solver as
     their size does: a measured ratio that noise pushed up (a busy machine) must not pick a smaller network over a
-    larger one that also measured under the target.
+    larger one that also measured under the target. No budget below ``floor_ms`` is asked: a family's member for a
+    higher target is never cut smaller than the one for a lower target (then marked ``over_target`` if it measures
+    over its own).
     """
-    asked, tried = max(fraction * model.base_ms, solver.min_cost), []
+    low = max(solver.min_cost, floor_ms)
+    asked, tried = max(fraction * model.base_ms, low), []
     for _ in range(steps):
         keep = solver.solve(asked)
         if tried and np.array_equal(keep, tried[-1]["keep"]):
@@ -82,7 +85,7 @@ def meet_measured(graph: ChannelGraph, solver: LatencySolver, fraction: float, m
                       "spread": spread, "keep": keep})
         if fraction * (1 - tolerance) <= ratio <= fraction:
             break
-        asked = float(np.clip(asked * fraction / ratio, solver.min_cost, model.base_ms))
+        asked = float(np.clip(asked * fraction / ratio, low, model.base_ms))
     within = [t for t in tried if t["measured_ratio"] <= fraction]
     best = max(within, key=lambda t: t["predicted_ms"]) if within else min(tried, key=lambda t: t["predicted_ms"])
     record = {"asked_ms": best["asked_ms"], "measured_ratio": best["measured_ratio"], "over_target": not within,
