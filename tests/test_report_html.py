@@ -311,8 +311,10 @@ def test_a_comparison_page_draws_seeds_as_points_and_methods_as_their_means(tmp_
     line = best_within(data)  # within 1 pt of 90%: x and y at 60% (89.0 and 90.0); x at 30% is 82 (not)
     assert "x at 60% (mean of 2 seeds)" in line and "MACs (M)" in line and "60%" in line, line
 
-    page = write_report_html(tmp_path / "cmp")
-    assert page == tmp_path / "cmp" / REPORT_HTML
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "cmp")])  # the CLI on a comparison's folder
+    assert result.exit_code == 0, result.output
+    page = tmp_path / "cmp" / REPORT_HTML
+    assert page.is_file() and not (tmp_path / "cmp" / "pareto.png").exists()
     parsed, payload = _parse(page)
     assert parsed.member_rows == 9 and len(payload["datasets"]["means"]) == 4
     assert "means" in json.dumps(payload["pareto"]["macs"])  # the means' layers are drawn

@@ -194,15 +194,15 @@ def eval_(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: Qui
 
 
 @app.command()
-def report(run: Annotated[Path, typer.Argument(help="run folder holding results.json")]) -> None:
-    """Print the results table, draw the Pareto plot (pareto.png) and write report.html (offline, interactive)."""
+def report(run: Annotated[Path, typer.Argument(help="run folder (results.json) or comparison (compare.json)")]) -> None:
+    """Print the table, draw pareto.png and write report.html (offline, interactive); a comparison: report.html only."""
     from legr.reporting import format_table, plot_pareto, read_results
-    from legr.reporting.html import write_report_html
-    rows = read_results(run)
-    plot_pareto(rows, run / "pareto.png", title=f"{rows[0]['model']} on {rows[0]['dataset']}" if rows else None)
-    page = write_report_html(run)
-    typer.echo(format_table(rows))
-    console.print(f"plot: {run / 'pareto.png'}  report: {page}")
+    from legr.reporting.html import is_comparison, write_report_html
+    if not is_comparison(run):
+        rows = read_results(run)
+        plot_pareto(rows, run / "pareto.png", title=f"{rows[0]['model']} on {rows[0]['dataset']}" if rows else None)
+        typer.echo(format_table(rows))
+    console.print(f"report: {write_report_html(run)}")
 
 
 @app.command()

@@ -156,7 +156,8 @@ def best_within(data: ReportData, points: float = 1.0) -> str:
     pool = data.means if data.means is not None else [p for p in data.points if p is not source]
     close = [p for p in pool if p["top1"] >= source["top1"] - points and p.get(axis.field) is not None]
     if not close:
-        return f"No compressed network is within {points:g} pt of the source network's test top-1 ({source['top1']:.2f}%)."
+        return (f"No compressed network is within {points:g} pt of the source network's test top-1 "
+                f"({source['top1']:.2f}%).")
     best = min(close, key=lambda p: p[axis.field])
     label = (f"{best['method']} at {best['target']:.0%} (mean of {best['seeds']} seeds)" if data.means is not None
              else best["name"])
@@ -216,6 +217,11 @@ def write_report_html(run: str | Path, path: str | Path | None = None) -> Path:
     (``compare.json`` and no results.json: `comparison_data`); returns its path."""
     run = Path(run)
     out = Path(path) if path is not None else run / REPORT_HTML
-    compared = (run / COMPARE_FILE).is_file() and not (run / RESULTS_JSON).is_file()
-    atomic_write_text(out, render_html(comparison_data(run) if compared else report_data(run), run.resolve().name))
+    data = comparison_data(run) if is_comparison(run) else report_data(run)
+    atomic_write_text(out, render_html(data, run.resolve().name))
     return out
+
+
+def is_comparison(folder: str | Path) -> bool:
+    """A comparison's folder: ``compare.json`` and no ``results.json`` (a run's)."""
+    return (Path(folder) / COMPARE_FILE).is_file() and not (Path(folder) / RESULTS_JSON).is_file()
