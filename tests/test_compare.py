@@ -235,6 +235,17 @@ def test_an_entry_may_be_a_chain_beside_its_method_alone(tmp_path):
         parse_config(raw, schema=CompareConfig)
 
 
+def test_a_comparison_of_methods_that_cut_no_channels_has_no_widths_plot(tmp_path):
+    """A piece holding only Han et al. (or low rank): no channel plans, so no widths plot — the rest is written."""
+    raw = yaml.safe_load(PARAMS)
+    raw["compare"]["methods"] = [raw["compare"]["methods"][1]]  # han only
+    raw["targets"] = [0.5]
+    result = Comparison(parse_config(raw, schema=CompareConfig), tmp_path, progress=False, log=lambda m: None).run()
+    assert result["widths"]["methods"] == {} and not (tmp_path / "widths.png").exists()
+    assert (tmp_path / "compare.json").is_file() and (tmp_path / "summary.md").is_file()
+    assert (tmp_path / "accuracy_vs_macs.png").is_file() and (tmp_path / "report.html").is_file()
+
+
 def test_a_method_may_have_its_own_budget_and_targets(tmp_path):
     """The equal-latency study (benchmarks/latency_accuracy.py): methods under a shared latency budget beside one
     searched and cut at its own MACs targets."""

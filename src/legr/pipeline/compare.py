@@ -252,15 +252,17 @@ class Comparison:
 
     # --- outputs ---------------------------------------------------------------------------------------------
 def write_result(result: dict[str, Any], folder: ComparisonFolder) -> None:
-    """``compare.json``, ``summary.md`` and the two plots of a comparison result into ``folder``."""
+    """``compare.json``, ``summary.md`` and the two plots of a comparison result into ``folder`` (the widths plot when
+    a method cut channels)."""
     atomic_write_text(folder.compare_json, json.dumps(result, indent=1, default=float))
     atomic_write_text(folder.summary, summary_markdown(result))
     title = f"{result['model']} on {result['dataset']}, {len(result['seeds'])} seeds"
     plot_method_curves(result["summary"], folder.accuracy_plot, title=title)
     w = result["widths"]
-    plot_widths(w["layers"], w["original"], w["methods"], folder.widths_plot,
-                title=f"channels kept per layer at {w['target']:.0%} {w.get('budget', 'macs').replace('macs', 'MACs')} "
-                      f"({result['model']}, seed {w['seed']})")
+    if w["methods"]:  # a comparison (or piece) of methods that cut no channels (low rank, Han et al.) has no widths
+        plot_widths(w["layers"], w["original"], w["methods"], folder.widths_plot,
+                    title=f"channels kept per layer at {w['target']:.0%} "
+                          f"{w.get('budget', 'macs').replace('macs', 'MACs')} ({result['model']}, seed {w['seed']})")
 
 
 def summarize(rows: list[dict[str, Any]], methods: Sequence[MethodConfig],
