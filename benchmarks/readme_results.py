@@ -250,7 +250,7 @@ def compare(folder: str) -> Callable[[], list[str]]:
         steps = f["epochs"] * f["steps_per_epoch"] if f.get("steps_per_epoch") else None
         summary = {(r["method"], r["target"]): r for r in d["summary"]}
         base = summary[("baseline", None)]
-        pm = lambda r, k: f"{100 * r[k]:.2f} ± {100 * r[f'{k}_std']:.2f}"  # noqa: E731
+        pm = lambda r, k: "-" if r.get(k) is None else f"{100 * r[k]:.2f} ± {100 * (r.get(f'{k}_std') or 0):.2f}"  # noqa: E731
         before = "top1_after_bn" if all(r.get("top1_after_bn") is not None for r in d["summary"] if r["target"]) \
             else "top1_before_ft"
         rows = []

@@ -46,6 +46,7 @@ def test_a_run_makes_a_family_within_its_budgets_that_loads_back(selection, tmp_
         row = rows[folder.name]
         assert row["method"] == "lowrank" and row["macs"] <= target * rows["baseline"]["macs"]
         record = read_record(folder)
+        assert 0 < row["top1_before_ft"] == record["figures"]["top1_before_ft"] <= 1  # right after decomposition
         assert record["ranks"] and all(1 <= r < record["full_ranks"][n] for n, r in record["ranks"].items())
         assert (len(record["candidates"]) > 1) == (selection == "inf")
         assert json.loads((folder / "finetuned.json").read_text())  # the factored network was fine-tuned
@@ -113,7 +114,9 @@ def test_enc_inf_scores_its_candidates_on_validation_images_only(tmp_path):
     pipeline.accuracy = lambda net, split: seen.append(split) or scored(net, split)
     member = pipeline.members()[0]
     pipeline.method.cut(pipeline.prepared, 0.3, member)
-    val_x = pipeline.data.val[0]
-    assert len(seen) == len(read_record(member.root)["candidates"]) > 1
-    for x, _ in seen:
+    val_x, test_x = pipeline.data.val[0], pipeline.data.test[0]
+    *choosing, report = seen  # the candidates, then the chosen member's top-1 as cut (reported, chooses nothing)
+    assert len(choosing) == len(read_record(member.root)["candidates"]) > 1
+    for x, _ in choosing:
         assert len(x) == 50 and x.untyped_storage().data_ptr() == val_x.untyped_storage().data_ptr()
+    assert report[0] is test_x

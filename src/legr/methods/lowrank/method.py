@@ -122,7 +122,9 @@ class LowRank(Method):
                                 "it frees" for o, i in zip(selector.options, idx) if o.ranks[i] is None}
         figures = {"method": self.name, "criterion": None, "selection": section.selection, "target": target,
                    "macs": prepared.cost(ranks, "macs"), "params": prepared.cost(ranks, "params"),
-                   "log_metric": selector.score(idx)}
+                   "log_metric": selector.score(idx),
+                   "top1_before_ft": run.accuracy(net.to(run.device), run.data.test).top1}  # reported, chooses nothing
+        net.cpu()
         run.log(f"{member.name}: {len(ranks)} layers decomposed, {len(chosen_whole)} kept whole by choice, "
                 f"{figures['macs'] / prepared.base['macs']:.1%} of the MACs")
         record = {"format": "legr-lowrank/1", "ranks": ranks, "full_ranks": {x.name: x.full_rank for x in
