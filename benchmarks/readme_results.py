@@ -315,13 +315,20 @@ AGGREGATES = {"mean": "the plain mean over them", "relative": "the mean relative
               "worst": "the worst relative gain over the uniform allocation"}
 
 
+def _is_legr(entry: dict) -> bool:
+    """A compare entry that is filter pruning with the legr allocator (another method's entry carries the shared
+    allocator key too)."""
+    method = entry.get("method") or "filters"
+    return (method if isinstance(method, str) else method[0]) == "filters" and entry.get("allocator") == "legr"
+
+
 def _goal(d: dict, summary: dict, targets: list[float]) -> list[str]:
     """Each LeGR method against the best method that is not LeGR, per target (the issue's goal, computed)."""
     methods = d["config"]["compare"]["methods"]
-    others = [m["name"] for m in methods if m["allocator"] != "legr"]
+    others = [m["name"] for m in methods if not _is_legr(m)]
     out = []
     others = [m for m in others if all((m, t) in summary for t in targets)]
-    for name in (m["name"] for m in methods if m["allocator"] == "legr"):
+    for name in (m["name"] for m in methods if _is_legr(m)):
         if not others or any((name, t) not in summary for t in targets):
             continue
         cells = []
