@@ -204,21 +204,23 @@ def test_a_latency_budget_run_cuts_members_against_the_clock(tmp_path, monkeypat
 
 def test_a_busy_clock_cannot_cut_a_higher_target_smaller(tmp_path, monkeypatch):
     """Members are cut against the clock in ascending targets, and no member is asked below the budget the lower
-    targets' members were cut at: a clock that says the 85% member is twice the source's latency (a busy machine)
-    leaves it at least as large as the 55% member, marked over its target, instead of cutting it smaller."""
+    targets' members were cut at: a clock that says the 95% member is twice the source's latency (a busy machine)
+    leaves it at least as large as the 80% member, marked over its target, instead of cutting it smaller."""
     import legr.engine.latency_check as check
 
     calls = []
 
     def clock(graph, keep, setting, rounds, warmup):
         calls.append(keep.sum())
-        return (0.54, 0.0) if len(calls) == 1 else (2.0, 0.5)  # the 55% member: on target; then: always over
+        return (0.78, 0.0) if len(calls) == 1 else (2.0, 0.5)  # the 80% member: on target; then: always over
 
     monkeypatch.setattr(check, "measured_ratio", clock)
-    cfg = parse_config({**yaml.safe_load(LATENCY), "targets": [0.55, 0.85]})
+    # targets every machine's latency model reaches with the paper's 10% floor (the digits net is small: its
+    # smallest network's predicted share of the source latency varies with the machine)
+    cfg = parse_config({**yaml.safe_load(LATENCY), "targets": [0.8, 0.95], "floors": {"safeguard": 0.1}})
     Pipeline(cfg, tmp_path, progress=False, log=lambda m: None).prune()
     low, high = (json.loads((tmp_path / "members" / f"uniform-{t}" / "plan.json").read_text())["info"]
-                 for t in (55, 85))
+                 for t in (80, 95))
     assert high["latency_check"]["over_target"] and len(high["latency_check"]["steps"]) >= 1
     assert high["macs"] >= low["macs"] and high["latency_check"]["asked_ms"] >= low["latency_check"]["asked_ms"]
     assert all(s["asked_ms"] >= low["latency_check"]["asked_ms"] for s in high["latency_check"]["steps"])
