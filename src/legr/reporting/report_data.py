@@ -86,11 +86,18 @@ def points(rows: Sequence[Mapping[str, Any]], axes: Sequence[XAxis]) -> list[dic
         for axis in axes[2:]:
             point[axis.field] = as_number(row.get(axis.key))
         out.append(point)
-    for axis in axes:
-        front = set(front_indices(rows, axis.key, "top1"))
-        for i, point in enumerate(out):
-            point[f"front_{axis.key}"] = i in front
+    _mark_fronts(out, rows, axes, lambda axis: axis.key)
     return out
+
+
+def _mark_fronts(items: Sequence[dict[str, Any]], rows: Sequence[Mapping[str, Any]], axes: Sequence[XAxis],
+                 key: Any) -> None:
+    """Set ``front_<axis key>`` on each of ``items``: whether its row in ``rows`` (``key(axis)``: the x value's
+    name there) is on that axis's Pareto front of top-1."""
+    for axis in axes:
+        front = set(front_indices(rows, key(axis), "top1"))
+        for i, item in enumerate(items):
+            item[f"front_{axis.key}"] = i in front
 
 
 def member_widths(run: Path, rows: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any] | None, str]:
@@ -199,10 +206,7 @@ def seed_means(points_: Sequence[Mapping[str, Any]], axes: Sequence[XAxis]) -> l
             values = [p[axis.field] for p in group if p.get(axis.field) is not None]
             mean[axis.field] = statistics.fmean(values) if len(values) == len(group) else None
         out.append(mean)
-    for axis in axes:
-        front = set(front_indices(out, axis.field, "top1"))
-        for i, mean in enumerate(out):
-            mean[f"front_{axis.key}"] = i in front
+    _mark_fronts(out, out, axes, lambda axis: axis.field)
     return out
 
 
