@@ -374,7 +374,7 @@ def test_any_criterion_with_any_allocator(config, tmp_path):
     plan = json.loads((out / "members" / "uniform-30" / "plan.json").read_text())
     assert plan["info"]["method"] == "uniform" and plan["info"]["criterion"] == "taylor"
     proc = legr("prune", str(config), "--out", str(tmp_path / "x"), "--set", "criterion=magic", check=False)
-    assert proc.returncode == 2 and "unknown criterion 'magic'; available: bn_scale, fpgm, l1, l2sq, random, taylor" \
+    assert proc.returncode == 2 and "unknown criterion 'magic'; available: bn_scale, fpgm, l1, l2sq, random, taylor, taylor_abs" \
         in proc.stderr
     listing = legr("methods").stdout
     assert "taylor" in listing and any("magnitude" in line and "params" in line for line in listing.splitlines())

@@ -164,6 +164,42 @@ def test_lr_follows_milestones(digits):
     assert "val_top1" not in history[0]
 
 
+@pytest.mark.parametrize("epochs, milestones", [(10, (0.3, 0.6, 0.8)), (4, (0.3, 0.6, 0.8)), (2, (0.3, 0.6, 0.8)),
+                                                (6, (0.5,)), (5, (0.2, 0.2, 0.9))])
+def test_a_window_of_a_recipe_trains_at_the_recipe_s_learning_rates(digits, epochs, milestones):
+    """lr_at and window against the scheduler that trains: every window's epochs run at the full recipe's rates."""
+    cfg = FinetuneConfig(epochs=epochs, lr=0.01, batch_size=32, steps_per_epoch=1, milestones=milestones)
+    full = [row["lr"] for row in fit(TinyCNN(width=4), digits, cfg)]
+    assert [cfg.lr_at(e) for e in range(epochs)] == pytest.approx(full)
+    for start in range(epochs):
+        for stop in range(start + 1, epochs + 1):
+            part = [row["lr"] for row in fit(TinyCNN(width=4), digits, cfg.window(start, stop))]
+            assert part == pytest.approx(full[start:stop]), (start, stop)
+    with pytest.raises(ValueError, match="not within"):
+        cfg.window(0, epochs + 1)
+
+
+def test_before_step_sees_every_step_once_across_epochs_and_a_resume(digits, tmp_path):
+    """The hook is called with 0, 1, ... before each optimizer step; a resumed run calls it for the steps it runs."""
+    cfg = quick_cfg(epochs=3, steps_per_epoch=4)
+    seen = []
+    fit(TinyCNN(width=4), digits, cfg, before_step=seen.append)
+    assert seen == list(range(12))
+    seen.clear()
+
+    def stop_in_epoch_two(step):
+        if step == 9:
+            raise KeyboardInterrupt
+        seen.append(step)
+
+    ckpt = tmp_path / "ft.pt"
+    with pytest.raises(KeyboardInterrupt):
+        fit(TinyCNN(width=4), digits, cfg, checkpoint=ckpt, before_step=stop_in_epoch_two)
+    again = []
+    fit(TinyCNN(width=4), digits, cfg, checkpoint=ckpt, before_step=again.append)
+    assert seen == list(range(9)) and again == list(range(8, 12))
+
+
 def test_resume_is_bit_identical(digits, tmp_path, monkeypatch):
     cfg = quick_cfg()
     reference = TinyCNN()

@@ -26,7 +26,35 @@ TINY_RUN = {**BASE, "base_training": {"epochs": 2, "lr": 0.05, "batch_size": 64,
 # what keeps each built-in method's tiny run short (a method without an entry runs with its defaults)
 TINY = {"filters": {"allocator": "uniform", "bn_batches": 2},
         "magnitude": {"magnitude": {"rounds": 1, "sensitivity_samples": 100, "fractions": [0.3, 0.6, 0.9]}},
-        "lowrank": {"lowrank": {"selection": "inf", "candidates": 3, "inf_images": 100}}}
+        "lowrank": {"lowrank": {"selection": "inf", "candidates": 3, "inf_images": 100}},
+        "gdp": {"gdp": {"dynamic_epochs": 2, "updates": 3, "scoring_batches": 2},
+                "finetune": {"epochs": 3, "steps_per_epoch": 5, "batch_size": 64, "augment": False}}}
+# when a run is killed: once its one-time work is done (timings.json has "rank"), or where a method has none, once
+# the file it resumes its work from appears (gdp: the dynamic phase's training checkpoint, after its first epoch)
+KILL_AT = {"gdp": lambda out: any(out.glob("members/*/gdp_dynamic.pt"))}
+
+
+def _gdp_epochs_at_kill(out) -> list:
+    """The dynamic epochs the killed run had checkpointed (their history rows, wall seconds included)."""
+    import torch
+
+    return torch.load(next(out.glob("members/*/gdp_dynamic.pt")), weights_only=True)["history"]
+
+
+def _gdp_epochs_after(out) -> list:
+    plan = json.loads(next(out.glob("members/*-30/plan.json")).read_text())
+    return plan["info"]["gdp"]["dynamic_history"]
+
+
+# evidence that the rerun resumed the killed run's work: what the kill left, and where the finished run shows it
+RESUMED = {"gdp": (_gdp_epochs_at_kill, lambda out, before: _gdp_epochs_after(out)[:len(before)] == before)}
+
+
+def _ranked(out) -> bool:
+    try:
+        return "rank" in json.loads((out / "timings.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
 
 
 @pytest.mark.parametrize("name", METHODS.names())
@@ -38,7 +66,8 @@ def test_its_config_keys_parse_and_read_back(name):
         value = cfg.model_dump(mode="json")[key]
         assert getattr(parse_config({**BASE, "method": name, key: value}), key) == getattr(cfg, key)
     others = {k for n, m in METHODS.items() if n != name for k in m.config_keys}
-    if name != "magnitude":  # (magnitude keeps filter pruning's keys at null, as its folders before #31 do)
+    if name not in ("magnitude", "gdp"):  # (magnitude keeps filter pruning's keys at null, as its folders before
+        # #31 do; gdp cuts under filter pruning's floors)
         assert not others & set(artifact_config(cfg)), "a run's identity holds only its own method's keys"
 
 
@@ -87,13 +116,8 @@ def test_a_run_killed_midway_resumes_and_ends_as_an_uninterrupted_one(name, tmp_
     assert _legr_run(config, reference).wait(timeout=600) == 0
 
     proc = _legr_run(config, killed)
-    timings, deadline = killed / "timings.json", time.monotonic() + 600
-    while proc.poll() is None and time.monotonic() < deadline:  # killed once the method's one-time work is done
-        try:
-            if "rank" in json.loads(timings.read_text()):
-                break
-        except (FileNotFoundError, json.JSONDecodeError):
-            pass
+    ready, deadline = KILL_AT.get(name, _ranked), time.monotonic() + 600
+    while proc.poll() is None and time.monotonic() < deadline and not ready(killed):
         time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
@@ -102,9 +126,12 @@ def test_a_run_killed_midway_resumes_and_ends_as_an_uninterrupted_one(name, tmp_
     # what was finished when it was killed (the source network, the method's one-time work): kept, not redone
     done = {p: p.stat().st_mtime_ns for p in killed.rglob("*") if p.is_file() and p.suffix != ".pt"
             and p.name not in ("config.yaml", "timings.json") and "members" not in p.relative_to(killed).parts}
-    assert done, "nothing was finished before the kill"
+    assert done or name in KILL_AT, "nothing was finished before the kill"
+    evidence = RESUMED[name][0](killed) if name in RESUMED else None
 
     again = _legr_run(config, killed)
     assert again.wait(timeout=600) == 0, again.stderr.read()[-3000:]
     assert {p: p.stat().st_mtime_ns for p in done} == done, "the rerun redid finished work instead of resuming"
     assert _finished(killed) == _finished(reference)  # the code is deterministic on the CPU: the same family
+    if name in RESUMED:
+        assert evidence and RESUMED[name][1](killed, evidence), "the rerun started over instead of resuming"

@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -62,7 +62,9 @@ class RunContext(Protocol):
 
     def timed(self, step: str) -> AbstractContextManager[None]: ...
 
-    def train(self, model: nn.Module, cfg: TrainConfig, checkpoint: Path) -> list[dict]: ...
+    def train(self, model: nn.Module, cfg: TrainConfig, checkpoint: Path,
+              before_step: Callable[[int], None] | None = None) -> list[dict]: ...
+    # (`legr.training.finetune` on the training split, validation rows, the run's seed, device and progress)
 
     def accuracy(self, model: nn.Module, split: tuple[torch.Tensor, torch.Tensor]) -> EvalResult: ...
 
@@ -167,6 +169,14 @@ class Method(ABC):
         """Member folder names: ``<prefix>-<target in %>``."""
         return self.member_prefix(self.run.cfg.model_dump())
 
+    @classmethod
+    def member_training(cls, cfg: Any, target: float) -> list[tuple[float, TrainConfig]]:
+        """What one member of ``target`` trains, as (network size as a fraction of the source's MACs, recipe) pairs
+        in order: the last is `finetune`'s recipe, any before it runs in `cut` (GDP's dynamic phase). The estimate of
+        a run's wall time counts them. Default: the run's fine-tune, on the member (channel cuts) or a network of the
+        source's size."""
+        return [(target if cls.channel_plans else 1.0, cfg.finetune)]
+
     def sized_network(self, fraction: float) -> nn.Module:
         """A network of about ``fraction`` of the source MACs, built as this method builds a member (what
         `legr.pipeline.estimate` times work of that size on). Default: a copy of the source network (a method whose
@@ -186,13 +196,13 @@ class Method(ABC):
         """Write the member for ``target`` (a fraction of the source's ``budget`` unit) into ``member``, from what `prepare` returned; a member already there and still valid is kept."""
 
     def finetune(self, member: MemberFolder) -> None:
-        """Recover the member's accuracy with the run's fine-tuning recipe (resumable; ``member.finetuned`` marks it
-        done; ``finetune.epochs: 0`` leaves the member as cut)."""
-        cfg = self.run.cfg.finetune
+        """Recover the member's accuracy with its fine-tuning recipe (`member_training`'s last; resumable;
+        ``member.finetuned`` marks it done; a recipe of 0 epochs leaves the member as cut)."""
+        net, info = self.load(member)
+        cfg = self.member_training(self.run.cfg, info["target"])[-1][1]
         if cfg.epochs == 0:  # the members are evaluated as cut (and BN-recalibrated)
             atomic_write_text(member.finetuned, "[]")
             return
-        net, _ = self.load(member)
         self.run.log(f"fine-tuning {member.name} for {cfg.epochs} epochs")
         with self.run.timed("finetune"):
             history = self.run.train(net.to(self.run.device), cfg, member.finetune_checkpoint)

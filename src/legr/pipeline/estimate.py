@@ -232,14 +232,16 @@ def estimate_piece(cfg: CompareConfig, source: Pipeline, work: str | Path | None
             for t in sorted(rc.targets):
                 member = run.member(member_name(method.member_prefix(settings), t))
                 size = t if method.channel_plans else 1.0  # e.g. a sparse network computes as the dense one
+                *cutting, (ft_size, ft_recipe) = method.member_training(rc, t)
                 if not member.plan.exists():
+                    finetune += sum(units.training(f, recipe) for f, recipe in cutting)
                     other += 2 * units.test(size)  # top-1 as cut and after adaptive BN
                     other += rc.bn_batches * units.size(size).bn_s
                     if budget is not None and budget.measure_members:
                         per = max(budget.repeats * units.forward(budget.batch_size), 0.1)
                         other += MEASURED_CUTS * 5 * 2 * per
                 if not member.finetuned.exists():
-                    finetune += units.training(size, rc.finetune)
+                    finetune += units.training(ft_size, ft_recipe)
                 other += units.test(size)
     pc = cfg.compare.pipeline_cost
     if pc is not None:

@@ -157,12 +157,14 @@ class Pipeline:
         return CostModel(self.graph, latency=model)
 
     # --- what a method uses (`legr.methods.base.RunContext`) ---------------------------------------------------
-    def train(self, model: nn.Module, cfg: TrainConfig, checkpoint: Path) -> list[dict]:
+    def train(self, model: nn.Module, cfg: TrainConfig, checkpoint: Path,
+              before_step: Callable[[int], None] | None = None) -> list[dict]:
         x, y = self.data.train
         val = self.data.val if len(self.data.val[0]) else None
         teacher = self.base if cfg.distill is not None else None  # a member learns from its source network
         return finetune(model, x, y, self.data.mean, self.data.std, cfg.with_seed(self.cfg.seed),
-                        checkpoint=checkpoint, val=val, progress=self.progress, device=self.device, teacher=teacher)
+                        checkpoint=checkpoint, val=val, progress=self.progress, device=self.device, teacher=teacher,
+                        before_step=before_step)
 
     def accuracy(self, model: nn.Module, split: tuple[torch.Tensor, torch.Tensor]) -> EvalResult:
         """Top-1 etc. on ``split``, on the run's device (an onnxruntime network, the int8 stage's: on the CPU)."""

@@ -49,6 +49,20 @@ class TrainConfig(Settings):
         """The epochs at whose start the lr is multiplied by ``gamma`` (one entry per fraction, may repeat)."""
         return [int(m * self.epochs) for m in self.milestones]
 
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of ``epoch`` (as `finetune`'s MultiStepLR sets it)."""
+        return self.lr * self.gamma ** sum(m <= epoch for m in self.milestone_epochs())
+
+    def window(self, start: int, stop: int) -> "TrainConfig":
+        """Epochs ``start`` to ``stop`` (excluded) of this recipe as a recipe of their own: it starts at the learning
+        rate of epoch ``start`` and decays where this one does (GDP: the dynamic phase is the fine-tune's first
+        epochs, the pruned network's fine-tune the rest)."""
+        if not 0 <= start < stop <= self.epochs:
+            raise ValueError(f"window {start}..{stop} is not within the recipe's {self.epochs} epochs")
+        span = stop - start
+        later = [(m - start + 0.5) / span for m in self.milestone_epochs() if start < m < stop]
+        return self.model_copy(update={"epochs": span, "lr": self.lr_at(start), "milestones": tuple(later)})
+
     def with_seed(self, seed: int) -> "TrainConfig":
         """This recipe seeded with ``seed``."""
         return self.model_copy(update={"seed": seed})

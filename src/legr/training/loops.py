@@ -10,7 +10,7 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -88,7 +88,8 @@ def train_steps(model: nn.Module, loader: TensorLoader, steps: int, optimizer: t
 def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: Sequence[float] | None,
              std: Sequence[float] | None, cfg: FinetuneConfig, *, checkpoint: str | os.PathLike | None = None,
              val: tuple[torch.Tensor, torch.Tensor] | None = None, progress: bool = True,
-             device: Device = None, teacher: nn.Module | None = None) -> list[dict[str, Any]]:
+             device: Device = None, teacher: nn.Module | None = None,
+             before_step: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
     """Fine-tune ``model`` in place on (``x``, ``y``) with ``cfg``; returns one history row per epoch.
 
     Rows hold ``epoch``, ``lr``, ``train_loss``, ``train_top1`` (on the augmented batches), ``val_loss`` and
@@ -103,6 +104,10 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: Sequence[
 
     With ``cfg.distill``, ``teacher`` (on ``device``, never changed) is distilled into the model; rows then also hold
     ``teacher_seconds``, its share of the epoch's time.
+
+    ``before_step(step)`` is called before every optimizer step with its index from 0 (counted across epochs): a
+    method that changes the network while it trains (GDP's masks) does it there; whatever it changes must live in the
+    model's state (parameters, buffers) for a resumed run to match.
     """
     if len(x) == 0:
         raise ValueError("finetune needs at least one training sample")
@@ -123,7 +128,8 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: Sequence[
         for epoch in range(len(history), cfg.epochs):
             start = time.perf_counter()
             guide = Teacher(teacher) if teacher is not None else None
-            row = _train_epoch(model, loader, optimizer, epoch, steps, cfg.seed, device, guide, cfg.distill)
+            row = _train_epoch(model, loader, optimizer, epoch, steps, cfg.seed, device, guide, cfg.distill,
+                               before_step)
             if guide is not None:
                 row["teacher_seconds"] = guide.seconds
             if val is not None:
@@ -141,7 +147,8 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: Sequence[
 
 def _train_epoch(model: nn.Module, loader: TensorLoader, optimizer: torch.optim.Optimizer, epoch: int, steps: int,
                  seed: int, device: torch.device, teacher: Teacher | None = None,
-                 distill: DistillConfig | None = None) -> dict[str, Any]:
+                 distill: DistillConfig | None = None,
+                 before_step: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Train one epoch (at most ``steps`` batches); data order/augmentation and the global RNG seeded by epoch."""
     lr = optimizer.param_groups[0]["lr"]
     model.train()
@@ -150,7 +157,10 @@ def _train_epoch(model: nn.Module, loader: TensorLoader, optimizer: torch.optim.
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
     with _seeded_rng(_epoch_seed(seed, epoch), device):
-        for _, (xb, yb) in zip(range(steps), loader):
+        for i, (xb, yb) in zip(range(steps), loader):
+            if before_step is not None:
+                before_step(epoch * steps + i)
+                model.train()
             batch_loss, batch_correct = _step(model, optimizer, xb, yb, teacher, distill)
             loss_sum += batch_loss.double()
             correct += batch_correct

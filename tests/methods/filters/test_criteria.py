@@ -120,6 +120,43 @@ def test_taylor_is_the_squared_gate_gradient_averaged_over_batches():
     np.testing.assert_allclose(scores, expected / 3, rtol=1e-5)
 
 
+def test_taylor_abs_is_gdps_absolute_gate_gradient_averaged_over_batches():
+    """GDP's discriminative function, by hand on a toy net: per batch |sum of gamma dL/dgamma + beta dL/dbeta| at the
+    batch norm of each channel (eval mode), the mean over the batches; differs from taylor's square."""
+    net = _net()
+    batches = _batches()
+    scores = compute_scores("taylor_abs", analyze(net, (2, 4, 4)), net, CriterionContext(batches=batches))["conv"]
+    reference = copy.deepcopy(net).eval()
+    expected = np.zeros(4)
+    for x, y in batches():
+        gw, gb = torch.autograd.grad(nn.functional.cross_entropy(reference(x), y), [reference.bn.weight, reference.bn.bias])
+        expected += (reference.bn.weight * gw + reference.bn.bias * gb).detach().double().abs().numpy()
+    np.testing.assert_allclose(scores, expected / 3, rtol=1e-5)
+    squared = compute_scores("taylor", analyze(net, (2, 4, 4)), net, CriterionContext(batches=batches))["conv"]
+    assert not np.allclose(scores, squared)
+
+
+def test_taylor_saliency_with_batch_statistics_leaves_the_running_ones_alone():
+    """GDP scores with the norms normalizing by batch statistics (as in training): by hand, a training-mode copy;
+    the scored network's running buffers and modes are unchanged."""
+    from legr.methods.filters.criteria import taylor_saliency
+
+    net = _net()
+    net.eval()
+    buffers = {k: v.clone() for k, v in net.state_dict().items() if "running" in k or "num_batches" in k}
+    batches = _batches()
+    scores = taylor_saliency(analyze(net, (2, 4, 4)), net, CriterionContext(batches=batches), "taylor_abs", torch.abs,
+                             batch_norms=True)["conv"]
+    assert not net.bn.training and all(torch.equal(net.state_dict()[k], v) for k, v in buffers.items())
+    reference = copy.deepcopy(net).eval()
+    reference.bn.train()
+    expected = np.zeros(4)
+    for x, y in batches():
+        gw, gb = torch.autograd.grad(nn.functional.cross_entropy(reference(x), y), [reference.bn.weight, reference.bn.bias])
+        expected += (reference.bn.weight * gw + reference.bn.bias * gb).detach().double().abs().numpy()
+    np.testing.assert_allclose(scores, expected / 3, rtol=1e-5)
+
+
 def test_taylor_ranks_a_channel_the_loss_ignores_last():
     net = _net()
     with torch.no_grad():

@@ -137,8 +137,29 @@ def taylor(graph: ChannelGraph, module: nn.Module, context: CriterionContext) ->
     activation x gradient of the loss, at the batch norm right after a producer (else at its output), averaged over
     the batches of ``context.batches``. This is the first-order estimate of the loss change when the channel is
     zeroed; it is computed as ``(sum over the channel's parameters of theta * dL/dtheta)^2``, which is equal."""
+    return taylor_saliency(graph, module, context, "taylor", lambda t: t.pow(2))
+
+
+@register_criterion("taylor_abs", "first-order Taylor: |activation x gradient| on training batches (GDP, Lin 2018)")
+def taylor_abs(graph: ChannelGraph, module: nn.Module, context: CriterionContext) -> dict[str, np.ndarray]:
+    """GDP's global discriminative function (Lin et al. 2018): per batch, ``|sum over the channel's parameters of
+    theta * dL/dtheta|`` (at the batch norm right after a producer, else at its filter and bias), averaged over the
+    batches of ``context.batches``. GDP's reference code scores VGG-16's convolutions, which have no batch norm; after
+    a batch norm in training mode a filter's own ``W * dL/dW`` sums to zero (the norm undoes any scaling of the
+    filter), so the norm's affine parameters carry the channel's first-order term, as in ``taylor``."""
+    return taylor_saliency(graph, module, context, "taylor_abs", torch.abs)
+
+
+def taylor_saliency(graph: ChannelGraph, module: nn.Module, context: CriterionContext, name: str,
+                    reduce: Callable[[torch.Tensor], torch.Tensor], batch_norms: bool = False) -> dict[str, np.ndarray]:
+    """Per producer filter, the mean over ``context.batches`` of ``reduce(sum of theta * dL/dtheta)`` over the
+    channel's parameters at its gate (the batch norm right after the producer when it has affine parameters, else
+    the producer's weight and bias), with the module in eval mode (the gradients computed with
+    `torch.autograd.grad`: nothing is accumulated in ``.grad``). ``batch_norms``: the batch norms normalize with
+    the batch's statistics, as in training (for a network whose running statistics are stale, e.g. of channels that
+    were masked: GDP); either way no running buffer changes."""
     if context.batches is None:
-        raise LegrError("criterion 'taylor' needs training batches (it scores filters by activation x gradient)")
+        raise LegrError(f"criterion '{name}' needs training batches (it scores filters by activation x gradient)")
     norms = _norm_after(graph)
     producers = [name for name in graph.layers if graph.layers[name].producer_ids is not None]
 
@@ -152,22 +173,31 @@ def taylor(graph: ChannelGraph, module: nn.Module, context: CriterionContext) ->
     totals = {name: np.zeros(len(graph.layers[name].producer_ids)) for name in producers}
     modes = {m: m.training for m in module.modules()}
     module.eval()  # batch statistics and running buffers stay as they are
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if batch_norms else []
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:  # training-mode normalization; momentum 0 keeps the running statistics exactly as they are
+        m.train()
+        m.momentum = 0.0
     n = 0
     try:
         for x, y in context.batches():
             grads = torch.autograd.grad(F.cross_entropy(module(x), y), flat, allow_unused=True, materialize_grads=True)
             grad_of = dict(zip(map(id, flat), grads))
             with torch.no_grad():
-                for name, ps in params.items():
+                for layer, ps in params.items():
                     total = sum((p * grad_of[id(p)]).reshape(p.shape[0], -1).sum(1) for p in ps)
-                    totals[name] += total.double().pow(2).cpu().numpy()
+                    totals[layer] += reduce(total.double()).cpu().numpy()
             n += 1
     finally:
         for m, mode in modes.items():
             m.training = mode
+        for m, (momentum, tracked) in zip(norms, saved):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
     if n == 0:
-        raise LegrError("criterion 'taylor' got no training batches")
-    return {name: t / n for name, t in totals.items()}
+        raise LegrError(f"criterion '{name}' got no training batches")
+    return {layer: t / n for layer, t in totals.items()}
 
 
 Transform = Callable[[str, np.ndarray], np.ndarray]
