@@ -387,6 +387,16 @@ def family_fitness() -> list[str]:
             "", f"{uniform} The pool's figures: `benchmarks/results/family_fitness/summary.md`."]
 
 
+def gdp() -> list[str]:
+    path = RESULTS / "gdp" / "summary.md"
+    if not path.is_file():
+        return ["Not run yet: in pieces, `python benchmarks/compare_methods.py --seeds 0 --methods gdp` (~16 min on one "
+                "core), `python benchmarks/gdp_dynamics.py --collect 0`, the same for seeds 1 and 2, then "
+                "`compare_methods.py --merge` and `gdp_dynamics.py --merge` (issue 36)."]
+    return path.read_text().strip().splitlines() + ["", "![GDP: channels recovered per decision]"
+                                                        "(benchmarks/results/gdp/recovery.png)"]
+
+
 SECTIONS: list[tuple[str, Callable[[], list[str]]]] = [
     ("Engine coverage (`benchmarks/torchvision_tally.py`)", tally),
     ("Engine coverage, timm (`benchmarks/timm_tally.py`)",
@@ -412,6 +422,7 @@ SECTIONS: list[tuple[str, Callable[[], list[str]]]] = [
      "configs/compare_resnet20_cifar10jpeg_family5.yaml`, in pieces)", compare("compare_resnet20_cifar10jpeg_family5")),
     ("AMC against LeGR, seven targets from 20% to 80% (`benchmarks/compare_methods.py --config "
      "configs/compare_resnet20_cifar10jpeg_family7.yaml`, in pieces)", compare("compare_resnet20_cifar10jpeg_family7")),
+    ("GDP: do filters masked by mistake come back? (`benchmarks/gdp_dynamics.py`)", gdp),
     ("One fitness for the family (`benchmarks/family_fitness.py`)", family_fitness),
     ("Han et al. 2015 magnitude pruning (`benchmarks/han_mnist.py`, `benchmarks/han_resnet56_cifar10jpeg.py`)", han),
 ]
