@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from legr.errors import LegrError
+from legr.hardware import LoadMonitor, foreign_load
 from legr.paths import atomic_write_text
 from legr.pipeline.compare import Comparison, summary_markdown
 from legr.pipeline.compare_config import CompareConfig
@@ -106,6 +106,10 @@ def markdown(rows: list[dict[str, Any]], result: dict[str, Any], key: str) -> st
              f"{statistics.fmean(source.values()):.2f} ms on average). `{REFERENCE}` top-1 is interpolated at each "
              f"member's latency fraction between its own members (same seed). {settings(result)} Test top-1 after "
              "fine-tuning, mean ± std over seeds:"]
+    loads = {name: load for name, load in result.get("foreign_load", {}).items() if load is not None}
+    if loads:
+        lines[-1] += (" Other processes' share of the CPUs while each piece ran (mean / max of 30 s samples): "
+                      + ", ".join(f"{n} {v['mean']:.0%} / {v['max']:.0%}" for n, v in loads.items()) + ".")
     if result.get("missing"):
         lines[-1] += " **Missing pieces** (seed, method): " + ", ".join(f"{s} {m}" for s, m in result["missing"]) \
             + "."
@@ -164,7 +168,9 @@ def plot(result: dict[str, Any], key: str, path: Path) -> None:
 def write_merged(cfg: CompareConfig, results: Path) -> dict[str, Any]:
     """Merge ``<results>/pieces/*.json`` and write the comparison's and the equal-latency tables and the plot."""
     files = sorted((results / "pieces").glob("*.json"))
-    result = merge(cfg, [json.loads(f.read_text()) for f in files])
+    loaded = [json.loads(f.read_text()) for f in files]
+    result = merge(cfg, loaded)
+    result["foreign_load"] = {f.stem: p.get("foreign_load") for f, p in zip(files, loaded)}
     key = latency_key("cpu", cfg.budget.batch_size)
     rows = equal_latency(result, key)
     atomic_write_text(results / "compare.json", json.dumps(result, indent=1, default=float))
@@ -174,6 +180,23 @@ def write_merged(cfg: CompareConfig, results: Path) -> dict[str, Any]:
     atomic_write_text(results / "latency_accuracy.md", markdown(rows, result, key))
     plot(result, key, results / "accuracy_vs_latency.png")
     return result
+
+
+BUSY = 0.15  # other processes' share of the CPUs above which a piece is refused (one other job on 2 cores: ~0.5)
+
+
+def check_quiet(allow_busy: bool) -> None:
+    """Refuse to start a piece while other processes take more than `BUSY` of the machine: this comparison cuts its
+    members against the clock and reads them at measured latency, and a timing taken beside another job measures that
+    job too (seed 0's first piece, run beside two other jobs, came out with latencies off by up to 30%)."""
+    load = foreign_load(3.0)
+    if load is None or load <= BUSY:
+        return
+    if not allow_busy:
+        raise LegrError(f"the machine is busy: other processes use {load:.0%} of its CPUs; this benchmark times "
+                        "networks against the clock: run it alone (benchmarks/README.md, \"Long runs\"), or pass "
+                        "--allow-busy (the piece records the load it ran under)")
+    print(f"warning: other processes use {load:.0%} of the CPUs; the piece records the load it ran under")
 
 
 def main() -> None:
@@ -188,6 +211,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", help="run these methods only (a piece)")
     parser.add_argument("--merge", action="store_true", help="merge <results>/pieces/*.json into the results")
     parser.add_argument("--estimate-only", action="store_true", help="print the piece's estimated wall time and stop")
+    parser.add_argument("--allow-busy", action="store_true",
+                        help=f"run a piece although other processes use more than {BUSY:.0%} of the CPUs")
     args = parser.parse_args()
     try:
         cfg = load_config(args.config, parse_set_options(args.set), schema=CompareConfig)
@@ -202,9 +227,13 @@ def main() -> None:
                 print(estimate.warning())
             if args.estimate_only:
                 return
-            Comparison(pcfg, work).run()
+            check_quiet(args.allow_busy)
+            with LoadMonitor() as load:
+                Comparison(pcfg, work).run()
             (args.results / "pieces").mkdir(parents=True, exist_ok=True)
-            shutil.copy2(work / "compare.json", args.results / "pieces" / f"{p.name}.json")
+            done = json.loads((work / "compare.json").read_text())
+            atomic_write_text(args.results / "pieces" / f"{p.name}.json",
+                              json.dumps({**done, "foreign_load": load.summary()}, indent=1, default=float))
             print(f"piece {p.name} written: {args.results / 'pieces' / f'{p.name}.json'} (commit it)")
             if args.seeds or args.methods:
                 print((work / "summary.md").read_text())

@@ -58,7 +58,7 @@ from legr.engine.cost import CostModel, count_params, counted_macs
 from legr.engine.latency import measure_latency
 from legr.engine.surgery import prune
 from legr.graph import analyze
-from legr.hardware import git_revision, hardware_info, hardware_label
+from legr.hardware import LoadProbe, git_revision, hardware_info, hardware_label
 from legr.methods.filters.allocate import solve_uniform
 from legr.methods.filters.criteria import CRITERIA, group_scores
 from legr.models import build_model, get_model_spec
@@ -73,46 +73,11 @@ DEFAULT_BATCHES = (1, 64)
 # --------------------------------------------------------------------------------------------------------------
 # Machine load: CPU time taken by other processes while we time.
 # --------------------------------------------------------------------------------------------------------------
-def _proc_stat() -> tuple[float, float] | None:
-    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat; None where unavailable."""
-    try:
-        with open("/proc/stat") as fh:
-            fields = fh.readline().split()
-    except OSError:
-        return None
-    if not fields or fields[0] != "cpu":
-        return None
-    vals = [float(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
-    hz = float(os.sysconf("SC_CLK_TCK"))
-    idle = vals[3] + vals[4]
-    total = sum(vals)
-    return (total - idle) / hz, total / hz
-
-
 def _n_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
-
-
-class LoadProbe:
-    """Fraction of the machine's CPU capacity used by processes other than this one over a time window."""
-
-    def __init__(self) -> None:
-        self.start = _proc_stat()
-        self.own = time.process_time()
-        self.wall = time.perf_counter()
-
-    def foreign(self) -> float | None:
-        end = _proc_stat()
-        if self.start is None or end is None:
-            return None
-        wall = time.perf_counter() - self.wall
-        busy = end[0] - self.start[0]
-        own = time.process_time() - self.own
-        cpus = os.cpu_count() or 1  # /proc/stat counts every CPU of the machine
-        return max(0.0, min(1.0, (busy - own) / max(wall * cpus, 1e-9)))
 
 
 def wait_until_quiet(max_foreign: float, max_wait_s: float, window_s: float = 0.5) -> tuple[float, float | None]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from legr.errors import ConfigError
+from legr.errors import ConfigError, LegrError
 from legr.pipeline.compare_config import CompareConfig
 from legr.pipeline.config import parse_config
 from legr.pipeline.pieces import merge, piece, piece_config
@@ -121,7 +121,7 @@ def test_a_piece_estimates_first_and_resumes_after_sigkill(tmp_path):
     config.write_text(CONFIG)
     work, results = tmp_path / "work", tmp_path / "results"
     cmd = [sys.executable, str(SCRIPT), "--config", str(config), "--work", str(work), "--results", str(results),
-           "--seeds", "0", "--methods", "legr"]
+           "--seeds", "0", "--methods", "legr", "--allow-busy"]  # (the test may run beside other jobs)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LEGR_CACHE": str(tmp_path / "cache")}
     folder = work / "seed0_legr"
     run = folder / "seed0" / "legr"
@@ -153,5 +153,34 @@ def test_a_piece_estimates_first_and_resumes_after_sigkill(tmp_path):
     assert (run / "latency_model.json").read_text() == latency_model  # read back, not measured again
     assert len((run / "search_log.jsonl").read_text().splitlines()) == 5  # each candidate once
     part = json.loads((results / "pieces" / "seed0_legr.json").read_text())
+    assert part["foreign_load"] is None or 0 <= part["foreign_load"]["mean"] <= part["foreign_load"]["max"] <= 1
     assert sorted((r["method"], r["target"]) for r in part["runs"] if r["method"] != "baseline") == [
         ("legr", 0.7), ("legr", 0.9)]
+
+
+def test_a_piece_on_a_busy_machine_is_refused_with_one_line(tmp_path, monkeypatch):
+    """Another job taking the CPUs: the piece does not start (its latencies would measure that job too)."""
+    script = _script()
+    monkeypatch.setattr(script, "foreign_load", lambda window_s: 0.5)
+    with pytest.raises(LegrError, match=r"^the machine is busy: other processes use 50% of its CPUs; .*--allow-busy"):
+        script.check_quiet(allow_busy=False)
+    script.check_quiet(allow_busy=True)  # warns and runs
+    monkeypatch.setattr(script, "foreign_load", lambda window_s: 0.05)
+    script.check_quiet(allow_busy=False)
+
+
+def test_the_load_probe_sees_another_process_take_a_core():
+    from legr.hardware import LoadMonitor, foreign_load
+
+    if foreign_load(0.1) is None:
+        pytest.skip("no /proc/stat here")
+    spin = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 3: pass"])
+    try:
+        with LoadMonitor(every_s=0.5) as load:
+            busy = foreign_load(1.0)
+    finally:
+        spin.wait()
+    cpus = os.cpu_count() or 1
+    assert busy >= 0.6 / cpus  # a spinning process is at least 60% of one core
+    summary = load.summary()
+    assert summary["samples"] >= 1 and summary["max"] >= 0.6 / cpus

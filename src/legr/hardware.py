@@ -1,10 +1,13 @@
-"""Where a measurement was taken: CPU/GPU, thread count, library versions and the code's git revision."""
+"""Where a measurement was taken: CPU/GPU, thread count, library versions and the code's git revision; and how busy
+the machine was meanwhile (the CPU time other processes took: a timing taken while they ran measures them too)."""
 
 from __future__ import annotations
 
 import os
 import platform
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +90,79 @@ def hardware_label() -> str:
     torch_version = str(info["torch"]).split("+", 1)[0]
     accel = f"CUDA {info['cuda_device']}" if info["cuda_device"] else "CPU"
     return f"{info['cpu']} ({info['torch_threads']} threads), torch {torch_version}, {accel}"
+
+
+# --- machine load: the CPU time other processes take ---------------------------------------------------------------
+def _proc_stat() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat; None where unavailable."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = fh.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    vals = [float(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    hz = float(os.sysconf("SC_CLK_TCK"))
+    idle = vals[3] + vals[4]
+    total = sum(vals)
+    return (total - idle) / hz, total / hz
+
+
+class LoadProbe:
+    """Fraction of the machine's CPU capacity used by processes other than this one since the probe was made."""
+
+    def __init__(self) -> None:
+        self.start = _proc_stat()
+        self.own = time.process_time()
+        self.wall = time.perf_counter()
+
+    def foreign(self) -> float | None:
+        end = _proc_stat()
+        if self.start is None or end is None:
+            return None
+        wall = time.perf_counter() - self.wall
+        busy = end[0] - self.start[0]
+        own = time.process_time() - self.own
+        cpus = os.cpu_count() or 1  # /proc/stat counts every CPU of the machine
+        return max(0.0, min(1.0, (busy - own) / max(wall * cpus, 1e-9)))
+
+
+def foreign_load(window_s: float = 2.0) -> float | None:
+    """The share of the machine's CPUs other processes use over the next ``window_s`` seconds (None: unknown)."""
+    probe = LoadProbe()
+    time.sleep(window_s)
+    return probe.foreign()
+
+
+class LoadMonitor:
+    """Samples `LoadProbe.foreign` every ``every_s`` seconds in a background thread while the block runs:
+    ``with LoadMonitor() as load: ...`` then ``load.summary()`` -> {"mean", "max", "samples"} (None without
+    /proc/stat)."""
+
+    def __init__(self, every_s: float = 30.0) -> None:
+        self.every_s, self.samples = every_s, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        probe = LoadProbe()
+        while not self._stop.wait(self.every_s):
+            if (value := probe.foreign()) is not None:
+                self.samples.append(value)
+            probe = LoadProbe()
+        if (value := probe.foreign()) is not None and time.perf_counter() - probe.wall > 1.0:
+            self.samples.append(value)
+
+    def __enter__(self) -> "LoadMonitor":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict[str, float | int] | None:
+        if not self.samples:
+            return None
+        return {"mean": sum(self.samples) / len(self.samples), "max": max(self.samples), "samples": len(self.samples)}
