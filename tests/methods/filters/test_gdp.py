@@ -87,7 +87,8 @@ def _resnet():
     return graph, CostModel(graph)
 
 
-def test_every_decision_is_the_solvers_cut_of_the_ranking_from_below(tmp_path):
+@pytest.mark.parametrize("unit", ["macs", "params"])
+def test_every_decision_is_the_solvers_cut_of_the_ranking_from_below(tmp_path, unit):
     graph, cost = _resnet()
     net = copy.deepcopy(graph.gm)
     rng = np.random.default_rng(0)
@@ -99,18 +100,18 @@ def test_every_decision_is_the_solvers_cut_of_the_ranking_from_below(tmp_path):
         drawn.append(s)
         return s
 
-    floors, budget = Floors(0.25), 0.4 * cost.base_macs
+    floors, budget = Floors(0.25), 0.4 * cost.base(unit)
     steps = decision_steps(20, 4)
-    hook = DynamicPruning(net, graph, cost, floors, "macs", budget, score, steps, tmp_path / "u.json")
+    hook = DynamicPruning(net, graph, cost, floors, unit, budget, score, steps, tmp_path / "u.json")
     for step in range(20):
         hook(step)
     records = json.loads((tmp_path / "u.json").read_text())
     assert steps == [0, 5, 10, 15] and [r["step"] for r in records] == steps
     previous = np.ones(graph.num_classes)
     for record, scores in zip(records, drawn):
-        expected = GlobalSolver(graph, cost, group_scores(graph, scores), floors).solve(budget)
+        expected = GlobalSolver(graph, cost, group_scores(graph, scores), floors, unit).solve(budget)
         keep = np.array(record["keep"], dtype=float)
-        assert np.array_equal(keep, expected) and record["macs"] == cost.macs(keep) <= budget
+        assert np.array_equal(keep, expected) and record[unit] == cost.of(unit)(keep) <= budget
         assert record["recovered"] == int(((previous == 0) & (keep == 1)).sum()) > (0 if record["step"] else -1)
         previous = keep
     assert records[0]["recovered"] == 0 and records[0]["masked"] == records[0]["newly_masked"] > 0
