@@ -153,3 +153,18 @@ def test_a_member_trains_the_recipe_s_steps_at_its_learning_rates():
     assert scoring.steps_per_epoch == cfg.gdp.updates * cfg.gdp.scoring_batches
     whole = parse_config({**cfg.model_dump(mode="json"), "gdp": {"dynamic_epochs": 5}})
     assert GlobalDynamicPruning.member_training(whole, 0.4)[-1][1].epochs == 0
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"finetune": {"epochs": 0}}, "gdp trains while it prunes: it needs finetune.epochs >= 1"),
+    ({"finetune": {"epochs": 3}, "gdp": {"dynamic_epochs": 4}}, "gdp.dynamic_epochs is 4 but the fine-tune has 3"),
+    ({"targets": [0.001]}, "target 0.001 of 2.969M MACs is below the smallest reachable"),
+])
+def test_a_gdp_run_refuses_what_cannot_work_before_training(tmp_path, changes, message):
+    from legr.errors import LegrError
+    from legr.pipeline.steps import Pipeline
+
+    cfg = parse_config({"model": {"name": "digits_cnn", "weights": None}, "data": {"name": "digits", "val_size": 200},
+                        "method": "gdp", **changes})
+    with pytest.raises(LegrError, match=message):
+        Pipeline(cfg, tmp_path, progress=False, log=lambda m: None).method.validate()

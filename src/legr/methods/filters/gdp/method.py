@@ -94,7 +94,7 @@ class GlobalDynamicPruning(Method):
         if member.plan.exists():
             return
         member.root.mkdir(parents=True, exist_ok=True)
-        (_, scoring), (_, dynamic), _ = self.member_training(cfg, target)
+        _, (_, dynamic), _ = self.member_training(cfg, target)
         run.base  # noqa: B018  (trains the source network when the run asks: the graph's modules then hold its weights)
         net = copy.deepcopy(run.graph.gm).to(run.device)
         steps = decision_steps(dynamic.epochs * self._steps_per_epoch(dynamic), self.section.updates)
