@@ -178,6 +178,13 @@ class Method(ABC):
         source's size."""
         return [(target if cls.channel_plans else 1.0, cfg.finetune)]
 
+    @classmethod
+    def member_files(cls, folder: MethodFolder, member: MemberFolder) -> list[Path]:
+        """The files a cut member's network is built from, in the run folder ``folder``: a comparison times a member
+        again when they change, an estimate counts a member whose files are missing as still to cut. Default: its
+        plan.json when it has one, else its weights."""
+        return [member.plan if member.plan.exists() else member.weights]
+
     def sized_network(self, fraction: float) -> nn.Module:
         """A network of about ``fraction`` of the source MACs, built as this method builds a member (what
         `legr.pipeline.estimate` times work of that size on). Default: a copy of the source network (a method whose

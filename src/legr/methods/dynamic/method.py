@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,6 +60,11 @@ class FeatureBoosting(Method):
     def prepare_seconds(cls, cfg: Any, folder: MethodFolder, units: Any) -> float:
         """The gated network's training (at the source's size), unless its weights are there."""
         return 0.0 if (folder.file(FOLDER) / "model.safetensors").exists() else units.training(1.0, cfg.finetune)
+
+    @classmethod
+    def member_files(cls, folder: MethodFolder, member: MemberFolder) -> list[Path]:
+        """The member's density and figures, and the one trained network every member runs."""
+        return [member.root / MEMBER_FILE, folder.file(FOLDER) / "model.safetensors"]
 
     @property
     def section(self) -> FbsConfig:
