@@ -7,7 +7,6 @@ its figures, a killed run resuming) is tests/methods/test_method_contract.py."""
 import copy
 import json
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

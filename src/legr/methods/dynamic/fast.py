@@ -176,7 +176,8 @@ def build_fast(masked: fx.GraphModule, pairs: Sequence[GatedPair]) -> fx.GraphMo
             selected[i] = (graph.call_function(operator.getitem, (sel, 0)),
                            graph.call_function(operator.getitem, (sel, 1)))
     # the gate (and the batch norm right after the producer) folded into the producer, else a FastNorm
-    folded = {i for i, p in enumerate(pairs) if p.norm_node is None or node[p.norm_node].args[0] is node[p.producer_node]}
+    folded = {i for i, p in enumerate(pairs)
+              if p.norm_node is None or node[p.norm_node].args[0] is node[p.producer_node]}
     for i, p in enumerate(pairs):
         gate = next(n for n in graph.nodes if n.op == "call_module" and n.target == f"fbs.{i}")
         if p.norm_node is not None:

@@ -12,10 +12,10 @@ multiplies the layer's output channels where the paper does, after the batch nor
 and so is every channel whose saliency is 0 — those need not be computed (`fast`), nor the next convolution's input
 channels that read them. Ties in the top-k are broken by ``torch.topk``.
 
-`FbsNetwork` is the gated network: the source's fx graph with one gate call inserted per pair (its ``masked`` graph:
-the gated channels computed and multiplied by 0, any batch size, trainable) and, at batch 1 in eval mode, the fast
-path (`fast.build_fast`: only the active channels computed). ``density`` is a run-time setting of every gate: one
-trained network, many operating points.
+`build_masked` inserts one gate call per pair into the source's fx graph (the gated channels computed and multiplied
+by 0: any batch size, trainable); `network.FbsNetwork` runs it, or at batch 1 its fast path (`fast.build_fast`: only
+the active channels computed). ``density`` is a run-time setting of every gate: one trained network, many operating
+points.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -107,63 +106,3 @@ def build_masked(graph: ChannelGraph, pairs: Sequence[GatedPair], seed: int = 0)
     gm.graph.lint()
     gm.recompile()
     return gm
-
-
-class FbsNetwork(nn.Module):
-    """The FBS network: ``masked`` (the source graph with its gates; what trains and what a batch > 1 runs) and, in
-    eval mode at batch 1 when ``fast_path`` is set, the fast path over the same modules (built on first use, never
-    saved: the state is ``masked``'s)."""
-
-    def __init__(self, masked: fx.GraphModule, pairs: Sequence[GatedPair], fast_path: bool = True) -> None:
-        super().__init__()
-        self.masked = masked
-        self.pairs = list(pairs)
-        self.fast_path = fast_path
-
-    @classmethod
-    def build(cls, graph: ChannelGraph, pairs: Sequence[GatedPair], seed: int = 0) -> FbsNetwork:
-        return cls(build_masked(graph, pairs, seed), pairs)
-
-    @property
-    def gates(self) -> list[FbsGate]:
-        return list(self.masked.get_submodule("fbs"))
-
-    @property
-    def density(self) -> float:
-        return self.gates[0].density
-
-    def set_density(self, density: float) -> FbsNetwork:
-        winners(density, 1)  # checks the range
-        for gate in self.gates:
-            gate.density = float(density)
-        return self
-
-    @property
-    def fast(self) -> fx.GraphModule:
-        if "_fast" not in self.__dict__:
-            from legr.methods.dynamic.fast import build_fast
-
-            self.__dict__["_fast"] = build_fast(self.masked, self.pairs)
-        return self.__dict__["_fast"]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fast_path and not self.training and x.shape[0] == 1:
-            return self.fast(x)
-        return self.masked(x)
-
-    def sparsity(self) -> torch.Tensor:
-        """The paper's sparsity penalty of the last training forward: sum over gated layers of ||g(x)||_1, averaged
-        over the batch (the saliencies before the winner-take-all); the kept saliencies are then released."""
-        total = None
-        for gate in self.gates:
-            if gate.saliency is None:
-                raise RuntimeError("no saliencies: the penalty follows a training-mode forward")
-            term = gate.saliency.abs().sum(dim=1).mean()
-            total = term if total is None else total + term
-            gate.saliency = None
-        return total
-
-    def __getstate__(self) -> dict[str, Any]:  # copies rebuild their fast path over their own modules
-        state = dict(self.__dict__)
-        state.pop("_fast", None)
-        return state

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from legr.engine.cost import CostModel
-from legr.methods.dynamic.fbs import FbsNetwork, winners
+from legr.methods.dynamic.fbs import winners
+from legr.methods.dynamic.network import FbsNetwork
 from legr.methods.dynamic.pairs import GatedPair
 
 

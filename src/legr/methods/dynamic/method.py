@@ -27,8 +27,9 @@ from legr.engine.latency import measure_interleaved
 from legr.errors import ConfigError
 from legr.methods.base import Method, register_method
 from legr.methods.dynamic.config import FBS_CONFIG, FbsConfig, stage_density
-from legr.methods.dynamic.fbs import FbsNetwork, winners
+from legr.methods.dynamic.fbs import winners
 from legr.methods.dynamic.macs import DynamicCost, Operating, active_channels, choose_density, recording
+from legr.methods.dynamic.network import FbsNetwork
 from legr.methods.dynamic.pairs import GatedPair, find_pairs, gateable
 from legr.methods.folders import MemberFolder, MethodFolder
 from legr.models import load_checkpoint, save_state_dict
