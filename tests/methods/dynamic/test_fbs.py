@@ -183,9 +183,13 @@ def test_the_sparsity_penalty_is_the_l1_norm_of_the_saliencies():
 
 
 def test_training_stages_lower_the_density_evenly_over_the_steps():
-    assert FbsConfig().schedule([0.3, 0.5, 0.7]) == (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
-    assert FbsConfig(densities=(1.0, 0.5)).schedule([0.3]) == (1.0, 0.5)
+    assert FbsConfig().stages([0.3, 0.5, 0.7]) == (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
+    assert FbsConfig(densities=(1.0, 0.5)).stages([0.3]) == (1.0, 0.5)
     assert [stage_density((1.0, 0.6, 0.2), s, 9) for s in range(9)] == [1.0] * 3 + [0.6] * 3 + [0.2] * 3
+    drawn = [stage_density((1.0, 0.6, 0.2), s, 300, sampled=True, seed=3) for s in range(300)]
+    assert drawn == [stage_density((1.0, 0.6, 0.2), s, 300, sampled=True, seed=3) for s in range(300)]  # resumable
+    assert all(80 < drawn.count(d) < 120 for d in (1.0, 0.6, 0.2))  # uniform over the stages, all along
+    assert drawn[:150].count(0.2) > 30 and drawn != [stage_density((1.0, 0.6, 0.2), s, 300, True, 4) for s in range(300)]
 
 
 # ------------------------------------------------------------------ the fast path
@@ -320,6 +324,21 @@ def test_a_members_density_meets_its_target_on_validation_images(digits_run):
         assert again.macs == fig["macs_val"] and again.top1 == fig["top1_val"]
     rows = {r["name"]: r for r in json.loads((out / "results.json").read_text())}
     assert all({"macs_worst", "density"} <= set(rows[m.name]) for m in pipeline.members())
+
+
+def test_each_member_keeps_batch_norm_statistics_estimated_at_its_density(digits_run):
+    from legr.models import read_state_dict
+
+    pipeline, _ = digits_run
+    method = pipeline.method
+    first, second = (read_state_dict(m.root / "norms.safetensors") for m in pipeline.members())
+    assert first.keys() == second.keys() and any("running_var" in k for k in first)
+    assert any(not torch.equal(first[k], second[k]) for k in first)  # two densities, two sets of statistics
+    member = pipeline.members()[1]
+    net, info = method.load(member)
+    fresh = method.calibrate(method.prepare().cpu(), info["density"])
+    held, expected = net.state_dict(), fresh.state_dict()
+    assert all(torch.allclose(held[k].float(), expected[k].float()) for k in first)
 
 
 def test_the_run_records_its_training_and_the_layers_it_left_dense(digits_run):

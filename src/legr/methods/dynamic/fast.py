@@ -56,10 +56,10 @@ class FastSelect(nn.Module):
         else:
             g = F.relu(torch.addmm(linear.bias, s, self._rows().index_select(0, in_idx))).view(-1)
         k = winners(self.gate.density, g.shape[0])
-        if k == g.shape[0] and float(g.min()) > 0.0:
+        if k == g.shape[0] and float(g.detach().min()) > 0.0:
             return None, g
         values, index = g.topk(k)
-        if float(values[-1]) <= 0.0:  # winners of saliency 0: the active ones are a prefix
+        if float(values[-1].detach()) <= 0.0:  # winners of saliency 0: the active ones are a prefix
             n = int((values > 0).sum())
             index, values = index[:n], values[:n]
         return index, values

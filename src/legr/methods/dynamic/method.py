@@ -6,10 +6,12 @@ the gated network once, resumably (`fbs/train.pt`), on the run's ``finetune`` re
 the saliencies and the density lowered stage by stage (`config`); it writes ``fbs/model.safetensors`` (the one copy
 of the weights every member uses) and ``fbs/fbs.json`` (the gated and the dense convolutions, with reasons, the
 stages and the training history). ``cut`` picks the member's density on the validation split — the largest
-operating point whose average MACs per image, predictors included, meet the target from below (`macs`) — and
-records it with the test split's average and worst-case MACs (reported, they choose nothing) and the batch-1 path
-it runs in ``members/fbs-<target>/fbs.json``. ``finetune`` does nothing (the one training is the method's), ``load``
-returns the network at the member's density.
+operating point whose average MACs per image, predictors included, meet the target from below (`macs`), each
+measured with the batch norms' statistics re-estimated at that density (``fbs.bn_batches``) — and records it with the
+test split's average and worst-case MACs (reported, they choose nothing) and the batch-1 path it runs in
+``members/fbs-<target>/fbs.json``, its statistics in ``norms.safetensors`` (a few kB: the weights are the run's one
+copy). ``finetune`` does nothing (the one training is the method's), ``load`` returns the network at the member's
+density with its statistics.
 """
 
 from __future__ import annotations
@@ -32,11 +34,11 @@ from legr.methods.dynamic.macs import DynamicCost, Operating, active_channels, c
 from legr.methods.dynamic.network import FbsNetwork
 from legr.methods.dynamic.pairs import GatedPair, find_pairs, gateable
 from legr.methods.folders import MemberFolder, MethodFolder
-from legr.models import load_checkpoint, save_state_dict
+from legr.models import load_checkpoint, load_state_dict, read_state_dict, save_state_dict
 from legr.paths import atomic_write_text
-from legr.training import TrainConfig
+from legr.training import TrainConfig, recalibrate_bn
 
-FOLDER, MEMBER_FILE = "fbs", "fbs.json"
+FOLDER, MEMBER_FILE, NORMS_FILE = "fbs", "fbs.json", "norms.safetensors"
 
 
 @register_method
@@ -65,7 +67,7 @@ class FeatureBoosting(Method):
     @classmethod
     def member_files(cls, folder: MethodFolder, member: MemberFolder) -> list[Path]:
         """The member's density and figures, and the one trained network every member runs."""
-        return [member.root / MEMBER_FILE, folder.file(FOLDER) / "model.safetensors"]
+        return [member.root / MEMBER_FILE, member.root / NORMS_FILE, folder.file(FOLDER) / "model.safetensors"]
 
     @property
     def section(self) -> FbsConfig:
@@ -98,7 +100,7 @@ class FeatureBoosting(Method):
         return f"fbs: {len(self.pairs)} gated convolutions trained at densities {self._schedule()}"
 
     def _schedule(self) -> tuple[float, ...]:
-        return self.section.schedule(self.run.cfg.targets)
+        return self.section.stages(self.run.cfg.targets)
 
     def _network(self) -> FbsNetwork:
         """The gated network (predictors drawn with the run's seed) on the run's device."""
@@ -115,11 +117,14 @@ class FeatureBoosting(Method):
         recipe, schedule = run.cfg.finetune, self._schedule()
         total = recipe.epochs * self._steps_per_epoch(recipe)
         run.log(f"FBS: {len(self.pairs)} gated convolutions; training {recipe.epochs} epochs at densities "
-                f"{', '.join(f'{d:g}' for d in schedule)} (sparsity {self.section.sparsity:g})")
+                f"{', '.join(f'{d:g}' for d in schedule)} ({self.section.schedule}; sparsity "
+                f"{self.section.sparsity:g})")
         lam = self.section.sparsity
 
+        sampled, seed = self.section.schedule == "sampled", run.cfg.seed
+
         def stage(step: int) -> None:
-            net.set_density(stage_density(schedule, step, total))
+            net.set_density(stage_density(schedule, step, total, sampled, seed))
 
         with run.timed("rank"):  # the method's one-time work (what `legr rank` does for it)
             history = run.train(net, recipe, folder / "train.pt", before_step=stage,
@@ -127,7 +132,8 @@ class FeatureBoosting(Method):
         save_state_dict(net.state_dict(), weights)
         _, dense = find_pairs(run.graph)
         record = {"format": "legr-fbs/1", "gated": [p.describe() for p in self.pairs], "dense": dense,
-                  "densities": list(schedule), "sparsity": lam, "history": history}
+                  "densities": list(schedule), "schedule": self.section.schedule, "sparsity": lam,
+                  "history": history}
         atomic_write_text(folder / "fbs.json", json.dumps(record, indent=1))
         (folder / "train.pt").unlink(missing_ok=True)
         return net.eval()
@@ -138,9 +144,18 @@ class FeatureBoosting(Method):
         full = n // recipe.batch_size if n > recipe.batch_size else 1
         return min(full, recipe.steps_per_epoch or full)
 
+    def calibrate(self, net: FbsNetwork, density: float) -> FbsNetwork:
+        """``net`` at ``density`` with its batch norms' statistics re-estimated there (``fbs.bn_batches`` fixed
+        training batches, the same for every density: adaptive BN, as every filter member gets)."""
+        net.set_density(density)
+        if self.section.bn_batches:
+            recalibrate_bn(net, self.run.bn_batches(self.section.bn_batches))
+        return net
+
     def measure(self, net: FbsNetwork, density: float, split: tuple[torch.Tensor, torch.Tensor]
                 ) -> tuple[Operating, np.ndarray]:
-        """The operating point of ``net`` at ``density`` on ``split`` and every image's MACs."""
+        """The operating point of ``net`` at ``density`` (as it stands: its statistics are not re-estimated) on
+        ``split`` and every image's MACs."""
         net.set_density(density)
         with recording(net) as records:
             top1 = self.run.accuracy(net, split).top1
@@ -162,11 +177,12 @@ class FeatureBoosting(Method):
 
         def on_val(density: float) -> Operating:
             if density not in self._points:
-                self._points[density] = self.measure(prepared, density, val)[0]
+                self._points[density] = self.measure(self.calibrate(prepared, density), density, val)[0]
             return self._points[density]
 
         with run.timed("prune"):
             best, seen = choose_density(self.dynamic_cost.densities(), target * run.cost.base_macs, on_val)
+            self.calibrate(prepared, best.density)
             test, _ = self.measure(prepared, best.density, run.data.test)  # reported, chooses nothing
             fast, timings = self._fast_path(prepared)
         base = run.cost.base_macs
@@ -176,6 +192,7 @@ class FeatureBoosting(Method):
                    "top1_before_ft": test.top1, "fast_path": fast, "b1_ms": timings,
                    "winners": {p.producer: winners(best.density, p.out_channels) for p in self.pairs}}
         member.root.mkdir(parents=True, exist_ok=True)
+        save_state_dict(_norm_statistics(prepared), member.root / NORMS_FILE)
         record = {"format": "legr-fbs-member/1", "figures": figures, "weights": f"{FOLDER}/model.safetensors",
                   "validation": [o.to_dict() for o in seen], "source": run.source_info()}
         atomic_write_text(path, json.dumps(record, indent=1))
@@ -203,7 +220,13 @@ class FeatureBoosting(Method):
         figures = json.loads((member.root / MEMBER_FILE).read_text())["figures"]
         net = load_checkpoint(FbsNetwork.build(self.run.graph, self.pairs).cpu(),
                               self.run.folder.file(FOLDER) / "model.safetensors")
+        load_state_dict(net, read_state_dict(member.root / NORMS_FILE), strict=False, source=member.name)
         net.set_density(figures["density"]).fast_path = bool(figures["fast_path"])
         assert figures["params"] == count_params(net), "the member's parameter count is not its network's"
         return net.eval(), figures
 
+
+def _norm_statistics(net: FbsNetwork) -> dict[str, torch.Tensor]:
+    """The running statistics of every batch norm of ``net`` (what `FeatureBoosting.calibrate` changes)."""
+    return {k: v for k, v in net.state_dict().items()
+            if k.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")}
