@@ -119,9 +119,7 @@ class FeatureBoosting(Method):
         run.log(f"FBS: {len(self.pairs)} gated convolutions; training {recipe.epochs} epochs at densities "
                 f"{', '.join(f'{d:g}' for d in schedule)} ({self.section.schedule}; sparsity "
                 f"{self.section.sparsity:g})")
-        lam = self.section.sparsity
-
-        sampled, seed = self.section.schedule == "sampled", run.cfg.seed
+        lam, sampled, seed = self.section.sparsity, self.section.schedule == "sampled", run.cfg.seed
 
         def stage(step: int) -> None:
             net.set_density(stage_density(schedule, step, total, sampled, seed))
