@@ -258,8 +258,8 @@ class Pipeline:
         result = self.accuracy(net, self.data.test)
         member = name != BASELINE
         macs, params = info["macs"], info["params"]
-        extra = {k: info[k] for k in ("sparse_macs", "dense_params", "int8_bytes", "onnx_bytes",
-                                              "macs_worst", "density") if k in info}
+        copied = ("sparse_macs", "dense_params", "int8_bytes", "onnx_bytes", "macs_worst", "density")
+        extra = {k: info[k] for k in copied if k in info}
         return {
             "name": name, "method": info["method"] if member else BASELINE, "criterion": info.get("criterion"),
             "model": self.cfg.model.name, "dataset": self.cfg.data.name, "target": info.get("target"),
