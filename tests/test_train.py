@@ -200,6 +200,47 @@ def test_before_step_sees_every_step_once_across_epochs_and_a_resume(digits, tmp
     assert seen == list(range(9)) and again == list(range(8, 12))
 
 
+class WithPenalty(TinyCNN):
+    """TinyCNN with a parameter its forward never uses: only an extra loss moves it."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__(width=4, seed=seed)
+        self.extra = nn.Parameter(torch.zeros(3))
+
+
+def test_extra_loss_is_added_to_every_step_and_resumes(digits, tmp_path, monkeypatch):
+    """An extra loss c * sum(extra) moves `extra` by exactly lr * c per SGD step (no momentum, no decay) and nothing
+    else; the rows' train_loss includes it; a run killed and resumed with it ends bit-identical."""
+    cfg = quick_cfg(epochs=3, steps_per_epoch=4, momentum=0.0, weight_decay=0.0, nesterov=False)
+    c = 0.5
+    penalty = lambda model: c * model.extra.sum()  # noqa: E731
+    plain, pushed = WithPenalty(), WithPenalty()
+    base_rows, rows = fit(plain, digits, cfg), fit(pushed, digits, cfg, extra_loss=penalty)
+    lrs = [cfg.lr_at(step // 4) for step in range(12)]  # the recipe's rate at each step
+    assert torch.allclose(pushed.extra, torch.full((3,), -c * sum(lrs)), atol=1e-6)
+    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in pushed.state_dict().items() if k != "extra")
+    # the penalty of each batch is c * sum(extra) before its step
+    for e, (a, b) in enumerate(zip(base_rows, rows)):
+        added = sum(c * 3 * -c * sum(lrs[:s]) for s in range(4 * e, 4 * e + 4)) / 4
+        assert b["train_loss"] == pytest.approx(a["train_loss"] + added, abs=1e-6)
+
+    ckpt = tmp_path / "ft.pt"
+    original = TensorLoader.set_epoch
+
+    def killed_at_epoch_2(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        original(self, epoch)
+
+    monkeypatch.setattr(TensorLoader, "set_epoch", killed_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(WithPenalty(), digits, cfg, checkpoint=ckpt, extra_loss=penalty)
+    monkeypatch.setattr(TensorLoader, "set_epoch", original)
+    resumed = WithPenalty(seed=7)
+    again = fit(resumed, digits, cfg, checkpoint=ckpt, extra_loss=penalty)
+    assert same_weights(resumed, pushed) and without_seconds(again) == without_seconds(rows)
+
+
 def test_resume_is_bit_identical(digits, tmp_path, monkeypatch):
     cfg = quick_cfg()
     reference = TinyCNN()

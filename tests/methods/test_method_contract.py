@@ -10,10 +10,12 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import yaml
 
-from legr.engine.cost import price
+from legr.data import normalize
+from legr.engine.cost import counted_macs, price
 from legr.errors import ConfigError
 from legr.methods import METHODS
 from legr.pipeline.config import parse_config
@@ -28,10 +30,13 @@ TINY = {"filters": {"allocator": "uniform", "bn_batches": 2},
         "magnitude": {"magnitude": {"rounds": 1, "sensitivity_samples": 100, "fractions": [0.3, 0.6, 0.9]}},
         "lowrank": {"lowrank": {"selection": "inf", "candidates": 3, "inf_images": 100}},
         "gdp": {"gdp": {"dynamic_epochs": 2, "updates": 3, "scoring_batches": 2},
+                "finetune": {"epochs": 3, "steps_per_epoch": 5, "batch_size": 64, "augment": False}},
+        "fbs": {"fbs": {"search_images": 100},
                 "finetune": {"epochs": 3, "steps_per_epoch": 5, "batch_size": 64, "augment": False}}}
 # when a run is killed: once its one-time work is done (timings.json has "rank"), or where a method has none, once
 # the file it resumes its work from appears (gdp: the dynamic phase's training checkpoint, after its first epoch)
-KILL_AT = {"gdp": lambda out: any(out.glob("members/*/gdp_dynamic.pt"))}
+KILL_AT = {"gdp": lambda out: any(out.glob("members/*/gdp_dynamic.pt")),
+           "fbs": lambda out: (out / "fbs" / "train.pt").exists()}
 
 
 def _gdp_epochs_at_kill(out) -> list:
@@ -46,8 +51,19 @@ def _gdp_epochs_after(out) -> list:
     return plan["info"]["gdp"]["dynamic_history"]
 
 
+def _fbs_epochs_at_kill(out) -> list:
+    import torch
+
+    return torch.load(out / "fbs" / "train.pt", weights_only=True)["history"]
+
+
+def _fbs_epochs_after(out) -> list:
+    return json.loads((out / "fbs" / "fbs.json").read_text())["history"]
+
+
 # evidence that the rerun resumed the killed run's work: what the kill left, and where the finished run shows it
-RESUMED = {"gdp": (_gdp_epochs_at_kill, lambda out, before: _gdp_epochs_after(out)[:len(before)] == before)}
+RESUMED = {"gdp": (_gdp_epochs_at_kill, lambda out, before: _gdp_epochs_after(out)[:len(before)] == before),
+           "fbs": (_fbs_epochs_at_kill, lambda out, before: _fbs_epochs_after(out)[:len(before)] == before)}
 
 
 def _ranked(out) -> bool:
@@ -91,7 +107,14 @@ def test_a_tiny_run_reports_the_cost_oracles_figures(name, tmp_path):
     for member in members:
         net, info = pipeline.method.load(member)
         figures = price(net, pipeline.data.input_size)
-        assert info["macs"] == figures.macs and info["params"] in (figures.params, figures.nonzero_params)
+        if "macs_worst" in info:  # a dynamic member: MACs per image averaged over the test images (and their worst)
+            net.fast_path = True  # torch counts each image on the path that computes only its active channels
+            x = normalize(pipeline.data.test[0], pipeline.data.mean, pipeline.data.std)
+            per_image = [counted_macs(net, x[i:i + 1]) for i in range(len(x))]
+            assert info["macs"] == pytest.approx(np.mean(per_image), rel=1e-12) and info["macs_worst"] == max(per_image)
+            assert info["params"] == figures.params
+        else:
+            assert info["macs"] == figures.macs and info["params"] in (figures.params, figures.nonzero_params)
         row = rows[member.name]
         assert (row["macs"], row["params"], row["budget"]) == (info["macs"], info["params"], pipeline.method.budget)
 

@@ -63,7 +63,8 @@ class RunContext(Protocol):
     def timed(self, step: str) -> AbstractContextManager[None]: ...
 
     def train(self, model: nn.Module, cfg: TrainConfig, checkpoint: Path,
-              before_step: Callable[[int], None] | None = None) -> list[dict]: ...
+              before_step: Callable[[int], None] | None = None,
+              extra_loss: Callable[[nn.Module], torch.Tensor] | None = None) -> list[dict]: ...
     # (`legr.training.finetune` on the training split, validation rows, the run's seed, device and progress)
 
     def accuracy(self, model: nn.Module, split: tuple[torch.Tensor, torch.Tensor]) -> EvalResult: ...
@@ -176,6 +177,13 @@ class Method(ABC):
         a run's wall time counts them. Default: the run's fine-tune, on the member (channel cuts) or a network of the
         source's size."""
         return [(target if cls.channel_plans else 1.0, cfg.finetune)]
+
+    @classmethod
+    def member_files(cls, folder: MethodFolder, member: MemberFolder) -> list[Path]:
+        """The files a cut member's network is built from, in the run folder ``folder``: a comparison times a member
+        again when they change, an estimate counts a member whose files are missing as still to cut. Default: its
+        plan.json when it has one, else its weights."""
+        return [member.plan if member.plan.exists() else member.weights]
 
     def sized_network(self, fraction: float) -> nn.Module:
         """A network of about ``fraction`` of the source MACs, built as this method builds a member (what

@@ -199,7 +199,7 @@ class Comparison:
             for m in p.members():
                 last = m.root.joinpath(*p.cfg.chain[1:])
                 stages = [last / MEMBER_FILE] if last != m.root else []
-                shapes[str(last.relative_to(self.out))] = _digest(m.plan if m.plan.exists() else m.weights, *stages)
+                shapes[str(last.relative_to(self.out))] = _digest(*p.method.member_files(p.folder, m), *stages)
         if path.exists():
             held = json.loads(path.read_text())
             if held.get("networks") == shapes:  # else a member was cut again since: time them all again

@@ -233,7 +233,7 @@ def estimate_piece(cfg: CompareConfig, source: Pipeline, work: str | Path | None
                 member = run.member(member_name(method.member_prefix(settings), t))
                 size = t if method.channel_plans else 1.0  # e.g. a sparse network computes as the dense one
                 *cutting, (ft_size, ft_recipe) = method.member_training(rc, t)
-                if not member.plan.exists():
+                if not all(f.exists() for f in method.member_files(run, member)):
                     finetune += sum(units.training(f, recipe) for f, recipe in cutting)
                     other += 2 * units.test(size)  # top-1 as cut and after adaptive BN
                     other += rc.bn_batches * units.size(size).bn_s

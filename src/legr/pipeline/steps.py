@@ -158,13 +158,14 @@ class Pipeline:
 
     # --- what a method uses (`legr.methods.base.RunContext`) ---------------------------------------------------
     def train(self, model: nn.Module, cfg: TrainConfig, checkpoint: Path,
-              before_step: Callable[[int], None] | None = None) -> list[dict]:
+              before_step: Callable[[int], None] | None = None,
+              extra_loss: Callable[[nn.Module], torch.Tensor] | None = None) -> list[dict]:
         x, y = self.data.train
         val = self.data.val if len(self.data.val[0]) else None
         teacher = self.base if cfg.distill is not None else None  # a member learns from its source network
         return finetune(model, x, y, self.data.mean, self.data.std, cfg.with_seed(self.cfg.seed),
                         checkpoint=checkpoint, val=val, progress=self.progress, device=self.device, teacher=teacher,
-                        before_step=before_step)
+                        before_step=before_step, extra_loss=extra_loss)
 
     def accuracy(self, model: nn.Module, split: tuple[torch.Tensor, torch.Tensor]) -> EvalResult:
         """Top-1 etc. on ``split``, on the run's device (an onnxruntime network, the int8 stage's: on the CPU)."""
@@ -257,7 +258,8 @@ class Pipeline:
         result = self.accuracy(net, self.data.test)
         member = name != BASELINE
         macs, params = info["macs"], info["params"]
-        extra = {k: info[k] for k in ("sparse_macs", "dense_params", "int8_bytes", "onnx_bytes") if k in info}
+        copied = ("sparse_macs", "dense_params", "int8_bytes", "onnx_bytes", "macs_worst", "density")
+        extra = {k: info[k] for k in copied if k in info}
         return {
             "name": name, "method": info["method"] if member else BASELINE, "criterion": info.get("criterion"),
             "model": self.cfg.model.name, "dataset": self.cfg.data.name, "target": info.get("target"),

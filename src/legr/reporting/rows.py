@@ -5,7 +5,8 @@ benchmarks); `ResultRow` types it. Required keys: ``name``, ``method`` (`BASELIN
 ``model``, ``dataset``, ``macs``, ``params``, ``top1``. Common optional keys: ``target`` (a fraction of the source's
 cost in ``budget`` units, or None), ``budget``, ``macs_ratio``, ``params_ratio``, ``compression`` (original params /
 params), ``top5``, ``loss``, ``test_images`` (how many test images the accuracies count), ``top1_before_ft`` (as
-cut), ``top1_after_bn`` (after adaptive BN), ``predicted_ms`` (a latency budget's prediction),
+cut), ``top1_after_bn`` (after adaptive BN), ``predicted_ms`` (a latency budget's prediction); a dynamic member's
+(FBS) ``macs`` is its average per test image, with ``macs_worst`` (the most one image costs) and ``density``;
 ``latency_{cpu,cuda}_b{N}_ms``; after `legr quantize`: ``int8_top1`` / ``onnx_top1`` (test top-1 in onnxruntime,
 int8 / fp32), ``{int8,onnx}_cpu_b{N}_ms``, ``{int8,onnx}_bytes``; ``seed``, ``config_hash``, ``git_rev``,
 ``hardware``, ``finetune_epochs``, ``path``.

@@ -50,12 +50,18 @@ def cycle_batches(loader: TensorLoader) -> Iterator[tuple[torch.Tensor, torch.Te
         yield from loader
 
 
+ExtraLoss = Callable[[nn.Module], torch.Tensor]  # model (after its forward on the batch) -> a scalar added to the loss
+
+
 def _step(model: nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor,
-          teacher: Teacher | None = None, distill: DistillConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One SGD step on a batch (against ``teacher`` too with ``distill``); returns the (detached) summed loss and
-    number of correct top-1 predictions."""
+          teacher: Teacher | None = None, distill: DistillConfig | None = None,
+          extra_loss: ExtraLoss | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on a batch (against ``teacher`` too with ``distill``; plus ``extra_loss(model)``, called right
+    after the forward); returns the (detached) summed loss and number of correct top-1 predictions."""
     logits = model(xb)
     loss = F.cross_entropy(logits, yb) if teacher is None else distill_loss(logits, teacher(xb), yb, distill)
+    if extra_loss is not None:
+        loss = loss + extra_loss(model)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -89,7 +95,8 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: Sequence[
              std: Sequence[float] | None, cfg: FinetuneConfig, *, checkpoint: str | os.PathLike | None = None,
              val: tuple[torch.Tensor, torch.Tensor] | None = None, progress: bool = True,
              device: Device = None, teacher: nn.Module | None = None,
-             before_step: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+             before_step: Callable[[int], None] | None = None,
+             extra_loss: ExtraLoss | None = None) -> list[dict[str, Any]]:
     """Fine-tune ``model`` in place on (``x``, ``y``) with ``cfg``; returns one history row per epoch.
 
     Rows hold ``epoch``, ``lr``, ``train_loss``, ``train_top1`` (on the augmented batches), ``val_loss`` and
@@ -108,6 +115,11 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: Sequence[
     ``before_step(step)`` is called before every optimizer step with its index from 0 (counted across epochs): a
     method that changes the network while it trains (GDP's masks) does it there; whatever it changes must live in the
     model's state (parameters, buffers) for a resumed run to match.
+
+    ``extra_loss(model)`` is called after every training forward and its value added to the batch's loss (a
+    regularizer on what the forward computed, e.g. FBS's L1 penalty on the saliencies its gates stored); the
+    history's ``train_loss`` includes it. It must be a function of the model's state and the batch only (a resumed
+    run recomputes it); checkpoints do not record it.
     """
     if len(x) == 0:
         raise ValueError("finetune needs at least one training sample")
@@ -129,7 +141,7 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: Sequence[
             start = time.perf_counter()
             guide = Teacher(teacher) if teacher is not None else None
             row = _train_epoch(model, loader, optimizer, epoch, steps, cfg.seed, device, guide, cfg.distill,
-                               before_step)
+                               before_step, extra_loss)
             if guide is not None:
                 row["teacher_seconds"] = guide.seconds
             if val is not None:
@@ -148,7 +160,8 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: Sequence[
 def _train_epoch(model: nn.Module, loader: TensorLoader, optimizer: torch.optim.Optimizer, epoch: int, steps: int,
                  seed: int, device: torch.device, teacher: Teacher | None = None,
                  distill: DistillConfig | None = None,
-                 before_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+                 before_step: Callable[[int], None] | None = None,
+                 extra_loss: ExtraLoss | None = None) -> dict[str, Any]:
     """Train one epoch (at most ``steps`` batches); data order/augmentation and the global RNG seeded by epoch."""
     lr = optimizer.param_groups[0]["lr"]
     model.train()
@@ -161,7 +174,7 @@ def _train_epoch(model: nn.Module, loader: TensorLoader, optimizer: torch.optim.
             if before_step is not None:
                 before_step(epoch * steps + i)
                 model.train()
-            batch_loss, batch_correct = _step(model, optimizer, xb, yb, teacher, distill)
+            batch_loss, batch_correct = _step(model, optimizer, xb, yb, teacher, distill, extra_loss)
             loss_sum += batch_loss.double()
             correct += batch_correct
             seen += len(yb)
