@@ -1,0 +1,148 @@
+"""The probability layer (PCNN, Feng et al., ICLR 2019 submission): adapt any network to the class prior of the
+environment it is deployed in, at run time, without fine-tuning.
+
+A classifier trained on a split whose classes occur with prior ``P(i)`` outputs ``P(i|x)``. Deployed where classes
+occur with prior ``P_t(i)`` (a camera that mostly sees two kinds of objects), Bayes' rule under a pure prior shift
+(``P_t(x|i) = P(x|i)``; Saerens, Latinne & Decaestecker, Neural Computation 2002) gives the posterior there::
+
+    P_t(i|x) = P_t(i) / P(i) * P(i|x) / sum_j P_t(j) / P(j) * P(j|x)
+
+Two guards make this safe to append to any network:
+
+- **floor**: the environment prior is clamped to at least ``floor`` before the ratio is taken, so a class the
+  environment has not shown (yet) keeps a non-zero posterior and can still be predicted when it turns up;
+- **omega**: where the network is confident (its largest raw probability is above ``omega``) the raw softmax passes
+  through unchanged, so a confident prediction of a class the prior calls rare is kept (PCNN's way of still seeing new
+  classes). ``omega = 1`` corrects everything, ``omega = 0`` nothing.
+
+`ProbabilityLayer` maps logits to probabilities (the corrected posterior); `WithProbabilityLayer` appends it to a
+network and takes the environment prior as a second input, so the ONNX export (`export_with_layer`) is one file the
+runtime feeds with its current prior estimate. The estimators of that prior from the stream itself are
+`legr.engine.prior_estimate`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from legr.errors import LegrError
+
+PRIOR_INPUT = "prior"  # the ONNX input holding the environment prior
+
+
+def as_prior(values: Sequence[float] | torch.Tensor, num_classes: int | None = None, *,
+             what: str = "prior") -> torch.Tensor:
+    """``values`` as a float64 probability vector (non-negative, normalized to sum 1); a wrong length, a negative or
+    non-finite entry, or an all-zero vector is a one-line `LegrError` naming ``what``."""
+    prior = torch.as_tensor(values, dtype=torch.float64).detach().cpu().flatten()
+    if num_classes is not None and len(prior) != num_classes:
+        raise LegrError(f"{what} has {len(prior)} entries, the network {num_classes} classes")
+    if not torch.isfinite(prior).all() or (prior < 0).any():
+        raise LegrError(f"{what} must be finite and non-negative, got {prior.tolist()}")
+    total = float(prior.sum())
+    if total <= 0:
+        raise LegrError(f"{what} sums to zero: at least one class must have a positive probability")
+    return prior / total
+
+
+def class_prior(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The class prior of a labelled split (class frequencies, float64): the training prior ``P(i)`` the network
+    learned. A class absent from the split is an error (the ratio ``P_t(i) / P(i)`` would divide by zero)."""
+    counts = torch.bincount(torch.as_tensor(labels).long().flatten().cpu(), minlength=num_classes).double()
+    if len(counts) > num_classes:
+        raise LegrError(f"labels go up to {len(counts) - 1}, but the network has {num_classes} classes")
+    missing = (counts == 0).nonzero().flatten().tolist()
+    if missing:
+        raise LegrError(f"classes {missing} never occur in the training split: no training prior for them")
+    return counts / counts.sum()
+
+
+def bayes_correct(probs: torch.Tensor, train_prior: torch.Tensor, env_prior: torch.Tensor,
+                  floor: float | torch.Tensor = 0.0) -> torch.Tensor:
+    """The prior-shift correction of posteriors ``probs`` (N, C): ``probs * max(env_prior, floor) / train_prior``,
+    renormalized per row. Pure tensor ops (exports to ONNX); no confidence gate (see `ProbabilityLayer`)."""
+    ratio = torch.clamp(env_prior.to(probs.dtype), min=floor) / train_prior.to(probs.dtype)
+    weighted = probs * ratio
+    return weighted / weighted.sum(dim=-1, keepdim=True)
+
+
+class ProbabilityLayer(nn.Module):
+    """Logits -> the environment's posterior (PCNN's probability layer; see the module doc).
+
+    ``train_prior``: the training split's class prior (`class_prior`). ``env_prior``: the environment's prior held
+    in the layer (default: the training prior, i.e. the identity); `forward` may take another per call (what the
+    runtime's estimator gives, and the ONNX input). ``omega`` in [0, 1]: rows whose largest raw probability exceeds
+    it pass through unchanged. ``floor`` in [0, 1 / classes]: the least prior any class is given. ``temperature``
+    divides the logits before the softmax (1: the network's own probabilities).
+    """
+
+    def __init__(self, train_prior: Sequence[float] | torch.Tensor, *, env_prior: Sequence[float] | torch.Tensor |
+                 None = None, omega: float = 1.0, floor: float = 1e-3, temperature: float = 1.0):
+        super().__init__()
+        train = as_prior(train_prior, what="training prior")
+        if (train <= 0).any():
+            raise LegrError("training prior must be positive for every class (the correction divides by it)")
+        classes = len(train)
+        if not 0.0 <= omega <= 1.0:
+            raise LegrError(f"omega must be in [0, 1], got {omega}")
+        if not 0.0 <= floor <= 1.0 / classes:
+            raise LegrError(f"floor must be in [0, 1/classes = {1.0 / classes:.4g}], got {floor}")
+        if not temperature > 0:
+            raise LegrError(f"temperature must be positive, got {temperature}")
+        env = train if env_prior is None else as_prior(env_prior, classes, what="environment prior")
+        self.num_classes, self.omega, self.floor, self.temperature = classes, float(omega), float(floor), \
+            float(temperature)
+        self.register_buffer("train_prior", train.float())
+        self.register_buffer("env_prior", env.float())
+
+    def set_prior(self, env_prior: Sequence[float] | torch.Tensor) -> None:
+        """Hold ``env_prior`` as the environment's prior (used when `forward` gets none)."""
+        self.env_prior.copy_(as_prior(env_prior, self.num_classes, what="environment prior").float())
+
+    def reset(self) -> None:
+        """Back to the identity: the environment prior is the training prior again."""
+        self.env_prior.copy_(self.train_prior)
+
+    def forward(self, logits: torch.Tensor, env_prior: torch.Tensor | None = None) -> torch.Tensor:
+        probs = torch.softmax(logits / self.temperature if self.temperature != 1.0 else logits, dim=-1)
+        prior = self.env_prior if env_prior is None else env_prior.reshape(-1)
+        corrected = bayes_correct(probs, self.train_prior, prior, self.floor)
+        confident = probs.max(dim=-1, keepdim=True).values > self.omega
+        return torch.where(confident, probs, corrected)
+
+    def extra_repr(self) -> str:
+        return f"classes={self.num_classes}, omega={self.omega:g}, floor={self.floor:g}, T={self.temperature:g}"
+
+
+class WithProbabilityLayer(nn.Module):
+    """A network with the probability layer appended: ``(images, env_prior) -> corrected probabilities``
+    (``env_prior`` omitted: the layer's own)."""
+
+    def __init__(self, net: nn.Module, layer: ProbabilityLayer):
+        super().__init__()
+        self.net, self.layer = net, layer
+
+    def forward(self, x: torch.Tensor, env_prior: torch.Tensor | None = None) -> torch.Tensor:
+        return self.layer(self.net(x), env_prior)
+
+
+def export_with_layer(net: nn.Module, layer: ProbabilityLayer, input_size: Sequence[int],
+                      path: str | os.PathLike[str], *, env_prior: Sequence[float] | torch.Tensor | None = None,
+                      opset: int = 17, atol: float = 1e-5) -> dict[str, Any]:
+    """Export ``net`` + ``layer`` to one ONNX file with two inputs, ``input`` (images, dynamic batch) and ``prior``
+    (the environment prior, ``classes`` floats), and one output, the corrected probabilities; checked in
+    onnxruntime against PyTorch at ``env_prior`` (default: a skewed prior, so that the check exercises the
+    correction) before the file is written (`legr.engine.export.export_onnx`)."""
+    from legr.engine.export import export_onnx
+
+    classes = layer.num_classes
+    if env_prior is None:  # one class 10x the others: every part of the correction moves the output
+        env_prior = torch.ones(classes, dtype=torch.float64).index_fill_(0, torch.tensor([0]), 10.0)
+    prior = as_prior(env_prior, classes, what="environment prior").float()
+    return export_onnx(WithProbabilityLayer(net, layer), input_size, path, opset=opset, atol=atol,
+                       extra_inputs={PRIOR_INPUT: prior})

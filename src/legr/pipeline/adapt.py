@@ -1,0 +1,264 @@
+"""A family adapting to the classes it sees, at run time, without fine-tuning (PCNN, issue 37).
+
+The runtime holds a family (the source network and its pruned members, `open_family` reads a finished run folder)
+with the probability layer (`legr.engine.prior.ProbabilityLayer`) on top of whichever network runs, and an online
+estimate of the environment's class prior (`legr.engine.prior_estimate`). Batch by batch it
+
+1. runs the network in use on the batch and corrects its softmax with the current prior estimate (the prediction),
+2. feeds the raw softmax to the estimator (the estimate the next batch is corrected with),
+3. picks the network for the next batch (`MemberSelector`): the smallest whose *expected accuracy* under the current
+   estimate meets the accuracy target. A network's expected accuracy under prior ``pi`` is ``sum_i pi_i a_i(pi)``,
+   ``a_i(pi)`` its accuracy with the layer at ``pi`` on the validation images of class ``i`` (`NetworkProfile`): the
+   validation split only, never the stream. To avoid flapping it moves to a smaller network only when that one
+   clears the target by ``hysteresis``, and to a larger one as soon as the one in use misses the target.
+
+`replay` runs a `legr.pipeline.streams.Stream` through this loop (or through one fixed network, with no layer, the
+oracle prior or the estimated one: the benchmark's arms) and returns a `Trace`: per image whether it was right, the
+network that classified it and its MACs, and the estimate after every batch. ``forward(name, positions)`` gives the
+logits of network ``name`` on stream images; `legr stream` runs the networks, the benchmark replays cached logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import yaml
+from pydantic import Field
+from torch import nn
+
+from legr.data import Splits
+from legr.engine.prior import ProbabilityLayer, class_prior
+from legr.engine.prior_estimate import PRIOR_ESTIMATORS, PriorEstimator, make_estimator
+from legr.errors import LegrError
+from legr.pipeline.streams import Stream
+from legr.settings import Settings, registered
+
+SOURCE = "source"  # the name of the family's unpruned network
+PriorMode = Literal["none", "oracle", "estimated"]
+Forward = Callable[[str, torch.Tensor], torch.Tensor]
+
+
+class AdaptSettings(Settings):
+    """The run-time adaptation: the layer (``omega``, ``floor``), the prior estimator (``estimator``, ``memory``
+    images), the batch the stream arrives in (``chunk``) and member selection (``target``: top-1 as a fraction;
+    ``hysteresis``: the margin a smaller network must clear the target by to be switched to)."""
+
+    estimator: registered(lambda: PRIOR_ESTIMATORS) = "ema"  # type: ignore[valid-type]
+    memory: int = Field(500, ge=1)
+    omega: float = Field(1.0, ge=0.0, le=1.0)
+    floor: float = Field(1e-3, ge=0.0, le=1.0)
+    chunk: int = Field(32, ge=1)
+    target: float | None = Field(None, ge=0.0, le=1.0)  # None: the source network's validation top-1
+    hysteresis: float = Field(0.005, ge=0.0, le=1.0)
+
+    def layer(self, train_prior: torch.Tensor) -> ProbabilityLayer:
+        return ProbabilityLayer(train_prior, omega=self.omega, floor=self.floor)
+
+    def make_estimator(self, train_prior: torch.Tensor) -> PriorEstimator:
+        return make_estimator(self.estimator, train_prior, memory=self.memory, floor=self.floor)
+
+
+@dataclass(frozen=True)
+class NetworkProfile:
+    """A network of the family as the selector sees it: its MACs and its logits on the validation split."""
+
+    name: str
+    macs: float
+    val_logits: torch.Tensor
+    val_labels: torch.Tensor
+
+    def top1(self) -> float:
+        """Validation top-1 of the network alone."""
+        return float((self.val_logits.argmax(dim=1) == self.val_labels).double().mean())
+
+    def class_accuracy(self, layer: ProbabilityLayer | None = None, prior: torch.Tensor | None = None) -> np.ndarray:
+        """Validation top-1 per class (NaN for a class without validation images), with ``layer`` at ``prior``
+        (no layer: the network's own)."""
+        with torch.no_grad():
+            out = self.val_logits if layer is None else layer(self.val_logits, None if prior is None else
+                                                              prior.to(torch.float32))
+        right = (out.argmax(dim=1) == self.val_labels).double()
+        classes = self.val_logits.shape[1]
+        counts = torch.bincount(self.val_labels, minlength=classes).double()
+        hits = torch.bincount(self.val_labels, weights=right, minlength=classes)
+        return (hits / counts).numpy()  # 0/0 -> NaN
+
+    def expected_accuracy(self, layer: ProbabilityLayer | None, prior: torch.Tensor) -> float:
+        """``sum_i prior_i * a_i``: the top-1 expected on a stream with class prior ``prior``, ``a_i`` the validation
+        accuracy on class ``i`` with ``layer`` at ``prior`` (classes without validation images weigh nothing)."""
+        acc = self.class_accuracy(layer, prior)
+        weights = prior.double().numpy()
+        known = ~np.isnan(acc)
+        return float(np.sum(weights[known] * acc[known]) / max(np.sum(weights[known]), 1e-12))
+
+
+class MemberSelector:
+    """The smallest network whose expected accuracy meets ``target`` (see the module doc). ``profiles`` in any
+    order; the one in use starts as the largest. If none meets the target, the most accurate is used."""
+
+    def __init__(self, profiles: Sequence[NetworkProfile], layer: ProbabilityLayer, target: float,
+                 hysteresis: float = 0.005):
+        if not profiles:
+            raise LegrError("member selection needs at least one network")
+        self.profiles = sorted(profiles, key=lambda p: p.macs)
+        self.layer, self.target, self.hysteresis = layer, float(target), float(hysteresis)
+        self.current = len(self.profiles) - 1
+
+    def reset(self) -> None:
+        self.current = len(self.profiles) - 1
+
+    def select(self, prior: torch.Tensor) -> NetworkProfile:
+        """The network to use under ``prior`` (and remember it as the one in use)."""
+        expected = [p.expected_accuracy(self.layer, prior) for p in self.profiles]
+        meeting = [i for i, e in enumerate(expected) if e >= self.target]
+        if not meeting:  # nothing meets the target: the most accurate network
+            self.current = int(np.argmax(expected))
+        elif expected[self.current] < self.target:  # the one in use misses it: up (or down) to the smallest meeting it
+            self.current = meeting[0]
+        else:  # smaller only with a margin
+            clear = [i for i in meeting if i < self.current and expected[i] >= self.target + self.hysteresis]
+            if clear:
+                self.current = clear[0]
+        return self.profiles[self.current]
+
+
+@dataclass
+class Trace:
+    """What a replay saw: per image whether the prediction was right, the network used and its MACs; after every
+    batch, the position it ended at and the prior estimate then (the layer's prior for the next batch)."""
+
+    correct: np.ndarray
+    network: list[str]
+    macs: np.ndarray
+    batch_ends: list[int] = field(default_factory=list)
+    estimates: list[np.ndarray] = field(default_factory=list)
+
+    def accuracy(self, start: int = 0, end: int | None = None) -> float:
+        part = self.correct[start:end]
+        return float(part.mean()) if len(part) else float("nan")
+
+    def mean_macs(self, start: int = 0, end: int | None = None) -> float:
+        return float(self.macs[start:end].mean())
+
+
+def replay(stream: Stream, forward: Forward, *, train_prior: torch.Tensor, settings: AdaptSettings,
+           prior: PriorMode = "estimated", network: str | None = None,
+           selector: MemberSelector | None = None, macs: dict[str, float] | None = None) -> Trace:
+    """Classify ``stream`` batch by batch (``settings.chunk`` images; batches end at segment boundaries) with one
+    ``network`` or, given a ``selector``, the network it picks after every batch; ``prior``: no layer, the layer at the
+    stream's oracle prior (each segment's composition) or at the online estimate."""
+    if (network is None) == (selector is None):
+        raise LegrError("replay needs one fixed network or a member selector, not both")
+    layer = settings.layer(train_prior) if prior != "none" else None
+    estimator = settings.make_estimator(train_prior) if prior == "estimated" else None
+    if selector is not None:
+        selector.reset()
+    current = network if network is not None else selector.profiles[selector.current].name
+    macs = macs or ({p.name: p.macs for p in selector.profiles} if selector else {})
+    n = len(stream)
+    trace = Trace(correct=np.zeros(n, dtype=bool), network=[""] * n, macs=np.zeros(n))
+    for (start, end), segment_prior in zip(stream.bounds(), stream.priors):
+        for lo in range(start, end, settings.chunk):
+            hi = min(lo + settings.chunk, end)
+            logits = forward(current, stream.indices[lo:hi])
+            with torch.no_grad():
+                if layer is None:
+                    out = logits
+                else:
+                    now = segment_prior if estimator is None else estimator.prior
+                    out = layer(logits, now.to(torch.float32))
+            trace.correct[lo:hi] = (out.argmax(dim=1) == stream.labels[lo:hi]).numpy()
+            trace.network[lo:hi] = [current] * (hi - lo)
+            trace.macs[lo:hi] = macs.get(current, np.nan)
+            if estimator is not None:
+                estimator.update(torch.softmax(logits.double(), dim=1))
+            used = segment_prior if estimator is None else estimator.prior
+            trace.batch_ends.append(hi)
+            trace.estimates.append(used.numpy().copy())
+            if selector is not None:
+                current = selector.select(used).name
+    return trace
+
+
+# --- a finished run folder as a family --------------------------------------------------------------------------
+@dataclass
+class Family:
+    """The networks of a finished run (the source network first, then the members by MACs), the run's data splits
+    and the training prior."""
+
+    networks: dict[str, nn.Module]
+    macs: dict[str, float]
+    splits: Splits
+    train_prior: torch.Tensor
+    run: Path
+
+
+def open_family(run: str | Path, *, log: Callable[[str], None] = print) -> Family:
+    """Read a finished run folder without writing to it: its source network (the run's ``base``) and every
+    fine-tuned member as its chain leaves it. A member not fine-tuned yet is a one-line `LegrError`."""
+    from legr.pipeline.config_files import held_config
+    from legr.pipeline.steps import Pipeline
+
+    run = Path(run)
+    path = run / "config.yaml"
+    if not path.is_file():
+        raise LegrError(f"{run} is not a run folder (no config.yaml)")
+    pipeline = Pipeline(held_config(yaml.safe_load(path.read_text())), run, progress=False, log=log, read_only=True)
+    members = pipeline.members()
+    missing = [m.name for m in members if not m.finetuned.exists()]
+    if missing:
+        raise LegrError(f"{run}: members {', '.join(missing)} are not fine-tuned yet (finish the run first)")
+    networks = {SOURCE: pipeline.base.cpu().eval()}
+    macs = {SOURCE: float(pipeline.cost.base_macs)}
+    for member in members:
+        last, _ = pipeline.load(member)
+        networks[member.name] = last.net.cpu().eval()
+        macs[member.name] = float(last.figures["macs"])
+    data = pipeline.data
+    return Family(networks=networks, macs=macs, splits=data, train_prior=class_prior(data.train[1], data.num_classes),
+                  run=run)
+
+
+def family_profiles(family: Family, batch_size: int = 512) -> list[NetworkProfile]:
+    """Every network's profile: its MACs and its logits on the run's validation split (computed here, once)."""
+    from legr.training import predict_logits
+
+    d = family.splits
+    vx, vy = d.val
+    if len(vx) == 0:
+        raise LegrError(f"{family.run}: the run has no validation split (data.val_size 0): member selection needs "
+                        "each network's per-class validation accuracy")
+    return [NetworkProfile(name, family.macs[name], predict_logits(net, vx, d.mean, d.std, batch_size), vy.long())
+            for name, net in family.networks.items()]
+
+
+def live_forward(family: Family, images: torch.Tensor) -> Forward:
+    """``forward(name, positions)``: network ``name`` run on ``images[positions]`` (uint8, normalized here)."""
+    from legr.data import normalize
+
+    def forward(name: str, positions: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            x = normalize(images[positions], family.splits.mean, family.splits.std)
+            return family.networks[name](x).float()
+
+    return forward
+
+
+def progress_rows(trace: Trace, every: int, base_macs: float) -> list[dict[str, float | str | list[float]]]:
+    """The trace every ``every`` images: images seen, top-1 over the last ``every`` images and so far, the network in
+    use at the end of the period, mean MACs over the period (fraction of ``base_macs``) and the prior estimate."""
+    rows, n = [], len(trace.correct)
+    ends = np.asarray(trace.batch_ends)
+    for end in [*range(every, n, every), n]:
+        start = max(0, end - every)
+        batch = int(np.searchsorted(ends, end - 1, side="right"))  # the batch holding image end - 1
+        estimate = trace.estimates[min(batch, len(trace.estimates) - 1)]
+        rows.append({"images": end, "top1_window": trace.accuracy(start, end), "top1_so_far": trace.accuracy(0, end),
+                     "network": trace.network[end - 1], "macs_ratio": trace.mean_macs(start, end) / base_macs,
+                     "prior": estimate.tolist()})
+    return rows
