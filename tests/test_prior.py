@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from legr.engine.prior import ProbabilityLayer, as_prior, bayes_correct, class_prior, export_with_layer
+from legr.engine.prior import (ProbabilityLayer, as_prior, bayes_correct, class_prior, export_with_layer,
+                               fit_calibration)
 from legr.engine.prior_estimate import PRIOR_ESTIMATORS, make_estimator
 from legr.errors import LegrError
 
@@ -96,7 +97,7 @@ def test_the_onnx_export_with_the_layer_matches_pytorch(tmp_path):
     with torch.no_grad():
         net[-1].weight.mul_(25)  # spread the logits: some rows confident, some not
     train = torch.tensor([0.1, 0.2, 0.2, 0.2, 0.2, 0.1])
-    layer = ProbabilityLayer(train, omega=0.95, floor=0.01)
+    layer = ProbabilityLayer(train, omega=0.95, floor=0.01, temperature=1.3, bias=[0.2, -0.1, 0.0, 0.1, -0.3, 0.1])
     info = export_with_layer(net, layer, (3, 12, 12), tmp_path / "with_layer.onnx")
     assert [i["name"] for i in info["inputs"]] == ["input", "prior"] and info["max_abs_diff"] < 1e-5
     session = ort.InferenceSession(str(tmp_path / "with_layer.onnx"), providers=["CPUExecutionProvider"])
@@ -107,7 +108,7 @@ def test_the_onnx_export_with_the_layer_matches_pytorch(tmp_path):
         with torch.no_grad():
             expected = layer(net(x), prior).numpy()
         assert np.abs(got - expected).max() < 1e-5
-    probs = torch.softmax(net(x), dim=1).detach()
+    probs = layer.posterior(net(x)).detach()
     confident = probs.max(dim=1).values > 0.95
     assert 0 < confident.sum() < len(x)  # the gate took both branches in the exported graph
 
@@ -174,3 +175,18 @@ def test_ema_is_a_running_mean_until_its_memory_is_full():
     estimator.update(torch.tensor([[0.0, 1.0]] * 100))  # now full: the old estimate decays by (1 - 1/100)^n
     keep = (1 - 1 / 100) ** 100
     assert math.isclose(float(estimator.prior[0]), keep * float(before[0]), rel_tol=1e-9)
+
+
+def test_calibration_recovers_a_known_temperature_and_class_bias():
+    """Labels drawn from softmax(z / 2 + b): fitting on the logits z finds temperature 2 and bias b (mean zero)."""
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(20000, 4, generator=gen) * 4
+    b = torch.tensor([0.6, -0.2, 0.1, -0.5])
+    labels = torch.multinomial(torch.softmax(z / 2 + b, dim=1), 1, generator=gen).flatten()
+    temperature, bias = fit_calibration(z, labels)
+    assert temperature == pytest.approx(2.0, rel=0.05)
+    assert torch.allclose(bias, b - b.mean(), atol=0.06)
+    layer = ProbabilityLayer([0.25] * 4, temperature=temperature, bias=bias)
+    assert torch.allclose(layer(z[:5]), torch.softmax(z[:5] / temperature + bias, dim=1), atol=1e-6)  # identity prior
+    t_only, zero = fit_calibration(z, labels, bias=False)
+    assert not zero.any() and t_only > 1.5

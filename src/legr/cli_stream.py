@@ -35,6 +35,7 @@ def stream(
     memory: Annotated[int, typer.Option(help="images the prior estimate remembers")] = 500,
     omega: Annotated[float, typer.Option(help="outputs more confident than this pass through uncorrected")] = 1.0,
     floor: Annotated[float, typer.Option(help="least prior any class is given")] = 1e-3,
+    calibrate: Annotated[bool, typer.Option(help="calibrate each network on its validation logits first")] = True,
     hysteresis: Annotated[float, typer.Option(help="margin a smaller network must clear the target by")] = 0.005,
     chunk: Annotated[int, typer.Option(help="images per batch (the prior and the network change between batches)")] = 32,
     every: Annotated[int, typer.Option(help="print a row every this many images")] = 250,
@@ -50,8 +51,8 @@ def stream(
 
     if every < 1 or images < 1:
         raise LegrError("--every and --images must be positive")
-    settings = AdaptSettings(estimator=estimator, memory=memory, omega=omega, floor=floor, chunk=chunk, target=target,
-                             hysteresis=hysteresis)
+    settings = AdaptSettings(estimator=estimator, memory=memory, omega=omega, floor=floor, calibrate=calibrate,
+                             chunk=chunk, target=target, hysteresis=hysteresis)
     family = open_family(run, log=lambda m: None if quiet else console.print(m, highlight=False))
     classes = family.splits.num_classes
     phases = [_classes(dominant, "--dominant")] + ([_classes(then, "--then")] if then else [])
@@ -62,7 +63,7 @@ def stream(
     profiles = family_profiles(family)
     source = next(p for p in profiles if p.name == SOURCE)
     goal = settings.target if settings.target is not None else source.top1()
-    selector = MemberSelector(profiles, settings.layer(family.train_prior), goal, settings.hysteresis)
+    selector = MemberSelector(profiles, settings.layers(family.train_prior, profiles), goal, settings.hysteresis)
     forward = live_forward(family, test_x)
     trace = replay(replayed, forward, train_prior=family.train_prior, settings=settings, selector=selector)
     base = family.macs[SOURCE]

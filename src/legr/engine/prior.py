@@ -15,6 +15,12 @@ Two guards make this safe to append to any network:
   through unchanged, so a confident prediction of a class the prior calls rare is kept (PCNN's way of still seeing new
   classes). ``omega = 1`` corrects everything, ``omega = 0`` nothing.
 
+Bayes' rule assumes the network's probabilities are calibrated; a pruned network's rarely are, and an online estimate
+of the prior built from miscalibrated posteriors drifts (EM amplifies a network's bias towards some classes). The
+layer therefore optionally calibrates first: ``softmax(logits / temperature + bias)``, the temperature and per-class
+biases fitted on labelled validation logits (`fit_calibration`: bias-corrected temperature scaling, Alexandari,
+Kundaje & Shrikumar, ICML 2020, who found it the best companion of EM under label shift). Not in the PCNN paper.
+
 `ProbabilityLayer` maps logits to probabilities (the corrected posterior); `WithProbabilityLayer` appends it to a
 network and takes the environment prior as a second input, so the ONNX export (`export_with_layer`) is one file the
 runtime feeds with its current prior estimate. The estimators of that prior from the stream itself are
@@ -78,11 +84,13 @@ class ProbabilityLayer(nn.Module):
     in the layer (default: the training prior, i.e. the identity); `forward` may take another per call (what the
     runtime's estimator gives, and the ONNX input). ``omega`` in [0, 1]: rows whose largest raw probability exceeds
     it pass through unchanged. ``floor`` in [0, 1 / classes]: the least prior any class is given. ``temperature``
-    divides the logits before the softmax (1: the network's own probabilities).
+    divides the logits and ``bias`` (per class) is added before the softmax (1 and none: the network's own
+    probabilities; `fit_calibration` fits both).
     """
 
     def __init__(self, train_prior: Sequence[float] | torch.Tensor, *, env_prior: Sequence[float] | torch.Tensor |
-                 None = None, omega: float = 1.0, floor: float = 1e-3, temperature: float = 1.0):
+                 None = None, omega: float = 1.0, floor: float = 1e-3, temperature: float = 1.0,
+                 bias: Sequence[float] | torch.Tensor | None = None):
         super().__init__()
         train = as_prior(train_prior, what="training prior")
         if (train <= 0).any():
@@ -97,8 +105,12 @@ class ProbabilityLayer(nn.Module):
         env = train if env_prior is None else as_prior(env_prior, classes, what="environment prior")
         self.num_classes, self.omega, self.floor, self.temperature = classes, float(omega), float(floor), \
             float(temperature)
+        bias = torch.zeros(classes) if bias is None else torch.as_tensor(bias, dtype=torch.float32).flatten()
+        if len(bias) != classes or not torch.isfinite(bias).all():
+            raise LegrError(f"bias must be {classes} finite numbers, got {bias.tolist()}")
         self.register_buffer("train_prior", train.float())
         self.register_buffer("env_prior", env.float())
+        self.register_buffer("bias", bias.float())
 
     def set_prior(self, env_prior: Sequence[float] | torch.Tensor) -> None:
         """Hold ``env_prior`` as the environment's prior (used when `forward` gets none)."""
@@ -108,15 +120,50 @@ class ProbabilityLayer(nn.Module):
         """Back to the identity: the environment prior is the training prior again."""
         self.env_prior.copy_(self.train_prior)
 
+    def posterior(self, logits: torch.Tensor) -> torch.Tensor:
+        """The network's (calibrated) posterior under the training prior: ``softmax(logits / temperature + bias)``."""
+        scaled = logits / self.temperature if self.temperature != 1.0 else logits
+        return torch.softmax(scaled + self.bias.to(scaled.dtype) if self.bias.any() else scaled, dim=-1)
+
     def forward(self, logits: torch.Tensor, env_prior: torch.Tensor | None = None) -> torch.Tensor:
-        probs = torch.softmax(logits / self.temperature if self.temperature != 1.0 else logits, dim=-1)
+        probs = self.posterior(logits)
         prior = self.env_prior if env_prior is None else env_prior.reshape(-1)
         corrected = bayes_correct(probs, self.train_prior, prior, self.floor)
         confident = probs.max(dim=-1, keepdim=True).values > self.omega
         return torch.where(confident, probs, corrected)
 
     def extra_repr(self) -> str:
-        return f"classes={self.num_classes}, omega={self.omega:g}, floor={self.floor:g}, T={self.temperature:g}"
+        calibrated = ", bias" if self.bias.any() else ""
+        return f"classes={self.num_classes}, omega={self.omega:g}, floor={self.floor:g}, T={self.temperature:g}" + \
+            calibrated
+
+
+def fit_calibration(logits: torch.Tensor, labels: torch.Tensor, *, bias: bool = True) -> tuple[float, torch.Tensor]:
+    """The temperature and per-class biases (mean zero; zeros without ``bias``) that minimize the cross-entropy of
+    ``softmax(logits / temperature + bias)`` on labelled logits (a validation split): bias-corrected temperature
+    scaling (BCTS). Convex in (1 / temperature, bias); L-BFGS in float64."""
+    x = torch.as_tensor(logits).detach().double().cpu()
+    y = torch.as_tensor(labels).detach().long().cpu()
+    if x.ndim != 2 or len(x) != len(y) or len(x) == 0:
+        raise LegrError(f"calibration needs logits (N, classes) and N labels, got {tuple(x.shape)} and {len(y)}")
+    inverse = torch.ones(1, dtype=torch.float64, requires_grad=True)
+    shift = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=bias)
+    params = [inverse, shift] if bias else [inverse]
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=500, tolerance_grad=1e-9, tolerance_change=1e-12,
+                            line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(x * inverse + shift, y)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    scale = float(inverse.detach())
+    if not scale > 0:
+        raise LegrError("calibration failed: the fitted temperature is not positive (are the logits informative?)")
+    return 1.0 / scale, (shift.detach() - shift.detach().mean()).float()
 
 
 class WithProbabilityLayer(nn.Module):

@@ -1,8 +1,9 @@
 """A family adapting to the classes it sees, at run time, without fine-tuning (PCNN, issue 37).
 
 The runtime holds a family (the source network and its pruned members, `open_family` reads a finished run folder)
-with the probability layer (`legr.engine.prior.ProbabilityLayer`) on top of whichever network runs, and an online
-estimate of the environment's class prior (`legr.engine.prior_estimate`). Batch by batch it
+with the probability layer (`legr.engine.prior.ProbabilityLayer`, by default calibrated per network on its validation
+logits) on top of whichever network runs, and an online estimate of the environment's class prior
+(`legr.engine.prior_estimate`). Batch by batch it
 
 1. runs the network in use on the batch and corrects its softmax with the current prior estimate (the prediction),
 2. feeds the raw softmax to the estimator (the estimate the next batch is corrected with),
@@ -20,8 +21,9 @@ logits of network ``name`` on stream images; `legr stream` runs the networks, th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -32,7 +34,7 @@ from pydantic import Field
 from torch import nn
 
 from legr.data import Splits
-from legr.engine.prior import ProbabilityLayer, class_prior
+from legr.engine.prior import ProbabilityLayer, class_prior, fit_calibration
 from legr.engine.prior_estimate import PRIOR_ESTIMATORS, PriorEstimator, make_estimator
 from legr.errors import LegrError
 from legr.pipeline.streams import Stream
@@ -44,20 +46,31 @@ Forward = Callable[[str, torch.Tensor], torch.Tensor]
 
 
 class AdaptSettings(Settings):
-    """The run-time adaptation: the layer (``omega``, ``floor``), the prior estimator (``estimator``, ``memory``
-    images), the batch the stream arrives in (``chunk``) and member selection (``target``: top-1 as a fraction;
-    ``hysteresis``: the margin a smaller network must clear the target by to be switched to)."""
+    """The run-time adaptation: the layer (``omega``, ``floor``; ``calibrate``: each network's temperature and class
+    biases fitted on its validation logits first), the prior estimator (``estimator``, ``memory`` images), the batch
+    the stream arrives in (``chunk``) and member selection (``target``: top-1 as a fraction; ``hysteresis``: the
+    margin a smaller network must clear the target by to be switched to)."""
 
     estimator: registered(lambda: PRIOR_ESTIMATORS) = "ema"  # type: ignore[valid-type]
     memory: int = Field(500, ge=1)
     omega: float = Field(1.0, ge=0.0, le=1.0)
     floor: float = Field(1e-3, ge=0.0, le=1.0)
+    calibrate: bool = True
     chunk: int = Field(32, ge=1)
     target: float | None = Field(None, ge=0.0, le=1.0)  # None: the source network's validation top-1
     hysteresis: float = Field(0.005, ge=0.0, le=1.0)
 
-    def layer(self, train_prior: torch.Tensor) -> ProbabilityLayer:
+    def layer(self, train_prior: torch.Tensor, profile: NetworkProfile | None = None) -> ProbabilityLayer:
+        """The probability layer for one network; with ``calibrate`` and its ``profile``, calibrated on its
+        validation logits."""
+        if self.calibrate and profile is not None:
+            temperature, bias = profile.calibration
+            return ProbabilityLayer(train_prior, omega=self.omega, floor=self.floor, temperature=temperature,
+                                    bias=bias)
         return ProbabilityLayer(train_prior, omega=self.omega, floor=self.floor)
+
+    def layers(self, train_prior: torch.Tensor, profiles: Sequence[NetworkProfile]) -> dict[str, ProbabilityLayer]:
+        return {p.name: self.layer(train_prior, p) for p in profiles}
 
     def make_estimator(self, train_prior: torch.Tensor) -> PriorEstimator:
         return make_estimator(self.estimator, train_prior, memory=self.memory, floor=self.floor)
@@ -71,6 +84,11 @@ class NetworkProfile:
     macs: float
     val_logits: torch.Tensor
     val_labels: torch.Tensor
+
+    @cached_property
+    def calibration(self) -> tuple[float, torch.Tensor]:
+        """Temperature and class biases fitted on the validation logits (`legr.engine.prior.fit_calibration`)."""
+        return fit_calibration(self.val_logits, self.val_labels)
 
     def top1(self) -> float:
         """Validation top-1 of the network alone."""
@@ -99,14 +117,16 @@ class NetworkProfile:
 
 class MemberSelector:
     """The smallest network whose expected accuracy meets ``target`` (see the module doc). ``profiles`` in any
-    order; the one in use starts as the largest. If none meets the target, the most accurate is used."""
+    order, ``layers`` by network name (or one layer for all); the one in use starts as the largest. If none meets
+    the target, the most accurate is used."""
 
-    def __init__(self, profiles: Sequence[NetworkProfile], layer: ProbabilityLayer, target: float,
-                 hysteresis: float = 0.005):
+    def __init__(self, profiles: Sequence[NetworkProfile], layers: Mapping[str, ProbabilityLayer] | ProbabilityLayer,
+                 target: float, hysteresis: float = 0.005):
         if not profiles:
             raise LegrError("member selection needs at least one network")
         self.profiles = sorted(profiles, key=lambda p: p.macs)
-        self.layer, self.target, self.hysteresis = layer, float(target), float(hysteresis)
+        self.layers = layers if isinstance(layers, Mapping) else {p.name: layers for p in profiles}
+        self.target, self.hysteresis = float(target), float(hysteresis)
         self.current = len(self.profiles) - 1
 
     def reset(self) -> None:
@@ -114,7 +134,7 @@ class MemberSelector:
 
     def select(self, prior: torch.Tensor) -> NetworkProfile:
         """The network to use under ``prior`` (and remember it as the one in use)."""
-        expected = [p.expected_accuracy(self.layer, prior) for p in self.profiles]
+        expected = [p.expected_accuracy(self.layers[p.name], prior) for p in self.profiles]
         meeting = [i for i, e in enumerate(expected) if e >= self.target]
         if not meeting:  # nothing meets the target: the most accurate network
             self.current = int(np.argmax(expected))
@@ -147,14 +167,17 @@ class Trace:
 
 
 def replay(stream: Stream, forward: Forward, *, train_prior: torch.Tensor, settings: AdaptSettings,
-           prior: PriorMode = "estimated", network: str | None = None,
-           selector: MemberSelector | None = None, macs: dict[str, float] | None = None) -> Trace:
+           prior: PriorMode = "estimated", network: str | None = None, selector: MemberSelector | None = None,
+           layers: Mapping[str, ProbabilityLayer] | None = None, macs: dict[str, float] | None = None) -> Trace:
     """Classify ``stream`` batch by batch (``settings.chunk`` images; batches end at segment boundaries) with one
     ``network`` or, given a ``selector``, the network it picks after every batch; ``prior``: no layer, the layer at the
-    stream's oracle prior (each segment's composition) or at the online estimate."""
+    stream's oracle prior (each segment's composition) or at the online estimate. Each network's layer: ``layers``
+    (default: the selector's, else one uncalibrated layer of ``settings``); the estimator takes the posterior of the
+    layer of the network that ran."""
     if (network is None) == (selector is None):
         raise LegrError("replay needs one fixed network or a member selector, not both")
-    layer = settings.layer(train_prior) if prior != "none" else None
+    layers = layers if layers is not None else selector.layers if selector is not None else None
+    plain = settings.layer(train_prior) if layers is None else None
     estimator = settings.make_estimator(train_prior) if prior == "estimated" else None
     if selector is not None:
         selector.reset()
@@ -166,8 +189,9 @@ def replay(stream: Stream, forward: Forward, *, train_prior: torch.Tensor, setti
         for lo in range(start, end, settings.chunk):
             hi = min(lo + settings.chunk, end)
             logits = forward(current, stream.indices[lo:hi])
+            layer = plain if layers is None else layers[current]
             with torch.no_grad():
-                if layer is None:
+                if prior == "none":
                     out = logits
                 else:
                     now = segment_prior if estimator is None else estimator.prior
@@ -176,7 +200,8 @@ def replay(stream: Stream, forward: Forward, *, train_prior: torch.Tensor, setti
             trace.network[lo:hi] = [current] * (hi - lo)
             trace.macs[lo:hi] = macs.get(current, np.nan)
             if estimator is not None:
-                estimator.update(torch.softmax(logits.double(), dim=1))
+                with torch.no_grad():
+                    estimator.update(layer.posterior(logits.double()))
             used = segment_prior if estimator is None else estimator.prior
             trace.batch_ends.append(hi)
             trace.estimates.append(used.numpy().copy())
