@@ -49,7 +49,7 @@ from class_skew_report import markdown, plot  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 OMEGAS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
 FLOORS = (1e-4, 1e-3, 3e-3, 1e-2)
-ESTIMATORS = ("ema", "window", "em")
+ESTIMATORS = ("ema", "window", "em", "counts")
 MEMORIES = (250, 500, 1000, 2000)
 ARMS = ("none", "oracle", "estimated")
 
