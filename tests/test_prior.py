@@ -205,3 +205,13 @@ def test_calibration_recovers_a_known_temperature_and_class_bias():
     assert torch.allclose(layer(z[:5]), torch.softmax(z[:5] / temperature + bias, dim=1), atol=1e-6)  # identity prior
     t_only, zero = fit_calibration(z, labels, bias=False)
     assert not zero.any() and t_only > 1.5
+
+
+def test_an_extra_onnx_input_may_not_take_the_images_name(tmp_path):
+    from legr.engine.export import export_onnx
+    from legr.engine.prior import WithProbabilityLayer
+
+    net = WithProbabilityLayer(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), ProbabilityLayer([1 / 3] * 3))
+    with pytest.raises(LegrError, match="extra input may not be named 'input'"):
+        export_onnx(net, (3, 2, 2), tmp_path / "x.onnx", extra_inputs={"input": torch.full((3,), 1 / 3)})
+    assert not (tmp_path / "x.onnx").exists()
