@@ -40,8 +40,12 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
     change = [s for s in streams if s["group"] == "change"]
     recovered = [s["networks"][n]["oracle"]["top1_after_recovery"] - s["networks"][n]["estimated"]["top1_after_recovery"]
                  for s in change for n in names]
+    by_kind = {grp: [s["networks"][n]["oracle"]["top1_after_warmup"] - s["networks"][n]["estimated"]["top1_after_warmup"]
+                     for s in stationary if s["group"] == grp for n in names]
+               for grp in groups if grp != "change"}
     goals = {
         "smallest": smallest,
+        "warm_gap_by_kind": {grp: {"mean": _mean(v), "max": max(v)} for grp, v in by_kind.items()},
         "k2_margin_min": min(margins) if margins else None, "k2_margin_mean": _mean(margins),
         "k2_streams": len(k2), "k2_streams_met": sum(m >= 0 for m in margins),
         "k2_smallest_beats_source": bool(margins) and min(margins) >= 0,
@@ -105,10 +109,14 @@ def markdown(r: dict[str, Any]) -> str:
         "| network | MACs % | val top-1 % | test top-1 % |", "|:---|---:|---:|---:|"]
     lines += [f"| {n} | {100 * v['macs_ratio']:.1f} | {_pct(v['val_top1'])} | {_pct(v['test_top1'])} |"
               for n, v in r["networks"].items()]
-    lines += ["", f"Chosen on validation: omega {t['omega']:g} (outputs more confident pass through), floor "
-                  f"{t['floor']:g}, estimator **{t['estimator']}** with a memory of {t['memory']} images; runtime "
-                  f"target: the source network's validation top-1 ({_pct(r['target'])}%), hysteresis "
-                  f"{_pct(r['hysteresis'])} points.", "",
+    best = {c: max((e for e in t["estimator_grid"] if e["calibrate"] == c), key=lambda e: e["top1"])
+            for c in (False, True)}
+    lines += ["", f"Chosen on validation: calibration {'on' if t['calibrate'] else 'off'} (best validation top-1 "
+                  f"with the estimated prior, calibrated: {_pct(best[True]['top1'])}% with {best[True]['estimator']}, "
+                  f"uncalibrated: {_pct(best[False]['top1'])}% with {best[False]['estimator']}), omega {t['omega']:g} "
+                  f"(outputs more confident pass through), floor {t['floor']:g}, estimator **{t['estimator']}** with "
+                  f"a memory of {t['memory']} images; runtime target: the source network's validation top-1 "
+                  f"({_pct(r['target'])}%), hysteresis {_pct(r['hysteresis'])} points.", "",
               f"Test top-1 % (mean over the streams of each kind; whole streams, warm-up included). Streams: "
               + ", ".join(f"{GROUP_LABEL[grp]}: {sum(x['group'] == grp for x in r['streams'])} "
                           f"({next(x['length'] for x in r['streams'] if x['group'] == grp)} images)"
@@ -129,8 +137,11 @@ def markdown(r: dict[str, Any]) -> str:
               f"- Estimated within 1 point of the oracle prior after a {r['warmup']}-image warm-up (every stationary "
               f"stream x network): {_yes(g['warm_gap_within_1pt'])} ({g['warm_gap_streams_met']} of "
               f"{g['warm_gap_cases']}; oracle's lead max {_pct(g['warm_gap_max'], True)}, mean "
-              f"{_pct(g['warm_gap_mean'], True)} points).",
-              f"- At most 0.3 points lost on the unskewed stream: {_yes(g['unskewed_within_0.3pt'])} ("
+              f"{_pct(g['warm_gap_mean'], True)} points; by kind, mean / max: "
+              + ", ".join(f"{GROUP_LABEL[k]} {_pct(v['mean'], True)} / {_pct(v['max'], True)}"
+                          for k, v in g["warm_gap_by_kind"].items()) + ").",
+              f"- At most 0.3 points lost on the unskewed stream: {_yes(g['unskewed_within_0.3pt'])} (top-1 with "
+              "the layer and the estimated prior minus without, points: "
               + ", ".join(f"{n} {_pct(-v, True)}" for n, v in g["unskewed_loss"].items()) + ").",
               f"- Within 1 point of the oracle from {r['recovery']} images after the change on: "
               f"{_yes(g['recovered_within_1pt'])} (oracle's lead max {_pct(g['recovery_gap_max'], True)}, mean "
