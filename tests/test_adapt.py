@@ -14,8 +14,8 @@ import yaml
 
 from legr.engine.prior import ProbabilityLayer
 from legr.errors import LegrError
-from legr.pipeline.adapt import (SOURCE, AdaptSettings, MemberSelector, NetworkProfile, family_profiles, open_family,
-                                 progress_rows, replay)
+from legr.pipeline.adapt import (SOURCE, AdaptiveRuntime, AdaptSettings, MemberSelector, NetworkProfile,
+                                 family_profiles, open_family, progress_rows, replay)
 from legr.pipeline.config import parse_config
 from legr.pipeline.steps import Pipeline
 from legr.pipeline.streams import Segment, build_stream, skewed_prior
@@ -206,6 +206,28 @@ def test_replay_arms_are_the_independent_computations(run):
     rows = progress_rows(chosen, 50, family.macs[SOURCE])
     assert [r["images"] for r in rows] == [50, 100, 120]
     assert rows[-1]["top1_so_far"] == pytest.approx(chosen.accuracy())
+
+
+def test_the_runtime_forgets_the_stream_when_reset():
+    profiles = _profiles()
+    logits = {p.name: p.val_logits for p in profiles}
+    forward = lambda name, positions: logits[name][positions]  # noqa: E731
+    settings = AdaptSettings(estimator="em", memory=100, floor=0.01)
+    layers = settings.layers(torch.full((5,), 0.2), profiles)
+    selector = MemberSelector(profiles, layers, target=0.6)
+    runtime = AdaptiveRuntime(forward, train_prior=torch.full((5,), 0.2), settings=settings, selector=selector)
+    first = [runtime.step(torch.arange(i, i + 20)) for i in range(0, 100, 20)]
+    skewed = profiles[0].val_labels < 2
+    for i in range(0, 200, 20):  # a stream of classes 0 and 1 moves the estimate (and the network)
+        runtime.step(skewed.nonzero().flatten()[i:i + 20])
+    assert runtime.prior[:2].sum() > 0.8
+    runtime.reset()
+    assert torch.equal(runtime.prior, torch.full((5,), 0.2, dtype=torch.float64))
+    again = [runtime.step(torch.arange(i, i + 20)) for i in range(0, 100, 20)]
+    assert all(torch.equal(a[0], b[0]) and a[1] == b[1] for a, b in zip(first, again))
+    with pytest.raises(LegrError, match="needs the environment prior"):
+        AdaptiveRuntime(forward, train_prior=torch.full((5,), 0.2), settings=settings, prior="oracle",
+                        network="net0").step(torch.arange(5))
 
 
 def _legr(*args):

@@ -13,7 +13,8 @@ logits) on top of whichever network runs, and an online estimate of the environm
    validation split only, never the stream. To avoid flapping it moves to a smaller network only when that one
    clears the target by ``hysteresis``, and to a larger one as soon as the one in use misses the target.
 
-`replay` runs a `legr.pipeline.streams.Stream` through this loop (or through one fixed network, with no layer, the
+`AdaptiveRuntime` is this loop, one batch per `step` (`reset` forgets the stream); `replay` runs a
+`legr.pipeline.streams.Stream` through it (or through one fixed network, with no layer, the
 oracle prior or the estimated one: the benchmark's arms) and returns a `Trace`: per image whether it was right, the
 network that classified it and its MACs, and the estimate after every batch. ``forward(name, positions)`` gives the
 logits of network ``name`` on stream images; `legr stream` runs the networks, the benchmark replays cached logits.
@@ -166,47 +167,78 @@ class Trace:
         return float(self.macs[start:end].mean())
 
 
+class AdaptiveRuntime:
+    """The loop of the module doc, one batch at a time: `step` classifies a batch with the network in use and the
+    layer at the current prior, updates the estimate, and picks the network for the next batch; `reset` forgets the
+    stream (the estimate is the training prior again, the selector back at the largest network).
+
+    ``forward(name, inputs)``: the logits of network ``name`` on ``inputs`` (images, or positions in a cached split).
+    One fixed ``network`` or a ``selector``; ``prior``: no layer, the oracle prior given to each `step`, or the online
+    estimate. Each network's layer: ``layers`` (default: the selector's, else one uncalibrated layer of
+    ``settings``); the estimator takes the posterior of the layer of the network that ran.
+    """
+
+    def __init__(self, forward: Forward, *, train_prior: torch.Tensor, settings: AdaptSettings,
+                 prior: PriorMode = "estimated", network: str | None = None, selector: MemberSelector | None = None,
+                 layers: Mapping[str, ProbabilityLayer] | None = None):
+        if (network is None) == (selector is None):
+            raise LegrError("the runtime needs one fixed network or a member selector, not both")
+        self.forward, self.prior_mode, self.network, self.selector = forward, prior, network, selector
+        self.layers = layers if layers is not None else selector.layers if selector is not None else None
+        self._plain = settings.layer(train_prior) if self.layers is None else None
+        self.estimator = settings.make_estimator(train_prior) if prior == "estimated" else None
+        self.reset()
+
+    def reset(self) -> None:
+        if self.estimator is not None:
+            self.estimator.reset()
+        if self.selector is not None:
+            self.selector.reset()
+        self.current = self.network if self.network is not None else self.selector.profiles[self.selector.current].name
+        self.prior = self.estimator.prior if self.estimator is not None else None
+
+    def layer(self, name: str) -> ProbabilityLayer:
+        return self._plain if self.layers is None else self.layers[name]
+
+    def step(self, inputs: torch.Tensor, oracle: torch.Tensor | None = None) -> tuple[torch.Tensor, str]:
+        """The outputs on one batch (corrected probabilities; the logits without a layer) and the network that made
+        them. ``oracle``: the environment prior, for ``prior="oracle"``."""
+        name = self.current
+        logits = self.forward(name, inputs)
+        layer = self.layer(name)
+        if self.prior_mode == "oracle":
+            if oracle is None:
+                raise LegrError("an oracle-prior runtime needs the environment prior with every batch")
+            self.prior = torch.as_tensor(oracle, dtype=torch.float64)
+        with torch.no_grad():
+            out = logits if self.prior_mode == "none" else layer(logits, self.prior.to(torch.float32))
+            if self.estimator is not None:
+                self.prior = self.estimator.update(layer.posterior(logits.double()))
+        if self.selector is not None:
+            self.current = self.selector.select(self.prior if self.prior is not None else
+                                                self.layer(name).train_prior.double()).name
+        return out, name
+
+
 def replay(stream: Stream, forward: Forward, *, train_prior: torch.Tensor, settings: AdaptSettings,
            prior: PriorMode = "estimated", network: str | None = None, selector: MemberSelector | None = None,
            layers: Mapping[str, ProbabilityLayer] | None = None, macs: dict[str, float] | None = None) -> Trace:
-    """Classify ``stream`` batch by batch (``settings.chunk`` images; batches end at segment boundaries) with one
-    ``network`` or, given a ``selector``, the network it picks after every batch; ``prior``: no layer, the layer at the
-    stream's oracle prior (each segment's composition) or at the online estimate. Each network's layer: ``layers``
-    (default: the selector's, else one uncalibrated layer of ``settings``); the estimator takes the posterior of the
-    layer of the network that ran."""
-    if (network is None) == (selector is None):
-        raise LegrError("replay needs one fixed network or a member selector, not both")
-    layers = layers if layers is not None else selector.layers if selector is not None else None
-    plain = settings.layer(train_prior) if layers is None else None
-    estimator = settings.make_estimator(train_prior) if prior == "estimated" else None
-    if selector is not None:
-        selector.reset()
-    current = network if network is not None else selector.profiles[selector.current].name
+    """Classify ``stream`` with an `AdaptiveRuntime`, ``settings.chunk`` images per batch (batches end at segment
+    boundaries; the oracle prior of a batch is its segment's composition); ``forward`` takes stream positions."""
+    runtime = AdaptiveRuntime(forward, train_prior=train_prior, settings=settings, prior=prior, network=network,
+                              selector=selector, layers=layers)
     macs = macs or ({p.name: p.macs for p in selector.profiles} if selector else {})
     n = len(stream)
     trace = Trace(correct=np.zeros(n, dtype=bool), network=[""] * n, macs=np.zeros(n))
     for (start, end), segment_prior in zip(stream.bounds(), stream.priors):
         for lo in range(start, end, settings.chunk):
             hi = min(lo + settings.chunk, end)
-            logits = forward(current, stream.indices[lo:hi])
-            layer = plain if layers is None else layers[current]
-            with torch.no_grad():
-                if prior == "none":
-                    out = logits
-                else:
-                    now = segment_prior if estimator is None else estimator.prior
-                    out = layer(logits, now.to(torch.float32))
+            out, name = runtime.step(stream.indices[lo:hi], segment_prior)
             trace.correct[lo:hi] = (out.argmax(dim=1) == stream.labels[lo:hi]).numpy()
-            trace.network[lo:hi] = [current] * (hi - lo)
-            trace.macs[lo:hi] = macs.get(current, np.nan)
-            if estimator is not None:
-                with torch.no_grad():
-                    estimator.update(layer.posterior(logits.double()))
-            used = segment_prior if estimator is None else estimator.prior
+            trace.network[lo:hi] = [name] * (hi - lo)
+            trace.macs[lo:hi] = macs.get(name, np.nan)
             trace.batch_ends.append(hi)
-            trace.estimates.append(used.numpy().copy())
-            if selector is not None:
-                current = selector.select(used).name
+            trace.estimates.append((runtime.prior if runtime.prior is not None else segment_prior).numpy().copy())
     return trace
 
 
