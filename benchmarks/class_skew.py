@@ -48,10 +48,11 @@ from class_skew_report import markdown, plot  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OMEGAS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
-FLOORS = (1e-4, 1e-3, 3e-3, 1e-2)
+FLOORS = (1e-5, 1e-4, 1e-3, 3e-3, 1e-2)
 ESTIMATORS = ("ema", "window", "em", "counts")
 MEMORIES = (250, 500, 1000, 2000)
 ARMS = ("none", "oracle", "estimated")
+CALIBRATIONS = ("none", "temperature", "bias")
 
 
 @dataclass(frozen=True)
@@ -201,14 +202,14 @@ class Bench:
                       macs=self.family.macs, layers=layers, **kw)
 
     def tune(self, streams: list[tuple[Spec, Stream]], log) -> dict[str, Any]:
-        """With and without calibration: omega and floor with the oracle prior on the skewed validation streams, then
+        """For each calibration: omega and floor with the oracle prior on the skewed validation streams, then
         estimator and memory with the estimated prior on every validation stream; the best of all by the mean top-1
         (after the warm-up for the estimated prior) over the stream kinds, each kind the mean over its streams and the
         networks."""
         a = self.args
         skewed = [(s, st) for s, st in streams if s.group != "uniform"]
         grid, estimators, layer_choice = [], [], {}
-        for calibrate in (False, True):
+        for calibrate in CALIBRATIONS:
             for omega, floor in itertools.product(OMEGAS, FLOORS):
                 settings = AdaptSettings(omega=omega, floor=floor, calibrate=calibrate, chunk=a.chunk)
                 accs = {(i, n): self.replay("val", st, settings, prior="oracle", network=n).accuracy()
@@ -340,8 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         "train_prior": family.train_prior.tolist(),
         "networks": {n: {"macs": family.macs[n], "macs_ratio": family.macs[n] / family.macs[SOURCE],
                          "val_top1": profiles[n].top1(), "test_top1": test_top1[n],
-                         "temperature": profiles[n].calibration[0],
-                         "class_bias": profiles[n].calibration[1].tolist()} for n in bench.names},
+                         "temperature": profiles[n].calibration(False)[0],
+                         "bcts": {"temperature": profiles[n].calibration(True)[0],
+                                  "class_bias": profiles[n].calibration(True)[1].tolist()}} for n in bench.names},
         "tuning": tuned, "val_streams": len(val_streams), "streams": rows, "kept_stream": keep, "kept": kept,
     }
     result["elapsed_s"] = {**timings, "total": time.perf_counter() - start}

@@ -109,11 +109,11 @@ def markdown(r: dict[str, Any]) -> str:
         "| network | MACs % | val top-1 % | test top-1 % |", "|:---|---:|---:|---:|"]
     lines += [f"| {n} | {100 * v['macs_ratio']:.1f} | {_pct(v['val_top1'])} | {_pct(v['test_top1'])} |"
               for n, v in r["networks"].items()]
-    best = {c: max((e for e in t["estimator_grid"] if e["calibrate"] == c), key=lambda e: e["top1"])
-            for c in (False, True)}
-    lines += ["", f"Chosen on validation: calibration {'on' if t['calibrate'] else 'off'} (best validation top-1 "
-                  f"with the estimated prior, calibrated: {_pct(best[True]['top1'])}% with {best[True]['estimator']}, "
-                  f"uncalibrated: {_pct(best[False]['top1'])}% with {best[False]['estimator']}), omega {t['omega']:g} "
+    modes = sorted({e["calibrate"] for e in t["estimator_grid"]})
+    best = {c: max((e for e in t["estimator_grid"] if e["calibrate"] == c), key=lambda e: e["top1"]) for c in modes}
+    lines += ["", f"Chosen on validation: calibration **{t['calibrate']}** (best validation top-1 with the estimated "
+                  "prior by calibration: " + ", ".join(f"{c} {_pct(best[c]['top1'])}% ({best[c]['estimator']})"
+                                                       for c in modes) + f"), omega {t['omega']:g} "
                   f"(outputs more confident pass through), floor {t['floor']:g}, estimator **{t['estimator']}** with "
                   f"a memory of {t['memory']} images; runtime target: the source network's validation top-1 "
                   f"({_pct(r['target'])}%), hysteresis {_pct(r['hysteresis'])} points.", "",

@@ -96,6 +96,23 @@ def test_class_accuracy_and_expected_accuracy_are_the_validation_counts():
     assert p.top1() == pytest.approx(float((pred == p.val_labels).double().mean()))
 
 
+def test_calibration_modes_of_the_layer():
+    profile = _profiles()[1]
+    train = torch.full((5,), 0.2)
+    none = AdaptSettings(calibrate="none").layer(train, profile)
+    temperature = AdaptSettings(calibrate="temperature").layer(train, profile)
+    bias = AdaptSettings(calibrate="bias").layer(train, profile)
+    assert none.temperature == 1.0 and not none.bias.any()
+    assert temperature.temperature == pytest.approx(profile.calibration(False)[0]) and not temperature.bias.any()
+    assert torch.equal(bias.bias, profile.calibration(True)[1]) and bias.bias.any()
+    with torch.no_grad():  # a temperature alone never changes a decision at the training prior; biases may
+        assert torch.equal(temperature(profile.val_logits).argmax(1), profile.val_logits.argmax(1))
+        out = bias(profile.val_logits)
+    assert torch.allclose(out, torch.softmax(profile.val_logits / bias.temperature + bias.bias, dim=1), atol=1e-6)
+    with pytest.raises(LegrError, match="calibrate"):
+        AdaptSettings(calibrate="yes")
+
+
 def test_member_selection_never_picks_a_member_that_misses_the_target_on_its_validation_estimate():
     profiles = _profiles()
     layer = ProbabilityLayer([0.2] * 5, floor=1e-3)

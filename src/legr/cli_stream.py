@@ -35,7 +35,8 @@ def stream(
     memory: Annotated[int, typer.Option(help="images the prior estimate remembers")] = 500,
     omega: Annotated[float, typer.Option(help="outputs more confident than this pass through uncorrected")] = 1.0,
     floor: Annotated[float, typer.Option(help="least prior any class is given")] = 1e-3,
-    calibrate: Annotated[bool, typer.Option(help="calibrate each network on its validation logits first")] = True,
+    calibrate: Annotated[str, typer.Option(help="fit on each network's validation logits first: none, temperature, "
+                                                "or bias (temperature and per-class biases)")] = "temperature",
     hysteresis: Annotated[float, typer.Option(help="margin a smaller network must clear the target by")] = 0.005,
     chunk: Annotated[int, typer.Option(help="images per batch (the prior and the network change between batches)")] = 32,
     every: Annotated[int, typer.Option(help="print a row every this many images")] = 250,

@@ -1,8 +1,8 @@
 """A family adapting to the classes it sees, at run time, without fine-tuning (PCNN, issue 37).
 
 The runtime holds a family (the source network and its pruned members, `open_family` reads a finished run folder)
-with the probability layer (`legr.engine.prior.ProbabilityLayer`, by default calibrated per network on its validation
-logits) on top of whichever network runs, and an online estimate of the environment's class prior
+with the probability layer (`legr.engine.prior.ProbabilityLayer`, by default with each network's temperature fitted on
+its validation logits) on top of whichever network runs, and an online estimate of the environment's class prior
 (`legr.engine.prior_estimate`). Batch by batch it
 
 1. runs the network in use on the batch and corrects its softmax with the current prior estimate (the prediction),
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -47,8 +46,9 @@ Forward = Callable[[str, torch.Tensor], torch.Tensor]
 
 
 class AdaptSettings(Settings):
-    """The run-time adaptation: the layer (``omega``, ``floor``; ``calibrate``: each network's temperature and class
-    biases fitted on its validation logits first), the prior estimator (``estimator``, ``memory`` images), the batch
+    """The run-time adaptation: the layer (``omega``, ``floor``; ``calibrate``: fitted on each network's validation
+    logits first, ``none``, its ``temperature``, or the temperature and per-class ``bias``es; the temperature keeps the
+    layer at the training prior the identity, biases move the network's own decisions), the prior estimator (``estimator``, ``memory`` images), the batch
     the stream arrives in (``chunk``) and member selection (``target``: top-1 as a fraction; ``hysteresis``: the
     margin a smaller network must clear the target by to be switched to)."""
 
@@ -56,16 +56,16 @@ class AdaptSettings(Settings):
     memory: int = Field(500, ge=1)
     omega: float = Field(1.0, ge=0.0, le=1.0)
     floor: float = Field(1e-3, ge=0.0, le=1.0)
-    calibrate: bool = True
+    calibrate: Literal["none", "temperature", "bias"] = "temperature"
     chunk: int = Field(32, ge=1)
     target: float | None = Field(None, ge=0.0, le=1.0)  # None: the source network's validation top-1
     hysteresis: float = Field(0.005, ge=0.0, le=1.0)
 
     def layer(self, train_prior: torch.Tensor, profile: NetworkProfile | None = None) -> ProbabilityLayer:
-        """The probability layer for one network; with ``calibrate`` and its ``profile``, calibrated on its
-        validation logits."""
-        if self.calibrate and profile is not None:
-            temperature, bias = profile.calibration
+        """The probability layer for one network; given its ``profile``, calibrated on its validation logits as
+        ``calibrate`` says."""
+        if self.calibrate != "none" and profile is not None:
+            temperature, bias = profile.calibration(self.calibrate == "bias")
             return ProbabilityLayer(train_prior, omega=self.omega, floor=self.floor, temperature=temperature,
                                     bias=bias)
         return ProbabilityLayer(train_prior, omega=self.omega, floor=self.floor)
@@ -86,10 +86,13 @@ class NetworkProfile:
     val_logits: torch.Tensor
     val_labels: torch.Tensor
 
-    @cached_property
-    def calibration(self) -> tuple[float, torch.Tensor]:
-        """Temperature and class biases fitted on the validation logits (`legr.engine.prior.fit_calibration`)."""
-        return fit_calibration(self.val_logits, self.val_labels)
+    def calibration(self, bias: bool = True) -> tuple[float, torch.Tensor]:
+        """Temperature and class biases (zeros without ``bias``) fitted on the validation logits
+        (`legr.engine.prior.fit_calibration`), computed once."""
+        cache = self.__dict__.setdefault("_calibration", {})  # a frozen dataclass: its own memo
+        if bias not in cache:
+            cache[bias] = fit_calibration(self.val_logits, self.val_labels, bias=bias)
+        return cache[bias]
 
     def top1(self) -> float:
         """Validation top-1 of the network alone."""
