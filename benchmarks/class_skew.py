@@ -7,9 +7,12 @@ images carved from training) and on the 10,000 test images are computed once (ca
 stream is then replayed on logits, batch by batch (32 images), exactly as `legr.pipeline.adapt.replay` runs a live
 network.
 
-Every choice is made on the validation split: streams drawn *with replacement* from the validation images pick the
-layer's ``omega`` and ``floor`` (with the oracle prior) and then the prior estimator and its memory (with the chosen
-layer); the per-class validation accuracies drive member selection. The test streams are only replayed: k in {2, 5}
+Every choice is made on the validation split: streams drawn *with replacement* from the validation images pick, for
+each calibration (none, temperature, temperature + class biases), the layer's ``omega`` and ``floor`` (with the oracle
+prior) and then the prior estimator and its memory (with the estimated prior), and among these the best. Each tuning
+stream is drawn from one half of the validation images and corrected by layers calibrated on the other half. The
+per-class validation accuracies drive member selection; the networks' layers on the test streams are calibrated on
+the whole validation split. The test streams are only replayed: k in {2, 5}
 dominant classes holding 90% or 100% of the images (k = 2: every pair of classes; k = 5: random sets), an unskewed
 stream (all 10,000 test images), and streams whose two dominant classes change halfway. For every network: top-1
 without the layer, with the oracle prior (each segment's composition) and with the estimated prior; and the runtime
@@ -27,7 +30,7 @@ import itertools
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +56,7 @@ ESTIMATORS = ("ema", "window", "em", "counts")
 MEMORIES = (250, 500, 1000, 2000)
 ARMS = ("none", "oracle", "estimated")
 CALIBRATIONS = ("none", "temperature", "bias")
+LOSS_LIMIT = 0.003  # top-1 the layer may lose on an unskewed (validation) stream, with any network
 
 
 @dataclass(frozen=True)
@@ -185,19 +189,44 @@ class Bench:
         self.classes = family.splits.num_classes
         vy = family.splits.val[1].long()
         self.profiles = [NetworkProfile(n, family.macs[n], logits[n]["val"], vy) for n in self.names]
+        # two stratified halves of the validation split: a tuning stream drawn from one half is corrected by layers
+        # calibrated on the other (calibration is not scored on the images it was fitted on)
+        rank = torch.empty(len(vy), dtype=torch.long)
+        for c in vy.unique():
+            members = (vy == c).nonzero().flatten()
+            rank[members] = torch.arange(len(members))
+        self.folds = [(rank % 2 == f).nonzero().flatten() for f in (0, 1)]
+        self.fold_profiles = [[NetworkProfile(n, family.macs[n], logits[n]["val"][idx], vy[idx]) for n in self.names]
+                              for idx in self.folds]
+        self.val_fold: dict[str, int] = {}  # tuning stream -> the half its images come from
         self._layers: dict[tuple, dict[str, ProbabilityLayer]] = {}
 
     def forward(self, split: str):
         return lambda name, positions: self.logits[name][split][positions]
 
-    def layers(self, settings: AdaptSettings) -> dict[str, ProbabilityLayer]:
-        key = (settings.omega, settings.floor, settings.calibrate)
+    def layers(self, settings: AdaptSettings, fold: int | None = None) -> dict[str, ProbabilityLayer]:
+        """Every network's layer, calibrated on the whole validation split, or on the half that is not ``fold``."""
+        key = (settings.omega, settings.floor, settings.calibrate, fold)
         if key not in self._layers:
-            self._layers[key] = settings.layers(self.family.train_prior, self.profiles)
+            profiles = self.profiles if fold is None else self.fold_profiles[1 - fold]
+            self._layers[key] = settings.layers(self.family.train_prior, profiles)
         return self._layers[key]
 
+    def val_streams(self, specs_: list[Spec], seed: int) -> list[tuple[Spec, Stream]]:
+        """The tuning streams, alternately from the two halves of the validation split (with replacement)."""
+        labels = self.family.splits.val[1]
+        out = []
+        for i, spec in enumerate(specs_):
+            fold = self.folds[i % 2]
+            stream = draw(spec, labels[fold], self.classes, seed + i, True)
+            stream = replace(stream, indices=fold[stream.indices])  # positions in the whole validation split
+            self.val_fold[spec.name] = i % 2
+            out.append((spec, stream))
+        return out
+
     def replay(self, split: str, stream: Stream, settings: AdaptSettings, **kw) -> Trace:
-        layers = None if "selector" in kw else self.layers(settings)
+        fold = self.val_fold[stream.name] if split == "val" else None
+        layers = None if "selector" in kw else self.layers(settings, fold)
         return replay(stream, self.forward(split), train_prior=self.family.train_prior, settings=settings,
                       macs=self.family.macs, layers=layers, **kw)
 
@@ -205,9 +234,14 @@ class Bench:
         """For each calibration: omega and floor with the oracle prior on the skewed validation streams, then
         estimator and memory with the estimated prior on every validation stream; the best of all by the mean top-1
         (after the warm-up for the estimated prior) over the stream kinds, each kind the mean over its streams and the
-        networks."""
+        networks, among those that lose at most LOSS_LIMIT top-1 on the unskewed stream with any network (the best of
+        all if none does)."""
         a = self.args
         skewed = [(s, st) for s, st in streams if s.group != "uniform"]
+        unskewed = [i for i, (s, _) in enumerate(streams) if s.group == "uniform"]
+        plain = AdaptSettings(chunk=a.chunk)
+        alone = {(i, n): self.replay("val", streams[i][1], plain, prior="none", network=n).accuracy()
+                 for i in unskewed for n in self.names}
         grid, estimators, layer_choice = [], [], {}
         for calibrate in CALIBRATIONS:
             for omega, floor in itertools.product(OMEGAS, FLOORS):
@@ -225,21 +259,26 @@ class Bench:
                            for i, (_, st) in enumerate(streams) for n in self.names}
             for name, memory in itertools.product(ESTIMATORS, MEMORIES):
                 settings = oracle.model_copy(update={"estimator": name, "memory": memory})
-                accs = {(i, n): self.replay("val", st, settings, network=n).accuracy(a.warmup)
-                        for i, (_, st) in enumerate(streams) for n in self.names}
+                traces = {(i, n): self.replay("val", st, settings, network=n)
+                          for i, (_, st) in enumerate(streams) for n in self.names}
+                accs = {k: t.accuracy(a.warmup) for k, t in traces.items()}
+                loss = max((alone[k] - traces[k].accuracy() for k in alone), default=0.0)
                 gaps = [oracle_top1[k] - v for k, v in accs.items()]
                 top1 = _group_mean(streams, accs)
                 estimators.append({"calibrate": calibrate, "estimator": name, "memory": memory,
                                    "omega": best["omega"], "floor": best["floor"], "top1": top1,
                                    "gap_vs_oracle": _group_mean(streams, {k: oracle_top1[k] - v
                                                                           for k, v in accs.items()}),
-                                   "gap_max": float(np.max(gaps))})
+                                   "gap_max": float(np.max(gaps)), "unskewed_loss": loss})
                 log(f"  {name} memory {memory}: {100 * top1:.2f}% after warm-up (oracle's lead "
-                    f"{100 * estimators[-1]['gap_vs_oracle']:+.2f}, max {100 * np.max(gaps):+.2f})")
-        chosen = max(estimators, key=lambda g: g["top1"])
-        per_estimator = {e: max((g for g in estimators if g["estimator"] == e and g["calibrate"] ==
-                                 chosen["calibrate"]), key=lambda g: g["top1"]) for e in ESTIMATORS}
-        return {"layer_grid": grid, "calibrate": chosen["calibrate"], "omega": chosen["omega"],
+                    f"{100 * estimators[-1]['gap_vs_oracle']:+.2f}, max {100 * np.max(gaps):+.2f}; unskewed loss "
+                    f"{100 * loss:+.2f})")
+        allowed = [g for g in estimators if g["unskewed_loss"] <= LOSS_LIMIT] or estimators
+        chosen = max(allowed, key=lambda g: g["top1"])
+        per_estimator = {e: max((g for g in allowed if g["estimator"] == e and g["calibrate"] == chosen["calibrate"]),
+                                key=lambda g: g["top1"], default=None) for e in ESTIMATORS}
+        per_estimator = {e: g for e, g in per_estimator.items() if g is not None}
+        return {"layer_grid": grid, "loss_limit": LOSS_LIMIT, "calibrate": chosen["calibrate"], "omega": chosen["omega"],
                 "floor": chosen["floor"], "estimator_grid": estimators, "estimator": chosen["estimator"],
                 "memory": chosen["memory"], "per_estimator": per_estimator}
 
@@ -310,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rng = np.random.default_rng(args.seed + 1000)  # validation draws: their own stream of randomness
     val_specs = specs(classes, rng, pairs=args.val_pairs, sets5=2, changes=3, lengths=val_lengths)
-    val_streams = [(s, draw(s, d.val[1], classes, args.seed + 1000 + i, True)) for i, s in enumerate(val_specs)]
+    val_streams = bench.val_streams(val_specs, args.seed + 1000)
     tuned = bench.tune(val_streams, log)
     timings["tuning"] = time.perf_counter() - start - timings["logits"]
     settings = AdaptSettings(estimator=tuned["estimator"], memory=tuned["memory"], omega=tuned["omega"],

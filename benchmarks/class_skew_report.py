@@ -103,9 +103,11 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         f"PCNN's probability layer on a LeGR family under class skew: {r['model']} on {r['dataset']} (family "
         f"`{r['family']}`), stream draws seed {r['seed']}, {r['hardware']}, code {r['git_rev']}, {r['date']}. "
-        f"Every choice on the run's {r['val_images']} validation images (carved from training; streams drawn with "
-        f"replacement from them: {r['val_streams']} streams); the {r['test_images']} test images are only replayed, "
-        f"{r['chunk']} images per batch. Written by `benchmarks/class_skew.py`.", "",
+        f"Every choice on the run's {r['val_images']} validation images (carved from training; {r['val_streams']} "
+        "streams drawn with replacement, each from one half of them and corrected by layers calibrated on the other "
+        "half; the configuration with the best mean top-1 over the stream kinds among those losing at most "
+        f"{_pct(r['tuning']['loss_limit'])} points on the unskewed validation stream); the {r['test_images']} test "
+        f"images are only replayed, {r['chunk']} images per batch. Written by `benchmarks/class_skew.py`.", "",
         "| network | MACs % | val top-1 % | test top-1 % |", "|:---|---:|---:|---:|"]
     lines += [f"| {n} | {100 * v['macs_ratio']:.1f} | {_pct(v['val_top1'])} | {_pct(v['test_top1'])} |"
               for n, v in r["networks"].items()]

@@ -263,7 +263,7 @@ def test_legr_stream_prints_accuracy_network_and_macs_over_time(run):
     for args, message in [(["--dominant", "a,b"], "--dominant takes class indices"),
                           (["--dominant", "12"], r"dominant classes \[12\]"),
                           (["--estimator", "emm"], "unknown prior estimator 'emm'"),
-                          (["--omega", "2"], "omega")]:
+                          (["--omega", "2"], "omega"), (["--calibrate", "yes"], "'calibrate'.*temperature")]:
         proc = _legr("stream", str(run), "--images", "40", *args)
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert __import__("re").search(message, proc.stderr), proc.stderr
