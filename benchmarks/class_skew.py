@@ -55,7 +55,8 @@ FLOORS = (1e-5, 1e-4, 1e-3, 3e-3, 1e-2)
 ESTIMATORS = ("ema", "window", "em", "counts")
 MEMORIES = (250, 500, 1000, 2000)
 ARMS = ("none", "oracle", "estimated")
-CALIBRATIONS = ("none", "temperature", "bias")
+# (the layer's decisions, the estimator's posterior): none, the temperature, the temperature and class biases
+CALIBRATIONS = (("none", "none"), ("temperature", "temperature"), ("bias", "bias"), ("temperature", "bias"))
 LOSS_LIMIT = 0.003  # top-1 the layer may lose on an unskewed (validation) stream, with any network
 
 
@@ -206,7 +207,7 @@ class Bench:
 
     def layers(self, settings: AdaptSettings, fold: int | None = None) -> dict[str, ProbabilityLayer]:
         """Every network's layer, calibrated on the whole validation split, or on the half that is not ``fold``."""
-        key = (settings.omega, settings.floor, settings.calibrate, fold)
+        key = (settings.omega, settings.floor, settings.calibrate, settings.estimate_calibrate, fold)
         if key not in self._layers:
             profiles = self.profiles if fold is None else self.fold_profiles[1 - fold]
             self._layers[key] = settings.layers(self.family.train_prior, profiles)
@@ -242,19 +243,20 @@ class Bench:
         plain = AdaptSettings(chunk=a.chunk)
         alone = {(i, n): self.replay("val", streams[i][1], plain, prior="none", network=n).accuracy()
                  for i in unskewed for n in self.names}
-        grid, estimators, layer_choice = [], [], {}
-        for calibrate in CALIBRATIONS:
+        grid, estimators = [], []
+        for calibrate, estimate_calibrate in CALIBRATIONS:
             for omega, floor in itertools.product(OMEGAS, FLOORS):
-                settings = AdaptSettings(omega=omega, floor=floor, calibrate=calibrate, chunk=a.chunk)
+                settings = AdaptSettings(omega=omega, floor=floor, calibrate=calibrate,
+                                         estimate_calibrate=estimate_calibrate, chunk=a.chunk)
                 accs = {(i, n): self.replay("val", st, settings, prior="oracle", network=n).accuracy()
                         for i, (_, st) in enumerate(skewed) for n in self.names}
-                grid.append({"calibrate": calibrate, "omega": omega, "floor": floor,
-                             "top1": _group_mean(skewed, accs)})
-            best = max((g for g in grid if g["calibrate"] == calibrate), key=lambda g: g["top1"])
-            layer_choice[calibrate] = best
-            log(f"layer on validation, calibrate {calibrate}: omega {best['omega']}, floor {best['floor']} "
-                f"({100 * best['top1']:.2f}% with the oracle prior)")
-            oracle = AdaptSettings(omega=best["omega"], floor=best["floor"], calibrate=calibrate, chunk=a.chunk)
+                grid.append({"calibrate": calibrate, "estimate_calibrate": estimate_calibrate, "omega": omega,
+                             "floor": floor, "top1": _group_mean(skewed, accs)})
+            best = max(grid[-len(OMEGAS) * len(FLOORS):], key=lambda g: g["top1"])
+            log(f"layer on validation, calibrate {calibrate} / {estimate_calibrate}: omega {best['omega']}, floor "
+                f"{best['floor']} ({100 * best['top1']:.2f}% with the oracle prior)")
+            oracle = AdaptSettings(omega=best["omega"], floor=best["floor"], calibrate=calibrate,
+                                   estimate_calibrate=estimate_calibrate, chunk=a.chunk)
             oracle_top1 = {(i, n): self.replay("val", st, oracle, prior="oracle", network=n).accuracy(a.warmup)
                            for i, (_, st) in enumerate(streams) for n in self.names}
             for name, memory in itertools.product(ESTIMATORS, MEMORIES):
@@ -265,7 +267,8 @@ class Bench:
                 loss = max((alone[k] - traces[k].accuracy() for k in alone), default=0.0)
                 gaps = [oracle_top1[k] - v for k, v in accs.items()]
                 top1 = _group_mean(streams, accs)
-                estimators.append({"calibrate": calibrate, "estimator": name, "memory": memory,
+                estimators.append({"calibrate": calibrate, "estimate_calibrate": estimate_calibrate,
+                                   "estimator": name, "memory": memory,
                                    "omega": best["omega"], "floor": best["floor"], "top1": top1,
                                    "gap_vs_oracle": _group_mean(streams, {k: oracle_top1[k] - v
                                                                           for k, v in accs.items()}),
@@ -275,10 +278,13 @@ class Bench:
                     f"{100 * loss:+.2f})")
         allowed = [g for g in estimators if g["unskewed_loss"] <= LOSS_LIMIT] or estimators
         chosen = max(allowed, key=lambda g: g["top1"])
-        per_estimator = {e: max((g for g in allowed if g["estimator"] == e and g["calibrate"] == chosen["calibrate"]),
-                                key=lambda g: g["top1"], default=None) for e in ESTIMATORS}
+        same = [g for g in allowed if (g["calibrate"], g["estimate_calibrate"]) ==
+                (chosen["calibrate"], chosen["estimate_calibrate"])]
+        per_estimator = {e: max((g for g in same if g["estimator"] == e), key=lambda g: g["top1"], default=None)
+                         for e in ESTIMATORS}
         per_estimator = {e: g for e, g in per_estimator.items() if g is not None}
-        return {"layer_grid": grid, "loss_limit": LOSS_LIMIT, "calibrate": chosen["calibrate"], "omega": chosen["omega"],
+        return {"layer_grid": grid, "loss_limit": LOSS_LIMIT, "calibrate": chosen["calibrate"],
+                "estimate_calibrate": chosen["estimate_calibrate"], "omega": chosen["omega"],
                 "floor": chosen["floor"], "estimator_grid": estimators, "estimator": chosen["estimator"],
                 "memory": chosen["memory"], "per_estimator": per_estimator}
 
@@ -353,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     tuned = bench.tune(val_streams, log)
     timings["tuning"] = time.perf_counter() - start - timings["logits"]
     settings = AdaptSettings(estimator=tuned["estimator"], memory=tuned["memory"], omega=tuned["omega"],
-                             floor=tuned["floor"], calibrate=tuned["calibrate"], chunk=args.chunk,
+                             floor=tuned["floor"], calibrate=tuned["calibrate"],
+                             estimate_calibrate=tuned["estimate_calibrate"], chunk=args.chunk,
                              hysteresis=args.hysteresis)
     comparison = {e: settings.model_copy(update={"estimator": e, "memory": g["memory"]})
                   for e, g in tuned["per_estimator"].items()}
@@ -380,9 +387,9 @@ def main(argv: list[str] | None = None) -> int:
         "train_prior": family.train_prior.tolist(),
         "networks": {n: {"macs": family.macs[n], "macs_ratio": family.macs[n] / family.macs[SOURCE],
                          "val_top1": profiles[n].top1(), "test_top1": test_top1[n],
-                         "temperature": profiles[n].calibration(False)[0],
-                         "bcts": {"temperature": profiles[n].calibration(True)[0],
-                                  "class_bias": profiles[n].calibration(True)[1].tolist()}} for n in bench.names},
+                         "temperature": profiles[n].calibration("temperature")[0],
+                         "bcts": {"temperature": profiles[n].calibration("bias")[0],
+                                  "class_bias": profiles[n].calibration("bias")[1].tolist()}} for n in bench.names},
         "tuning": tuned, "val_streams": len(val_streams), "streams": rows, "kept_stream": keep, "kept": kept,
     }
     result["elapsed_s"] = {**timings, "total": time.perf_counter() - start}

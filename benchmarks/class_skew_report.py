@@ -111,11 +111,14 @@ def markdown(r: dict[str, Any]) -> str:
         "| network | MACs % | val top-1 % | test top-1 % |", "|:---|---:|---:|---:|"]
     lines += [f"| {n} | {100 * v['macs_ratio']:.1f} | {_pct(v['val_top1'])} | {_pct(v['test_top1'])} |"
               for n, v in r["networks"].items()]
-    modes = sorted({e["calibrate"] for e in t["estimator_grid"]})
-    best = {c: max((e for e in t["estimator_grid"] if e["calibrate"] == c), key=lambda e: e["top1"]) for c in modes}
-    lines += ["", f"Chosen on validation: calibration **{t['calibrate']}** (best validation top-1 with the estimated "
-                  "prior by calibration: " + ", ".join(f"{c} {_pct(best[c]['top1'])}% ({best[c]['estimator']})"
-                                                       for c in modes) + f"), omega {t['omega']:g} "
+    modes = list(dict.fromkeys((e["calibrate"], e["estimate_calibrate"]) for e in t["estimator_grid"]))
+    best = {c: max((e for e in t["estimator_grid"] if (e["calibrate"], e["estimate_calibrate"]) == c),
+                   key=lambda e: e["top1"]) for c in modes}
+    lines += ["", f"Chosen on validation: calibration **{t['calibrate']}** for the layer's decisions and "
+                  f"**{t['estimate_calibrate']}** for the estimator's posteriors (best validation top-1 with the "
+                  "estimated prior, decisions / estimate: " + ", ".join(
+                      f"{c[0]} / {c[1]} {_pct(best[c]['top1'])}% ({best[c]['estimator']}, unskewed loss "
+                      f"{_pct(best[c]['unskewed_loss'])})" for c in modes) + f"), omega {t['omega']:g} "
                   f"(outputs more confident pass through), floor {t['floor']:g}, estimator **{t['estimator']}** with "
                   f"a memory of {t['memory']} images; runtime target: the source network's validation top-1 "
                   f"({_pct(r['target'])}%), hysteresis {_pct(r['hysteresis'])} points.", "",

@@ -97,17 +97,20 @@ def test_the_onnx_export_with_the_layer_matches_pytorch(tmp_path):
     with torch.no_grad():
         net[-1].weight.mul_(25)  # spread the logits: some rows confident, some not
     train = torch.tensor([0.1, 0.2, 0.2, 0.2, 0.2, 0.1])
-    layer = ProbabilityLayer(train, omega=0.95, floor=0.01, temperature=1.3, bias=[0.2, -0.1, 0.0, 0.1, -0.3, 0.1])
+    layer = ProbabilityLayer(train, omega=0.95, floor=0.01, temperature=1.3, bias=[0.2, -0.1, 0.0, 0.1, -0.3, 0.1],
+                             estimate_temperature=1.1, estimate_bias=[0.0, 0.3, -0.3, 0.0, 0.1, -0.1])
     info = export_with_layer(net, layer, (3, 12, 12), tmp_path / "with_layer.onnx")
     assert [i["name"] for i in info["inputs"]] == ["input", "prior"] and info["max_abs_diff"] < 1e-5
+    assert [o["name"] for o in info["outputs"]] == ["output0", "output1"]
     session = ort.InferenceSession(str(tmp_path / "with_layer.onnx"), providers=["CPUExecutionProvider"])
     x = torch.randn(64, 3, 12, 12, generator=torch.Generator().manual_seed(3))
     for env in ([0.5, 0.0, 0.0, 0.25, 0.25, 0.0], [1 / 6] * 6, [0.02, 0.02, 0.9, 0.02, 0.02, 0.02]):
         prior = torch.tensor(env, dtype=torch.float32)
-        got = session.run(None, {"input": x.numpy(), "prior": prior.numpy()})[0]
+        got, posterior = session.run(None, {"input": x.numpy(), "prior": prior.numpy()})
         with torch.no_grad():
             expected = layer(net(x), prior).numpy()
-        assert np.abs(got - expected).max() < 1e-5
+            estimation = torch.softmax(net(x) / 1.1 + layer.estimate_bias, dim=1).numpy()
+        assert np.abs(got - expected).max() < 1e-5 and np.abs(posterior - estimation).max() < 1e-5
     probs = layer.posterior(net(x)).detach()
     confident = probs.max(dim=1).values > 0.95
     assert 0 < confident.sum() < len(x)  # the gate took both branches in the exported graph

@@ -37,6 +37,7 @@ def stream(
     floor: Annotated[float, typer.Option(help="least prior any class is given")] = 1e-3,
     calibrate: Annotated[str, typer.Option(help="fit on each network's validation logits first: none, temperature, "
                                                 "or bias (temperature and per-class biases)")] = "temperature",
+    estimate_calibrate: Annotated[str, typer.Option(help="the same for the posterior the estimator takes")] = "bias",
     hysteresis: Annotated[float, typer.Option(help="margin a smaller network must clear the target by")] = 0.005,
     chunk: Annotated[int, typer.Option(help="images per batch (the prior and the network change between batches)")] = 32,
     every: Annotated[int, typer.Option(help="print a row every this many images")] = 250,
@@ -53,7 +54,7 @@ def stream(
     if every < 1 or images < 1:
         raise LegrError("--every and --images must be positive")
     settings = AdaptSettings(estimator=estimator, memory=memory, omega=omega, floor=floor, calibrate=calibrate,
-                             chunk=chunk, target=target, hysteresis=hysteresis)
+                             estimate_calibrate=estimate_calibrate, chunk=chunk, target=target, hysteresis=hysteresis)
     family = open_family(run, log=lambda m: None if quiet else console.print(m, highlight=False))
     classes = family.splits.num_classes
     phases = [_classes(dominant, "--dominant")] + ([_classes(then, "--then")] if then else [])

@@ -19,7 +19,10 @@ Bayes' rule assumes the network's probabilities are calibrated; a pruned network
 of the prior built from miscalibrated posteriors drifts (EM amplifies a network's bias towards some classes). The
 layer therefore optionally calibrates first: ``softmax(logits / temperature + bias)``, the temperature and per-class
 biases fitted on labelled validation logits (`fit_calibration`: bias-corrected temperature scaling, Alexandari,
-Kundaje & Shrikumar, ICML 2020, who found it the best companion of EM under label shift). Not in the PCNN paper.
+Kundaje & Shrikumar, ICML 2020, who found it the best companion of EM under label shift). The posterior the prior
+*estimator* takes may be calibrated differently from the one the layer *decides* with (``estimate_temperature``,
+``estimate_bias``): class biases that make an estimate unbiased also move the network's own decisions, which a layer
+at the training prior should leave alone. Not in the PCNN paper.
 
 `ProbabilityLayer` maps logits to probabilities (the corrected posterior); `WithProbabilityLayer` appends it to a
 network and takes the environment prior as a second input, so the ONNX export (`export_with_layer`) is one file the
@@ -85,12 +88,14 @@ class ProbabilityLayer(nn.Module):
     runtime's estimator gives, and the ONNX input). ``omega`` in [0, 1]: rows whose largest raw probability exceeds
     it pass through unchanged. ``floor`` in [0, 1 / classes]: the least prior any class is given. ``temperature``
     divides the logits and ``bias`` (per class) is added before the softmax (1 and none: the network's own
-    probabilities; `fit_calibration` fits both).
+    probabilities; `fit_calibration` fits both); ``estimate_temperature`` and ``estimate_bias`` make the posterior
+    an online prior estimator takes (`estimation_posterior`; default: the same as the layer's).
     """
 
     def __init__(self, train_prior: Sequence[float] | torch.Tensor, *, env_prior: Sequence[float] | torch.Tensor |
                  None = None, omega: float = 1.0, floor: float = 1e-3, temperature: float = 1.0,
-                 bias: Sequence[float] | torch.Tensor | None = None):
+                 bias: Sequence[float] | torch.Tensor | None = None, estimate_temperature: float | None = None,
+                 estimate_bias: Sequence[float] | torch.Tensor | None = None):
         super().__init__()
         train = as_prior(train_prior, what="training prior")
         if (train <= 0).any():
@@ -100,17 +105,19 @@ class ProbabilityLayer(nn.Module):
             raise LegrError(f"omega must be in [0, 1], got {omega}")
         if not 0.0 <= floor <= 1.0 / classes:
             raise LegrError(f"floor must be in [0, 1/classes = {1.0 / classes:.4g}], got {floor}")
-        if not temperature > 0:
-            raise LegrError(f"temperature must be positive, got {temperature}")
+        estimate_temperature = temperature if estimate_temperature is None else estimate_temperature
+        if not (temperature > 0 and estimate_temperature > 0):
+            raise LegrError(f"temperature must be positive, got {temperature} and {estimate_temperature}")
         env = train if env_prior is None else as_prior(env_prior, classes, what="environment prior")
         self.num_classes, self.omega, self.floor, self.temperature = classes, float(omega), float(floor), \
             float(temperature)
-        bias = torch.zeros(classes) if bias is None else torch.as_tensor(bias, dtype=torch.float32).flatten()
-        if len(bias) != classes or not torch.isfinite(bias).all():
-            raise LegrError(f"bias must be {classes} finite numbers, got {bias.tolist()}")
+        bias = _bias(bias, classes)
+        estimate_bias = bias if estimate_bias is None else _bias(estimate_bias, classes)
+        self.estimate_temperature = float(estimate_temperature)
         self.register_buffer("train_prior", train.float())
         self.register_buffer("env_prior", env.float())
         self.register_buffer("bias", bias.float())
+        self.register_buffer("estimate_bias", estimate_bias.float())
 
     def set_prior(self, env_prior: Sequence[float] | torch.Tensor) -> None:
         """Hold ``env_prior`` as the environment's prior (used when `forward` gets none)."""
@@ -122,8 +129,11 @@ class ProbabilityLayer(nn.Module):
 
     def posterior(self, logits: torch.Tensor) -> torch.Tensor:
         """The network's (calibrated) posterior under the training prior: ``softmax(logits / temperature + bias)``."""
-        scaled = logits / self.temperature if self.temperature != 1.0 else logits
-        return torch.softmax(scaled + self.bias.to(scaled.dtype) if self.bias.any() else scaled, dim=-1)
+        return _calibrated(logits, self.temperature, self.bias)
+
+    def estimation_posterior(self, logits: torch.Tensor) -> torch.Tensor:
+        """The posterior an online prior estimator takes (``estimate_temperature``, ``estimate_bias``)."""
+        return _calibrated(logits, self.estimate_temperature, self.estimate_bias)
 
     def forward(self, logits: torch.Tensor, env_prior: torch.Tensor | None = None) -> torch.Tensor:
         probs = self.posterior(logits)
@@ -136,6 +146,18 @@ class ProbabilityLayer(nn.Module):
         calibrated = ", bias" if self.bias.any() else ""
         return f"classes={self.num_classes}, omega={self.omega:g}, floor={self.floor:g}, T={self.temperature:g}" + \
             calibrated
+
+
+def _bias(values: Sequence[float] | torch.Tensor | None, classes: int) -> torch.Tensor:
+    bias = torch.zeros(classes) if values is None else torch.as_tensor(values, dtype=torch.float32).flatten()
+    if len(bias) != classes or not torch.isfinite(bias).all():
+        raise LegrError(f"bias must be {classes} finite numbers, got {bias.tolist()}")
+    return bias
+
+
+def _calibrated(logits: torch.Tensor, temperature: float, bias: torch.Tensor) -> torch.Tensor:
+    scaled = logits / temperature if temperature != 1.0 else logits
+    return torch.softmax(scaled + bias.to(scaled.dtype) if bias.any() else scaled, dim=-1)
 
 
 def fit_calibration(logits: torch.Tensor, labels: torch.Tensor, *, bias: bool = True) -> tuple[float, torch.Tensor]:
@@ -167,22 +189,24 @@ def fit_calibration(logits: torch.Tensor, labels: torch.Tensor, *, bias: bool = 
 
 
 class WithProbabilityLayer(nn.Module):
-    """A network with the probability layer appended: ``(images, env_prior) -> corrected probabilities``
-    (``env_prior`` omitted: the layer's own)."""
+    """A network with the probability layer appended: ``(images, env_prior) -> (corrected probabilities, the
+    posterior a prior estimator takes)`` (``env_prior`` omitted: the layer's own), everything a runtime needs."""
 
     def __init__(self, net: nn.Module, layer: ProbabilityLayer):
         super().__init__()
         self.net, self.layer = net, layer
 
-    def forward(self, x: torch.Tensor, env_prior: torch.Tensor | None = None) -> torch.Tensor:
-        return self.layer(self.net(x), env_prior)
+    def forward(self, x: torch.Tensor, env_prior: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.net(x)
+        return self.layer(logits, env_prior), self.layer.estimation_posterior(logits)
 
 
 def export_with_layer(net: nn.Module, layer: ProbabilityLayer, input_size: Sequence[int],
                       path: str | os.PathLike[str], *, env_prior: Sequence[float] | torch.Tensor | None = None,
                       opset: int = 17, atol: float = 1e-5) -> dict[str, Any]:
     """Export ``net`` + ``layer`` to one ONNX file with two inputs, ``input`` (images, dynamic batch) and ``prior``
-    (the environment prior, ``classes`` floats), and one output, the corrected probabilities; checked in
+    (the environment prior, ``classes`` floats), and two outputs, ``output0`` the corrected probabilities and
+    ``output1`` the posterior the runtime's prior estimator takes (`legr.engine.prior_estimate`); checked in
     onnxruntime against PyTorch at ``env_prior`` (default: a skewed prior, so that the check exercises the
     correction) before the file is written (`legr.engine.export.export_onnx`)."""
     from legr.engine.export import export_onnx

@@ -42,13 +42,16 @@ from legr.settings import Settings, registered
 
 SOURCE = "source"  # the name of the family's unpruned network
 PriorMode = Literal["none", "oracle", "estimated"]
+Calibration = Literal["none", "temperature", "bias"]
 Forward = Callable[[str, torch.Tensor], torch.Tensor]
 
 
 class AdaptSettings(Settings):
     """The run-time adaptation: the layer (``omega``, ``floor``; ``calibrate``: fitted on each network's validation
     logits first, ``none``, its ``temperature``, or the temperature and per-class ``bias``es; the temperature keeps the
-    layer at the training prior the identity, biases move the network's own decisions), the prior estimator (``estimator``, ``memory`` images), the batch
+    layer at the training prior the identity, biases move the network's own decisions; ``estimate_calibrate``: the
+    same for the posterior the estimator takes, where class biases keep a network's favoured classes from pulling
+    the estimate), the prior estimator (``estimator``, ``memory`` images), the batch
     the stream arrives in (``chunk``) and member selection (``target``: top-1 as a fraction; ``hysteresis``: the
     margin a smaller network must clear the target by to be switched to)."""
 
@@ -56,19 +59,21 @@ class AdaptSettings(Settings):
     memory: int = Field(500, ge=1)
     omega: float = Field(1.0, ge=0.0, le=1.0)
     floor: float = Field(1e-3, ge=0.0, le=1.0)
-    calibrate: Literal["none", "temperature", "bias"] = "temperature"
+    calibrate: Calibration = "temperature"
+    estimate_calibrate: Calibration = "bias"
     chunk: int = Field(32, ge=1)
     target: float | None = Field(None, ge=0.0, le=1.0)  # None: the source network's validation top-1
     hysteresis: float = Field(0.005, ge=0.0, le=1.0)
 
     def layer(self, train_prior: torch.Tensor, profile: NetworkProfile | None = None) -> ProbabilityLayer:
         """The probability layer for one network; given its ``profile``, calibrated on its validation logits as
-        ``calibrate`` says."""
-        if self.calibrate != "none" and profile is not None:
-            temperature, bias = profile.calibration(self.calibrate == "bias")
-            return ProbabilityLayer(train_prior, omega=self.omega, floor=self.floor, temperature=temperature,
-                                    bias=bias)
-        return ProbabilityLayer(train_prior, omega=self.omega, floor=self.floor)
+        ``calibrate`` and ``estimate_calibrate`` say."""
+        if profile is None:
+            return ProbabilityLayer(train_prior, omega=self.omega, floor=self.floor)
+        temperature, bias = profile.calibration(self.calibrate)
+        estimate_temperature, estimate_bias = profile.calibration(self.estimate_calibrate)
+        return ProbabilityLayer(train_prior, omega=self.omega, floor=self.floor, temperature=temperature, bias=bias,
+                                estimate_temperature=estimate_temperature, estimate_bias=estimate_bias)
 
     def layers(self, train_prior: torch.Tensor, profiles: Sequence[NetworkProfile]) -> dict[str, ProbabilityLayer]:
         return {p.name: self.layer(train_prior, p) for p in profiles}
@@ -86,13 +91,15 @@ class NetworkProfile:
     val_logits: torch.Tensor
     val_labels: torch.Tensor
 
-    def calibration(self, bias: bool = True) -> tuple[float, torch.Tensor]:
-        """Temperature and class biases (zeros without ``bias``) fitted on the validation logits
-        (`legr.engine.prior.fit_calibration`), computed once."""
+    def calibration(self, kind: Calibration = "bias") -> tuple[float, torch.Tensor]:
+        """Temperature and class biases fitted on the validation logits (`legr.engine.prior.fit_calibration`;
+        ``temperature``: zero biases, ``none``: 1 and zeros), computed once."""
+        if kind == "none":
+            return 1.0, torch.zeros(self.val_logits.shape[1])
         cache = self.__dict__.setdefault("_calibration", {})  # a frozen dataclass: its own memo
-        if bias not in cache:
-            cache[bias] = fit_calibration(self.val_logits, self.val_labels, bias=bias)
-        return cache[bias]
+        if kind not in cache:
+            cache[kind] = fit_calibration(self.val_logits, self.val_labels, bias=kind == "bias")
+        return cache[kind]
 
     def top1(self) -> float:
         """Validation top-1 of the network alone."""
@@ -178,7 +185,7 @@ class AdaptiveRuntime:
     ``forward(name, inputs)``: the logits of network ``name`` on ``inputs`` (images, or positions in a cached split).
     One fixed ``network`` or a ``selector``; ``prior``: no layer, the oracle prior given to each `step`, or the online
     estimate. Each network's layer: ``layers`` (default: the selector's, else one uncalibrated layer of
-    ``settings``); the estimator takes the posterior of the layer of the network that ran.
+    ``settings``); the estimator takes the estimation posterior of the layer of the network that ran.
     """
 
     def __init__(self, forward: Forward, *, train_prior: torch.Tensor, settings: AdaptSettings,
@@ -216,7 +223,7 @@ class AdaptiveRuntime:
         with torch.no_grad():
             out = logits if self.prior_mode == "none" else layer(logits, self.prior.to(torch.float32))
             if self.estimator is not None:
-                self.prior = self.estimator.update(layer.posterior(logits.double()))
+                self.prior = self.estimator.update(layer.estimation_posterior(logits.double()))
         if self.selector is not None:
             self.current = self.selector.select(self.prior if self.prior is not None else
                                                 self.layer(name).train_prior.double()).name
