@@ -175,6 +175,10 @@ def measures(trace: Trace, spec: Spec, stream: Stream, warmup: int, recovery: in
     return m
 
 
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
 def _group_mean(streams: list[tuple[Spec, Stream]], values: dict[tuple[int, str], float]) -> float:
     """Mean over the stream kinds of the mean over their streams and networks (every kind weighs the same)."""
     groups: dict[str, list[float]] = {}
@@ -288,6 +292,32 @@ class Bench:
                 "floor": chosen["floor"], "estimator_grid": estimators, "estimator": chosen["estimator"],
                 "memory": chosen["memory"], "per_estimator": per_estimator}
 
+    def calibration_ablation(self, streams: list[tuple[Spec, Stream]], tuned: dict[str, Any],
+                             settings: AdaptSettings) -> list[dict[str, Any]]:
+        """Report only: every calibration pair with its best configuration on validation, on the unskewed and the
+        k = 2 / 90% test streams: per network the top-1 lost on the unskewed stream and the mean top-1 with the
+        estimated and with the oracle prior on the skewed ones."""
+        out = []
+        for calibrate, estimate_calibrate in CALIBRATIONS:
+            best = max((g for g in tuned["estimator_grid"] if (g["calibrate"], g["estimate_calibrate"]) ==
+                        (calibrate, estimate_calibrate)), key=lambda g: g["top1"])
+            config = settings.model_copy(update={k: best[k] for k in ("calibrate", "estimate_calibrate", "omega",
+                                                                        "floor", "estimator", "memory")})
+            row: dict[str, Any] = {**{k: best[k] for k in ("calibrate", "estimate_calibrate", "estimator", "memory")},
+                                   "networks": {}}
+            for n in self.names:
+                uniform = [st for s, st in streams if s.group == "uniform"]
+                skewed = [st for s, st in streams if s.group == "k2-90"]
+                row["networks"][n] = {
+                    "unskewed_change": _mean([self.replay("test", st, config, network=n).accuracy() -
+                                              self.replay("test", st, config, prior="none", network=n).accuracy()
+                                              for st in uniform]),
+                    "k2_90_estimated": _mean([self.replay("test", st, config, network=n).accuracy() for st in skewed]),
+                    "k2_90_oracle": _mean([self.replay("test", st, config, prior="oracle", network=n).accuracy()
+                                           for st in skewed])}
+            out.append(row)
+        return out
+
     def evaluate(self, streams: list[tuple[Spec, Stream]], settings: AdaptSettings, target: float,
                  comparison: dict[str, AdaptSettings], keep: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         a = self.args
@@ -373,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     test_streams = [(s, draw(s, d.test[1], classes, args.seed + i, False)) for i, s in enumerate(test_specs)]
     keep = next(s.name for s in test_specs if s.group == "change")
     rows, kept = bench.evaluate(test_streams, settings, target, comparison, keep)
+    ablation = bench.calibration_ablation(test_streams, tuned, settings)
     timings["test"] = time.perf_counter() - start - timings["logits"] - timings["tuning"]
 
     test_top1 = {n: float((logits[n]["test"].argmax(1) == d.test[1]).double().mean()) for n in bench.names}
@@ -391,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
                          "bcts": {"temperature": profiles[n].calibration("bias")[0],
                                   "class_bias": profiles[n].calibration("bias")[1].tolist()}} for n in bench.names},
         "tuning": tuned, "val_streams": len(val_streams), "streams": rows, "kept_stream": keep, "kept": kept,
+        "calibration_ablation": ablation,
     }
     result["elapsed_s"] = {**timings, "total": time.perf_counter() - start}
     args.results.mkdir(parents=True, exist_ok=True)

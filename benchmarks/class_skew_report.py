@@ -161,6 +161,18 @@ def markdown(r: dict[str, Any]) -> str:
                      f"{_pct(e['warm_gap_mean'], True)} / {_pct(e['warm_gap_max'], True)} | "
                      f"{_pct(e['recovery_gap_mean'], True)} / {_pct(e['recovery_gap_max'], True)} | "
                      f"{e['tv_mean']:.3f} |")
+    names = list(r["networks"])
+    lines += ["", "Calibration (each pair with its best configuration on validation; test, report only): top-1 change "
+                  "on the unskewed stream with the estimated prior, and mean top-1 on the k = 2, 90% streams with the "
+                  "estimated / oracle prior, %:", "",
+              "| decisions / estimate | estimator | " + " | ".join(f"{n}: unskewed, k=2 90% est / oracle"
+                                                                  for n in names) + " |",
+              "|:---|:---|" + "---:|" * len(names)]
+    for row in r.get("calibration_ablation", []):
+        cells = [f"{_pct(v['unskewed_change'], True)}, {_pct(v['k2_90_estimated'])} / {_pct(v['k2_90_oracle'])}"
+                 for v in (row["networks"][n] for n in names)]
+        lines.append(f"| {row['calibrate']} / {row['estimate_calibrate']} | {row['estimator']} {row['memory']} | "
+                     + " | ".join(cells) + " |")
     lines += ["", f"![class skew](class_skew.png) (plot: the same dataset, model, seed and hardware; the changing "
                   f"stream shown is `{r['kept_stream']}`)"]
     return "\n".join(lines) + "\n"
