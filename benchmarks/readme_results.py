@@ -413,6 +413,15 @@ def gdp() -> list[str]:
                                                         "(benchmarks/results/gdp/recovery.png)"]
 
 
+def class_skew() -> list[str]:
+    path = RESULTS / "class_skew" / "summary.md"
+    if not path.is_file():
+        return ["Not run yet: `python benchmarks/class_skew.py --family RUN_DIR` on a finished LeGR run of "
+                "cifar_resnet20 on CIFAR-10-JPEG (~15 min on one core; issue 37)."]
+    return [line.replace("](class_skew.png)", "](benchmarks/results/class_skew/class_skew.png)")
+            for line in path.read_text().strip().splitlines()]
+
+
 SECTIONS: list[tuple[str, Callable[[], list[str]]]] = [
     ("Engine coverage (`benchmarks/torchvision_tally.py`)", tally),
     ("Engine coverage, timm (`benchmarks/timm_tally.py`)",
@@ -440,6 +449,7 @@ SECTIONS: list[tuple[str, Callable[[], list[str]]]] = [
      "configs/compare_resnet20_cifar10jpeg_family7.yaml`, in pieces)", compare("compare_resnet20_cifar10jpeg_family7")),
     ("GDP: do filters masked by mistake come back? (`benchmarks/gdp_dynamics.py`)", gdp),
     ("One fitness for the family (`benchmarks/family_fitness.py`)", family_fitness),
+    ("PCNN: a family under class skew, without fine-tuning (`benchmarks/class_skew.py`)", class_skew),
     ("Han et al. 2015 magnitude pruning (`benchmarks/han_mnist.py`, `benchmarks/han_resnet56_cifar10jpeg.py`)", han),
 ]
 

@@ -1,4 +1,5 @@
-"""The `legr` command. Only this module reads YAML and flags; errors print one line and exit with code 2."""
+"""The `legr` command. Only the CLI modules (this one, `legr.cli_options`: the shared option types, `legr.cli_stream`:
+`legr stream`) read YAML and flags; errors print one line and exit with code 2."""
 
 from __future__ import annotations
 
@@ -12,24 +13,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from legr.cli_options import (ConfigArg, InputSizeOpt, KwargsOpt, ModelArg, NumClassesOpt, OutOpt, QuietOpt, SetOpt,
+                              console)
+from legr.cli_stream import stream
 from legr.errors import LegrError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Learned global filter ranking (LeGR): one trained ConvNet in, a family of pruned ones out.")
-console = Console(stderr=True, soft_wrap=True)
-
-ConfigArg = Annotated[Path, typer.Argument(help="run configuration (YAML); see configs/ and `legr demo`")]
-OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="run folder (default: runs/<config name>)")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override a config key: --set search.tau=0")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
-ModelArg = Annotated[str, typer.Argument(help="registered model name (`legr models`), timm:<name>, or your own model: "
-                                              "factory:<package.module:callable> or factory:<path/to/net.py:callable> "
-                                              "(runs that code)")]
-InputSizeOpt = Annotated[Optional[str], typer.Option(help="input size CxHxW, e.g. 3x32x32 (required for factory: "
-                                                          "models; default: the registered model's)")]
-KwargsOpt = Annotated[Optional[str], typer.Option("--kwargs", help="a factory's keyword arguments, a JSON object: "
-                                                                   "'{\"width\": 64}'")]
-NumClassesOpt = Annotated[Optional[int], typer.Option(help="classifier width")]
 
 
 def _print_version(value: bool) -> None:
@@ -300,6 +290,9 @@ def quantize(
                             exclude=tuple(exclude or ()), max_drop=max_drop)
     typer.echo(format_table(quantize_run(path, settings, threads=threads, clock=clock, progress=not quiet,
                                          log=lambda m: console.print(m, highlight=False))))
+
+
+app.command()(stream)
 
 
 @app.command(hidden=True, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -15,7 +15,7 @@ import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,7 @@ def export_onnx(
     dynamic_batch: bool = True,
     check: bool = True,
     atol: float = 1e-4,
+    extra_inputs: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Export ``model`` for inputs of shape ``(batch, *input_size)`` to the ONNX file ``path`` (written atomically).
 
@@ -116,6 +117,9 @@ def export_onnx(
     onnxruntime (CPUExecutionProvider) on a seeded random input (batch 2 when dynamic, else ``batch_size``) and
     compared with PyTorch; a max absolute difference above ``atol`` raises LegrError and nothing is written (an
     existing file at ``path`` is left as it was). The file is written only once the check passes.
+    ``extra_inputs``: further inputs after ``input``, by name, of fixed shape (e.g. the probability layer's prior,
+    `legr.engine.prior`): the model is called ``model(input, *extra_inputs.values())``, traced and checked at
+    these values.
 
     Returns ``{"path", "max_abs_diff" (None without check), "opset", "inputs", "outputs"}``, where inputs/outputs
     are lists of ``{"name", "shape", "dtype"}`` (a dynamic batch dimension appears as "batch").
@@ -135,10 +139,11 @@ def export_onnx(
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     gen = torch.Generator().manual_seed(0)
     example = torch.randn((batch_size, *input_size), generator=gen, dtype=dtype)
+    extra = {name: t.detach().cpu() for name, t in (extra_inputs or {}).items()}
 
     with torch.no_grad():
         try:
-            reference = _flatten(net(example))
+            reference = _flatten(net(example, *extra.values()))
         except LegrError:
             raise
         except Exception as exc:
@@ -146,11 +151,14 @@ def export_onnx(
                             f"{tuple(example.shape)}: {_one_line(exc)}") from exc
         names = ["output"] if len(reference) == 1 else [f"output{i}" for i in range(len(reference))]
         dynamic_axes = {n: {0: "batch"} for n in [INPUT_NAME, *names]} if dynamic_batch else None
+        if INPUT_NAME in extra:
+            raise LegrError(f"export: an extra input may not be named {INPUT_NAME!r} (the images')")
         buf = io.BytesIO()
         try:
             with warnings.catch_warnings(), _quiet_stdout():
                 warnings.simplefilter("ignore")  # legacy-exporter deprecation, constant-folding notes, tracer
-                torch.onnx.export(net, (example,), buf, input_names=[INPUT_NAME], output_names=names,
+                torch.onnx.export(net, (example, *extra.values()), buf, input_names=[INPUT_NAME, *extra],
+                                  output_names=names,
                                   opset_version=opset, dynamic_axes=dynamic_axes, do_constant_folding=True,
                                   **_export_kwargs())
         except ImportError as exc:
@@ -170,7 +178,7 @@ def export_onnx(
             info["inputs"] = _io_info([i for i in graph.input if i.name not in initializers])
             info["outputs"] = _io_info(list(graph.output))
         except ImportError:
-            info["inputs"] = [{"name": INPUT_NAME, "shape": None, "dtype": None}]
+            info["inputs"] = [{"name": n, "shape": None, "dtype": None} for n in [INPUT_NAME, *extra]]
             info["outputs"] = [{"name": n, "shape": None, "dtype": None} for n in names]
         return info
 
@@ -190,9 +198,9 @@ def export_onnx(
     n = 2 if dynamic_batch else batch_size
     x = torch.randn((n, *input_size), generator=gen, dtype=dtype)
     with torch.no_grad():
-        expected = [t.detach().cpu().numpy() for t in _flatten(net(x))]
+        expected = [t.detach().cpu().numpy() for t in _flatten(net(x, *extra.values()))]
     try:
-        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        got = session.run(None, {INPUT_NAME: x.numpy(), **{name: t.numpy() for name, t in extra.items()}})
     except Exception as exc:
         raise LegrError(f"onnxruntime fails to run the ONNX export of {type(model).__name__} on a batch of {n}: "
                         f"{_one_line(exc)}") from exc

@@ -65,7 +65,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Pipeline:
-    def __init__(self, cfg: RunConfig, out: str | Path, *, progress: bool = True, log: Callable[[str], None] = print):
+    def __init__(self, cfg: RunConfig, out: str | Path, *, progress: bool = True, log: Callable[[str], None] = print,
+                 read_only: bool = False):
+        """``read_only``: open the finished run in ``out`` (its own config) to read its networks, writing nothing."""
         self.cfg, self.out, self.progress, self.log = cfg, Path(out), progress, log
         self.folder = RunFolder(self.out)
         self.device = resolve_device(cfg.device)
@@ -75,7 +77,8 @@ class Pipeline:
         # what needs no training is checked before the folder is claimed: the model builds and its checkpoint fits,
         # the dataset loads, and the method accepts the budgets (e.g. every target above the floor any cut reaches)
         self.method.validate()
-        self._claim_folder()
+        if not read_only:
+            self._claim_folder()
 
     def _claim_folder(self) -> None:
         """Refuse a folder that holds another run; `eval` and `device` may differ (e.g. train on a GPU, time on a CPU).

@@ -74,3 +74,17 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: Sequence[
             topk += hits.any(dim=1).sum()
     n = len(x)
     return EvalResult(loss=loss_sum.item() / n, top1=top1.item() / n, top5=topk.item() / n, n=n)
+
+
+def predict_logits(model: nn.Module, x: torch.Tensor, mean: Sequence[float] | None, std: Sequence[float] | None,
+                   batch_size: int = 512, device: Device = None) -> torch.Tensor:
+    """The outputs (N, classes) of ``model`` on images ``x`` (uint8 NCHW), float32 on the CPU, in eval mode under
+    ``torch.inference_mode`` (every module's mode restored): what a run-time layer on top of the network (the
+    probability layer, `legr.engine.prior`) works from, computed once and replayed."""
+    device = torch.device(device) if device is not None else model_device(model)
+    labels = torch.zeros(len(x), dtype=torch.long)  # the loader wants labels; none are read
+    outputs = []
+    with _eval_mode(model), torch.inference_mode():
+        for xb, _ in TensorLoader(x, labels, batch_size, mean, std, device=device):
+            outputs.append(model(xb).float().cpu())
+    return torch.cat(outputs) if outputs else torch.zeros(0, 0)
