@@ -97,14 +97,15 @@ def test_class_accuracy_and_expected_accuracy_are_the_validation_counts():
 
 
 def test_calibration_modes_of_the_layer():
+    assert (AdaptSettings().calibrate, AdaptSettings().estimate_calibrate) == ("temperature", "temperature")
     profile = _profiles()[1]
     train = torch.full((5,), 0.2)
     none = AdaptSettings(calibrate="none", estimate_calibrate="none").layer(train, profile)
-    temperature = AdaptSettings(calibrate="temperature").layer(train, profile)
+    temperature = AdaptSettings(calibrate="temperature", estimate_calibrate="bias").layer(train, profile)
     bias = AdaptSettings(calibrate="bias", estimate_calibrate="temperature").layer(train, profile)
     assert none.temperature == none.estimate_temperature == 1.0 and not none.bias.any() and not none.estimate_bias.any()
     assert temperature.temperature == pytest.approx(profile.calibration("temperature")[0])
-    assert not temperature.bias.any()  # the default: the estimator's posterior with class biases, the decisions not
+    assert not temperature.bias.any()  # the estimator's posterior with class biases, the decisions without
     assert torch.equal(temperature.estimate_bias, profile.calibration("bias")[1]) and temperature.estimate_bias.any()
     assert torch.equal(bias.bias, profile.calibration("bias")[1]) and bias.bias.any() and not bias.estimate_bias.any()
     logits = profile.val_logits

@@ -31,13 +31,14 @@ def stream(
                                                      "environment)")] = None,
     target: Annotated[Optional[float], typer.Option(help="top-1 target, a fraction (default: the source network's "
                                                          "validation top-1)")] = None,
-    estimator: Annotated[str, typer.Option(help="prior estimator: ema, window or em")] = "ema",
-    memory: Annotated[int, typer.Option(help="images the prior estimate remembers")] = 500,
-    omega: Annotated[float, typer.Option(help="outputs more confident than this pass through uncorrected")] = 1.0,
-    floor: Annotated[float, typer.Option(help="least prior any class is given")] = 1e-3,
+    estimator: Annotated[str, typer.Option(help="prior estimator: ema, window, em or counts")] = "ema",
+    memory: Annotated[int, typer.Option(help="images the prior estimate remembers")] = 250,
+    omega: Annotated[float, typer.Option(help="outputs more confident than this pass through uncorrected")] = 0.999,
+    floor: Annotated[float, typer.Option(help="least prior any class is given")] = 1e-5,
     calibrate: Annotated[str, typer.Option(help="fit on each network's validation logits first: none, temperature, "
                                                 "or bias (temperature and per-class biases)")] = "temperature",
-    estimate_calibrate: Annotated[str, typer.Option(help="the same for the posterior the estimator takes")] = "bias",
+    estimate_calibrate: Annotated[str, typer.Option(help="the same for the posterior the estimator takes")] = \
+        "temperature",
     hysteresis: Annotated[float, typer.Option(help="margin a smaller network must clear the target by")] = 0.005,
     chunk: Annotated[int, typer.Option(help="images per batch (the prior and the network change between batches)")] = 32,
     every: Annotated[int, typer.Option(help="print a row every this many images")] = 250,
