@@ -45,7 +45,9 @@ def collect(seed: int, work: Path, results: Path) -> Path:
         members.append({"target": info["target"], "dynamic_epochs": info["dynamic_epochs"],
                         "finetune_epochs": info["finetune_epochs"], "decisions": info["gdp"]["decisions"],
                         "dynamic_history": info["gdp"]["dynamic_history"]})
-    piece = {"seed": seed, "git_rev": git_revision(), "members": sorted(members, key=lambda m: m["target"])}
+    rows = json.loads((run / "results.json").read_text()) if (run / "results.json").exists() else []
+    ran = next((r["git_rev"] for r in rows if r.get("git_rev")), None) or git_revision()  # the code that trained them
+    piece = {"seed": seed, "git_rev": ran, "members": sorted(members, key=lambda m: m["target"])}
     out = results / "pieces" / f"seed{seed}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(piece, indent=1))
