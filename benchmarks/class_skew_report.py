@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from legr.reporting import save_figure
+
 SOURCE = "source"
 GROUPS = ("k2-90", "k2-100", "k5-90", "k5-100", "uniform", "change")
 GROUP_LABEL = {"k2-90": "k=2, 90%", "k2-100": "k=2, 100%", "k5-90": "k=5, 90%", "k5-100": "k=5, 100%",
@@ -225,7 +227,5 @@ def plot(r: dict[str, Any], path: Path) -> None:
     fig.suptitle(f"{r['model']} on {r['dataset']}: probability layer and runtime selection (seed {r['seed']}, "
                  f"{r['hardware']})", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
-    tmp.replace(path)

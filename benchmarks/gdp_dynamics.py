@@ -26,6 +26,7 @@ from typing import Any
 
 from legr.hardware import git_revision
 from legr.paths import atomic_write_text
+from legr.reporting import save_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPARISON = "compare_resnet20_cifar10jpeg"
@@ -152,10 +153,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     axes[0].legend()
     fig.suptitle("GDP on cifar_resnet20, CIFAR-10-JPEG")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:

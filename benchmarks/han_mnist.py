@@ -53,7 +53,7 @@ from legr.models.checkpoint import load_state_dict, read_state_dict  # noqa: E40
 from legr.paths import atomic_write_text  # noqa: E402
 from legr.pipeline.config_files import load_config  # noqa: E402
 from legr.pipeline.steps import Pipeline  # noqa: E402
-from legr.reporting import BASELINE, latency_key, write_results  # noqa: E402
+from legr.reporting import BASELINE, latency_key, save_figure, write_results  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parent / "configs"
@@ -153,7 +153,7 @@ def plot_sensitivity(name: str, summary: dict, path: Path) -> None:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -177,7 +177,7 @@ def plot_layers(summaries: dict, path: Path) -> None:
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

@@ -38,7 +38,7 @@ from legr.methods.magnitude.compress import MagnitudeConfig, run_magnitude  # no
 from legr.methods.magnitude.pruning import SensitivityCurve, count_nonzero, layer_density, sensitivity  # noqa: E402
 from legr.models import build_model, file_fingerprint, load_checkpoint, pretrained_path  # noqa: E402
 from legr.paths import atomic_write_text  # noqa: E402
-from legr.reporting import BASELINE, write_results  # noqa: E402
+from legr.reporting import BASELINE, save_figure, write_results  # noqa: E402
 from legr.training import FinetuneConfig, evaluate  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -173,7 +173,7 @@ def _finish(plt, fig, ax, path: Path, legend_size: int) -> None:
     ax.legend(fontsize=legend_size)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

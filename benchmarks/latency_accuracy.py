@@ -44,7 +44,7 @@ from legr.pipeline.compare_config import CompareConfig
 from legr.pipeline.config_files import load_config, parse_set_options
 from legr.pipeline.estimate import estimate_comparison
 from legr.pipeline.pieces import merge, piece, piece_config
-from legr.reporting import latency_key
+from legr.reporting import latency_key, save_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = "legr-macs"
@@ -159,10 +159,8 @@ def plot(result: dict[str, Any], key: str, path: Path) -> None:
     ax.set_ylabel("test top-1 after fine-tuning (%)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def write_merged(cfg: CompareConfig, results: Path) -> dict[str, Any]:

@@ -58,6 +58,7 @@ from legr.methods.filters.criteria import compute_scores, group_scores
 from legr.methods.filters.legr import Ranking
 from legr.models import build_model
 from legr.paths import atomic_write_text
+from legr.reporting import save_figure
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -239,10 +240,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.set_ylabel("predicted ms")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,5 +26,15 @@ def shared_path(*parts: str) -> Path:
 
 
 @pytest.fixture
+def one_thread():
+    """One intra-op thread: with 2 threads on 2 busy shared cores, OpenMP spin-waits make training tests ~50x slower.
+    Modules that train use it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def shared():
     return shared_path

@@ -13,7 +13,9 @@ from legr.errors import CheckpointError, ConfigError
 from legr.pipeline.config import parse_config
 from legr.training import FinetuneConfig
 from legr.training.distill import DistillConfig, Teacher, distill_loss
-from test_train import TinyCNN, digits, fit, one_thread, quick_cfg, same_weights  # noqa: F401  (fixtures)
+from test_train import TinyCNN, digits, fit, quick_cfg, same_weights  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_loss_equals_a_hand_computation():

@@ -45,13 +45,7 @@ class TinyCNN(nn.Module):
         return self.fc(self.features(x))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: with 2 threads on 2 busy shared cores, OpenMP spin-waits make these tests ~50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -200,6 +194,21 @@ def test_before_step_sees_every_step_once_across_epochs_and_a_resume(digits, tmp
     assert seen == list(range(9)) and again == list(range(8, 12))
 
 
+def killed_at_epoch_2(monkeypatch, run) -> None:
+    """Run ``run()`` as if the process were killed when epoch 2 starts (its checkpoint then holds epochs 0-1)."""
+    original = TensorLoader.set_epoch
+
+    def set_epoch(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        original(self, epoch)
+
+    monkeypatch.setattr(TensorLoader, "set_epoch", set_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(TensorLoader, "set_epoch", original)
+
+
 class WithPenalty(TinyCNN):
     """TinyCNN with a parameter its forward never uses: only an extra loss moves it."""
 
@@ -225,17 +234,7 @@ def test_extra_loss_is_added_to_every_step_and_resumes(digits, tmp_path, monkeyp
         assert b["train_loss"] == pytest.approx(a["train_loss"] + added, abs=1e-6)
 
     ckpt = tmp_path / "ft.pt"
-    original = TensorLoader.set_epoch
-
-    def killed_at_epoch_2(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        original(self, epoch)
-
-    monkeypatch.setattr(TensorLoader, "set_epoch", killed_at_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        fit(WithPenalty(), digits, cfg, checkpoint=ckpt, extra_loss=penalty)
-    monkeypatch.setattr(TensorLoader, "set_epoch", original)
+    killed_at_epoch_2(monkeypatch, lambda: fit(WithPenalty(), digits, cfg, checkpoint=ckpt, extra_loss=penalty))
     resumed = WithPenalty(seed=7)
     again = fit(resumed, digits, cfg, checkpoint=ckpt, extra_loss=penalty)
     assert same_weights(resumed, pushed) and without_seconds(again) == without_seconds(rows)
@@ -249,17 +248,8 @@ def test_resume_is_bit_identical(digits, tmp_path, monkeypatch):
     assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's global RNG is left alone
 
     ckpt = tmp_path / "ft.pt"
-    original = TensorLoader.set_epoch
-
-    def killed_at_epoch_2(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        original(self, epoch)
-
-    monkeypatch.setattr(TensorLoader, "set_epoch", killed_at_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        fit(TinyCNN(), digits, cfg, checkpoint=ckpt, val=(digits.test_x[:64], digits.test_y[:64]))
-    monkeypatch.setattr(TensorLoader, "set_epoch", original)
+    killed_at_epoch_2(monkeypatch, lambda: fit(TinyCNN(), digits, cfg, checkpoint=ckpt,
+                                               val=(digits.test_x[:64], digits.test_y[:64])))
     assert torch.load(ckpt, weights_only=True)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["ft.pt"]  # no temporary files left behind
 

@@ -192,10 +192,10 @@ def figure(width: float, height: float):
     return fig
 
 
-def save_figure(fig, path: str | os.PathLike[str]) -> Path:
-    """Render ``fig`` to PNG at ``path`` atomically."""
+def save_figure(fig, path: str | os.PathLike[str], dpi: float | None = None) -> Path:
+    """Render ``fig`` (at ``dpi``, else its own) to PNG at ``path`` atomically: never half an image."""
     with atomic_file(path) as fh:
-        fig.savefig(fh, format="png", facecolor="white")
+        fig.savefig(fh, format="png", facecolor="white", dpi=dpi or "figure")
     return Path(path)
 
 

@@ -21,12 +21,7 @@ from legr.methods.dynamic.macs import Operating, active_channels, choose_density
 from legr.models import build_model, load_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _resnet20(shared):

@@ -19,7 +19,7 @@ import numpy as np
 from torch import nn
 
 from legr.data import TensorLoader
-from legr.engine.artifacts import load_pruned, save_pruned
+from legr.engine.artifacts import load_pruned
 from legr.engine.cost import BUDGET_UNITS, CostModel, count_params, format_cost
 from legr.engine.plan import Plan
 from legr.engine.surgery import prune
@@ -35,11 +35,13 @@ from legr.methods.filters.allocate import (
 )
 from legr.methods.base import Method, WorkUnits, register_method
 from legr.methods.filters.latency import measured_cut
+from legr.methods.filters.member import save_member
 from legr.methods.filters.criteria import CRITERIA, CriterionContext, compute_scores, group_scores
 from legr.methods.filters.config import FILTERS_CONFIG
 from legr.methods.folders import MemberFolder, MethodFolder
 from legr.methods.filters.legr.family import FamilyObjective
 from legr.methods.filters.legr.fitness import CandidateFitness
+from legr.methods.filters.legr.refine import refinements_left
 from legr.methods.filters.legr.ranking import (
     REFERENCE_INDEX,
     Ranking,
@@ -49,7 +51,6 @@ from legr.methods.filters.legr.ranking import (
     ranked_layers,
     stored_scores,
 )
-from legr.training import recalibrate_bn
 
 
 @register_method
@@ -99,7 +100,8 @@ class FilterPruning(Method):
     @classmethod
     def prepare_seconds(cls, cfg: Any, folder: MethodFolder, units: WorkUnits) -> float:
         """The search's candidates still to do (the search log has one line per candidate evaluated) plus the
-        uniform reference and the winner, each scored at every search target."""
+        uniform reference and the winner, each scored at every search target; then the refinement's at each member's
+        target (their logs likewise)."""
         if (per_target := ALLOCATORS[cfg.allocator].per_target) is not None:
             return per_target.prepare_seconds(cfg, folder, units)
         if ALLOCATORS[cfg.allocator].search is None or folder.ranking.exists():
@@ -107,7 +109,8 @@ class FilterPruning(Method):
         s = cfg.search
         done = len(folder.search_log.read_text().splitlines()) if folder.search_log.exists() else 0
         left = max(s.evaluations * s.restarts - done, 0) + 2
-        return left * sum(units.candidate(t, s.bn_batches, s.tau, s.batch_size) for t in cfg.search_targets)
+        return sum(n * units.candidate(t, s.bn_batches, s.tau, s.batch_size) for t, n in
+                   [(t, left) for t in cfg.search_targets] + refinements_left(folder.search_log, s.refine, cfg.targets))
 
     @classmethod
     def search_cost(cls, folder: MethodFolder) -> dict[str, Any]:
@@ -207,12 +210,16 @@ class FilterPruning(Method):
         learned = learn_ranking(
             run.base, run.graph, self._fitness(), [t * base for t in targets], unit=self.budget, cost=run.cost,
             objective=self._objective(), criterion=cfg.criterion, scores=scores, allocator=cfg.allocator, floors=self.floors,
-            mutate_fraction=s.mutate_fraction, seed_uniform=s.seed_uniform,
+            mutate_fraction=s.mutate_fraction, seed_uniform=s.seed_uniform, refine=s.refine,
+            refine_at=[t * base for t in sorted(cfg.targets)],
             fallback=False, search=s.evolution(cfg.seed),
             state_path=run.folder.search_state, log_path=run.folder.search_log, progress=run.progress,
         )
         margins = [{**m, "target": t} for m, t in zip(learned.search["margins"], targets)]
         self._log_margins(margins)
+        for r in learned.search.get("refined", ()):
+            run.log(f"refined at {r['target'] / base:.0%}: fitness {r['fitness']:.4f} after {r['evaluations']} candidates (the shared "
+                    f"winner's {r['shared_fitness']:.4f})")
         if learned.search.get("infeasible_targets"):
             if self._members_guarded():
                 run.log("no searched ranking stays within the tolerance of the uniform allocation at every search "
@@ -279,7 +286,8 @@ class FilterPruning(Method):
         is cut again and loses its fine-tune. BN statistics are re-estimated (``bn_batches``) before it is saved, and
         its test top-1 is recorded both as cut (``top1_before_ft``) and after that (``top1_after_bn``)."""
         run, cfg = self.run, self.cfg
-        solver = ranking.solver(run.graph, run.cost, run.base, self.floors, self.budget)
+        ranked = ranking.at(target * run.cost.base(self.budget))  # the target's refined transform, if any
+        solver = ranked.solver(run.graph, run.cost, run.base, self.floors, self.budget)
         measured = self.budget == "latency" and cfg.budget.measure_members
         if measured:
             keep, checked = measured_cut(run, solver, ranking.fingerprint, target, member)
@@ -293,24 +301,14 @@ class FilterPruning(Method):
             shutil.rmtree(member.root)
         with run.timed("prune"):
             net = prune(run.graph, keep)
-        before = run.accuracy(net, run.data.test)
-        after_bn = None
-        if cfg.bn_batches:
-            recalibrate_bn(net, run.bn_batches(cfg.bn_batches))
-            after_bn = run.accuracy(net, run.data.test).top1
-        macs, params = run.cost.costs(keep)
-        info = {"method": cfg.allocator, "criterion": cfg.criterion, "target": target, "macs": macs,
-                "params": params, "top1_before_ft": before.top1, "top5_before_ft": before.top5,
-                "top1_after_bn": after_bn, "ranking": ranking.fingerprint}
+        info: dict[str, Any] = {"method": cfg.allocator, "criterion": cfg.criterion, "target": target,
+                                "ranking": ranking.fingerprint, **({"refined": True} if ranked is not ranking else {})}
         if run.cost.latency is not None:
             info["predicted_ms"] = run.cost.latency.predict(keep)
         if checked is not None:
             info["latency_check" if measured else "guard"] = checked
-        save_pruned(member.root, net, Plan.from_keep_vector(run.graph, keep, source=run.source_info(), info=info))
         predicted = f", predicted {info['predicted_ms']:.2f} ms" if "predicted_ms" in info else ""
-        run.log(f"pruned {member.name}: {macs / 1e6:.2f}M MACs ({macs / run.cost.base_macs:.1%}), "
-                f"{params / 1e3:.1f}K params{predicted}, top-1 before fine-tuning {before.top1:.2%}"
-                + (f" ({after_bn:.2%} after adaptive BN)" if after_bn is not None else ""))
+        save_member(run, member, net, keep, info, bn_batches=cfg.bn_batches, note=predicted)
 
     def _members_guarded(self) -> bool:
         """Whether `cut` checks every member against the uniform allocation (a cut measured against the clock is

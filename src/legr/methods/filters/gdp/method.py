@@ -18,9 +18,8 @@ import torch
 from torch import nn
 
 from legr.data import TensorLoader
-from legr.engine.artifacts import load_pruned, save_pruned
+from legr.engine.artifacts import load_pruned
 from legr.engine.cost import count_params
-from legr.engine.plan import Plan
 from legr.engine.surgery import prune
 from legr.errors import ConfigError
 from legr.methods.base import Method, register_method
@@ -28,8 +27,9 @@ from legr.methods.filters.allocate import Floors, check_reachable
 from legr.methods.filters.criteria import CriterionContext, taylor_saliency
 from legr.methods.filters.gdp.config import GDP_CONFIG, GdpConfig
 from legr.methods.filters.gdp.dynamic import DynamicPruning, decision_steps
+from legr.methods.filters.member import save_member
 from legr.methods.folders import MemberFolder
-from legr.training import TrainConfig, recalibrate_bn
+from legr.training import TrainConfig
 
 UPDATES_FILE, DYNAMIC_CHECKPOINT = "gdp_updates.json", "gdp_dynamic.pt"
 
@@ -109,22 +109,12 @@ class GlobalDynamicPruning(Method):
         source.gm = trained.cpu().eval()
         with run.timed("prune"):
             pruned = prune(source, keep)
-        before = run.accuracy(pruned, run.data.test)  # reported, chooses nothing
-        after_bn = None
-        if cfg.bn_batches:
-            recalibrate_bn(pruned, run.bn_batches(cfg.bn_batches))
-            after_bn = run.accuracy(pruned, run.data.test).top1
-        macs, params = run.cost.costs(keep)
         decisions = [{k: v for k, v in r.items() if k != "keep"} for r in hook.records]
-        info = {"method": self.name, "criterion": "taylor_abs", "target": target, "macs": macs, "params": params,
-                "top1_before_ft": before.top1, "top5_before_ft": before.top5, "top1_after_bn": after_bn,
+        info = {"method": self.name, "criterion": "taylor_abs", "target": target,
                 "dynamic_epochs": dynamic.epochs, "finetune_epochs": cfg.finetune.epochs - dynamic.epochs,
                 "gdp": {"decisions": decisions, "dynamic_history": history}}
-        save_pruned(member.root, pruned, Plan.from_keep_vector(run.graph, keep, source=run.source_info(), info=info))
+        save_member(run, member, pruned, keep, info, bn_batches=cfg.bn_batches, how=" after its dynamic phase")
         (member.root / DYNAMIC_CHECKPOINT).unlink(missing_ok=True)
-        run.log(f"pruned {member.name} after its dynamic phase: {macs / run.cost.base_macs:.1%} of the MACs, "
-                f"{params / 1e3:.1f}K params, top-1 {before.top1:.2%}"
-                + (f" ({after_bn:.2%} after adaptive BN)" if after_bn is not None else ""))
 
     def _steps_per_epoch(self, recipe: TrainConfig) -> int:
         """The SGD steps of one epoch of ``recipe`` on the run's training split (as `legr.training.finetune` runs)."""

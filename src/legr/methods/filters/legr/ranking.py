@@ -29,6 +29,7 @@ from legr.methods.filters.criteria import compute_scores, group_scores
 from legr.methods.filters.legr.affine import AffineSpace, AffineTransform
 from legr.methods.filters.legr.evolution import EvolutionConfig, aging_evolution
 from legr.methods.filters.legr.family import FamilyObjective
+from legr.methods.filters.legr.refine import refine_targets, refined_transform
 from legr.paths import atomic_write_text
 
 RANKING_VERSION = 2  # 2 adds the allocator and the stored criterion scores
@@ -97,6 +98,14 @@ class Ranking:
 
     def group_scores(self, graph: ChannelGraph, model: nn.Module) -> dict[str, np.ndarray]:
         return group_scores(graph, self.layer_scores(graph, model), self.transform)
+
+    def at(self, target: float) -> "Ranking":
+        """The ranking a member cut at ``target`` (a cost in the search's unit) uses: the per-target refinement's
+        transform where the search refined that target (`refine`), else this one."""
+        refined = refined_transform(self.search.get("refined", ()), target)
+        if refined is None or ALLOCATORS[self.allocator].search is None:  # a fallback to uniform has no transform
+            return self
+        return replace(self, alpha=tuple(float(a) for a in refined.alpha), kappa=tuple(float(k) for k in refined.kappa))
 
     def solver(self, graph: ChannelGraph, cost: CostModel, model: nn.Module, floors: Floors = Floors(),
                unit: BudgetUnit = "macs") -> BudgetSolver:
@@ -206,6 +215,8 @@ def learn_ranking(
     objective: FamilyObjective = FamilyObjective(),
     mutate_fraction: float = 0.1,
     seed_uniform: bool = True,
+    refine: int = 0,
+    refine_at: Sequence[float] | None = None,
     fallback: bool = True,
     state_path: Path | None = None,
     log_path: Path | None = None,
@@ -228,7 +239,10 @@ def learn_ranking(
     uniform at its own target (the method ``filters`` does), so the winner is returned with the targets it loses in
     ``search["infeasible_targets"]`` (a ranking far better at four targets of five is not thrown away for the fifth:
     issue 38, ResNet-20 seed 0, validation margins -4.2 / +1.1 / +10.9 / +12.3 / +9.0 points at 35 / 20 / 50 / 65 /
-    80% MACs). Resumable through ``state_path``.
+    80% MACs). With ``refine`` > 0, the search then continues at each of ``refine_at`` (costs; default: the search
+    targets) alone for ``refine`` candidates from the winner (`refine`; a target the search did not score gets its
+    uniform reference scored first): ``search["refined"]`` holds each one's transform, which `Ranking.at` gives a
+    member cut there. Resumable through ``state_path``.
     """
     spec = ALLOCATORS[allocator]
     if spec.search is None:
@@ -246,15 +260,17 @@ def learn_ranking(
     raw_solver = spec.solver(graph, cost, raw, floors, unit)
     for t in targets:
         raw_solver.solve(t)  # fail early if unreachable
-    reference = [fitness(prune(graph, solve_uniform(graph, cost, raw, t, floors, unit=unit)[0]), REFERENCE_INDEX + k)
-                 for k, t in enumerate(targets)]
-    initial = _distinct([AffineTransform(*uniform_transform(graph, cost, scores, t, floors, unit)) for t in targets]
-                        )[: search.population - 1] if seed_uniform else []
+    def uniform_score(t: float, k: int) -> float:
+        return fitness(prune(graph, solve_uniform(graph, cost, raw, t, floors, unit=unit)[0]), REFERENCE_INDEX + k)
 
-    def per_target(candidate, i: int) -> list[float]:
+    reference = [uniform_score(t, k) for k, t in enumerate(targets)]
+    uniform = [AffineTransform(*uniform_transform(graph, cost, scores, t, floors, unit)) for t in targets]
+    initial = _distinct(uniform)[: search.population - 1] if seed_uniform else []
+
+    def per_target(candidate, i: int, at: Sequence[float] = targets) -> list[float]:
         transformed = group_scores(graph, scores, lambda name, v: candidate.apply(index[name], v))
         solver = spec.solver(graph, cost, transformed, floors, unit)
-        return [float(fitness(prune(graph, solver.solve(t)), i)) for t in targets]
+        return [float(fitness(prune(graph, solver.solve(t)), i)) for t in at]
 
     result = aging_evolution(space, lambda c, i: objective(per_target(c, i), reference), search, initial=initial,
                              state_path=state_path, log_path=log_path, progress=progress)
@@ -262,6 +278,18 @@ def learn_ranking(
     summary = {**result.summary(), "target_macs": targets[0] if len(targets) == 1 else targets, "budget": unit,
                "aggregate": objective.aggregate, "guard": objective.guard, "reference": reference,
                "margins": objective.margins(targets, best, reference)}
+    if refine:
+        at = [float(t) for t in refine_at] if refine_at is not None else targets
+        known = {t: (reference[k], uniform[k]) for k, t in enumerate(targets)}
+        extra = [t for t in dict.fromkeys(at) if t not in known]  # a member's target the search did not score
+        for j, t in enumerate(extra):
+            known[t] = (uniform_score(t, len(targets) + j),
+                        AffineTransform(*uniform_transform(graph, cost, scores, t, floors, unit)))
+        summary["refined"] = refine_targets(
+            space, lambda c, k, i: per_target(c, i, [at[k]])[0], result.best, [known[t][1] for t in at], at,
+            [known[t][0] for t in at], objective, refine, search, search.evaluations, state_path=state_path,
+            log_path=log_path, progress=progress)
+        summary["refine_references"] = len(extra)
     ranking = Ranking(
         tuple(layers), tuple(float(a) for a in result.best.alpha), tuple(float(k) for k in result.best.kappa),
         criterion, model_fingerprint(model), search=summary, allocator=allocator, scores=stored_scores(scores, layers),
@@ -299,4 +327,5 @@ def fitness_evaluations(ranking_path: Path, log_path: Path) -> int:
         return 0
     targets = search.get("targets") or [search.get("target")]
     logged = len(Path(log_path).read_text().splitlines()) if Path(log_path).exists() else 0
-    return (logged + 2) * len(targets)
+    refined = sum(int(r["evaluations"]) for r in search.get("refined", [])) + int(search.get("refine_references", 0))
+    return (logged + 2) * len(targets) + refined

@@ -51,6 +51,10 @@ class SearchConfig(EvolutionConfig):
     seed_uniform: bool = Field(True, description="the first population also holds the transforms reproducing the "
                                                  "uniform allocation at each search target (beside the identity = "
                                                  "global ranking)")
+    refine: int = Field(0, ge=0, description="then continue the search at each of the run's targets alone for this "
+                                             "many candidates from the winner; the member cut there uses the "
+                                             "refined transform, any other budget the shared ranking (0: off; "
+                                             "legr.methods.filters.legr.refine)")
     target: float | None = Field(None, gt=0, le=1, description="search at this one MACs fraction (the paper's "
                                                                 "single-target search)")
     targets: tuple[float, ...] | None = Field(None, min_length=1, description="fitness = mean over these MACs "
@@ -61,6 +65,8 @@ class SearchConfig(EvolutionConfig):
     def _check(self) -> "SearchConfig":
         if self.target is not None and self.targets is not None:
             raise ValueError("search.target and search.targets exclude each other: give one")
+        if 0 < self.refine < 3:
+            raise ValueError(f"search.refine must be 0 (off) or at least 3 candidates per target, got {self.refine}")
         bad = [t for t in self.targets or () if not 0 < t <= 1]
         if bad:
             raise ValueError(f"search.targets must be fractions in (0, 1], got {bad}")
