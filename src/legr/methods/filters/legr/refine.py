@@ -2,8 +2,8 @@
 
 LeGR learns one set of per-layer affine transforms for every budget; AMC searches each budget on its own. On
 ResNet-20 / CIFAR-10-JPEG (30/47/70% MACs, equal numbers of fitness evaluations) AMC's per-target winners scored
-10 / 7 / 2.6 validation points above the LeGR winner's cuts at the same targets, and fine-tuned higher at 47% and
-70%: one transform cannot be best at every target. Refinement keeps the shared ranking (any budget is still cut from
+8-9 / 3-14 / 1-3 validation points above the LeGR winner's cuts at the same targets (seeds 0, 1), and fine-tuned
+higher at 47% and 70%: one transform cannot be best at every target. Refinement keeps the shared ranking (any budget is still cut from
 it: "learn once, cut many") and, for each search target, continues the evolution at that target alone for
 ``evaluations`` candidates, starting from the shared winner: its first population is the winner, the transform
 reproducing the uniform allocation there and mutations of the winner; mutations continue the shared search's
