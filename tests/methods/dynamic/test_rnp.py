@@ -221,3 +221,26 @@ def test_an_unreachable_target_is_refused_before_training(tmp_path):
     with pytest.raises(LegrError) as info:
         Pipeline(cfg, tmp_path, progress=False, log=lambda m: None).method.validate()
     assert "one group per gated layer" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_backbone_phase_trains_the_backbone_and_leaves_the_agent_as_it_was():
+    from legr.methods.dynamic.rnp.training import generator
+    from legr.training import TrainConfig, finetune
+
+    net, _, _, _, size = _rnp("digits")
+    agent = {k: v.clone() for k, v in net.agent.state_dict().items()}
+    backbone = {k: v.clone() for k, v in net.state_dict().items() if "rnp_agent" not in k}
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 256, (64, *size), generator=g, dtype=torch.uint8), torch.randint(0, 10, (64,), generator=g)
+    seen = []
+
+    def explore(step):
+        net.set_policy("explore", epsilon=1.0, generator=generator(0, step))
+        net.agent.policy.trace = seen
+
+    finetune(net, x, y, [0.5], [0.25], TrainConfig(epochs=1, batch_size=16, augment=False, lr=0.1), progress=False,
+             before_step=explore)
+    assert all(torch.equal(v, net.agent.state_dict()[k]) for k, v in agent.items())
+    assert any(not torch.equal(v, net.state_dict()[k]) for k, v in backbone.items() if v.is_floating_point())
+    actions = torch.cat([a for _, _, a in seen])
+    assert set(actions.tolist()) == {1, 2, 3, 4}  # epsilon 1: every action drawn
