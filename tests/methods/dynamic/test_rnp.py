@@ -244,3 +244,19 @@ def test_a_backbone_phase_trains_the_backbone_and_leaves_the_agent_as_it_was():
     assert any(not torch.equal(v, net.state_dict()[k]) for k, v in backbone.items() if v.is_floating_point())
     actions = torch.cat([a for _, _, a in seen])
     assert set(actions.tolist()) == {1, 2, 3, 4}  # epsilon 1: every action drawn
+
+
+def test_a_copy_runs_its_own_agent():
+    import copy
+
+    net, _, _, _, size = _rnp("plain")
+    net.set_policy("greedy", head=0)
+    x = torch.randn(3, *size, generator=torch.Generator().manual_seed(4))
+    twin = copy.deepcopy(net)
+    assert all(g.agent is twin.agent for g in twin.gates) and twin.agent is not net.agent
+    with torch.no_grad():
+        before = net(x[:1])
+        assert torch.equal(twin(x[:1]), before)
+        for p in twin.agent.parameters():
+            p.zero_()  # every Q-value equal: argmax picks one group everywhere in the copy only
+        assert torch.equal(net(x[:1]), before) and not torch.allclose(twin(x[:1]), before)

@@ -3,7 +3,7 @@ fine-tune recipe.
 
 ``rounds`` R (at most the recipe's epochs E) alternations: round r fine-tunes the backbone for its share of the
 epochs (E split as evenly as possible, first rounds first; each phase is the recipe with those epochs, so its
-learning-rate schedule restarts per phase) with the agent fixed and acting epsilon-greedily (epsilon at the round's
+learning-rate schedule restarts per phase, and so does its batch order: the run trains with its one seed) with the agent fixed and acting epsilon-greedily (epsilon at the round's
 start: the first round's 1.0 draws every action uniformly, so each layer trains with its first groups always, its
 last ones seldom computed — the early groups carry the importance, as the paper's ordered groups need); then as many
 Q-learning steps as the phase had SGD steps, with the backbone fixed (eval mode): each step runs one training batch
