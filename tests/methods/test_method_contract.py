@@ -32,11 +32,14 @@ TINY = {"filters": {"allocator": "uniform", "bn_batches": 2},
         "gdp": {"gdp": {"dynamic_epochs": 2, "updates": 3, "scoring_batches": 2},
                 "finetune": {"epochs": 3, "steps_per_epoch": 5, "batch_size": 64, "augment": False}},
         "fbs": {"fbs": {"search_images": 100},
+                "finetune": {"epochs": 3, "steps_per_epoch": 5, "batch_size": 64, "augment": False}},
+        "rnp": {"rnp": {"search_images": 100, "hidden": 8, "agent_batch": 32},
                 "finetune": {"epochs": 3, "steps_per_epoch": 5, "batch_size": 64, "augment": False}}}
 # when a run is killed: once its one-time work is done (timings.json has "rank"), or where a method has none, once
 # the file it resumes its work from appears (gdp: the dynamic phase's training checkpoint, after its first epoch)
 KILL_AT = {"gdp": lambda out: any(out.glob("members/*/gdp_dynamic.pt")),
-           "fbs": lambda out: (out / "fbs" / "train.pt").exists()}
+           "fbs": lambda out: (out / "fbs" / "train.pt").exists(),
+           "rnp": lambda out: (out / "rnp" / "backbone0.pt").exists()}
 
 
 def _gdp_epochs_at_kill(out) -> list:
@@ -61,9 +64,20 @@ def _fbs_epochs_after(out) -> list:
     return json.loads((out / "fbs" / "fbs.json").read_text())["history"]
 
 
+def _rnp_epochs_at_kill(out) -> list:
+    import torch
+
+    return torch.load(out / "rnp" / "backbone0.pt", weights_only=True)["history"]
+
+
+def _rnp_epochs_after(out) -> list:
+    return json.loads((out / "rnp" / "rnp.json").read_text())["history"][0]["backbone"]
+
+
 # evidence that the rerun resumed the killed run's work: what the kill left, and where the finished run shows it
 RESUMED = {"gdp": (_gdp_epochs_at_kill, lambda out, before: _gdp_epochs_after(out)[:len(before)] == before),
-           "fbs": (_fbs_epochs_at_kill, lambda out, before: _fbs_epochs_after(out)[:len(before)] == before)}
+           "fbs": (_fbs_epochs_at_kill, lambda out, before: _fbs_epochs_after(out)[:len(before)] == before),
+           "rnp": (_rnp_epochs_at_kill, lambda out, before: _rnp_epochs_after(out)[:len(before)] == before)}
 
 
 def _ranked(out) -> bool:

@@ -2,7 +2,8 @@
 structured filter pruning (`legr.methods.filters`: filter criteria cut by budget allocators — uniform, global, LCP,
 LeGR's learned ranking in `legr.methods.filters.legr`; GDP's dynamic masks, `legr.methods.filters.gdp`) and Han et al.'s unstructured magnitude pruning
 (`legr.methods.magnitude`); SVD low-rank decomposition with ENC's rank selection (`legr.methods.lowrank`);
-FBS's dynamic channel gating, one trained network with an operating point per budget (`legr.methods.dynamic`);
+FBS's dynamic channel gating and RNP's runtime pruning agent, one trained network with an operating point per budget
+(`legr.methods.dynamic`);
 stages that follow a method in a chain (`legr.methods.stages`; int8 quantization:
 `legr.methods.int8`)."""
 

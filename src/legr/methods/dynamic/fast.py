@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -177,18 +177,24 @@ class FastNorm(nn.Module):
         super().__init__()
         self.norm = norm
 
-    def forward(self, y: torch.Tensor, idx: torch.Tensor | None, scale: torch.Tensor) -> torch.Tensor:
+    def forward(self, y: torch.Tensor, idx: torch.Tensor | None, scale: torch.Tensor | None) -> torch.Tensor:
         n = self.norm
         if idx is not None and idx.numel() == 0:
             return y  # no active channel (torch's batch norm refuses an empty one)
         pick = (lambda t: t) if idx is None else (lambda t: t.index_select(0, idx))  # noqa: E731
-        weight = scale if n.weight is None else pick(n.weight) * scale
-        bias = None if n.bias is None else pick(n.bias) * scale
+        if scale is None:  # (a gate that only selects: RNP's)
+            weight, bias = (None if t is None else pick(t) for t in (n.weight, n.bias))
+        else:
+            weight = scale if n.weight is None else pick(n.weight) * scale
+            bias = None if n.bias is None else pick(n.bias) * scale
         return F.batch_norm(y, pick(n.running_mean), pick(n.running_var), weight, bias, False, 0.0, n.eps)
 
 
-def build_fast(masked: fx.GraphModule, pairs: Sequence[GatedPair]) -> fx.GraphModule:
-    """The fast path of a gated network (`fbs.build_masked`'s ``masked``), sharing its modules."""
+def build_fast(masked: fx.GraphModule, pairs: Sequence[GatedPair], select: Callable[..., nn.Module] = FastSelect,
+               name: str = "fbs") -> fx.GraphModule:
+    """The fast path of a gated network (`fbs.build_masked`'s ``masked``, or any `fbs.insert_gates` network whose
+    gates are ``<name>.<i>``), sharing its modules. ``select(gate, nonnegative)`` makes the module that gives a
+    gate's (active indices or None, scales or None) from the producer's input and its active input channels."""
     graph = fx.Graph()
     val_map: dict[fx.Node, fx.Node] = {}
     graph.output(graph.graph_copy(masked.graph, val_map))
@@ -200,7 +206,7 @@ def build_fast(masked: fx.GraphModule, pairs: Sequence[GatedPair]) -> fx.GraphMo
         p = pairs[i]
         a = node[p.producer_node]
         in_idx = selected[p.source][0] if p.source is not None else None
-        modules[f"fbs_fast.select{i}"] = FastSelect(masked.get_submodule(f"fbs.{i}"), _nonnegative(masked, a.args[0]))
+        modules[f"fbs_fast.select{i}"] = select(masked.get_submodule(f"{name}.{i}"), _nonnegative(masked, a.args[0]))
         with graph.inserting_before(a):
             sel = graph.call_module(f"fbs_fast.select{i}", (a.args[0], in_idx))
             selected[i] = (graph.call_function(operator.getitem, (sel, 0)),
@@ -209,7 +215,7 @@ def build_fast(masked: fx.GraphModule, pairs: Sequence[GatedPair]) -> fx.GraphMo
     folded = {i for i, p in enumerate(pairs)
               if p.norm_node is None or node[p.norm_node].args[0] is node[p.producer_node]}
     for i, p in enumerate(pairs):
-        gate = next(n for n in graph.nodes if n.op == "call_module" and n.target == f"fbs.{i}")
+        gate = next(n for n in graph.nodes if n.op == "call_module" and n.target == f"{name}.{i}")
         if p.norm_node is not None:
             norm = node[p.norm_node]
             if i in folded:

@@ -90,18 +90,25 @@ class FbsGate(nn.Module):
 def build_masked(graph: ChannelGraph, pairs: Sequence[GatedPair], seed: int = 0) -> fx.GraphModule:
     """A copy of ``graph.gm`` with the gate of every pair inserted after its batch norm (or producer), as
     ``fbs.<i>``; the predictors are drawn with ``seed``."""
-    gm = copy.deepcopy(graph.gm)
     generator = torch.Generator().manual_seed(seed)
+    return insert_gates(graph, pairs, nn.ModuleList(FbsGate(p.in_channels, p.out_channels, generator) for p in pairs))
+
+
+def insert_gates(graph: ChannelGraph, pairs: Sequence[GatedPair], gates: nn.ModuleList, name: str = "fbs"
+                 ) -> fx.GraphModule:
+    """A copy of ``graph.gm`` with ``gates`` as its submodule ``name`` and gate ``i`` called as ``gate(y, x)`` right
+    after pair ``i``'s batch norm (or producer), ``y`` that tensor and ``x`` the producer's input (every gated network:
+    FBS's, RNP's)."""
+    gm = copy.deepcopy(graph.gm)
     param = next(gm.parameters(), None)
-    gates = nn.ModuleList(FbsGate(p.in_channels, p.out_channels, generator) for p in pairs)
     if param is not None:
         gates.to(device=param.device, dtype=param.dtype)
-    gm.add_submodule("fbs", gates)
+    gm.add_submodule(name, gates)
     nodes = {n.name: n for n in gm.graph.nodes}
     for i, p in enumerate(pairs):
         after, x = nodes[p.gate_after], nodes[p.producer_node].args[0]
         with gm.graph.inserting_after(after):
-            gate = gm.graph.call_module(f"fbs.{i}", (after, x))
+            gate = gm.graph.call_module(f"{name}.{i}", (after, x))
         after.replace_all_uses_with(gate, delete_user_cb=lambda user, gate=gate: user is not gate)
     gm.graph.lint()
     gm.recompile()

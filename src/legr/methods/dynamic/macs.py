@@ -30,19 +30,23 @@ from legr.methods.dynamic.pairs import GatedPair
 
 
 class DynamicCost:
-    """MACs per image of an FBS network over the source network whose cost model is ``cost``."""
+    """MACs per image of an FBS network over the source network whose cost model is ``cost``. ``predictor(i,
+    inputs)``: the MACs that decide pair ``i``'s channels when ``inputs`` of its producer's input channels are active
+    (default FBS's predictor, ``inputs x out_channels``; RNP passes its agent's)."""
 
-    def __init__(self, cost: CostModel, pairs: Sequence[GatedPair]) -> None:
+    def __init__(self, cost: CostModel, pairs: Sequence[GatedPair],
+                 predictor: Callable[[int, float], float] | None = None) -> None:
         self.cost, self.pairs = cost, list(pairs)
+        self.predictor = predictor or (lambda i, inputs: inputs * self.pairs[i].out_channels)
 
     def image(self, active: Sequence[np.ndarray]) -> float:
         """One image's MACs from its active channels (one boolean array per pair, over the producer's channels)."""
         keep = np.ones(self.cost.graph.num_classes)
         predictors = 0.0
-        for p, a in zip(self.pairs, active):
+        for i, (p, a) in enumerate(zip(self.pairs, active)):
             keep[p.classes] = a
             inputs = active[p.source].sum() if p.source is not None else p.in_channels
-            predictors += float(inputs) * p.out_channels
+            predictors += self.predictor(i, float(inputs))
         return self.cost.macs(keep) + predictors
 
     def images(self, active: Sequence[np.ndarray]) -> np.ndarray:

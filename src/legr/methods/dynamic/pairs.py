@@ -152,14 +152,14 @@ def find_pairs(graph: ChannelGraph) -> tuple[list[GatedPair], dict[str, str]]:
     return [GatedPair(**{**p.__dict__, "source": by_consumer.get(p.producer)}) for p in pairs], dense
 
 
-def gateable(graph: ChannelGraph, model: str) -> list[GatedPair]:
+def gateable(graph: ChannelGraph, model: str, method: str = "fbs") -> list[GatedPair]:
     """`find_pairs`'s pairs, or a one-line `LegrError` naming why the first convolution is not gateable."""
     pairs, dense = find_pairs(graph)
     if not pairs:
         first = next(iter(dense.items()), None)
         why = f" (e.g. '{first[0]}': {first[1]})" if first else " (it has no convolution)"
-        raise LegrError(f"fbs: {model} has no gateable convolution{why}; FBS gates a convolution whose output "
-                        "channels only the next convolution reads")
+        raise LegrError(f"{method}: {model} has no gateable convolution{why}; {method.upper()} gates a convolution "
+                        "whose output channels only the next convolution reads")
     return pairs
 
 
