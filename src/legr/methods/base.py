@@ -149,6 +149,12 @@ class Method(ABC):
             raise ConfigError(f"method {self.name} takes budgets in {' or '.join(self.budgets)}, not {wanted}: "
                               "remove the budget key or choose another method")
 
+    def _steps_per_epoch(self, recipe: TrainConfig) -> int:
+        """The SGD steps of one epoch of ``recipe`` on the run's training split (as `legr.training.finetune` runs)."""
+        n = len(self.run.data.train[1])
+        full = n // recipe.batch_size if n > recipe.batch_size else 1
+        return min(full, recipe.steps_per_epoch or full)
+
     @property
     def budget(self) -> BudgetUnit:
         """The unit of this run's targets."""

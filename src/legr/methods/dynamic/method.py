@@ -136,12 +136,6 @@ class FeatureBoosting(Method):
         (folder / "train.pt").unlink(missing_ok=True)
         return net.eval()
 
-    def _steps_per_epoch(self, recipe: TrainConfig) -> int:
-        """The SGD steps of one epoch of ``recipe`` on the run's training split (as `legr.training.finetune` runs)."""
-        n = len(self.run.data.train[1])
-        full = n // recipe.batch_size if n > recipe.batch_size else 1
-        return min(full, recipe.steps_per_epoch or full)
-
     def calibrate(self, net: FbsNetwork, density: float) -> FbsNetwork:
         """``net`` at ``density`` with its batch norms' statistics re-estimated there (``fbs.bn_batches`` fixed
         training batches, the same for every density: adaptive BN, as every filter member gets)."""

@@ -154,11 +154,6 @@ class RuntimePruning(Method):
                 (folder / name).unlink(missing_ok=True)
         return net.eval()
 
-    def _steps_per_epoch(self, recipe: TrainConfig) -> int:
-        n = len(self.run.data.train[1])
-        full = n // recipe.batch_size if n > recipe.batch_size else 1
-        return min(full, recipe.steps_per_epoch or full)
-
     def _batches(self, seed: int, r: int, size: int):
         """Training batches for the agent's steps (normalized, no augmentation), drawn as a function of (seed, round,
         step)."""

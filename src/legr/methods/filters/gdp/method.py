@@ -116,12 +116,6 @@ class GlobalDynamicPruning(Method):
         save_member(run, member, pruned, keep, info, bn_batches=cfg.bn_batches, how=" after its dynamic phase")
         (member.root / DYNAMIC_CHECKPOINT).unlink(missing_ok=True)
 
-    def _steps_per_epoch(self, recipe: TrainConfig) -> int:
-        """The SGD steps of one epoch of ``recipe`` on the run's training split (as `legr.training.finetune` runs)."""
-        n = len(self.run.data.train[1])
-        full = n // recipe.batch_size if n > recipe.batch_size else 1
-        return min(full, recipe.steps_per_epoch or full)
-
     def _scorer(self):
         """GDP's discriminative function (``taylor_abs``) on ``scoring_batches`` training batches, a fresh seeded draw
         per decision (augmented as the fine-tune's; never validation or test images). The batch norms normalize
