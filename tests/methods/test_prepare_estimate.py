@@ -20,6 +20,9 @@ class Units:
     def validation(self, fraction):
         return 2.0 * fraction
 
+    def training(self, fraction, recipe):
+        return 10.0 * fraction * recipe.epochs
+
 
 def test_a_search_counts_its_candidates_left_at_every_search_target(tmp_path):
     cfg = parse_config({"model": {"name": "digits_cnn"}, "data": {"name": "digits"}, "targets": [0.3, 0.5, 0.9],
@@ -44,3 +47,15 @@ def test_a_sensitivity_analysis_counts_one_validation_per_fraction_and_layer(tmp
     assert magnitude.prepare_seconds(cfg, folder, Units()) == pytest.approx(3 * 3 * 2.0)  # 2 convs + 1 linear
     folder.sensitivity.write_text("{}")
     assert magnitude.prepare_seconds(cfg, folder, Units()) == 0.0
+
+
+@pytest.mark.parametrize("method", ["fbs", "rnp"])
+def test_a_dynamic_method_counts_its_one_training_until_its_weights_are_there(method, tmp_path):
+    cfg = parse_config({"model": {"name": "digits_cnn"}, "data": {"name": "digits"}, "method": method,
+                        "targets": [0.6], "finetune": {"epochs": 3}})
+    folder, cls = MethodFolder(tmp_path), METHODS[method]
+    assert cls.prepare_seconds(cfg, folder, Units()) == pytest.approx(30.0)  # 3 epochs at the source's size
+    assert cls.member_training(cfg, 0.6)[0][1].epochs == 0  # nothing trained per member
+    (tmp_path / method).mkdir()
+    (tmp_path / method / "model.safetensors").write_bytes(b"")
+    assert cls.prepare_seconds(cfg, folder, Units()) == 0.0

@@ -260,3 +260,15 @@ def test_a_copy_runs_its_own_agent():
         for p in twin.agent.parameters():
             p.zero_()  # every Q-value equal: argmax picks one group everywhere in the copy only
         assert torch.equal(net(x[:1]), before) and not torch.allclose(twin(x[:1]), before)
+
+
+@pytest.mark.parametrize("method", ["fbs", "rnp"])
+@pytest.mark.parametrize("change, message", [({"data": {"name": "digits", "val_size": 0}}, "on validation images"),
+                                             ({"finetune": {"epochs": 0}}, "needs finetune.epochs >= 1")])
+def test_a_dynamic_method_refuses_a_run_without_validation_images_or_training(method, change, message, tmp_path):
+    from legr.pipeline.steps import Pipeline
+
+    cfg = parse_config({**BASE, "method": method, "targets": [0.8], "finetune": {"epochs": 1}, **change})
+    with pytest.raises(ConfigError) as info:
+        Pipeline(cfg, tmp_path, progress=False, log=lambda m: None).method.validate()
+    assert str(info.value).startswith(method) and message in str(info.value) and "\n" not in str(info.value)

@@ -26,9 +26,9 @@ import torch
 
 from legr.engine.cost import count_params
 from legr.engine.latency import measure_interleaved
-from legr.errors import ConfigError
-from legr.methods.base import Method, register_method
-from legr.methods.dynamic.config import FBS_CONFIG, FbsConfig, stage_density
+from legr.methods.base import register_method
+from legr.methods.dynamic.base import DynamicMethod
+from legr.methods.dynamic.config import FBS_CONFIG, stage_density
 from legr.methods.dynamic.fbs import winners
 from legr.methods.dynamic.macs import DynamicCost, Operating, active_channels, choose_density, recording
 from legr.methods.dynamic.network import FbsNetwork
@@ -36,42 +36,28 @@ from legr.methods.dynamic.pairs import GatedPair, find_pairs, gateable
 from legr.methods.folders import MemberFolder, MethodFolder
 from legr.models import load_checkpoint, load_state_dict, read_state_dict, save_state_dict
 from legr.paths import atomic_write_text
-from legr.training import TrainConfig, recalibrate_bn
+from legr.training import recalibrate_bn
 
 FOLDER, MEMBER_FILE, NORMS_FILE = "fbs", "fbs.json", "norms.safetensors"
 
 
 @register_method
-class FeatureBoosting(Method):
+class FeatureBoosting(DynamicMethod):
     name = "fbs"
     description = ("FBS (Gao et al. 2019): saliency predictors keep each input's top channels at run time; one "
                    "trained network, a density per budget in average MACs per image")
-    budgets = ("macs",)
     config_keys = FBS_CONFIG
     entry_keys = ("fbs",)
+    folder, operating, trains, least = FOLDER, "density", "its saliency predictors once", "one channel per gated layer"
 
     @classmethod
     def entry_label(cls, settings: dict[str, Any]) -> tuple[str, str]:
         return "saliency", cls.name
 
     @classmethod
-    def member_training(cls, cfg: Any, target: float) -> list[tuple[float, TrainConfig]]:
-        """Nothing per member: the one training is `prepare`'s."""
-        return [(1.0, cfg.finetune.model_copy(update={"epochs": 0}))]
-
-    @classmethod
-    def prepare_seconds(cls, cfg: Any, folder: MethodFolder, units: Any) -> float:
-        """The gated network's training (at the source's size), unless its weights are there."""
-        return 0.0 if (folder.file(FOLDER) / "model.safetensors").exists() else units.training(1.0, cfg.finetune)
-
-    @classmethod
     def member_files(cls, folder: MethodFolder, member: MemberFolder) -> list[Path]:
         """The member's density and figures, and the one trained network every member runs."""
         return [member.root / MEMBER_FILE, member.root / NORMS_FILE, folder.file(FOLDER) / "model.safetensors"]
-
-    @property
-    def section(self) -> FbsConfig:
-        return self.run.cfg.fbs
 
     @cached_property
     def pairs(self) -> list[GatedPair]:
@@ -81,20 +67,9 @@ class FeatureBoosting(Method):
     def dynamic_cost(self) -> DynamicCost:
         return DynamicCost(self.run.cost, self.pairs)
 
-    def validate(self) -> None:
-        """Before any training: a gateable convolution, a validation split, training steps, and every target above
-        the worst case of the smallest density (one channel per gated layer), so some density meets it."""
-        run = self.run
-        if len(run.data.val[0]) == 0:
-            raise ConfigError("fbs chooses each member's density on validation images: set data.val_size > 0")
-        if run.cfg.finetune.epochs < 1:
-            raise ConfigError("fbs trains its saliency predictors once, on the finetune recipe: it needs "
-                              "finetune.epochs >= 1")
-        lowest = self.dynamic_cost.worst(self.dynamic_cost.densities()[0]) / run.cost.base_macs
-        low = [t for t in run.cfg.targets if t < lowest]
-        if low:
-            raise ConfigError(f"fbs cannot meet target {min(low):g}: with one channel per gated layer its network "
-                              f"still costs {lowest:.1%} of the source's MACs (residual streams stay dense)")
+    def cheapest(self) -> float:
+        """The worst case of the smallest density (one channel per gated layer)."""
+        return self.dynamic_cost.worst(self.dynamic_cost.densities()[0])
 
     def describe(self, prepared: Any) -> str:
         return f"fbs: {len(self.pairs)} gated convolutions trained at densities {self._schedule()}"

@@ -24,52 +24,37 @@ import torch
 
 from legr.data import normalize
 from legr.engine.cost import count_params
-from legr.errors import ConfigError
-from legr.methods.base import Method, register_method
+from legr.methods.base import register_method
+from legr.methods.dynamic.base import DynamicMethod
 from legr.methods.dynamic.macs import DynamicCost, Operating
 from legr.methods.dynamic.pairs import GatedPair, find_pairs, gateable
 from legr.methods.dynamic.rnp.agent import group_ends
-from legr.methods.dynamic.rnp.config import RNP_CONFIG, RnpConfig
+from legr.methods.dynamic.rnp.config import RNP_CONFIG
 from legr.methods.dynamic.rnp.network import RnpNetwork
 from legr.methods.dynamic.rnp.training import agent_phase, generator, round_epochs
 from legr.methods.folders import MemberFolder, MethodFolder
 from legr.models import load_checkpoint, load_state_dict, save_state_dict
 from legr.paths import atomic_file, atomic_write_text
-from legr.training import TrainConfig
 
 FOLDER, MEMBER_FILE = "rnp", "rnp.json"
 
 
 @register_method
-class RuntimePruning(Method):
+class RuntimePruning(DynamicMethod):
     name = "rnp"
     description = ("RNP (Lin et al. 2017): a Q-learning agent computes each input's first channel groups per layer; "
                    "one trained network and agent, a penalty head per budget in average MACs per image")
-    budgets = ("macs",)
     config_keys = RNP_CONFIG
     entry_keys = ("rnp",)
+    folder, trains, least = FOLDER, "its backbone and agent", "one group per gated layer"
 
     @classmethod
     def entry_label(cls, settings: dict[str, Any]) -> tuple[str, str]:
         return "agent", cls.name
 
     @classmethod
-    def member_training(cls, cfg: Any, target: float) -> list[tuple[float, TrainConfig]]:
-        """Nothing per member: the one training is `prepare`'s."""
-        return [(1.0, cfg.finetune.model_copy(update={"epochs": 0}))]
-
-    @classmethod
-    def prepare_seconds(cls, cfg: Any, folder: MethodFolder, units: Any) -> float:
-        """The backbone's training (at the source's size; the agent's forwards are not counted), unless done."""
-        return 0.0 if (folder.file(FOLDER) / "model.safetensors").exists() else units.training(1.0, cfg.finetune)
-
-    @classmethod
     def member_files(cls, folder: MethodFolder, member: MemberFolder) -> list[Path]:
         return [member.root / MEMBER_FILE, folder.file(FOLDER) / "model.safetensors"]
-
-    @property
-    def section(self) -> RnpConfig:
-        return self.run.cfg.rnp
 
     @cached_property
     def pairs(self) -> list[GatedPair]:
@@ -87,23 +72,11 @@ class RuntimePruning(Method):
         agent = self._network(torch.device("cpu")).agent
         return DynamicCost(self.run.cost, self.pairs, lambda i, inputs: agent.macs(inputs))
 
-    def _cheapest(self) -> float:
+    def cheapest(self) -> float:
         """The MACs of an image with one group per layer (the least any operating point costs)."""
         g = self.section.groups
         return self.dynamic_cost.image([np.arange(p.out_channels) < group_ends(p.out_channels, g)[0]
                                         for p in self.pairs])
-
-    def validate(self) -> None:
-        run = self.run
-        if len(run.data.val[0]) == 0:
-            raise ConfigError("rnp chooses each member's operating point on validation images: set data.val_size > 0")
-        if run.cfg.finetune.epochs < 1:
-            raise ConfigError("rnp trains its backbone and agent on the finetune recipe: it needs finetune.epochs >= 1")
-        lowest = self._cheapest() / run.cost.base_macs
-        low = [t for t in run.cfg.targets if t < lowest]
-        if low:
-            raise ConfigError(f"rnp cannot meet target {min(low):g}: with one group per gated layer its network "
-                              f"still costs {lowest:.1%} of the source's MACs (residual streams stay dense)")
 
     def describe(self, prepared: Any) -> str:
         return f"rnp: {len(self.pairs)} gated convolutions, {self.section.groups} groups each"
