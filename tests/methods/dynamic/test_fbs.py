@@ -285,19 +285,8 @@ def test_the_chosen_density_meets_the_budget_from_below_and_is_the_largest_that_
 
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    from legr.pipeline.config import parse_config
-    from legr.pipeline.steps import Pipeline
-
-    cfg = parse_config({"model": {"name": "digits_cnn", "weights": None}, "data": {"name": "digits", "val_size": 200},
-                        "base_training": {"epochs": 2, "lr": 0.05, "batch_size": 64, "augment": False},
-                        "method": "fbs", "targets": [0.35, 0.6], "fbs": {"fast_path": "always", "sparsity": 1e-3},
-                        "finetune": {"epochs": 2, "steps_per_epoch": 5, "batch_size": 64, "augment": False},
-                        "eval": {"latency": False}})
-    out = tmp_path_factory.mktemp("fbs")
-    pipeline = Pipeline(cfg, out, progress=False, log=lambda m: None)
-    pipeline.run()
-    return pipeline, out
+def digits_run(tiny_dynamic_run):
+    return tiny_dynamic_run("fbs", [0.35, 0.6], {"fast_path": "always", "sparsity": 1e-3}, steps=5)
 
 
 def test_a_members_density_meets_its_target_on_validation_images(digits_run):

@@ -182,17 +182,8 @@ def test_bad_values_are_one_line_config_errors(section):
 
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    from legr.pipeline.steps import Pipeline
-
-    cfg = parse_config({**BASE, "base_training": {"epochs": 2, "lr": 0.05, "batch_size": 64, "augment": False},
-                        "targets": [0.6, 0.8], "rnp": {"hidden": 8, "agent_batch": 32, "search_images": 100},
-                        "finetune": {"epochs": 2, "steps_per_epoch": 4, "batch_size": 64, "augment": False},
-                        "eval": {"latency": False}})
-    out = tmp_path_factory.mktemp("rnp")
-    pipeline = Pipeline(cfg, out, progress=False, log=lambda m: None)
-    pipeline.run()
-    return pipeline, out
+def digits_run(tiny_dynamic_run):
+    return tiny_dynamic_run("rnp", [0.6, 0.8], {"hidden": 8, "agent_batch": 32, "search_images": 100}, steps=4)
 
 
 def test_a_member_meets_its_target_on_validation_and_reloads_as_measured(digits_run):
