@@ -215,3 +215,46 @@ def group_scores(
             np.add.at(total, graph.producer_positions(name), s)
         out[group.name] = total
     return out
+
+
+def within_layer_ranks(scores: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each layer's scores replaced by their quantiles within the layer, ``(rank + 0.5) / n`` (ties broken by
+    position): the same order inside every layer, one scale across layers."""
+    out = {}
+    for name, values in scores.items():
+        v = np.asarray(values, dtype=np.float64).reshape(-1)
+        out[name] = (np.argsort(np.argsort(v, kind="stable"), kind="stable") + 0.5) / max(v.size, 1)
+    return out
+
+
+def producer_counts(graph: ChannelGraph) -> dict[str, np.ndarray]:
+    """For each producer layer, per filter: how many layers produce the channel that filter writes (a residual
+    stream's channel is written by every block's last convolution)."""
+    out = {}
+    for group in graph.prunable_groups():
+        count = np.zeros(group.size)
+        for name in group.producers:
+            np.add.at(count, graph.producer_positions(name), 1.0)
+        for name in group.producers:
+            out[name] = count[graph.producer_positions(name)]
+    return out
+
+
+NORMALIZATIONS = ("none", "rank", "rank-mean")
+
+
+def normalized_scores(kind: str, graph: ChannelGraph, scores: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """LeGR's per-layer scores before its affine transform (``search.normalize``). ``none``: the criterion's values
+    (the paper). ``rank``: `within_layer_ranks`. ``rank-mean``: those quantiles divided by `producer_counts`, so that a
+    channel's group score (`group_scores`: the sum over its producers) is its producers' mean quantile, in (0, 1) for
+    a residual stream as for a block's inner layer (with ``rank`` the stream of ResNet-20, written by 10 layers, sums
+    ten quantiles and is cut last)."""
+    if kind not in NORMALIZATIONS:
+        raise LegrError(f"unknown score normalization '{kind}' (known: {', '.join(NORMALIZATIONS)})")
+    if kind == "none":
+        return dict(scores)
+    ranks = within_layer_ranks(scores)
+    if kind == "rank":
+        return ranks
+    counts = producer_counts(graph)
+    return {name: q / counts.get(name, 1.0) for name, q in ranks.items()}  # layers of no prunable group: as rank

@@ -36,10 +36,9 @@ from legr.methods.filters.allocate import (
 from legr.methods.base import Method, WorkUnits, register_method
 from legr.methods.filters.latency import measured_cut
 from legr.methods.filters.member import save_member
-from legr.methods.filters.criteria import CRITERIA, CriterionContext, compute_scores, group_scores
+from legr.methods.filters.criteria import CRITERIA, CriterionContext, compute_scores, group_scores, normalized_scores
 from legr.methods.filters.config import FILTERS_CONFIG
 from legr.methods.folders import MemberFolder, MethodFolder
-from legr.methods.filters.legr.affine import within_layer_ranks
 from legr.methods.filters.legr.family import FamilyObjective
 from legr.methods.filters.legr.fitness import CandidateFitness
 from legr.methods.filters.legr.refine import refinements_left
@@ -203,7 +202,7 @@ class FilterPruning(Method):
                                     scores=stored_scores(scores, layers))
         s = cfg.search
         targets = cfg.search_targets
-        scores = within_layer_ranks(scores) if s.normalize == "rank" else scores  # stored: every cut uses them
+        scores = normalized_scores(s.normalize, run.graph, scores)  # stored in the ranking: every cut uses them
         runs = f" x {s.restarts} independent searches" if s.restarts > 1 else ""
         run.log(f"learning the ranking ({cfg.allocator}, {cfg.criterion}, {s.evaluations} candidates{runs}, "
                 f"BN batches {s.bn_batches}, tau {s.tau}, val {s.fitness}) at "

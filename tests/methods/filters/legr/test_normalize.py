@@ -1,6 +1,6 @@
-"""``search.normalize: rank`` (issue 38): each layer's criterion scores become their quantiles within the layer before
-the affine transform, so the plain transform cuts every layer to the same fraction and a run's ranking stores and
-cuts the quantiles."""
+"""``search.normalize`` (issue 38): with ``rank`` each layer's criterion scores become their quantiles within the layer
+before the affine transform, so the plain transform cuts every layer to the same fraction; ``rank-mean`` also scores a
+channel written by several layers (a residual stream) by their mean quantile; a run's ranking stores and cuts them."""
 
 import numpy as np
 import pytest
@@ -8,11 +8,16 @@ import yaml
 
 from legr.engine.cost import CostModel
 from legr.engine.plan import Plan
-from legr.errors import ConfigError
+from legr.errors import ConfigError, LegrError
 from legr.graph import analyze
 from legr.methods.filters.allocate import Floors, GlobalSolver
-from legr.methods.filters.criteria import compute_scores, group_scores
-from legr.methods.filters.legr.affine import within_layer_ranks
+from legr.methods.filters.criteria import (
+    compute_scores,
+    group_scores,
+    normalized_scores,
+    producer_counts,
+    within_layer_ranks,
+)
 from legr.methods.filters.legr.ranking import Ranking
 from legr.methods.filters.legr.search_config import SearchConfig
 from legr.models import build_model
@@ -51,11 +56,35 @@ def test_the_plain_transform_of_quantiles_cuts_every_single_producer_layer_to_on
     assert np.ptp(kept) <= 1.0 / min(sizes) + 1e-9 < spread_raw
 
 
+def test_rank_mean_puts_the_residual_stream_on_the_inner_layers_scale():
+    """ResNet-20's residual stream (one group, written by conv1 and every block's conv2) sums 3 to 10 quantiles per
+    channel with ``rank`` and is cut last by the plain transform; with ``rank-mean`` each channel scores its writers'
+    mean quantile, in (0, 1) like every inner layer, and the plain cut at 50% MACs takes some of it."""
+    model = build_model("cifar_resnet20", pretrained=True)
+    graph = analyze(model, (3, 32, 32))
+    cost = CostModel(graph)
+    raw = compute_scores("l2sq", graph, model)
+    stream = next(g for g in graph.prunable_groups() if len(g.producers) > 1)
+    counts = producer_counts(graph)
+    assert len(stream.producers) == 10 and counts["layer3.2.conv2"].max() == 10 and counts["layer1.0.conv1"].max() == 1
+    kept = {}
+    for kind in ("rank", "rank-mean"):
+        scores = group_scores(graph, normalized_scores(kind, graph, raw))
+        keep = GlobalSolver(graph, cost, scores, Floors(0.0)).solve(0.5 * cost.base_macs)
+        kept[kind] = np.mean(keep[stream.classes] > 0)
+        if kind == "rank-mean":
+            assert all(0 < v.min() and v.max() < 1 for v in scores.values())
+        else:
+            assert scores[stream.name].max() > 3
+    assert kept["rank"] > 0.95 > kept["rank-mean"] + 0.05  # 98% and 86%
+    assert normalized_scores("none", graph, raw).keys() == raw.keys()
+
+
 RUN = """
 model: {name: digits_cnn}
 data: {name: digits, val_size: 120}
 base_training: {epochs: 2, lr: 0.05, batch_size: 64, augment: false}
-search: {population: 4, sample: 2, evaluations: 5, restarts: 1, batch_size: 64, bn_batches: 2, normalize: rank}
+search: {population: 4, sample: 2, evaluations: 5, restarts: 1, batch_size: 64, bn_batches: 2, normalize: rank-mean}
 bn_batches: 2
 targets: [0.35, 0.7]
 finetune: {epochs: 0}
@@ -66,7 +95,7 @@ eval: {latency: false}
 def test_a_run_stores_the_quantiles_and_cuts_its_members_from_them(tmp_path):
     Pipeline(parse_config(yaml.safe_load(RUN)), tmp_path, progress=False).run()
     ranking = Ranking.load(tmp_path / "ranking.json")
-    assert ranking.search["normalize"] == "rank"
+    assert ranking.search["normalize"] == "rank-mean"
     model = build_model("digits_cnn")
     graph = analyze(model, (1, 8, 8))
     for name, stored in ranking.scores.items():
@@ -84,3 +113,5 @@ def test_normalize_is_off_by_default_and_refuses_other_values():
     assert SearchConfig().normalize == "none"
     with pytest.raises(ConfigError, match="normalize.*none.*rank"):
         SearchConfig(normalize="zscore")
+    with pytest.raises(LegrError, match="unknown score normalization"):
+        normalized_scores("zscore", None, {})

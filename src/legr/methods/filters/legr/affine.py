@@ -2,8 +2,8 @@
 
 Random members: ``alpha = exp(N(0, 1))``, ``kappa = N(0, std_l)``; a mutation redraws ``max(1, int(f * L))`` distinct
 layers with ``alpha *= exp(N(0, sigma))``, ``sigma = 1 - step / (1.25 * total)``, and ``kappa += N(0, std_l)``, where
-``std_l`` is the standard deviation of layer l's criterion scores (times ``kappa_scale``). `within_layer_ranks` puts
-every layer's scores on one scale first (``search.normalize: rank``).
+``std_l`` is the standard deviation of layer l's criterion scores (times ``kappa_scale``).
+`legr.methods.filters.criteria.normalized_scores` may put every layer's scores on one scale first (``search.normalize``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -57,20 +57,6 @@ class AffineTransform:
 
     def __hash__(self) -> int:
         return hash((self.alpha.tobytes(), self.kappa.tobytes()))
-
-
-def within_layer_ranks(scores: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Each layer's scores replaced by their quantiles within the layer, ``(rank + 0.5) / n`` (ties broken by
-    position): the same order inside every layer, one scale across layers. With raw criterion values a layer's kept
-    count jumps between its floor and all of it over a narrow band of the global threshold (ResNet-20 / CIFAR-10-JPEG,
-    30% MACs: six of nine layers at their floor, issue 38); with quantiles, ``alpha * q + kappa`` keeps the fraction
-    ``clip((alpha + kappa - threshold) / alpha, 0, 1)`` of layer l: kappa sets where it starts to shrink and alpha how
-    fast, so one transform is a linear schedule of every layer's width over the family."""
-    out = {}
-    for name, values in scores.items():
-        v = np.asarray(values, dtype=np.float64).reshape(-1)
-        out[name] = (np.argsort(np.argsort(v, kind="stable"), kind="stable") + 0.5) / max(v.size, 1)
-    return out
 
 
 class AffineSpace:

@@ -51,11 +51,12 @@ class SearchConfig(EvolutionConfig):
     seed_uniform: bool = Field(True, description="the first population also holds the transforms reproducing the "
                                                  "uniform allocation at each search target (beside the identity = "
                                                  "global ranking)")
-    normalize: Literal["none", "rank"] = Field(
+    normalize: Literal["none", "rank", "rank-mean"] = Field(
         "none", description="each layer's criterion scores before the affine transform: none (the criterion's values, "
-                            "the paper) or rank (their quantiles within the layer, one scale for every layer: alpha "
+                            "the paper), rank (their quantiles within the layer, one scale for every layer: alpha "
                             "and kappa then set each layer's keep fraction as a linear function of the global "
-                            "threshold; legr.methods.filters.legr.affine.within_layer_ranks)")
+                            "threshold) or rank-mean (rank, a channel written by several layers scored by their mean "
+                            "quantile, not the sum; legr.methods.filters.criteria.normalized_scores)")
     refine: int = Field(0, ge=0, description="then continue the search at each of the run's targets alone for this "
                                              "many candidates from the winner; the member cut there uses the "
                                              "refined transform, any other budget the shared ranking (0: off; "
