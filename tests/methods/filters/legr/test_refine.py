@@ -180,3 +180,20 @@ def test_the_estimate_counts_the_refinement_candidates_still_to_score(tmp_path):
     refine_path(log, 1).write_text("{}\n" * 5)
     assert refinements_left(log, 12, [0.7, 0.3, 0.5]) == [(0.3, 0), (0.5, 7), (0.7, 12)]
     assert refinements_left(log, 0, [0.3]) == []
+
+
+def test_each_refinement_also_starts_from_the_shared_candidates_best_at_its_target(resnet20, tmp_path):
+    """The shared search keeps every candidate's score at each search target; target k's first population holds, after
+    the winner and the uniform transform, the shared candidates that scored best at k (up to half the population)."""
+    learned, _, _ = learn(resnet20, params_fitness(), tmp_path, refine=24)
+    shared = json.loads((tmp_path / "state.json").read_text())["history"]
+    assert all(len(h["details"]) == 2 for h in shared)  # the scores at 30% and 60%
+    for k in range(2):
+        history = json.loads(refine_path(tmp_path / "state.json", k).read_text())["history"]
+        winner, uniform = history[1]["candidate"], history[2]["candidate"]
+        assert winner == {"alpha": list(learned.alpha), "kappa": list(learned.kappa)}
+        best = [h["candidate"] for h in sorted(shared, key=lambda h: (-h["details"][k], h["index"]))]
+        best = [c for i, c in enumerate(best) if c not in best[:i] and c not in (winner, uniform)]
+        population = json.loads(refine_path(tmp_path / "state.json", k).read_text())["config"]["population"]
+        room = min(population // 2, population - 3)
+        assert room >= 1 and [h["candidate"] for h in history[3:3 + room]] == best[:room]

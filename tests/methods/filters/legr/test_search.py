@@ -387,3 +387,31 @@ def test_restarts_resume_after_an_interrupt_in_the_second(tmp_path):
     same_result(resumed, aging_evolution(space, toy_fitness, cfg, progress=False))
     with pytest.raises(ConfigError, match="restarts"):
         EvolutionConfig(restarts=0)
+
+
+def test_details_returned_with_the_fitness_are_kept_across_an_interrupt(tmp_path):
+    """``evaluate`` may return ``(fitness, details)``: the fitness drives the search exactly as a bare one, the details
+    are written to the state beside it and come back in ``SearchResult.details`` after an interrupt and resume; a
+    state written without details (an earlier version) resumes with none for its candidates."""
+    space, cfg, state = make_space(), EvolutionConfig(4, 2, 12, seed=3), tmp_path / "state.json"
+    detailed = lambda c, i: (toy_fitness(c, i), [i, float(c.kappa[0])])  # noqa: E731
+
+    def interrupted(c, i):
+        if i == 7:
+            raise KeyboardInterrupt
+        return detailed(c, i)
+
+    with pytest.raises(KeyboardInterrupt):
+        aging_evolution(space, interrupted, cfg, state_path=state, progress=False)
+    resumed = aging_evolution(space, detailed, cfg, state_path=state, progress=False)
+    same_result(resumed, aging_evolution(space, toy_fitness, cfg, progress=False))
+    assert [d[0] for d in resumed.details] == list(range(12))
+    for i, candidate, details in resumed.details:
+        assert details == [i, space.from_json(candidate).kappa[0]]
+
+    data = json.loads(state.read_text())
+    for h in data["history"]:
+        h.pop("details")
+    state.write_text(json.dumps(data))
+    old = aging_evolution(space, detailed, EvolutionConfig(4, 2, 12, seed=3), state_path=state, progress=False)
+    assert old.details == [] and old.best == resumed.best

@@ -11,7 +11,9 @@ search is unchanged; ``PCG64([seed, r])`` for restart r), and each restart's sta
 is written atomically to its own state file after every evaluated candidate (``state_path``, then
 ``<stem>.restart<r>.json``), so a run killed at any moment and restarted with the same arguments ends exactly like
 an uninterrupted one. ``evaluate(candidate, index)`` receives the 0-based evaluation number over all restarts, so
-that any randomness inside it can be seeded per candidate, independently of resuming.
+that any randomness inside it can be seeded per candidate, independently of resuming. It returns the fitness, or
+``(fitness, details)`` with JSON-able details (e.g. the scores the fitness combines) kept in the state beside it and
+returned in `SearchResult.details`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar
 
@@ -98,6 +100,7 @@ class SearchResult(Generic[C]):
     seconds: float
     population: int
     restarts: int = 1
+    details: list[tuple[int, Any, Any]] = field(default_factory=list)  # (index, candidate JSON, details) when given
 
     def summary(self) -> dict[str, Any]:
         """JSON-able digest: best, identity (index 0) fitness, fitness quantiles early vs late (the first restart) and
@@ -134,6 +137,7 @@ class _Member:
     candidate: Any  # canonical JSON form
     parent: int | None = None
     seconds: float = 0.0
+    details: Any = None
 
 
 def space_fingerprint(space: Any) -> str | None:
@@ -158,7 +162,8 @@ class _State:
     def to_json(self) -> str:
         members = lambda ms, full: [  # noqa: E731
             {"index": m.index, "fitness": m.fitness, "candidate": m.candidate,
-             **({"parent": m.parent, "seconds": m.seconds} if full else {})} for m in ms]
+             **({"parent": m.parent, "seconds": m.seconds} if full else {}),
+             **({"details": m.details} if full and m.details is not None else {})} for m in ms]
         return json.dumps({
             "version": STATE_VERSION, "config": self.config_json(), "space": self.fingerprint,
             "rng": self.rng.bit_generator.state,
@@ -193,7 +198,7 @@ class _State:
                               f"{hint}")
         state.rng.bit_generator.state = data["rng"]
         state.history = [_Member(int(h["index"]), float(h["fitness"]), h["candidate"], h.get("parent"),
-                                 float(h.get("seconds", 0.0))) for h in data["history"]]
+                                 float(h.get("seconds", 0.0)), h.get("details")) for h in data["history"]]
         by_index = {m.index: m for m in state.history}
         state.population = [by_index[int(p["index"])] for p in data["population"]]
         return state
@@ -244,7 +249,8 @@ def restart_state_path(state_path: Path, restart: int) -> Path:
     return state_path if restart == 0 else state_path.with_name(name)
 
 
-def aging_evolution(space: SearchSpace[C], evaluate: Callable[[C, int], float], cfg: EvolutionConfig, *,
+def aging_evolution(space: SearchSpace[C], evaluate: Callable[[C, int], float | tuple[float, Any]],
+                    cfg: EvolutionConfig, *,
                     initial: Sequence[C] = (), state_path: Path | None = None, log_path: Path | None = None,
                     progress: bool = True) -> SearchResult[C]:
     """Run (or resume from ``state_path``) aging evolution, ``cfg.restarts`` independent times; ``evaluate(candidate,
@@ -299,8 +305,10 @@ def _step(space: SearchSpace[C], evaluate: Callable[[C, int], float], cfg: Evolu
         candidate = space.mutate(space.from_json(parent_m.candidate), state.rng, index, cfg.evaluations)
     candidate, obj = _canonical(space, candidate)
     start = time.perf_counter()
-    fitness = _fitness(evaluate(candidate, index))
-    member = _Member(index, fitness, obj, parent, time.perf_counter() - start)
+    value = evaluate(candidate, index)
+    value, details = value if isinstance(value, tuple) else (value, None)
+    member = _Member(index, _fitness(value), obj, parent, time.perf_counter() - start,
+                     None if details is None else json.loads(json.dumps(details)))  # as a resumed state holds them
     state.history.append(member)
     state.population.append(member)
     if len(state.population) > cfg.population:
@@ -314,7 +322,8 @@ def _result(space: SearchSpace[C], states: Sequence[_State]) -> SearchResult[C]:
     return SearchResult(best=space.from_json(best[1].candidate), best_fitness=best[1].fitness, best_index=best[0],
                         history=[(i, m.fitness) for i, _, m in ranked], evaluations=len(ranked),
                         seconds=sum(m.seconds for _, _, m in ranked), population=states[0].cfg.population,
-                        restarts=len(states))
+                        restarts=len(states),
+                        details=[(i, m.candidate, m.details) for i, _, m in ranked if m.details is not None])
 
 
 def _best_text(best: tuple[int, _Member] | None) -> str:

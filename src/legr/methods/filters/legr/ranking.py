@@ -272,7 +272,10 @@ def learn_ranking(
         solver = spec.solver(graph, cost, transformed, floors, unit)
         return [float(fitness(prune(graph, solver.solve(t)), i)) for t in at]
 
-    result = aging_evolution(space, lambda c, i: objective(per_target(c, i), reference), search, initial=initial,
+    def scored(scores: list[float]) -> tuple[float, list[float]]:  # the per-target scores kept: refinement seeds
+        return objective(scores, reference), scores
+
+    result = aging_evolution(space, lambda c, i: scored(per_target(c, i)), search, initial=initial,
                              state_path=state_path, log_path=log_path, progress=progress)
     best = per_target(result.best, result.best_index)  # the same index: the same batches, the same scores
     summary = {**result.summary(), "target_macs": targets[0] if len(targets) == 1 else targets, "budget": unit,
@@ -287,8 +290,9 @@ def learn_ranking(
                         AffineTransform(*uniform_transform(graph, cost, scores, t, floors, unit)))
         summary["refined"] = refine_targets(
             space, lambda c, k, i: per_target(c, i, [at[k]])[0], result.best, [known[t][1] for t in at], at,
-            [known[t][0] for t in at], objective, refine, search, search.evaluations, state_path=state_path,
-            log_path=log_path, progress=progress)
+            [known[t][0] for t in at], objective, refine, search, search.evaluations,
+            best_at=[best_at(space, result.details, targets.index(t)) if t in targets else [] for t in at],
+            state_path=state_path, log_path=log_path, progress=progress)
         summary["refine_references"] = len(extra)
     ranking = Ranking(
         tuple(layers), tuple(float(a) for a in result.best.alpha), tuple(float(k) for k in result.best.kappa),
@@ -302,6 +306,12 @@ def learn_ranking(
                                         allocator="uniform", scores=ranking.scores),
                        search={**summary, "fallback": "uniform"})
     return ranking
+
+
+def best_at(space: AffineSpace, details: Sequence[tuple[int, Any, Any]], k: int) -> list[AffineTransform]:
+    """The search's candidates by their score at its ``k``-th target, best first (ties: earliest), distinct."""
+    ranked = sorted((d for d in details if d[2] is not None), key=lambda d: (-float(d[2][k]), d[0]))
+    return _distinct([space.from_json(c) for _, c, _ in ranked])
 
 
 def _distinct(transforms: Sequence[AffineTransform]) -> list[AffineTransform]:

@@ -6,8 +6,10 @@ ResNet-20 / CIFAR-10-JPEG (30/47/70% MACs, equal numbers of fitness evaluations)
 higher at 47% and 70%: one transform cannot be best at every target. Refinement keeps the shared ranking (any budget is still cut from
 it: "learn once, cut many") and, for each search target, continues the evolution at that target alone for
 ``evaluations`` candidates, starting from the shared winner: its first population is the winner, the transform
-reproducing the uniform allocation there and mutations of the winner; mutations continue the shared search's
-annealing schedule (``offset`` steps already taken), so they are the small steps of a late search. The candidate
+reproducing the uniform allocation there, the shared search's candidates that scored best *at that target* (up to
+half the population: at 30% on ResNet-20 the shared winner's neighbourhood held nothing better, so the refinement
+also starts from where the shared search did best there) and mutations of the winner; mutations continue the shared
+search's annealing schedule (``offset`` steps already taken), so they are the small steps of a late search. The candidate
 scoring best at that target (the shared winner is one of them) becomes that target's transform; a member cut at a
 refined target uses it, every other budget the shared ranking.
 
@@ -84,11 +86,13 @@ class _LateSpace:
 def refine_targets(space: AffineSpace, score: Callable[[AffineTransform, int, int], float],
                    winner: AffineTransform, uniform: Sequence[AffineTransform], targets: Sequence[float],
                    reference: Sequence[float], objective: FamilyObjective, evaluations: int, search: EvolutionConfig,
-                   offset: int, *, state_path: Path | None = None, log_path: Path | None = None,
+                   offset: int, *, best_at: Sequence[Sequence[AffineTransform]] | None = None,
+                   state_path: Path | None = None, log_path: Path | None = None,
                    progress: bool = True) -> list[dict[str, Any]]:
     """Refine ``winner`` at each of ``targets`` (costs) in turn; ``score(candidate, k, index)`` is the candidate's
     fitness at target ``k``, ``uniform[k]`` the transform reproducing the uniform allocation there. The fitness of
-    a candidate is ``objective`` at that one target against ``reference[k]`` (so the guard still applies). Returns one
+    a candidate is ``objective`` at that one target against ``reference[k]`` (so the guard still applies);
+    ``best_at[k]`` are the shared search's candidates best at target ``k`` first (none: mutations only). Returns one
     record per target: its cost, the refined transform, its fitness and the shared winner's in the same search."""
     records = []
     for k, target in enumerate(targets):
@@ -96,6 +100,8 @@ def refine_targets(space: AffineSpace, score: Callable[[AffineTransform, int, in
         late = _LateSpace(space, offset)
         rng = np.random.Generator(np.random.PCG64([cfg.seed, 1]))
         seeds = [winner, uniform[k]]
+        room = max(0, min(cfg.population // 2, cfg.population - 1 - len(seeds)))
+        seeds += [t for t in (best_at[k] if best_at else ()) if t != winner and t != uniform[k]][:room]
         seeds += [late.mutate(winner, rng, 0, evaluations) for _ in range(cfg.population - 1 - len(seeds))]
         result = aging_evolution(
             late, lambda c, i, k=k: objective([score(c, k, refine_index(k, i))], [reference[k]]), cfg,
