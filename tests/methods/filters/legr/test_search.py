@@ -368,17 +368,23 @@ def test_restarts_are_independent_searches_and_the_fittest_wins(tmp_path):
     assert a.history[20:] != b.history
 
 
+def interrupt_at(k, fitness):
+    """``fitness``, raising KeyboardInterrupt at evaluation ``k`` (a user's Ctrl-C there)."""
+
+    def interrupted(c, i):
+        if i == k:
+            raise KeyboardInterrupt
+        return fitness(c, i)
+
+    return interrupted
+
+
 def test_restarts_resume_after_an_interrupt_in_the_second(tmp_path):
     space, state = make_space(), tmp_path / "state.json"
     cfg = EvolutionConfig(population=5, sample=2, evaluations=12, seed=2, restarts=3)
 
-    def interrupted(c, i):
-        if i == 17:
-            raise KeyboardInterrupt
-        return toy_fitness(c, i)
-
     with pytest.raises(KeyboardInterrupt):
-        aging_evolution(space, interrupted, cfg, state_path=state, progress=False)
+        aging_evolution(space, interrupt_at(17, toy_fitness), cfg, state_path=state, progress=False)
     assert history_len(state) == 12 and history_len(tmp_path / "state.restart1.json") == 5
     calls: list[int] = []
     resumed = aging_evolution(space, lambda c, i: calls.append(i) or toy_fitness(c, i), cfg, state_path=state,
@@ -396,13 +402,8 @@ def test_details_returned_with_the_fitness_are_kept_across_an_interrupt(tmp_path
     space, cfg, state = make_space(), EvolutionConfig(4, 2, 12, seed=3), tmp_path / "state.json"
     detailed = lambda c, i: (toy_fitness(c, i), [i, float(c.kappa[0])])  # noqa: E731
 
-    def interrupted(c, i):
-        if i == 7:
-            raise KeyboardInterrupt
-        return detailed(c, i)
-
     with pytest.raises(KeyboardInterrupt):
-        aging_evolution(space, interrupted, cfg, state_path=state, progress=False)
+        aging_evolution(space, interrupt_at(7, detailed), cfg, state_path=state, progress=False)
     resumed = aging_evolution(space, detailed, cfg, state_path=state, progress=False)
     same_result(resumed, aging_evolution(space, toy_fitness, cfg, progress=False))
     assert [d[0] for d in resumed.details] == list(range(12))
