@@ -5,7 +5,7 @@ LeGR's learned ranking in `legr.methods.filters.legr`; GDP's dynamic masks, `leg
 FBS's dynamic channel gating and RNP's runtime pruning agent, one trained network with an operating point per budget
 (`legr.methods.dynamic`);
 stages that follow a method in a chain (`legr.methods.stages`; int8 quantization:
-`legr.methods.int8`)."""
+`legr.methods.int8`; prune + decompose: `legr.methods.lowrank.stage`)."""
 
 import sys
 
@@ -15,6 +15,7 @@ from legr.methods.filters import FilterPruning, GlobalDynamicPruning, allocate, 
 from legr.methods.filters.legr import fitness, ranking
 from legr.methods.int8 import Int8Stage
 from legr.methods.lowrank.method import LowRank
+from legr.methods.lowrank.stage import DecomposeStage
 from legr.methods.magnitude.method import MagnitudePruning
 from legr.methods.stages import STAGES, Member, Stage, register_stage
 
@@ -23,5 +24,5 @@ for _old, _module in {"allocate": allocate, "criteria": criteria, "legr": legr, 
                       "legr.ranking": ranking}.items():
     sys.modules.setdefault(f"{__name__}.{_old}", _module)
 
-__all__ = ["METHODS", "STAGES", "FeatureBoosting", "FilterPruning", "GlobalDynamicPruning", "Int8Stage", "LowRank", "MagnitudePruning", "Member", "Method", "RunContext",
+__all__ = ["METHODS", "STAGES", "DecomposeStage", "FeatureBoosting", "FilterPruning", "GlobalDynamicPruning", "Int8Stage", "LowRank", "MagnitudePruning", "Member", "Method", "RunContext",
            "Stage", "register_method", "register_stage"]

@@ -50,6 +50,7 @@ class RunContext(Protocol):
     """What a run offers its method (`legr.pipeline.steps.Pipeline` implements it)."""
 
     cfg: Any  # the run's typed configuration (`legr.pipeline.config.RunConfig`: built from every method's keys)
+    method_cfg: Any  # ... as the method sees it: each target the one it cuts to (`Stage.method_target`)
     folder: MethodFolder  # the run folder (what a method reads and writes in it)
     data: Splits  # train / val / test splits, normalization, input size, classes
     device: torch.device

@@ -8,9 +8,10 @@ run's fine-tuning after it (``needs_finetune``). ``apply`` gets the member's fol
 network is a file of its own (the ``int8`` stage's ONNX model) writes it there. A stage's member is stored by the
 stage's ``save`` (default: its weights) and its ``member.json`` (the chain that made it and its figures, written last:
 the stage is done), and read back by the stage's ``load`` (default: ``apply`` again to the previous member — it must
-be deterministic — and those weights loaded; a stage with its own file opens it instead, redoing nothing). Adding a
-stage = a class implementing `Stage` + ``register_stage``; its settings are config keys it declares
-(``config_keys``), as a method's.
+be deterministic — and those weights loaded; a stage with its own file opens it instead, redoing nothing). A stage
+may take part of a member's budget itself (``method_target``: the method then cuts to a looser target) and may take
+the method's member as cut rather than fine-tuned (``finetune_before``). Adding a stage = a class implementing
+`Stage` + ``register_stage``; its settings are config keys it declares (``config_keys``), as a method's.
 """
 
 from __future__ import annotations
@@ -53,9 +54,21 @@ class Stage(ABC):
     needs_finetune: ClassVar[bool] = False  # its member is fine-tuned with the run's recipe after it
     last: ClassVar[bool] = False  # it ends a chain: its member is no PyTorch network another stage could take
     config_keys: ClassVar[dict[str, tuple[Any, Any]]] = {}  # as `Method.config_keys`
+    entry_keys: ClassVar[tuple[str, ...]] = ()  # as `Method.entry_keys`: what a comparison entry may set for itself
 
     def __init__(self, run: RunContext) -> None:
         self.run = run
+
+    def method_target(self, target: float) -> float:
+        """The target the step before this stage cuts to for a member of target ``target`` (a stage that takes
+        part of the budget itself, like ``decompose``, asks for a looser cut); default: the same."""
+        return target
+
+    @property
+    def finetune_before(self) -> bool:
+        """Whether the method's member is fine-tuned before this stage (as the first stage of a chain) or goes into
+        it as cut; default: fine-tuned."""
+        return True
 
     @abstractmethod
     def apply(self, member: Member, folder: MemberFolder) -> Member:
@@ -111,7 +124,8 @@ def _stage_member(run: RunContext, stage: Stage, previous: Member, folder: Membe
         with run.timed("finetune"):
             run.train(made.net.to(run.device), cfg, folder.finetune_checkpoint)
         made.net.cpu().eval()
-        figures["finetune_epochs"] = previous.figures.get("finetune_epochs", cfg.epochs) + cfg.epochs
+        tuned = cfg.epochs if len(previous.chain) > 1 or stage.finetune_before else 0  # the method's member's
+        figures["finetune_epochs"] = previous.figures.get("finetune_epochs", tuned) + cfg.epochs
     stage.save(made.net, folder)
     atomic_write_text(done, json.dumps({"chain": list(chain), "figures": figures}, indent=1))
     folder.finetune_checkpoint.unlink(missing_ok=True)

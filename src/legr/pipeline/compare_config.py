@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
-from legr.methods import METHODS
+from legr.methods import METHODS, STAGES
 from legr.pipeline.config import (
     MethodChain,
     RunConfig,
@@ -30,12 +30,12 @@ def _is_section(annotation: Any) -> bool:
 
 
 def _entry_fields() -> tuple[dict[str, tuple[Any, Any]], tuple[str, ...]]:
-    """The entry keys every registered method lets an entry set, and which of them are sections."""
+    """The entry keys every registered method and stage lets an entry set, and which of them are sections."""
     fields: dict[str, tuple[Any, Any]] = {}
     sections = []
-    for _, method in METHODS.items():
-        for key in method.entry_keys:
-            annotation, default = method.config_keys[key]
+    for step in [*(m for _, m in METHODS.items()), *(s for _, s in STAGES.items())]:
+        for key in step.entry_keys:
+            annotation, default = step.config_keys[key]
             if _is_section(annotation):
                 sections.append(key)
                 fields[key] = (dict[str, Any], Field(default_factory=dict, description=f"this entry's changes to the "

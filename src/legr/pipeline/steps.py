@@ -72,8 +72,10 @@ class Pipeline:
         self.folder = RunFolder(self.out)
         self.device = resolve_device(cfg.device)
         self._bn: dict[int, list[torch.Tensor]] = {}
-        self.method: Method = METHODS[cfg.chain[0]](self)
         self.stages = [STAGES[name](self) for name in cfg.chain[1:]]
+        targets = tuple(self.method_target(t) for t in cfg.targets)
+        self.method_cfg = cfg if targets == tuple(cfg.targets) else cfg.model_copy(update={"targets": targets})
+        self.method: Method = METHODS[cfg.chain[0]](self)
         # what needs no training is checked before the folder is claimed: the model builds and its checkpoint fits,
         # the dataset loads, and the method accepts the budgets (e.g. every target above the floor any cut reaches)
         self.method.validate()
@@ -219,17 +221,26 @@ class Pipeline:
         """The family's member folders, by target."""
         return [self.folder.member(member_name(self.method.prefix, t)) for t in sorted(self.cfg.targets)]
 
+    def method_target(self, target: float) -> float:
+        """The target the method cuts a member of target ``target`` to: the chain's stages, last first, may each
+        take part of the budget (`Stage.method_target`)."""
+        for stage in reversed(self.stages):
+            target = stage.method_target(target)
+        return target
+
     def prune(self) -> list[Path]:
         """Cut every member (work already on disk and still valid is kept)."""
-        for target, member in zip(sorted(self.cfg.targets), self.members()):
+        for target, member in zip(sorted(self.method_cfg.targets), self.members()):
             self.method.cut(self.prepared, target, member)
         return [m.root for m in self.members()]
 
     def finetune(self) -> None:
-        """Fine-tune every member, then apply the chain's stages to it (work already on disk is kept)."""
+        """Fine-tune every member (unless the chain's first stage takes it as cut), then apply the chain's stages
+        to it (work already on disk is kept)."""
         self.prune()
+        before = not self.stages or self.stages[0].finetune_before
         for member in self.members():
-            if not member.finetuned.exists():
+            if before and not member.finetuned.exists():
                 self.method.finetune(member)
             if self.stages:
                 self.load(member)

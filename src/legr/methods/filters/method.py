@@ -119,7 +119,7 @@ class FilterPruning(Method):
 
     def __init__(self, run) -> None:
         super().__init__(run)
-        self.cfg = run.cfg
+        self.cfg = run.method_cfg  # targets (and the search's, by default) those of the cut, not the chain's
         self.allocator = ALLOCATORS[self.cfg.allocator]  # the name was checked when the config was read
 
     @property

@@ -22,7 +22,7 @@ from torch import nn
 
 from legr.engine.cost import price
 from legr.errors import ConfigError
-from legr.methods.base import Method, register_method
+from legr.methods.base import Method, RunContext, register_method
 from legr.methods.folders import MemberFolder
 from legr.methods.lowrank.analysis import ANALYSIS_FILE, Analysis, analyze
 from legr.methods.lowrank.artifacts import RANKS_FILE, load_lowrank, save_lowrank
@@ -101,57 +101,66 @@ class LowRank(Method):
         return apply_ranks(copy.deepcopy(self.run.base), ranks)
 
     def cut(self, prepared: Analysis, target: float, member: MemberFolder) -> None:
-        run, section = self.run, self.section
+        run = self.run
         if (member.root / RANKS_FILE).exists() and member.weights.exists():
             return
-        selector = Selector(prepared, section.rules(), self.budget)
-        budget = target * prepared.base[self.budget]
-        scored: list[dict[str, Any]] = []
         with run.timed("prune"):
-            if section.selection == "map":
-                idx = selector.select_map(budget)
-            else:
-                count = section.candidates if section.selection == "inf" else 1
-                candidates = selector.model_candidates(budget, count, section.bins)
-                idx = candidates[0]
-                if section.selection == "inf":
-                    idx, scored = self._infer(selector, candidates)
-            ranks = selector.ranks(idx)
-            net = apply_ranks(copy.deepcopy(run.base), ranks).cpu().eval()
-        chosen_whole = {o.name: "selected whole: its cheapest rank costs the network metric more than the budget "
-                                "it frees" for o, i in zip(selector.options, idx) if o.ranks[i] is None}
-        figures = {"method": self.name, "criterion": None, "selection": section.selection, "target": target,
-                   "macs": prepared.cost(ranks, "macs"), "params": prepared.cost(ranks, "params"),
-                   "log_metric": selector.score(idx),
+            net, record, made = decompose(run, self.section, prepared, self.run.base, self.budget,
+                                          target * prepared.base[self.budget])
+        figures = {"method": self.name, "criterion": None, "target": target, **made,
                    "top1_before_ft": run.accuracy(net.to(run.device), run.data.test).top1}  # reported, chooses nothing
         net.cpu()
-        run.log(f"{member.name}: {len(ranks)} layers decomposed, {len(chosen_whole)} kept whole by choice, "
+        run.log(f"{member.name}: {len(record['ranks'])} layers decomposed, "
+                f"{len(record['whole']) - len(prepared.whole)} kept whole by choice, "
                 f"{figures['macs'] / prepared.base['macs']:.1%} of the MACs")
-        record = {"format": "legr-lowrank/1", "ranks": ranks, "full_ranks": {x.name: x.full_rank for x in
-                                                                            prepared.layers},
-                  "whole": {**dict(prepared.whole), **chosen_whole}, "figures": figures,
-                  "source": run.source_info(), "rules": section.model_dump(), "candidates": scored}
-        save_lowrank(member.root, net, record)
-
-    def _infer(self, selector: Selector, candidates: list[list[int]]) -> tuple[list[int], list[dict[str, Any]]]:
-        """ENC-Inf: each candidate decomposed and scored on the first ``inf_images`` validation images; the best
-        top-1 wins (ties: lower loss, then the higher network metric, i.e. the earlier candidate)."""
-        run = self.run
-        n = self.section.inf_images
-        split = (run.data.val[0][:n], run.data.val[1][:n])
-        scored = []
-        for idx in candidates:
-            ranks = selector.ranks(idx)
-            net = apply_ranks(copy.deepcopy(run.base), ranks).to(run.device)
-            result = run.accuracy(net, split)
-            scored.append({"ranks": ranks, "log_metric": selector.score(idx), "val_top1": result.top1,
-                           "val_loss": result.loss})
-        best = max(range(len(candidates)), key=lambda i: (scored[i]["val_top1"], -scored[i]["val_loss"], -i))
-        return candidates[best], scored
+        save_lowrank(member.root, net, {"format": "legr-lowrank/1", **record, "figures": figures,
+                                        "source": run.source_info()})
 
     def load(self, member: MemberFolder) -> tuple[nn.Module, dict[str, Any]]:
         net, record = load_lowrank(member.root, copy.deepcopy(self.run.base).cpu())
         return net, dict(record["figures"])
+
+
+def decompose(run: RunContext, section: LowRankSection, analysis: Analysis, net: nn.Module, unit: str,
+              budget: float) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """``net`` (not changed; ``analysis`` is its analysis) decomposed at the ranks ``section``'s selection chooses
+    for ``budget`` (in ``unit``, absolute), on the CPU in eval mode; its record for ``ranks.json`` (the ranks, the
+    full ranks, the layers left whole and why, the rules, the candidates ENC-Inf scored); its figures (selection,
+    macs, params, log metric)."""
+    selector = Selector(analysis, section.rules(), unit)
+    scored: list[dict[str, Any]] = []
+    if section.selection == "map":
+        idx = selector.select_map(budget)
+    else:
+        candidates = selector.model_candidates(budget, section.candidates if section.selection == "inf" else 1,
+                                               section.bins)
+        idx = candidates[0]
+        if section.selection == "inf":
+            idx, scored = _infer(run, section, selector, net, candidates)
+    ranks = selector.ranks(idx)
+    chosen_whole = {o.name: "selected whole: its cheapest rank costs the network metric more than the budget it "
+                            "frees" for o, i in zip(selector.options, idx) if o.ranks[i] is None}
+    figures = {"selection": section.selection, "macs": analysis.cost(ranks, "macs"),
+               "params": analysis.cost(ranks, "params"), "log_metric": selector.score(idx)}
+    record = {"ranks": ranks, "full_ranks": {x.name: x.full_rank for x in analysis.layers},
+              "whole": {**dict(analysis.whole), **chosen_whole}, "rules": section.model_dump(), "candidates": scored}
+    return apply_ranks(copy.deepcopy(net), ranks).cpu().eval(), record, figures
+
+
+def _infer(run: RunContext, section: LowRankSection, selector: Selector, net: nn.Module,
+           candidates: list[list[int]]) -> tuple[list[int], list[dict[str, Any]]]:
+    """ENC-Inf: each candidate (ranks for ``net``) decomposed and scored on the first ``inf_images`` validation
+    images; the best top-1 wins (ties: lower loss, then the higher network metric, i.e. the earlier candidate)."""
+    n = section.inf_images
+    split = (run.data.val[0][:n], run.data.val[1][:n])
+    scored = []
+    for idx in candidates:
+        ranks = selector.ranks(idx)
+        result = run.accuracy(apply_ranks(copy.deepcopy(net), ranks).to(run.device), split)
+        scored.append({"ranks": ranks, "log_metric": selector.score(idx), "val_top1": result.top1,
+                       "val_loss": result.loss})
+    best = max(range(len(candidates)), key=lambda i: (scored[i]["val_top1"], -scored[i]["val_loss"], -i))
+    return candidates[best], scored
 
 
 def _flat(module: nn.Module) -> torch.Tensor:
