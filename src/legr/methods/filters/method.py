@@ -253,7 +253,7 @@ class FilterPruning(Method):
         s, classes = self.cfg.search, self.run.data.num_classes
         return FamilyObjective(
             s.aggregate, s.guard, chance=1 / classes if s.fitness == "accuracy" else -math.log(classes),
-            val_images=len(self.run.data.val[1]) if s.fitness == "accuracy" else 0)
+            val_images=len(self.run.data.val[1]) if s.fitness == "accuracy" else 0, guard_weight=s.guard_weight)
 
     def _log_margins(self, margins: list[dict[str, Any]]) -> None:
         metric = "top-1" if self.cfg.search.fitness == "accuracy" else "-loss"

@@ -273,3 +273,46 @@ def test_candidate_fitness_is_adaptive_bn_then_tau_steps_then_the_validation_met
     assert got == val(expected).top1
     with pytest.raises(ValueError, match="train_loader"):
         CandidateFitness(val, tau=1)
+
+
+def test_a_soft_guard_charges_the_shortfall_and_chooses_like_the_hard_one():
+    """``guard_weight``: an infeasible candidate loses w x its shortfall below the tolerance band (not `PENALTY`), so
+    it still ranks among the others while searching; the candidate returned is the best feasible one by the plain
+    aggregate, as under the hard guard; none feasible: None."""
+    uniform = [0.5, 0.5]
+    soft = FamilyObjective(val_images=1000, guard_weight=1.0)
+    tol = np.sqrt(0.25 / 1000)
+    short = [0.4, 0.9]  # 0.1 - tol below the band at the first target, far ahead at the second
+    assert soft.shortfall(short, uniform) == pytest.approx(0.1 - tol) and soft.shortfall([0.5, 0.6], uniform) == 0
+    assert soft(short, uniform) == pytest.approx(0.65 - (0.1 - tol))
+    assert FamilyObjective(val_images=1000)(short, uniform) == pytest.approx(0.65 - 1000)
+    assert soft(short, uniform) > soft([0.5, 0.51], uniform)  # breeds ahead of a barely feasible candidate
+    scored = [(0, "a", short), (1, "b", [0.5, 0.51]), (2, "c", [0.52, 0.55]), (3, "d", [0.55, 0.52])]
+    assert soft.choose(scored, uniform) == (2, "c")  # c and d tie on the mean: the earlier one
+    assert soft.choose(scored[:1], uniform) is None
+
+
+def test_a_soft_guarded_search_returns_its_best_feasible_candidate(resnet20):
+    """Candidates with an even evaluation index score far below uniform at the first target and far above it at the
+    second: under the soft guard they are the search's fittest, yet the ranking returned is the best feasible one."""
+    model, graph = resnet20
+    cost = CostModel(graph)
+    targets = [0.3 * cost.base_macs, 0.6 * cost.base_macs]
+    calls = {"n": 0}
+
+    def fitness(net, i):
+        if i >= REFERENCE_INDEX:
+            return 0.5
+        calls["n"] += 1
+        first = calls["n"] % 2 == 1
+        if i % 2 == 0:
+            return 0.2 if first else 3.0
+        return 0.5 if first else 0.6 + 0.01 * i
+
+    learned = learn_ranking(model, graph, fitness, targets, progress=False, fallback=False,
+                            search=EvolutionConfig(population=4, sample=2, evaluations=9, seed=0),
+                            objective=FamilyObjective(chance=0.1, val_images=1000, guard_weight=1.0))
+    assert learned.search["guard_weight"] == 1.0 and learned.search["best_fitness"] > 1.0  # an infeasible one
+    assert learned.search["chosen_index"] == 7  # the last odd index: the best feasible mean
+    assert [round(m["score"], 6) for m in learned.search["margins"]] == [0.5, 0.67]
+    assert "infeasible_targets" not in learned.search

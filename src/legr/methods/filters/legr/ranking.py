@@ -277,10 +277,15 @@ def learn_ranking(
 
     result = aging_evolution(space, lambda c, i: scored(per_target(c, i)), search, initial=initial,
                              state_path=state_path, log_path=log_path, progress=progress)
-    best = per_target(result.best, result.best_index)  # the same index: the same batches, the same scores
+    chosen, chosen_index = result.best, result.best_index
+    pick = objective.choose(result.details, reference) if objective.guard_weight is not None else None
+    if objective.guard and pick is not None:  # a soft guard steered the search; the choice is the hard guard's
+        chosen_index, chosen = pick[0], space.from_json(pick[1])
+    best = per_target(chosen, chosen_index)  # the same index: the same batches, the same scores
     summary = {**result.summary(), "target_macs": targets[0] if len(targets) == 1 else targets, "budget": unit,
                "aggregate": objective.aggregate, "guard": objective.guard, "reference": reference,
-               "margins": objective.margins(targets, best, reference)}
+               "margins": objective.margins(targets, best, reference), "chosen_index": chosen_index,
+               **({"guard_weight": objective.guard_weight} if objective.guard_weight is not None else {})}
     if refine:
         at = [float(t) for t in refine_at] if refine_at is not None else targets
         known = {t: (reference[k], uniform[k]) for k, t in enumerate(targets)}
@@ -289,13 +294,13 @@ def learn_ranking(
             known[t] = (uniform_score(t, len(targets) + j),
                         AffineTransform(*uniform_transform(graph, cost, scores, t, floors, unit)))
         summary["refined"] = refine_targets(
-            space, lambda c, k, i: per_target(c, i, [at[k]])[0], result.best, [known[t][1] for t in at], at,
+            space, lambda c, k, i: per_target(c, i, [at[k]])[0], chosen, [known[t][1] for t in at], at,
             [known[t][0] for t in at], objective, refine, search, search.evaluations,
             best_at=[best_at(space, result.details, targets.index(t)) if t in targets else [] for t in at],
             state_path=state_path, log_path=log_path, progress=progress)
         summary["refine_references"] = len(extra)
     ranking = Ranking(
-        tuple(layers), tuple(float(a) for a in result.best.alpha), tuple(float(k) for k in result.best.kappa),
+        tuple(layers), tuple(float(a) for a in chosen.alpha), tuple(float(k) for k in chosen.kappa),
         criterion, model_fingerprint(model), search=summary, allocator=allocator, scores=stored_scores(scores, layers),
     )
     if objective.guard and not objective.feasible(best, reference):

@@ -48,6 +48,11 @@ class SearchConfig(EvolutionConfig):
                             "mean")
     guard: bool = Field(True, description="never return a ranking scoring below the uniform allocation at a search "
                                           "target (beyond validation sampling error); fall back to uniform instead")
+    guard_weight: float | None = Field(None, ge=0, description="null: the guard's infeasible candidates score below "
+                                                               "every feasible one while searching; w: they lose w x "
+                                                               "their summed shortfall instead (a soft guard: they "
+                                                               "still breed), and the best feasible one is returned "
+                                                               "(legr.methods.filters.legr.family)")
     seed_uniform: bool = Field(True, description="the first population also holds the transforms reproducing the "
                                                  "uniform allocation at each search target (beside the identity = "
                                                  "global ranking)")
