@@ -299,8 +299,11 @@ def compare(folder: str) -> Callable[[], list[str]]:
         restarted = {m: v for m, v in d.get("searches", {}).items() if any(len(r["restart_best"]) > 1 for r in v.values())}
         if restarted:
             out += ["", "Validation fitness of each independent search (restart 0 / restart 1 / ...; the fitter "
-                    "winner is kept), per seed:"]
+                    "winner is kept), per seed, and (where recorded) how many of each search's candidates the guard "
+                    "found below uniform:"]
             out += [f"- {m}: " + "; ".join(f"seed {seed} " + " / ".join(_fitness(f) for f in r["restart_best"])
+                                            + (f" (infeasible {' / '.join(map(str, r['infeasible']))})"
+                                               if "infeasible" in r else "")
                                             for seed, r in v.items()) for m, v in restarted.items()]
         if pc:
             out += ["", f"Pipeline cost ({pc['method']}, seed {pc['seed']}): learning once and cutting {len(targets)} "

@@ -134,14 +134,16 @@ class Comparison:
         return result
 
     def _searches(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """Per searching method and seed: the winner's validation fitness and each restart's best (ranking.json)."""
+        """Per searching method and seed: the winner's validation fitness, each restart's best and how many of its
+        candidates the guard found infeasible (ranking.json)."""
         out: dict[str, dict[str, dict[str, Any]]] = {}
         for ref in self.runs():
             search = json.loads(ref.folder.ranking.read_text()).get("search", {}) if ref.folder.ranking.exists() else {}
             if "best_fitness" in search:
                 out.setdefault(ref.method.name, {})[str(ref.seed)] = {
                     "best_fitness": search["best_fitness"], "restart_best": search.get("restart_best",
-                                                                                       [search["best_fitness"]])}
+                                                                                       [search["best_fitness"]]),
+                    **({"infeasible": search["infeasible"]} if "infeasible" in search else {})}
         return out
 
     def _search_costs(self) -> dict[str, dict[str, dict[str, Any]]]:

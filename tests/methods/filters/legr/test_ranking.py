@@ -290,6 +290,7 @@ def test_a_soft_guard_charges_the_shortfall_and_chooses_like_the_hard_one():
     scored = [(0, "a", short), (1, "b", [0.5, 0.51]), (2, "c", [0.52, 0.55]), (3, "d", [0.55, 0.52])]
     assert soft.choose(scored, uniform) == (2, "c")  # c and d tie on the mean: the earlier one
     assert soft.choose(scored[:1], uniform) is None
+    assert soft.infeasible(scored, uniform, restarts=2) == [1, 0]  # per restart: the first two, the last two
 
 
 def test_a_soft_guarded_search_returns_its_best_feasible_candidate(resnet20):
@@ -316,3 +317,4 @@ def test_a_soft_guarded_search_returns_its_best_feasible_candidate(resnet20):
     assert learned.search["chosen_index"] == 7  # the last odd index: the best feasible mean
     assert [round(m["score"], 6) for m in learned.search["margins"]] == [0.5, 0.67]
     assert "infeasible_targets" not in learned.search
+    assert learned.search["infeasible"] == [5]  # the even indices 0, 2, 4, 6, 8

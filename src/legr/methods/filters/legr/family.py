@@ -82,6 +82,16 @@ class FamilyObjective:
             value -= PENALTY if self.guard_weight is None else self.guard_weight * short
         return value
 
+    def infeasible(self, scored: Sequence[tuple[int, Any, Sequence[float]]], reference: Sequence[float],
+                   restarts: int = 1) -> list[int]:
+        """Per restart (``scored``: a search's ``(index, candidate, per-target scores)``, its restarts' candidates
+        in equal consecutive blocks), how many candidates fall outside the tolerance band somewhere."""
+        per = max(1, -(-len(scored) // restarts))
+        counts = [0] * restarts
+        for n, (_, _, s) in enumerate(sorted(scored, key=lambda x: x[0])):
+            counts[n // per] += not self.feasible(s, reference)
+        return counts
+
     def choose(self, scored: Sequence[tuple[int, Any, Sequence[float]]],
                reference: Sequence[float]) -> tuple[int, Any] | None:
         """Of ``(index, candidate, per-target scores)``, the feasible one with the best aggregate (ties: the

@@ -285,6 +285,7 @@ def learn_ranking(
     summary = {**result.summary(), "target_macs": targets[0] if len(targets) == 1 else targets, "budget": unit,
                "aggregate": objective.aggregate, "guard": objective.guard, "reference": reference,
                "margins": objective.margins(targets, best, reference), "chosen_index": chosen_index,
+               "infeasible": objective.infeasible(result.details, reference, result.restarts),
                **({"guard_weight": objective.guard_weight} if objective.guard_weight is not None else {})}
     if refine:
         at = [float(t) for t in refine_at] if refine_at is not None else targets
