@@ -211,8 +211,8 @@ class FilterPruning(Method):
         learned = learn_ranking(
             run.base, run.graph, self._fitness(), [t * base for t in targets], unit=self.budget, cost=run.cost,
             objective=self._objective(), criterion=cfg.criterion, scores=scores, allocator=cfg.allocator, floors=self.floors,
-            mutate_fraction=s.mutate_fraction, seed_uniform=s.seed_uniform, refine=s.refine,
-            refine_at=[t * base for t in sorted(cfg.targets)],
+            mutate_fraction=s.mutate_fraction, mutation_scale=s.mutation_scale, seed_uniform=s.seed_uniform,
+            refine=s.refine, refine_at=[t * base for t in sorted(cfg.targets)],
             fallback=False, search=s.evolution(cfg.seed),
             state_path=run.folder.search_state, log_path=run.folder.search_log, progress=run.progress,
         )

@@ -159,6 +159,24 @@ def test_sigma_schedule_statistics():
         assert np.std(np.concatenate(dk)) == pytest.approx(1.0, rel=0.07)  # std_l * kappa_scale
 
 
+def test_mutation_scale_shrinks_every_step_by_its_factor():
+    """The same random draws, scaled: log-alpha and kappa steps at scale 0.3 are 0.3 x those at scale 1 (the
+    paper's); the scale is part of the space's identity (a state file resumes only the same search)."""
+    names, std = [f"l{i}" for i in range(10)], np.linspace(0.5, 2, 10)
+    full, local = AffineSpace(names, std), AffineSpace(names, std, mutation_scale=0.3)
+    parent = full.random(np.random.Generator(np.random.PCG64(3)))
+    for step in (0, 150, 390):
+        a = full.mutate(parent, np.random.Generator(np.random.PCG64(step)), step, 400)
+        b = local.mutate(parent, np.random.Generator(np.random.PCG64(step)), step, 400)
+        np.testing.assert_allclose(np.log(b.alpha / parent.alpha), 0.3 * np.log(a.alpha / parent.alpha), atol=1e-12)
+        np.testing.assert_allclose(b.kappa - parent.kappa, 0.3 * (a.kappa - parent.kappa), atol=1e-12)
+        assert (a.kappa != parent.kappa).sum() == 1  # one layer moved, by both
+    assert local.fingerprint != full.fingerprint
+    assert AffineSpace(names, std, mutation_scale=1.0).fingerprint == full.fingerprint  # the default's unchanged
+    with pytest.raises(ConfigError, match="mutation_scale"):
+        AffineSpace(names, std, mutation_scale=-1)
+
+
 def test_random_members_distribution():
     space = AffineSpace(["a", "b"], [0.5, 3.0])
     rng = np.random.Generator(np.random.PCG64(7))

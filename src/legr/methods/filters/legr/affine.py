@@ -1,8 +1,9 @@
 """LeGR's search space: one affine transform ``alpha_l * score + kappa_l`` per layer (LCP: alpha fixed at 1).
 
 Random members: ``alpha = exp(N(0, 1))``, ``kappa = N(0, std_l)``; a mutation redraws ``max(1, int(f * L))`` distinct
-layers with ``alpha *= exp(N(0, sigma))``, ``sigma = 1 - step / (1.25 * total)``, and ``kappa += N(0, std_l)``, where
-``std_l`` is the standard deviation of layer l's criterion scores (times ``kappa_scale``).
+layers with ``alpha *= exp(N(0, s * sigma))``, ``sigma = 1 - step / (1.25 * total)``, and ``kappa += N(0, s * std_l)``,
+where ``std_l`` is the standard deviation of layer l's criterion scores (times ``kappa_scale``) and ``s`` the
+``mutation_scale`` (the paper: 1; smaller: a more local search).
 `legr.methods.filters.criteria.normalized_scores` may put every layer's scores on one scale first (``search.normalize``).
 """
 
@@ -63,7 +64,7 @@ class AffineSpace:
     """`SearchSpace` of `AffineTransform` over ``layer_names``; ``learn_alpha=False`` gives LCP (alpha == 1)."""
 
     def __init__(self, layer_names: Sequence[str], score_std: Sequence[float], mutate_fraction: float = 0.1,
-                 kappa_scale: float = 1.0, learn_alpha: bool = True) -> None:
+                 kappa_scale: float = 1.0, learn_alpha: bool = True, mutation_scale: float = 1.0) -> None:
         self.layer_names = tuple(str(n) for n in layer_names)
         self.score_std = _frozen_array(score_std, "score_std")
         if not self.layer_names:
@@ -76,8 +77,10 @@ class AffineSpace:
             raise ConfigError("score_std must be >= 0")
         if not 0.0 < mutate_fraction <= 1.0:
             raise ConfigError(f"mutate_fraction must be in (0, 1], got {mutate_fraction}")
-        if not (math.isfinite(kappa_scale) and kappa_scale >= 0):
-            raise ConfigError(f"kappa_scale must be finite and >= 0, got {kappa_scale}")
+        for name, value in (("kappa_scale", kappa_scale), ("mutation_scale", mutation_scale)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name} must be finite and >= 0, got {value}")
+        self.mutation_scale = float(mutation_scale)
         self.mutate_fraction = float(mutate_fraction)
         self.kappa_scale = float(kappa_scale)
         self.learn_alpha = bool(learn_alpha)
@@ -97,7 +100,8 @@ class AffineSpace:
         """sha256 (16 hex) of layer names, score stds and options: a state file is only resumed by the same space."""
         desc = {"layers": self.layer_names, "score_std": [repr(float(s)) for s in self.score_std],
                 "mutate_fraction": self.mutate_fraction, "kappa_scale": self.kappa_scale,
-                "learn_alpha": self.learn_alpha}
+                "learn_alpha": self.learn_alpha,
+                **({"mutation_scale": self.mutation_scale} if self.mutation_scale != 1.0 else {})}
         return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
 
     def identity(self) -> AffineTransform:
@@ -117,8 +121,8 @@ class AffineSpace:
         layers = rng.choice(self.num_layers, size=self.mutate_layers, replace=False)
         alpha, kappa = parent.alpha.copy(), parent.kappa.copy()
         if self.learn_alpha:
-            alpha[layers] *= np.exp(rng.normal(0.0, self.sigma(step, total), layers.size))
-        kappa[layers] += rng.normal(0.0, self._kappa_std[layers])
+            alpha[layers] *= np.exp(rng.normal(0.0, self.mutation_scale * self.sigma(step, total), layers.size))
+        kappa[layers] += rng.normal(0.0, self.mutation_scale * self._kappa_std[layers])
         return AffineTransform(alpha, kappa)
 
     def to_json(self, candidate: AffineTransform) -> dict[str, list[float]]:

@@ -214,6 +214,7 @@ def learn_ranking(
     search: EvolutionConfig = EvolutionConfig(),
     objective: FamilyObjective = FamilyObjective(),
     mutate_fraction: float = 0.1,
+    mutation_scale: float = 1.0,
     seed_uniform: bool = True,
     refine: int = 0,
     refine_at: Sequence[float] | None = None,
@@ -254,7 +255,7 @@ def learn_ranking(
     layers = ranked_layers(graph)
     scores = dict(scores) if scores is not None else compute_scores(criterion, graph, model)
     space = AffineSpace(layers, layer_score_std(scores, layers), mutate_fraction=mutate_fraction,
-                        learn_alpha=spec.search == "affine")
+                        learn_alpha=spec.search == "affine", mutation_scale=mutation_scale)
     index = {name: i for i, name in enumerate(layers)}
     raw = group_scores(graph, scores)
     raw_solver = spec.solver(graph, cost, raw, floors, unit)

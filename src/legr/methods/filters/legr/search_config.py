@@ -33,6 +33,8 @@ class SearchConfig(EvolutionConfig):
                                                             "random stream); the fittest candidate of all wins "
                                                             "(the paper: 1)")
     mutate_fraction: float = Field(0.1, gt=0, le=1)
+    mutation_scale: float = Field(1.0, ge=0, description="scales a mutation's steps (log-alpha std and kappa std; "
+                                                         "the paper: 1, smaller: a more local search)")
     bn_batches: int = Field(20, ge=0, description="training batches re-estimating BN statistics before the fitness "
                                                   "(0: keep the source network's statistics, as the paper)")
     tau: int = Field(0, ge=0, description="fine-tune steps per candidate before measuring fitness")
