@@ -69,7 +69,7 @@ def tally(stem: str = "torchvision_tally", what: str = "Every torchvision classi
 
 def latency() -> list[str]:
     out: list[str] = []
-    for stem in ("latency_uniform", "latency_uniform_t1"):
+    for stem in ("latency_uniform", "latency_uniform_t1", "lowrank_latency_t1"):
         d = _load(f"{stem}.json")
         if d is None or not d.get("complete"):
             continue
@@ -77,14 +77,17 @@ def latency() -> list[str]:
         rows = []
         for m in d["models"]:
             for t in m["targets"]:
-                rows.append([m["model"], f"{t['target']:.2f}", f"{t['macs'] / m['base_macs']:.3f}",
-                             f"{t['params'] / m['base_params']:.3f}"]
+                rows.append([m["model"], t.get("method", "uniform"), f"{t['target']:.2f}",
+                             f"{t['macs'] / m['base_macs']:.3f}", f"{t['params'] / m['base_params']:.3f}"]
                             + [f"{t['latency_ratio'][b]:.3f}" for b in batches]
                             + [f"**{t['efficiency'][b]:.2f}**" for b in batches])
-        head = ["model", "target", "MACs ratio", "params ratio"] + [f"latency ratio b{b}" for b in batches] + \
+        head = ["model", "method", "target", "MACs ratio", "params ratio"] + [f"latency ratio b{b}" for b in batches] + \
             [f"efficiency b{b}" for b in batches]
         load = d["machine_load"]["mean_foreign_load"]
-        out += [f"Uniform L1 pruning, physically applied, CPU latency, {d['settings']['threads']} thread(s) "
+        what = " against ".join({"uniform": "Uniform L1 pruning, physically applied", "enc-model": "ENC-Model SVD "
+                                 "decomposition", "enc-map": "ENC-Map SVD decomposition"}[x]
+                                for x in d["settings"].get("methods", ["uniform"]))
+        out += [f"{what}, CPU latency, {d['settings']['threads']} thread(s) "
                 f"({d['hardware_label']}, {d['created'][:10]}, `{d['command']}`; other processes used "
                 f"{100 * load:.0f}% of the CPU meanwhile; details in `benchmarks/results/{stem}.md`). "
                 "Efficiency = latency speedup / MACs speedup (1.0 = latency falls as fast as MACs):", ""]
