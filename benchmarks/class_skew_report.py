@@ -124,7 +124,7 @@ def markdown(r: dict[str, Any]) -> str:
                   f"(outputs more confident pass through), floor {t['floor']:g}, estimator **{t['estimator']}** with "
                   f"a memory of {t['memory']} images; runtime target: the source network's validation top-1 "
                   f"({_pct(r['target'])}%), hysteresis {_pct(r['hysteresis'])} points.", "",
-              f"Test top-1 % (mean over the streams of each kind; whole streams, warm-up included). Streams: "
+              "Test top-1 % (mean over the streams of each kind; whole streams, warm-up included). Streams: "
               + ", ".join(f"{GROUP_LABEL[grp]}: {sum(x['group'] == grp for x in r['streams'])} "
                           f"({next(x['length'] for x in r['streams'] if x['group'] == grp)} images)"
                           for grp in s["groups"]) + ":", "",
