@@ -59,13 +59,15 @@ class Stage(ABC):
     def __init__(self, run: RunContext) -> None:
         self.run = run
 
-    def method_target(self, target: float) -> float:
-        """The target the step before this stage cuts to for a member of target ``target`` (a stage that takes
-        part of the budget itself, like ``decompose``, asks for a looser cut); default: the same."""
+    @classmethod
+    def method_target(cls, cfg: Any, target: float) -> float:
+        """The target the step before this stage cuts to for a member of target ``target`` under the run config
+        ``cfg`` (a stage that takes part of the budget itself, like ``decompose``, asks for a looser cut); default:
+        the same."""
         return target
 
-    @property
-    def finetune_before(self) -> bool:
+    @classmethod
+    def finetune_before(cls, cfg: Any) -> bool:
         """Whether the method's member is fine-tuned before this stage (as the first stage of a chain) or goes into
         it as cut; default: fine-tuned."""
         return True
@@ -100,6 +102,14 @@ def method_member(method: str, folder: MemberFolder, net: nn.Module, figures: di
     return Member(net, plan, figures, (method,))
 
 
+def method_target(cfg: Any, target: float) -> float:
+    """The target a chain's method cuts a member of target ``target`` to: its stages, last first, may each take part
+    of the budget (`Stage.method_target`)."""
+    for name in reversed(cfg.chain[1:]):
+        target = STAGES[name].method_target(cfg, target)
+    return target
+
+
 def run_stages(run: RunContext, stages: list[Stage], member: Member,
                folder: MemberFolder) -> tuple[Member, MemberFolder]:
     """The member after every stage, each stage's member in the folder of the one before it under the stage's name
@@ -124,7 +134,7 @@ def _stage_member(run: RunContext, stage: Stage, previous: Member, folder: Membe
         with run.timed("finetune"):
             run.train(made.net.to(run.device), cfg, folder.finetune_checkpoint)
         made.net.cpu().eval()
-        tuned = cfg.epochs if len(previous.chain) > 1 or stage.finetune_before else 0  # the method's member's
+        tuned = cfg.epochs if len(previous.chain) > 1 or stage.finetune_before(run.cfg) else 0  # the method's
         figures["finetune_epochs"] = previous.figures.get("finetune_epochs", tuned) + cfg.epochs
     stage.save(made.net, folder)
     atomic_write_text(done, json.dumps({"chain": list(chain), "figures": figures}, indent=1))

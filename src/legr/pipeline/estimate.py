@@ -35,7 +35,8 @@ from torch import nn
 from legr.data import TensorLoader
 from legr.engine.latency import measure_latency
 from legr.engine.latency_model import latency_model_path
-from legr.methods import METHODS
+from legr.methods import METHODS, STAGES
+from legr.methods.stages import MEMBER_FILE, method_target
 from legr.pipeline.compare import Comparison
 from legr.pipeline.compare_config import CompareConfig
 from legr.pipeline.config import LatencyBudget
@@ -220,7 +221,8 @@ def estimate_piece(cfg: CompareConfig, source: Pipeline, work: str | Path | None
                 continue
             other += setup_s
             method, settings = METHODS[m.chain[0]], rc.model_dump()
-            prepare = method.prepare_seconds(rc, run, units)
+            mrc = rc.model_copy(update={"targets": tuple(method_target(rc, t) for t in rc.targets)})  # its cuts'
+            prepare = method.prepare_seconds(mrc, run, units)
             if method.searches(settings):
                 search += prepare
             else:
@@ -229,10 +231,12 @@ def estimate_piece(cfg: CompareConfig, source: Pipeline, work: str | Path | None
             if budget is not None and not latency_done:
                 latency_done = True
                 other += _latency_model_s(units, source, budget, folder.root)
+            stages = [STAGES[name] for name in m.chain[1:]]
             for t in sorted(rc.targets):
                 member = run.member(member_name(method.member_prefix(settings), t))
-                size = t if method.channel_plans else 1.0  # e.g. a sparse network computes as the dense one
-                *cutting, (ft_size, ft_recipe) = method.member_training(rc, t)
+                cut = method_target(rc, t)
+                size = cut if method.channel_plans else 1.0  # e.g. a sparse network computes as the dense one
+                *cutting, (ft_size, ft_recipe) = method.member_training(mrc, cut)
                 if not all(f.exists() for f in method.member_files(run, member)):
                     finetune += sum(units.training(f, recipe) for f, recipe in cutting)
                     other += 2 * units.test(size)  # top-1 as cut and after adaptive BN
@@ -240,8 +244,13 @@ def estimate_piece(cfg: CompareConfig, source: Pipeline, work: str | Path | None
                     if budget is not None and budget.measure_members:
                         per = max(budget.repeats * units.forward(budget.batch_size), 0.1)
                         other += MEASURED_CUTS * 5 * 2 * per
-                if not member.finetuned.exists():
+                if not member.finetuned.exists() and (not stages or stages[0].finetune_before(rc)):
                     finetune += units.training(ft_size, ft_recipe)
+                path = member.root
+                for stage in stages:  # a stage that fine-tunes its member: the run's recipe at the member's size
+                    path = path / stage.name
+                    if stage.needs_finetune and not (path / MEMBER_FILE).exists():
+                        finetune += units.training(t if method.channel_plans else 1.0, rc.finetune)
                 other += units.test(size)
     pc = cfg.compare.pipeline_cost
     if pc is not None:

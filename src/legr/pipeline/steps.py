@@ -35,7 +35,7 @@ from legr.errors import ConfigError
 from legr.graph import analyze
 from legr.hardware import git_revision, hardware_label
 from legr.methods import METHODS, STAGES, Member, Method
-from legr.methods.stages import method_member, run_stages
+from legr.methods.stages import method_member, method_target, run_stages
 from legr.models import build_from_factory, build_model, load_checkpoint, save_state_dict
 from legr.models.registry import resolve_factory
 from legr.paths import atomic_write_text, make_folder
@@ -73,7 +73,7 @@ class Pipeline:
         self.device = resolve_device(cfg.device)
         self._bn: dict[int, list[torch.Tensor]] = {}
         self.stages = [STAGES[name](self) for name in cfg.chain[1:]]
-        targets = tuple(self.method_target(t) for t in cfg.targets)
+        targets = tuple(method_target(cfg, t) for t in cfg.targets)
         self.method_cfg = cfg if targets == tuple(cfg.targets) else cfg.model_copy(update={"targets": targets})
         self.method: Method = METHODS[cfg.chain[0]](self)
         # what needs no training is checked before the folder is claimed: the model builds and its checkpoint fits,
@@ -221,13 +221,6 @@ class Pipeline:
         """The family's member folders, by target."""
         return [self.folder.member(member_name(self.method.prefix, t)) for t in sorted(self.cfg.targets)]
 
-    def method_target(self, target: float) -> float:
-        """The target the method cuts a member of target ``target`` to: the chain's stages, last first, may each
-        take part of the budget (`Stage.method_target`)."""
-        for stage in reversed(self.stages):
-            target = stage.method_target(target)
-        return target
-
     def prune(self) -> list[Path]:
         """Cut every member (work already on disk and still valid is kept)."""
         for target, member in zip(sorted(self.method_cfg.targets), self.members()):
@@ -238,7 +231,7 @@ class Pipeline:
         """Fine-tune every member (unless the chain's first stage takes it as cut), then apply the chain's stages
         to it (work already on disk is kept)."""
         self.prune()
-        before = not self.stages or self.stages[0].finetune_before
+        before = not self.stages or self.stages[0].finetune_before(self.cfg)
         for member in self.members():
             if before and not member.finetuned.exists():
                 self.method.finetune(member)

@@ -94,3 +94,20 @@ def test_a_comparison_entry_sets_the_split_for_itself(tmp_path):
     assert rows["uniform+enc"]["macs"] <= 0.5 * rows["baseline"]["macs"]
     member = tmp_path / "cmp" / "seed0" / "uniform+enc" / "members" / "uniform-50" / "decompose"
     assert json.loads((member / "member.json").read_text())["figures"]["pruned_target"] == pytest.approx(0.65)
+
+
+def test_the_estimate_counts_the_fine_tuning_a_chain_does(tmp_path, monkeypatch):
+    """One fine-tuning per member with the default split, two with ``finetune_before``: the piece estimate says so
+    before anything runs (each fine-tuning priced at one second here, whatever its size)."""
+    from legr.pipeline import estimate
+
+    monkeypatch.setattr(estimate._Units, "training", lambda self, fraction, train: 1.0)
+
+    def finetune_s(entry: dict) -> float:
+        spec = {**RUN, "method": "filters", "targets": [0.3, 0.5], "compare": {"seeds": [0], "methods": [entry]}}
+        return estimate.estimate_comparison(parse_config(spec, schema=CompareConfig), tmp_path / "work").finetune_s
+
+    chained = {"name": "u+enc", "method": ["filters", "decompose"], "criterion": "l1", "allocator": "uniform"}
+    assert finetune_s({"name": "u", "criterion": "l1", "allocator": "uniform"}) == 2.0  # two members
+    assert finetune_s(chained) == 2.0
+    assert finetune_s({**chained, "decompose": {"finetune_before": True}}) == 4.0

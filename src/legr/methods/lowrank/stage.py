@@ -70,12 +70,13 @@ class DecomposeStage(Stage):
     def section(self) -> DecomposeSection:
         return self.run.cfg.decompose
 
-    def method_target(self, target: float) -> float:
-        return self.section.before(target)
+    @classmethod
+    def method_target(cls, cfg: Any, target: float) -> float:
+        return cfg.decompose.before(target)
 
-    @property
-    def finetune_before(self) -> bool:
-        return self.section.finetune_before
+    @classmethod
+    def finetune_before(cls, cfg: Any) -> bool:
+        return cfg.decompose.finetune_before
 
     def apply(self, member: Member, folder: MemberFolder) -> Member:
         run = self.run
