@@ -84,9 +84,11 @@ def latency() -> list[str]:
         head = ["model", "method", "target", "MACs ratio", "params ratio"] + [f"latency ratio b{b}" for b in batches] + \
             [f"efficiency b{b}" for b in batches]
         load = d["machine_load"]["mean_foreign_load"]
-        what = " against ".join({"uniform": "Uniform L1 pruning, physically applied", "enc-model": "ENC-Model SVD "
-                                 "decomposition", "enc-map": "ENC-Map SVD decomposition"}[x]
-                                for x in d["settings"].get("methods", ["uniform"]))
+        names = {"uniform": "uniform L1 pruning", "enc-model": "ENC-Model", "enc-map": "ENC-Map"}
+        methods = d["settings"].get("methods", ["uniform"])
+        what = ("Uniform L1 pruning, physically applied" if methods == ["uniform"] else
+                ", ".join(names[x] for x in methods) + " (SVD decomposition at the same MACs), timed side by side")
+        what = what[0].upper() + what[1:]
         out += [f"{what}, CPU latency, {d['settings']['threads']} thread(s) "
                 f"({d['hardware_label']}, {d['created'][:10]}, `{d['command']}`; other processes used "
                 f"{100 * load:.0f}% of the CPU meanwhile; details in `benchmarks/results/{stem}.md`). "
@@ -458,7 +460,7 @@ SECTIONS: list[tuple[str, Callable[[], list[str]]]] = [
                                         "the tests, picked by a rule written down before the run (`select_unseen`; "
                                         "the picks: `benchmarks/results/timm_tally_unseen_selection.json`)")),
     ("Analysis speed (`benchmarks/analysis_speed.py`)", analysis),
-    ("Does uniform pruning's MACs saving become latency? (`benchmarks/latency_uniform.py`)", latency),
+    ("Do MACs savings become latency? Uniform pruning and SVD low rank (`benchmarks/latency_uniform.py`)", latency),
     ("Latency budgets (`benchmarks/latency_budget.py`)", latency_budget),
     ("Is a convolution's time smooth in its width? (`benchmarks/conv_widths.py`)", conv_widths),
     ("Accuracy at equal measured latency (`benchmarks/latency_accuracy.py`)", latency_accuracy),
