@@ -210,21 +210,27 @@ def test_search_falls_back_to_uniform_when_no_candidate_is_feasible(resnet20):
         np.testing.assert_array_equal(learned.solver(graph, cost, model).solve(t), expected)
 
 
-def test_without_fallback_the_winner_is_kept_with_the_targets_it_loses(resnet20):
-    """``fallback=False`` (the caller guards every member, as the method ``filters`` does): an infeasible winner is
-    returned as learned, naming the targets where it scores below uniform by more than the tolerance."""
-    model, graph = resnet20
-    cost = CostModel(graph)
-    targets = [0.3 * cost.base_macs, 0.6 * cost.base_macs]
-    # a candidate loses at the first target only (index 0 of each pair of target evaluations: `per_target` order)
+def two_target_fitness(score):
+    """A fitness for a two-target search: 0.5 for every uniform reference, ``score(index, first)`` for a candidate
+    at the first or second target (`per_target` scores a candidate's targets in order, one call each)."""
     calls = {"n": 0}
 
     def fitness(net, i):
         if i >= REFERENCE_INDEX:
             return 0.5
         calls["n"] += 1
-        return 0.2 if calls["n"] % 2 == 1 else 0.9
+        return score(i, calls["n"] % 2 == 1)
+    return fitness
 
+
+def test_without_fallback_the_winner_is_kept_with_the_targets_it_loses(resnet20):
+    """``fallback=False`` (the caller guards every member, as the method ``filters`` does): an infeasible winner is
+    returned as learned, naming the targets where it scores below uniform by more than the tolerance."""
+    model, graph = resnet20
+    cost = CostModel(graph)
+    targets = [0.3 * cost.base_macs, 0.6 * cost.base_macs]
+    # a candidate loses at the first target only
+    fitness = two_target_fitness(lambda i, first: 0.2 if first else 0.9)
     learned = learn_ranking(model, graph, fitness, targets, progress=False, fallback=False,
                             search=EvolutionConfig(population=4, sample=2, evaluations=5, seed=0),
                             objective=FamilyObjective(chance=0.1, val_images=1000))
@@ -299,17 +305,8 @@ def test_a_soft_guarded_search_returns_its_best_feasible_candidate(resnet20):
     model, graph = resnet20
     cost = CostModel(graph)
     targets = [0.3 * cost.base_macs, 0.6 * cost.base_macs]
-    calls = {"n": 0}
-
-    def fitness(net, i):
-        if i >= REFERENCE_INDEX:
-            return 0.5
-        calls["n"] += 1
-        first = calls["n"] % 2 == 1
-        if i % 2 == 0:
-            return 0.2 if first else 3.0
-        return 0.5 if first else 0.6 + 0.01 * i
-
+    fitness = two_target_fitness(lambda i, first: (0.2 if first else 3.0) if i % 2 == 0 else
+                                 (0.5 if first else 0.6 + 0.01 * i))
     learned = learn_ranking(model, graph, fitness, targets, progress=False, fallback=False,
                             search=EvolutionConfig(population=4, sample=2, evaluations=9, seed=0),
                             objective=FamilyObjective(chance=0.1, val_images=1000, guard_weight=1.0))
