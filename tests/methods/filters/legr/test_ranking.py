@@ -139,10 +139,11 @@ def test_uniform_transform_cuts_the_uniform_allocation(name, fraction):
     assert sum(abs(_widths(graph, identity)[n] - b[n]) for n in layers) > 2 * len(layers)  # not global by accident
 
 
-def test_search_starts_from_both_baselines_and_scores_every_target(resnet20, tmp_path):
+@pytest.mark.parametrize("optimizer", ["evolution", "cma"])
+def test_search_starts_from_both_baselines_and_scores_every_target(resnet20, tmp_path, optimizer):
     """Candidate 0 is the identity (global ranking), then the uniform seeds (one per target); each candidate prunes
     once per target (largest budget network last) and, with the plain-mean objective, its fitness is the mean. The
-    uniform references are scored once, and the winner once more for its margins."""
+    uniform references are scored once, and the winner once more for its margins. Whichever searcher runs."""
     model, graph = resnet20
     cost = CostModel(graph)
     targets = [0.3 * cost.base_macs, 0.6 * cost.base_macs]
@@ -152,7 +153,7 @@ def test_search_starts_from_both_baselines_and_scores_every_target(resnet20, tmp
         seen.setdefault(i, []).append(sum(p.numel() for p in net.parameters()))
         return float(seen[i][-1] % 1000)
 
-    search = EvolutionConfig(population=4, sample=2, evaluations=6, seed=0)
+    search = EvolutionConfig(population=4, sample=2, evaluations=6, seed=0, optimizer=optimizer)
     state = tmp_path / "state.json"
     learned = learn_ranking(model, graph, fitness, targets, search=search, state_path=state, progress=False,
                             objective=FamilyObjective("mean", guard=False))

@@ -125,6 +125,23 @@ class AffineSpace:
         kappa[layers] += rng.normal(0.0, self.mutation_scale * self._kappa_std[layers])
         return AffineTransform(alpha, kappa)
 
+    def to_vector(self, candidate: AffineTransform) -> np.ndarray:
+        """Unit coordinates, in which a `random` member is a standard normal: ``log alpha`` (when learned), then
+        ``kappa`` over its random spread (1 where a layer's spread is 0)."""
+        kappa = candidate.kappa / self._unit
+        return np.concatenate([np.log(candidate.alpha), kappa]) if self.learn_alpha else kappa
+
+    def from_vector(self, x: np.ndarray) -> AffineTransform:
+        x = np.asarray(x, dtype=np.float64)
+        n = self.num_layers
+        if self.learn_alpha:
+            return AffineTransform(np.exp(np.clip(x[:n], -30.0, 30.0)), x[n:] * self._unit)
+        return AffineTransform(np.ones(n), x * self._unit)
+
+    @property
+    def _unit(self) -> np.ndarray:
+        return np.where(self._kappa_std > 0, self._kappa_std, 1.0)
+
     def to_json(self, candidate: AffineTransform) -> dict[str, list[float]]:
         return {"alpha": [float(a) for a in candidate.alpha], "kappa": [float(k) for k in candidate.kappa]}
 

@@ -18,39 +18,15 @@ returned in `SearchResult.details`.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Literal, Sequence
 
-import numpy as np
 from pydantic import Field, model_validator
 
 from legr.errors import ConfigError
-from legr.paths import atomic_write_text
-from legr.progress import progress_bar
+from legr.methods.filters.legr.search_loop import C, SearchResult, SearchSpace, _canonical, _State, drive
 from legr.settings import Settings
 
-STATE_VERSION = 1
-C = TypeVar("C")
-
-
-class SearchSpace(Protocol[C]):
-    """What a searcher needs from a candidate space. May also carry a ``fingerprint: str`` attribute (checked on
-    resume so a state file is never continued with a different space)."""
-
-    def identity(self) -> C: ...
-
-    def random(self, rng: np.random.Generator) -> C: ...
-
-    def mutate(self, parent: C, rng: np.random.Generator, step: int, total: int) -> C: ...
-
-    def to_json(self, candidate: C) -> Any: ...
-
-    def from_json(self, obj: Any) -> C: ...
 
 
 class EvolutionConfig(Settings):
@@ -66,6 +42,12 @@ class EvolutionConfig(Settings):
                                                                  "included)")
     restarts: int = Field(1, ge=1, strict=True)
     seed: int = Field(0, ge=0, strict=True, exclude=True)
+    optimizer: Literal["evolution", "cma"] = Field(
+        "evolution", description="evolution (aging evolution, the paper) or cma (separable CMA-ES: every layer moves "
+                                 "at each step, along directions that paid off; population = CMA's lambda, sample "
+                                 "unused; legr.methods.filters.legr.cmaes)")
+    sigma0: float = Field(0.3, gt=0, description="cma: the first step size, in units of a random member's spread "
+                                                  "(log alpha, kappa over the layer's score std)")
 
     def __init__(self, *args: int, **kwargs: Any) -> None:
         names = ("population", "sample", "evaluations", "seed", "restarts")
@@ -84,169 +66,7 @@ class EvolutionConfig(Settings):
     def evolution(self, seed: int) -> "EvolutionConfig":
         """The plain aging-evolution settings of this (possibly larger) section, seeded with ``seed``."""
         return EvolutionConfig(population=self.population, sample=self.sample, evaluations=self.evaluations,
-                               restarts=self.restarts, seed=seed)
-
-
-@dataclass(frozen=True)
-class SearchResult(Generic[C]):
-    """Outcome of a search: the fittest candidate ever evaluated (ties: earliest) and the (index, fitness) history,
-    indexed over all restarts (restart r's candidates are ``r * evaluations ...``)."""
-
-    best: C
-    best_fitness: float
-    best_index: int
-    history: list[tuple[int, float]]
-    evaluations: int
-    seconds: float
-    population: int
-    restarts: int = 1
-    details: list[tuple[int, Any, Any]] = field(default_factory=list)  # (index, candidate JSON, details) when given
-
-    def summary(self) -> dict[str, Any]:
-        """JSON-able digest: best, identity (index 0) fitness, fitness quantiles early vs late (the first restart) and
-        each restart's best fitness."""
-        fit = np.array([f for _, f in self.history], dtype=np.float64)
-        per = self.evaluations // self.restarts
-        first = fit[:per]
-        tail = max(1, math.ceil(0.1 * len(first)))
-        return {
-            "evaluations": self.evaluations,
-            "population": self.population,
-            "best_fitness": self.best_fitness,
-            "best_index": self.best_index,
-            "identity_fitness": float(fit[0]) if len(fit) else None,
-            "initial_population": _quantiles(first[: self.population]),
-            "last_10pct": _quantiles(first[-tail:]),
-            "restarts": self.restarts,
-            "restart_best": [float(fit[r * per:(r + 1) * per].max()) for r in range(self.restarts)],
-            "seconds": round(self.seconds, 3),
-        }
-
-
-def _quantiles(values: np.ndarray) -> dict[str, float] | None:
-    if len(values) == 0:
-        return None
-    q = np.quantile(values, [0.0, 0.25, 0.5, 0.75, 1.0])
-    return {k: float(v) for k, v in zip(("min", "q25", "median", "q75", "max"), q)}
-
-
-@dataclass
-class _Member:
-    index: int
-    fitness: float
-    candidate: Any  # canonical JSON form
-    parent: int | None = None
-    seconds: float = 0.0
-    details: Any = None
-
-
-def space_fingerprint(space: Any) -> str | None:
-    """The space's optional ``fingerprint`` (attribute, property or zero-argument method), as a string."""
-    fp = getattr(space, "fingerprint", None)
-    if callable(fp):
-        fp = fp()
-    return None if fp is None else str(fp)
-
-
-class _State:
-    """Mutable state of one restart; serializes to/from the JSON written after every evaluation."""
-
-    def __init__(self, cfg: EvolutionConfig, fingerprint: str | None, restart: int = 0) -> None:
-        self.cfg = cfg
-        self.restart = restart
-        self.fingerprint = fingerprint
-        self.rng = np.random.Generator(np.random.PCG64(cfg.seed if restart == 0 else [cfg.seed, restart]))
-        self.population: list[_Member] = []  # oldest first
-        self.history: list[_Member] = []
-
-    def to_json(self) -> str:
-        members = lambda ms, full: [  # noqa: E731
-            {"index": m.index, "fitness": m.fitness, "candidate": m.candidate,
-             **({"parent": m.parent, "seconds": m.seconds} if full else {}),
-             **({"details": m.details} if full and m.details is not None else {})} for m in ms]
-        return json.dumps({
-            "version": STATE_VERSION, "config": self.config_json(), "space": self.fingerprint,
-            "rng": self.rng.bit_generator.state,
-            "population": members(self.population, False), "history": members(self.history, True),
-        })
-
-    def config_json(self) -> dict[str, int]:
-        """What the state file records of the config: one restart's settings (as before restarts existed, so a
-        one-restart state of an earlier version still resumes), plus the restart number after the first."""
-        c = self.cfg
-        out = {"population": c.population, "sample": c.sample, "evaluations": c.evaluations, "seed": c.seed}
-        return {**out, "restart": self.restart} if self.restart else out
-
-    def save(self, path: Path | None) -> None:
-        if path is not None:
-            atomic_write_text(path, self.to_json())
-
-    @classmethod
-    def load(cls, path: Path, cfg: EvolutionConfig, fingerprint: str | None, restart: int = 0) -> "_State":
-        hint = "use another state path or delete it to start over"
-        try:
-            data = json.loads(path.read_text())
-            saved_cfg, saved_fp = data["config"], data.get("space")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"search state {path} is unreadable ({exc}); {hint}") from exc
-        state = cls(cfg, fingerprint, restart)
-        if data.get("version") != STATE_VERSION or saved_cfg != state.config_json():
-            raise ConfigError(f"search state {path} was written with config {saved_cfg}, not {state.config_json()}; "
-                              f"{hint}")
-        if saved_fp != fingerprint:
-            raise ConfigError(f"search state {path} belongs to another search space ({saved_fp} != {fingerprint}); "
-                              f"{hint}")
-        state.rng.bit_generator.state = data["rng"]
-        state.history = [_Member(int(h["index"]), float(h["fitness"]), h["candidate"], h.get("parent"),
-                                 float(h.get("seconds", 0.0)), h.get("details")) for h in data["history"]]
-        by_index = {m.index: m for m in state.history}
-        state.population = [by_index[int(p["index"])] for p in data["population"]]
-        return state
-
-
-def _canonical(space: SearchSpace[C], candidate: C) -> tuple[C, Any]:
-    """Round-trip a candidate through JSON so a resumed run sees bit-identical candidates."""
-    obj = json.loads(json.dumps(space.to_json(candidate)))
-    return space.from_json(obj), obj
-
-
-def _fitness(value: Any) -> float:
-    f = float(value)
-    return -math.inf if math.isnan(f) else f  # a diverged candidate (NaN) is the worst, not incomparable
-
-
-def _log_line(m: _Member, offset: int, restart: int, best: tuple[int, _Member]) -> str:
-    return json.dumps({"index": offset + m.index, "fitness": m.fitness, "best_fitness": best[1].fitness,
-                       "best_index": best[0], "seconds": round(m.seconds, 6),
-                       "parent": None if m.parent is None else offset + m.parent, "restart": restart}) + "\n"
-
-
-def _ranked(states: Sequence[_State]) -> list[tuple[int, int, _Member]]:
-    """(global index, restart, member) of every evaluated candidate, restart by restart."""
-    return [(s.restart * s.cfg.evaluations + m.index, s.restart, m) for s in states for m in s.history]
-
-
-def _best(states: Sequence[_State]) -> tuple[int, _Member] | None:
-    best = None
-    for index, _, m in _ranked(states):  # strict > keeps the earliest on ties
-        if best is None or m.fitness > best[1].fitness:
-            best = (index, m)
-    return best
-
-
-def _rewrite_log(path: Path, states: Sequence[_State]) -> None:
-    """Rebuild the log from the states' histories: no duplicated or missing lines whenever the last run died."""
-    lines, best = [], None
-    for index, restart, m in _ranked(states):
-        best = (index, m) if best is None or m.fitness > best[1].fitness else best
-        lines.append(_log_line(m, index - m.index, restart, best))
-    atomic_write_text(path, "".join(lines))
-
-
-def restart_state_path(state_path: Path, restart: int) -> Path:
-    """Restart ``restart``'s state file: ``state_path`` itself for the first, ``<stem>.restart<r><suffix>`` after."""
-    name = f"{state_path.stem}.restart{restart}{state_path.suffix}"
-    return state_path if restart == 0 else state_path.with_name(name)
+                               restarts=self.restarts, seed=seed, optimizer=self.optimizer, sigma0=self.sigma0)
 
 
 def aging_evolution(space: SearchSpace[C], evaluate: Callable[[C, int], float | tuple[float, Any]],
@@ -257,74 +77,24 @@ def aging_evolution(space: SearchSpace[C], evaluate: Callable[[C, int], float | 
     index)`` returns fitness (higher is better). ``initial`` candidates join every restart's first population right
     after the identity (at most ``population - 1`` of them). KeyboardInterrupt propagates after the last finished
     candidate is on disk: rerun to resume."""
-    initial = [_canonical(space, c)[1] for c in initial]
-    if len(initial) >= cfg.population:
-        raise ConfigError(f"{len(initial)} initial candidates need a population of at least {len(initial) + 1}, "
-                          f"got {cfg.population}")
-    fingerprint = space_fingerprint(space)
-    if initial and fingerprint is not None:  # a state is only resumed with the same starting candidates
-        digest = hashlib.sha256(json.dumps(initial, sort_keys=True).encode()).hexdigest()[:16]
-        fingerprint = f"{fingerprint}+{digest}"
-    state_path = Path(state_path) if state_path is not None else None
-    log_path = Path(log_path) if log_path is not None else None
-    paths = [restart_state_path(state_path, r) if state_path is not None else None for r in range(cfg.restarts)]
-    states = [_State.load(path, cfg, fingerprint, r) if path is not None and path.exists()
-              else _State(cfg, fingerprint, r) for r, path in enumerate(paths)]
-    if log_path is not None:
-        _rewrite_log(log_path, states)
-    total = cfg.evaluations * cfg.restarts
-    with progress_bar("evolution", total, done=sum(len(s.history) for s in states), text=_best_text(_best(states)),
-                      enabled=progress) as advance:
-        for state, path in zip(states, paths):
-            offset = state.restart * cfg.evaluations
-            while len(state.history) < cfg.evaluations:
-                _step(space, lambda c, i: evaluate(c, offset + i), cfg, state, initial)
-                state.save(path)
-                best = _best(states)
-                if log_path is not None:
-                    with open(log_path, "a") as fh:
-                        fh.write(_log_line(state.history[-1], offset, state.restart, best))
-                advance(_best_text(best))
-    return _result(space, states)
+    initial_json = [_canonical(space, c)[1] for c in initial]
+    if len(initial_json) >= cfg.population:
+        raise ConfigError(f"{len(initial_json)} initial candidates need a population of at least "
+                          f"{len(initial_json) + 1}, got {cfg.population}")
+    return drive(space, evaluate, cfg, initial_json, state_path, log_path, progress, "evolution",
+                 lambda state: lambda: _propose(space, cfg, state, initial_json))
 
 
-def _step(space: SearchSpace[C], evaluate: Callable[[C, int], float], cfg: EvolutionConfig, state: _State,
-          initial: Sequence[Any]) -> None:
-    """Produce, evaluate and insert the next candidate (all RNG use happens here, before evaluation)."""
-    index, parent = len(state.history), None
+def _propose(space: SearchSpace[C], cfg: EvolutionConfig, state: _State, initial: Sequence[Any]) -> tuple[C, int | None]:
+    """Aging evolution's next candidate (all RNG use happens here, before evaluation)."""
+    index = len(state.history)
     if index == 0:
-        candidate = space.identity()
-    elif index <= len(initial):
-        candidate = space.from_json(initial[index - 1])
-    elif index < cfg.population:
-        candidate = space.random(state.rng)
-    else:
-        picks = state.rng.integers(0, len(state.population), size=cfg.sample)
-        parent_m = max((state.population[i] for i in picks), key=lambda m: m.fitness)  # first max on ties
-        parent = parent_m.index
-        candidate = space.mutate(space.from_json(parent_m.candidate), state.rng, index, cfg.evaluations)
-    candidate, obj = _canonical(space, candidate)
-    start = time.perf_counter()
-    value = evaluate(candidate, index)
-    value, details = value if isinstance(value, tuple) else (value, None)
-    member = _Member(index, _fitness(value), obj, parent, time.perf_counter() - start,
-                     None if details is None else json.loads(json.dumps(details)))  # as a resumed state holds them
-    state.history.append(member)
-    state.population.append(member)
-    if len(state.population) > cfg.population:
-        state.population.pop(0)  # aging: the oldest member dies, whatever its fitness
+        return space.identity(), None
+    if index <= len(initial):
+        return space.from_json(initial[index - 1]), None
+    if index < cfg.population:
+        return space.random(state.rng), None
+    picks = state.rng.integers(0, len(state.population), size=cfg.sample)
+    parent = max((state.population[i] for i in picks), key=lambda m: m.fitness)  # first max on ties
+    return space.mutate(space.from_json(parent.candidate), state.rng, index, cfg.evaluations), parent.index
 
-
-def _result(space: SearchSpace[C], states: Sequence[_State]) -> SearchResult[C]:
-    best = _best(states)
-    assert best is not None
-    ranked = _ranked(states)
-    return SearchResult(best=space.from_json(best[1].candidate), best_fitness=best[1].fitness, best_index=best[0],
-                        history=[(i, m.fitness) for i, _, m in ranked], evaluations=len(ranked),
-                        seconds=sum(m.seconds for _, _, m in ranked), population=states[0].cfg.population,
-                        restarts=len(states),
-                        details=[(i, m.candidate, m.details) for i, _, m in ranked if m.details is not None])
-
-
-def _best_text(best: tuple[int, _Member] | None) -> str:
-    return "best -" if best is None else f"best {best[1].fitness:.5g} (#{best[0]})"

@@ -27,9 +27,10 @@ from legr.graph import ChannelGraph
 from legr.methods.filters.allocate import ALLOCATORS, BudgetSolver, Floors, solve_uniform
 from legr.methods.filters.criteria import compute_scores, group_scores
 from legr.methods.filters.legr.affine import AffineSpace, AffineTransform
-from legr.methods.filters.legr.evolution import EvolutionConfig, aging_evolution
+from legr.methods.filters.legr.evolution import EvolutionConfig
 from legr.methods.filters.legr.family import FamilyObjective
 from legr.methods.filters.legr.refine import refine_targets, refined_transform
+from legr.methods.filters.legr.searchers import run_search
 from legr.paths import atomic_write_text
 
 RANKING_VERSION = 2  # 2 adds the allocator and the stored criterion scores
@@ -223,7 +224,7 @@ def learn_ranking(
     log_path: Path | None = None,
     progress: bool = True,
 ) -> Ranking:
-    """Learn LeGR's per-layer affine transform by aging evolution.
+    """Learn LeGR's per-layer affine transform by aging evolution (or CMA-ES: ``search.optimizer``).
 
     Each candidate ranking prunes ``model`` (weights restored from memory) to each of ``target_macs`` (costs in
     ``unit``: MACs, parameters with ``unit="params"``, predicted ms with ``unit="latency"`` and a ``cost`` model that
@@ -276,8 +277,8 @@ def learn_ranking(
     def scored(scores: list[float]) -> tuple[float, list[float]]:  # the per-target scores kept: refinement seeds
         return objective(scores, reference), scores
 
-    result = aging_evolution(space, lambda c, i: scored(per_target(c, i)), search, initial=initial,
-                             state_path=state_path, log_path=log_path, progress=progress)
+    result = run_search(space, lambda c, i: scored(per_target(c, i)), search, initial=initial,
+                        state_path=state_path, log_path=log_path, progress=progress)
     chosen, chosen_index = result.best, result.best_index
     pick = objective.choose(result.details, reference) if objective.guard_weight is not None else None
     if objective.guard and pick is not None:  # a soft guard steered the search; the choice is the hard guard's
