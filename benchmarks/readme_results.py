@@ -310,6 +310,7 @@ def compare(folder: str) -> Callable[[], list[str]]:
                                             + (f" (infeasible {' / '.join(map(str, r['infeasible']))})"
                                                if "infeasible" in r else "")
                                             for seed, r in v.items()) for m, v in restarted.items()]
+        out += _winners(d)
         if pc:
             out += ["", f"Pipeline cost ({pc['method']}, seed {pc['seed']}): learning once and cutting {len(targets)} "
                     f"targets took {pc['learn_once_s'] / 60:.1f} min; a separate search per target (same search "
@@ -339,6 +340,21 @@ def _is_legr(entry: dict) -> bool:
     """A compare entry that is filter pruning with the legr allocator (another method's entry carries the shared
     allocator key too)."""
     return _kind(entry) == "filters" and entry.get("allocator") == "legr"
+
+
+def _winners(d: dict) -> list[str]:
+    """Each search's winner scored at each of its search targets (validation %, per seed; AMC searches every member's
+    target on its own): how far the searches got, target by target, where the pieces recorded it."""
+    rows = {m: {seed: r.get("winner", r["best_fitness"]) for seed, r in v.items()}
+            for m, v in d.get("searches", {}).items()}
+    rows = {m: {seed: w for seed, w in v.items() if isinstance(w, list)} for m, v in rows.items()}
+    rows = {m: v for m, v in rows.items() if v}
+    if not rows:
+        return []
+    return ["", "The search winner's validation top-1 at each of its search targets (%, lowest target first; per "
+            "seed, where the piece recorded it; AMC: a winner per member target):"] + [
+        f"- {m}: " + "; ".join(f"seed {seed} " + " / ".join(f"{100 * x:.1f}" for x in w) for seed, w in v.items())
+        for m, v in rows.items()]
 
 
 def _goal(d: dict, summary: dict, targets: list[float]) -> list[str]:

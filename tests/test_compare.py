@@ -149,6 +149,8 @@ def test_every_search_reports_its_restarts(comparison):
     for per_seed in searches.values():
         for s in per_seed.values():
             assert len(s["restart_best"]) == 3 and s["best_fitness"] == max(s["restart_best"])  # default: 3 searches
+            assert 0 <= min(s["winner"]) and max(s["winner"]) <= 1  # the winner's validation top-1 per search target
+    assert len(searches["lcp"]["0"]["winner"]) == 2 and len(searches["lcp-one"]["0"]["winner"]) == 1
 
 
 def test_every_run_reports_its_search_cost(comparison):

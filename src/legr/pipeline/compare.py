@@ -134,8 +134,8 @@ class Comparison:
         return result
 
     def _searches(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """Per searching method and seed: the winner's validation fitness, each restart's best and how many of its
-        candidates the guard found infeasible (ranking.json)."""
+        """Per searching method and seed: the winner's validation fitness, each restart's best, how many of its
+        candidates the guard found infeasible and the winner's score at each search target (ranking.json)."""
         out: dict[str, dict[str, dict[str, Any]]] = {}
         for ref in self.runs():
             search = json.loads(ref.folder.ranking.read_text()).get("search", {}) if ref.folder.ranking.exists() else {}
@@ -143,7 +143,8 @@ class Comparison:
                 out.setdefault(ref.method.name, {})[str(ref.seed)] = {
                     "best_fitness": search["best_fitness"], "restart_best": search.get("restart_best",
                                                                                        [search["best_fitness"]]),
-                    **({"infeasible": search["infeasible"]} if "infeasible" in search else {})}
+                    **({"infeasible": search["infeasible"]} if "infeasible" in search else {}),
+                    **({"winner": [m["score"] for m in search["margins"]]} if "margins" in search else {})}
         return out
 
     def _search_costs(self) -> dict[str, dict[str, dict[str, Any]]]:
