@@ -7,7 +7,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "legr"
 STAGES = [{"errors", "paths", "hardware", "registry", "progress", "settings"}, {"data", "models"}, {"graph"}, {"engine"},
           {"training"}, {"methods"}, {"reporting"}, {"pipeline"},
-          {"cli", "cli_options", "cli_stream"}]
+          {"cli", "cli_options", "cli_stream", "__main__"}]
 RANK = {name: i for i, names in enumerate(STAGES) for name in names}
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -45,12 +46,13 @@ def _overrides(items: list[str] | None) -> dict:
     return parse_set_options(items or [])
 
 
-def _pipeline(config: Path, out: Path | None, overrides: list[str] | None, quiet: bool):
+def _pipeline(config: Path, out: Path | None, overrides: list[str] | None, quiet: bool, *, main: bool = True):
+    # main False: a data-parallel rank other than 0, which prints nothing
     from legr.pipeline.config_files import load_config
     from legr.pipeline.steps import Pipeline
 
-    cfg = load_config(config, _overrides(overrides))
-    return Pipeline(cfg, out or Path("runs") / config.stem, progress=not quiet, log=lambda m: console.print(m))
+    return Pipeline(load_config(config, _overrides(overrides)), out or Path("runs") / config.stem,
+                    progress=main and not quiet, log=(lambda m: console.print(m)) if main else (lambda m: None))
 
 
 @app.command()
@@ -157,8 +159,7 @@ def latency(
 
 @app.command()
 def rank(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
-    """Learn the global ranking, or the method's one-time work (resumable: rerun the same command after an
-    interruption)."""
+    """Learn the global ranking, or the method's one-time work (resumable: rerun the same command to go on)."""
     pipeline = _pipeline(config, out, set_, quiet)
     console.print(pipeline.method.describe(pipeline.rank()))
 
@@ -173,8 +174,12 @@ def prune(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: Qui
 
 @app.command()
 def finetune(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
-    """Fine-tune every pruned network (each resumes from its last finished epoch)."""
-    _pipeline(config, out, set_, quiet).finetune()
+    """Fine-tune every pruned network (each resumes from its last finished epoch); data-parallel on N GPUs or CPU
+    processes: `torchrun --nproc-per-node N -m legr finetune CONFIG` (1/N of every batch each; rank 0 writes)."""
+    from legr.training.distributed import data_parallel
+
+    with data_parallel() as w:
+        _pipeline(config, out, set_, quiet, main=w.main).finetune()
 
 
 @app.command("eval")
@@ -321,6 +326,8 @@ def main() -> None:
     """The `legr` entry point. Outside click's standalone mode the exit code of a `typer.Exit` (--help, --version,
     and Ctrl-C in recent typer) is returned; older click turns Ctrl-C into `typer.Abort`."""
     try:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and sys.argv[1:2] != ["finetune"]:
+            raise LegrError("only `legr finetune` runs data-parallel under torchrun; run this command as one process")
         code = app(standalone_mode=False)
     except LegrError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)

@@ -8,6 +8,7 @@ Environment variables (all optional):
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from collections.abc import Iterator
@@ -49,7 +50,11 @@ def make_folder(path: str | os.PathLike) -> Path:
 def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """``with atomic_file(path) as fh: fh.write(...)``: the bytes go to a temporary file beside ``path`` that is
     synced and renamed onto it (mode 0644 less the umask) only when the block succeeds, and removed otherwise, so a
-    killed or failing writer never leaves half a file. Every file legr writes goes through here."""
+    killed or failing writer never leaves half a file. Every file legr writes goes through here; so in a
+    data-parallel job (torch.distributed initialized) only rank 0 writes: the others' bytes go nowhere."""
+    if _secondary_rank():
+        yield io.BytesIO()
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -65,6 +70,12 @@ def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _secondary_rank() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_rank() != 0
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -54,6 +54,7 @@ from legr.reporting import (
     write_results,
 )
 from legr.training import EvalResult, TrainConfig, bn_batches, evaluate, finetune
+from legr.training.distributed import barrier, world
 
 
 def resolve_device(name: str) -> torch.device:
@@ -229,12 +230,18 @@ class Pipeline:
 
     def finetune(self) -> None:
         """Fine-tune every member (unless the chain's first stage takes it as cut), then apply the chain's stages
-        to it (work already on disk is kept)."""
-        self.prune()
+        to it (work already on disk is kept). Data-parallel (launched by torchrun, `legr.training.distributed`):
+        rank 0 cuts the members the others then read (run `legr prune` first: a search leaves every other process
+        waiting), every rank trains each member on its share of the batches, and rank 0 writes."""
+        w = world()
+        if w.main:
+            self.prune()
+        barrier(w)
         before = not self.stages or self.stages[0].finetune_before(self.cfg)
         for member in self.members():
             if before and not member.finetuned.exists():
                 self.method.finetune(member)
+                barrier(w)  # rank 0's files are on disk before any rank reads them
             if self.stages:
                 self.load(member)
 

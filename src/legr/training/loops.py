@@ -27,6 +27,7 @@ from legr.paths import atomic_file
 from legr.progress import progress_bar
 from legr.training.config import FinetuneConfig
 from legr.training.distill import DistillConfig, Teacher, distill_loss
+from legr.training.distributed import World, all_sum, barrier, check_batch, shard, world, wrap
 from legr.training.evaluate import Device, evaluate, model_device
 
 CHECKPOINT_VERSION = 1
@@ -61,7 +62,7 @@ def _step(model: nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Tensor, 
     logits = model(xb)
     loss = F.cross_entropy(logits, yb) if teacher is None else distill_loss(logits, teacher(xb), yb, distill)
     if extra_loss is not None:
-        loss = loss + extra_loss(model)
+        loss = loss + extra_loss(getattr(model, "module", model))  # a DDP wrapper's network itself
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -116,6 +117,10 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: Sequence[
     method that changes the network while it trains (GDP's masks) does it there; whatever it changes must live in the
     model's state (parameters, buffers) for a resumed run to match.
 
+    Data-parallel (torch.distributed initialized, e.g. under torchrun: `legr.training.distributed`): every rank
+    draws the same batches and trains on its equal share of each, DDP averages the gradients, the history is summed
+    over the ranks and only rank 0 writes the checkpoint; ``cfg.batch_size`` must be a multiple of the world size.
+
     ``extra_loss(model)`` is called after every training forward and its value added to the batch's loss (a
     regularizer on what the forward computed, e.g. FBS's L1 penalty on the saliencies its gates stored); the
     history's ``train_loss`` includes it. It must be a function of the model's state and the batch only (a resumed
@@ -127,6 +132,9 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: Sequence[
         raise ValueError("finetune: a teacher goes with cfg.distill, and cfg.distill needs a teacher")
     device = torch.device(device) if device is not None else model_device(model)
     model.to(device)
+    w = world()
+    check_batch(cfg.batch_size, w)
+    net = wrap(model, device, w)
     loader = TensorLoader(x, y, cfg.batch_size, mean, std, shuffle=True, augment=cfg.augment,
                           drop_last=len(x) > cfg.batch_size, seed=cfg.seed, device=device)
     optimizer = make_sgd(model, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov)
@@ -136,12 +144,12 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: Sequence[
     if path is not None and path.exists():
         history = _resume(path, model, optimizer, scheduler, cfg)
     steps = len(loader) if cfg.steps_per_epoch is None else min(len(loader), cfg.steps_per_epoch)
-    with progress_bar("fine-tune", cfg.epochs, done=len(history), enabled=progress) as advance:
+    with progress_bar("fine-tune", cfg.epochs, done=len(history), enabled=progress and w.main) as advance:
         for epoch in range(len(history), cfg.epochs):
             start = time.perf_counter()
             guide = Teacher(teacher) if teacher is not None else None
-            row = _train_epoch(model, loader, optimizer, epoch, steps, cfg.seed, device, guide, cfg.distill,
-                               before_step, extra_loss)
+            row = _train_epoch(net, loader, optimizer, epoch, steps, cfg.seed, device, guide, cfg.distill,
+                               before_step, extra_loss, w)
             if guide is not None:
                 row["teacher_seconds"] = guide.seconds
             if val is not None:
@@ -150,8 +158,9 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: Sequence[
             scheduler.step()
             row["seconds"] = time.perf_counter() - start
             history.append(row)
-            if path is not None:
+            if path is not None and w.main:
                 _save_checkpoint(path, model, optimizer, scheduler, cfg, history)
+            barrier(w)  # no rank resumes from a checkpoint rank 0 is still writing
             advance(_row_text(row))
     model.eval()
     return history
@@ -161,8 +170,10 @@ def _train_epoch(model: nn.Module, loader: TensorLoader, optimizer: torch.optim.
                  seed: int, device: torch.device, teacher: Teacher | None = None,
                  distill: DistillConfig | None = None,
                  before_step: Callable[[int], None] | None = None,
-                 extra_loss: ExtraLoss | None = None) -> dict[str, Any]:
-    """Train one epoch (at most ``steps`` batches); data order/augmentation and the global RNG seeded by epoch."""
+                 extra_loss: ExtraLoss | None = None, w: World = World()) -> dict[str, Any]:
+    """Train one epoch (at most ``steps`` batches); data order/augmentation and the global RNG seeded by epoch.
+    Data-parallel (``w``): every rank draws the same global batch and trains on its shard; the row's figures are
+    summed over the ranks."""
     lr = optimizer.param_groups[0]["lr"]
     model.train()
     loader.set_epoch(epoch)
@@ -174,12 +185,14 @@ def _train_epoch(model: nn.Module, loader: TensorLoader, optimizer: torch.optim.
             if before_step is not None:
                 before_step(epoch * steps + i)
                 model.train()
+            xb, yb = shard(xb, yb, w)
             batch_loss, batch_correct = _step(model, optimizer, xb, yb, teacher, distill, extra_loss)
             loss_sum += batch_loss.double()
             correct += batch_correct
             seen += len(yb)
-    return {"epoch": epoch, "lr": lr, "train_loss": loss_sum.item() / max(seen, 1),
-            "train_top1": correct.item() / max(seen, 1)}
+    seen = int(all_sum(torch.tensor(seen, dtype=torch.int64, device=device), w).item())
+    loss, right = all_sum(loss_sum, w).item(), all_sum(correct, w).item()
+    return {"epoch": epoch, "lr": lr, "train_loss": loss / max(seen, 1), "train_top1": right / max(seen, 1)}
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:

@@ -85,7 +85,8 @@ def aging_evolution(space: SearchSpace[C], evaluate: Callable[[C, int], float | 
                  lambda state: lambda: _propose(space, cfg, state, initial_json))
 
 
-def _propose(space: SearchSpace[C], cfg: EvolutionConfig, state: _State, initial: Sequence[Any]) -> tuple[C, int | None]:
+def _propose(space: SearchSpace[C], cfg: EvolutionConfig, state: _State,
+             initial: Sequence[Any]) -> tuple[C, int | None]:
     """Aging evolution's next candidate (all RNG use happens here, before evaluation)."""
     index = len(state.history)
     if index == 0:
