@@ -43,21 +43,23 @@ def params_fitness(calls=None):
     return fitness
 
 
-def learn(resnet20, fitness, tmp_path=None, refine=12, refine_at=None):
+def learn(resnet20, fitness, tmp_path=None, refine=12, refine_at=None, optimizer="evolution"):
     model, graph = resnet20
     cost = CostModel(graph)
     targets = [0.3 * cost.base_macs, 0.6 * cost.base_macs]
     state = None if tmp_path is None else tmp_path / "state.json"
     log = None if tmp_path is None else tmp_path / "log.jsonl"
     at = None if refine_at is None else [f * cost.base_macs for f in refine_at]
-    learned = learn_ranking(model, graph, fitness, targets, search=SEARCH, refine=refine, refine_at=at, progress=False,
+    search = SEARCH.model_copy(update={"optimizer": optimizer})
+    learned = learn_ranking(model, graph, fitness, targets, search=search, refine=refine, refine_at=at, progress=False,
                             objective=FamilyObjective("mean", guard=False), state_path=state, log_path=log)
     return learned, targets, cost
 
 
-def test_each_target_is_refined_from_the_shared_winner_and_scored_there_alone(resnet20):
+@pytest.mark.parametrize("optimizer", ["evolution", "cma"])
+def test_each_target_is_refined_from_the_shared_winner_and_scored_there_alone(resnet20, optimizer):
     calls: list[int] = []
-    learned, targets, _ = learn(resnet20, params_fitness(calls))
+    learned, targets, _ = learn(resnet20, params_fitness(calls), optimizer=optimizer)
     records = learned.search["refined"]
     assert [r["target"] for r in records] == targets
     for k, r in enumerate(records):

@@ -11,7 +11,8 @@ half the population: at 30% on ResNet-20 the shared winner's neighbourhood held 
 also starts from where the shared search did best there) and mutations of the winner; mutations continue the shared
 search's annealing schedule (``offset`` steps already taken), so they are the small steps of a late search. The candidate
 scoring best at that target (the shared winner is one of them) becomes that target's transform; a member cut at a
-refined target uses it, every other budget the shared ranking.
+refined target uses it, every other budget the shared ranking. The refinement searches as the shared search does
+(``search.optimizer``): with CMA-ES it starts from the best of that first population.
 
 Each target's evolution is resumable like the shared search (its own state and log files beside them:
 ``<state stem>.refine<k>.json``, ``<log stem>.refine<k>.jsonl``), and its fitness indices are its own
@@ -27,8 +28,9 @@ from typing import Any
 import numpy as np
 
 from legr.methods.filters.legr.affine import AffineSpace, AffineTransform
-from legr.methods.filters.legr.evolution import EvolutionConfig, aging_evolution
+from legr.methods.filters.legr.evolution import EvolutionConfig
 from legr.methods.filters.legr.family import FamilyObjective
+from legr.methods.filters.legr.searchers import run_search
 
 REFINE_INDEX = 10**7  # fitness indices of target k's refinement: (k + 1) * REFINE_INDEX + candidate (below REFERENCE_INDEX)
 
@@ -47,7 +49,7 @@ def refine_config(evaluations: int, search: EvolutionConfig, seed: int) -> Evolu
     winner, the uniform transform) sampled as the shared one; ``evaluations`` >= 3."""
     population = max(3, min(search.population, evaluations // 4))
     return EvolutionConfig(population=population, sample=min(search.sample, population), evaluations=evaluations,
-                           restarts=1, seed=seed)
+                           restarts=1, seed=seed, optimizer=search.optimizer, sigma0=search.sigma0)
 
 
 def refinements_left(log_path: Path, evaluations: int, targets: Sequence[float]) -> list[tuple[float, int]]:
@@ -79,6 +81,12 @@ class _LateSpace:
     def to_json(self, candidate: AffineTransform) -> Any:
         return self.space.to_json(candidate)
 
+    def to_vector(self, candidate: AffineTransform) -> np.ndarray:
+        return self.space.to_vector(candidate)
+
+    def from_vector(self, x: np.ndarray) -> AffineTransform:
+        return self.space.from_vector(x)
+
     def from_json(self, obj: Any) -> AffineTransform:
         return self.space.from_json(obj)
 
@@ -103,7 +111,7 @@ def refine_targets(space: AffineSpace, score: Callable[[AffineTransform, int, in
         room = max(0, min(cfg.population // 2, cfg.population - 1 - len(seeds)))
         seeds += [t for t in (best_at[k] if best_at else ()) if t != winner and t != uniform[k]][:room]
         seeds += [late.mutate(winner, rng, 0, evaluations) for _ in range(cfg.population - 1 - len(seeds))]
-        result = aging_evolution(
+        result = run_search(
             late, lambda c, i, k=k: objective([score(c, k, refine_index(k, i))], [reference[k]]), cfg,
             initial=seeds, state_path=refine_path(state_path, k), log_path=refine_path(log_path, k),
             progress=progress)
