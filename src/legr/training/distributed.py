@@ -9,9 +9,9 @@ shard's statistics (and DDP copies rank 0's running statistics to every rank at 
 converts BatchNorm to SyncBatchNorm and the equivalence holds for BN networks too. Rank 0 writes checkpoints and
 results; every rank resumes from the same checkpoint file (one filesystem).
 
-Backends: NCCL when CUDA is available, gloo otherwise. The CLI (``torchrun --nproc-per-node N -m legr finetune
-CONFIG``) starts the process group from torchrun's
-environment (``WORLD_SIZE`` > 1) and binds each rank to its ``LOCAL_RANK`` GPU: ``data_parallel``.
+Backends: NCCL when CUDA is available, gloo otherwise. Under ``torchrun --nproc-per-node N -m legr finetune CONFIG``
+the CLI starts the process group from torchrun's environment (``WORLD_SIZE`` > 1) and binds each rank to its
+``LOCAL_RANK`` GPU (`data_parallel`).
 """
 
 from __future__ import annotations
