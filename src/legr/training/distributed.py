@@ -74,18 +74,11 @@ def wrap(model: nn.Module, device: torch.device, w: World) -> nn.Module:
     place: the parameters and statistics are the same tensors)."""
     if w.size == 1:
         return model
-    if device.type == "cuda":
-        _sync_bn_in_place(model)
+    if device.type == "cuda":  # converts the BatchNorm children in place, keeping their parameter tensors
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)
         index = device.index if device.index is not None else torch.cuda.current_device()
         return nn.parallel.DistributedDataParallel(model, device_ids=[index])
     return nn.parallel.DistributedDataParallel(model)
-
-
-def _sync_bn_in_place(model: nn.Module) -> None:
-    for name, child in list(model.named_children()):
-        converted = nn.SyncBatchNorm.convert_sync_batchnorm(child)
-        if converted is not child:
-            setattr(model, name, converted)
 
 
 def check_batch(batch_size: int, w: World) -> None:
