@@ -14,12 +14,14 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from PIL import Image
 from sklearn.datasets import load_digits
 from torch import nn
 
-from legr.errors import ConfigError
+from legr.data import ImageFiles, TensorLoader, load_dataset
+from legr.errors import ConfigError, LegrError
 from legr.training import FinetuneConfig, finetune
-from legr.training.distributed import World, check_batch, shard
+from legr.training.distributed import World, check_batch
 
 CFG = FinetuneConfig(epochs=2, lr=0.05, batch_size=32, steps_per_epoch=6, milestones=[0.5], augment=True)
 
@@ -37,14 +39,28 @@ def net() -> nn.Module:
                          nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Dropout(0.0), nn.Linear(64, 10))
 
 
-def _worker(rank: int, world: int, folder: str) -> None:
+def streamed(folder: Path) -> tuple[ImageFiles, torch.Tensor]:
+    """The same 480 digits as PNGs in an image folder (written on the first call), streamed from disk by 2
+    DataLoader workers."""
+    if not folder.exists():
+        x, y = digits()
+        for i, (img, label) in enumerate(zip(x, y)):
+            (folder / "train" / str(int(label))).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img[0].numpy()).save(folder / "train" / str(int(label)) / f"{i:03d}.png")
+        (folder / "test" / "0").mkdir(parents=True)
+        Image.fromarray(x[0, 0].numpy()).save(folder / "test" / "0" / "0.png")
+    data = load_dataset("imagefolder", folder, stream=True, workers=2)
+    return data.train_x, data.train_y
+
+
+def _worker(rank: int, world: int, folder: str, source: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=world)
     try:
         model = net()
         seen = []
         model.register_forward_pre_hook(lambda _, args: seen.append(len(args[0])))
-        x, y = digits()
+        x, y = digits() if source == "memory" else streamed(Path(folder) / "images")
         history = finetune(model, x, y, (0.5,), (0.25,), CFG, checkpoint=Path(folder) / "ft.pt", progress=False)
         torch.save(model.state_dict(), Path(folder) / f"rank{rank}.pt")
         (Path(folder) / f"history{rank}.json").write_text(json.dumps(history))
@@ -54,10 +70,13 @@ def _worker(rank: int, world: int, folder: str) -> None:
 
 
 @pytest.mark.skipif(not dist.is_available() or sys.platform == "win32", reason="needs torch.distributed with gloo")
-def test_two_processes_reach_the_weights_of_one_on_the_combined_batches(tmp_path):
-    mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("source", ["memory", "stream"])
+def test_two_processes_reach_the_weights_of_one_on_the_combined_batches(tmp_path, source):
+    if source == "stream":
+        streamed(tmp_path / "images")  # written once, before the processes read it
+    mp.spawn(_worker, args=(2, str(tmp_path), source), nprocs=2, join=True)
     single = net()
-    x, y = digits()
+    x, y = digits() if source == "memory" else streamed(tmp_path / "images")
     alone = finetune(single, x, y, (0.5,), (0.25,), CFG, progress=False)
     for rank in (0, 1):
         state = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
@@ -78,11 +97,11 @@ def test_two_processes_reach_the_weights_of_one_on_the_combined_batches(tmp_path
 def test_batches_must_split_equally():
     with pytest.raises(ConfigError, match="multiple of the 3"):
         check_batch(32, World(0, 3))
-    xb, yb = torch.arange(12).view(12, 1), torch.arange(12)
-    parts = [shard(xb, yb, World(r, 3))[1].tolist() for r in range(3)]
-    assert parts == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
-    with pytest.raises(ConfigError, match="cannot be split equally"):
-        shard(xb[:10], yb[:10], World(1, 3))
+    x, y = torch.arange(12, dtype=torch.uint8).view(12, 1, 1, 1), torch.arange(12)
+    parts = [[yb.tolist() for _, yb in TensorLoader(x, y, 12, shard=(r, 3))] for r in range(3)]
+    assert parts == [[[0, 1, 2, 3]], [[4, 5, 6, 7]], [[8, 9, 10, 11]]]
+    with pytest.raises(LegrError, match="cannot be split equally"):
+        list(TensorLoader(x[:10], y[:10], 12, shard=(1, 3)))
 
 
 RUN = """

@@ -10,9 +10,10 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+import warnings
 import zipfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -21,12 +22,15 @@ from PIL import Image
 
 from legr.errors import DatasetError
 
+# torchvision 0.29 deprecates its decoders in favour of torchcodec (not a dependency); they still decode bit-exactly
+warnings.filterwarnings("ignore", "The image decoding and encoding capabilities of TorchVision", DeprecationWarning)
+
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "test", "val")
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 
-def _wanted(name: str) -> tuple[str, ...] | None:
+def image_parts(name: str) -> tuple[str, ...] | None:
     """Path parts of an image file ``.../<split>/<class>/<file>``, or None for anything else."""
     parts = tuple(p for p in name.replace("\\", "/").split("/") if p not in ("", "."))
     if len(parts) < 3 or parts[-3] not in SPLITS or not parts[-1].lower().endswith(IMG_EXTENSIONS):
@@ -43,19 +47,19 @@ def iter_image_files(source: Path) -> Iterator[tuple[tuple[str, ...], bytes]]:
             dirnames.sort()
             for fname in filenames:
                 full = os.path.join(dirpath, fname)
-                parts = _wanted(os.path.relpath(full, source))
+                parts = image_parts(os.path.relpath(full, source))
                 if parts:
                     yield parts, Path(full).read_bytes()
     elif zipfile.is_zipfile(source):
         with zipfile.ZipFile(source) as zf:
             for info in zf.infolist():
-                parts = None if info.is_dir() else _wanted(info.filename)
+                parts = None if info.is_dir() else image_parts(info.filename)
                 if parts:
                     yield parts, zf.read(info)
     elif tarfile.is_tarfile(source):
         with tarfile.open(source, "r|*") as tf:  # streaming: one sequential pass
             for member in tf:
-                parts = _wanted(member.name) if member.isfile() else None
+                parts = image_parts(member.name) if member.isfile() else None
                 if parts:
                     yield parts, tf.extractfile(member).read()
     else:
@@ -70,22 +74,7 @@ def read_image_folders(source: Path, image_size: tuple[int, int] | None = None) 
     """
     if not source.exists():
         raise DatasetError(f"{source}: no such file or directory")
-    groups: dict[tuple[str, ...], dict[str, list[tuple[str, str, bytes]]]] = {}
-    try:
-        for parts, data in iter_image_files(source):
-            groups.setdefault(parts[:-3], {}).setdefault(parts[-3], []).append((parts[-2], parts[-1], data))
-    except (OSError, tarfile.TarError, zipfile.BadZipFile) as exc:
-        raise DatasetError(f"{source}: cannot read ({exc})") from None
-    found = sorted((p for p, s in groups.items() if "train" in s and ("test" in s or "val" in s)), key=len)
-    if not found:
-        raise DatasetError(f"{source}: no train/<class>/<image> and test/ (or val/) ImageFolder subfolders found")
-    splits = groups[found[0]]
-    train = sorted(splits["train"], key=lambda item: item[:2])
-    test = sorted(splits["test" if "test" in splits else "val"], key=lambda item: item[:2])
-    classes = sorted({c for c, _, _ in train})
-    extra = sorted({c for c, _, _ in test} - set(classes))
-    if extra:
-        raise DatasetError(f"{source}: test classes {extra} have no train/ folder")
+    classes, train, test = group_image_folders(source, iter_image_files(source))
     index = {c: i for i, c in enumerate(classes)}
     first = _decode_pil(source, f"train/{train[0][0]}/{train[0][1]}", train[0][2], None)
     mode = "L" if first.shape[0] == 1 else "RGB"  # the first image decides, for all
@@ -98,6 +87,32 @@ def read_image_folders(source: Path, image_size: tuple[int, int] | None = None) 
         arrays[f"{split}_x"] = _stack(source, names, images, size, image_size is not None)
         arrays[f"{split}_y"] = np.array([index[c] for c, _, _ in items], dtype=np.int64)
     return arrays
+
+
+Item = tuple[str, str, Any]  # (class, file name, payload: the file's bytes or where to read them)
+
+
+def group_image_folders(source: Path, files: Iterable[tuple[tuple[str, ...], Any]]
+                        ) -> tuple[list[str], list[Item], list[Item]]:
+    """Classes (the sorted ``train/`` folder names) and the train and test (or val) items, each sorted by (class,
+    file name) like ImageFolder, of the shallowest folder holding ``train/`` and ``test/`` (or ``val/``)."""
+    groups: dict[tuple[str, ...], dict[str, list[Item]]] = {}
+    try:
+        for parts, payload in files:
+            groups.setdefault(parts[:-3], {}).setdefault(parts[-3], []).append((parts[-2], parts[-1], payload))
+    except (OSError, tarfile.TarError, zipfile.BadZipFile) as exc:
+        raise DatasetError(f"{source}: cannot read ({exc})") from None
+    found = sorted((p for p, s in groups.items() if "train" in s and ("test" in s or "val" in s)), key=len)
+    if not found:
+        raise DatasetError(f"{source}: no train/<class>/<image> and test/ (or val/) ImageFolder subfolders found")
+    splits = groups[found[0]]
+    train = sorted(splits["train"], key=lambda item: item[:2])
+    test = sorted(splits["test" if "test" in splits else "val"], key=lambda item: item[:2])
+    classes = sorted({c for c, _, _ in train})
+    extra = sorted({c for c, _, _ in test} - set(classes))
+    if extra:
+        raise DatasetError(f"{source}: test classes {extra} have no train/ folder")
+    return classes, train, test
 
 
 def _stack(source: Path, names: list[str], images: list[torch.Tensor], size: tuple[int, int],

@@ -8,6 +8,7 @@ from typing import Iterator, Sequence
 import torch
 
 from legr.data.augment import random_crop_flip
+from legr.errors import LegrError
 
 
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -20,20 +21,30 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     return out.sub_(m).div_(s)
 
 
+def shard_slice(n: int, shard: tuple[int, int]) -> slice:
+    """Process ``rank``'s contiguous equal share of a batch of ``n`` for ``shard`` = (rank, processes)."""
+    rank, size = shard
+    if n % size:
+        raise LegrError(f"a batch of {n} images cannot be split equally over {size} processes (fewer training images "
+                        "than finetune.batch_size?)")
+    return slice(rank * n // size, (rank + 1) * n // size)
+
+
 class TensorLoader:
     """Iterate ``(inputs, labels)`` batches: inputs float32 normalized NCHW, labels int64, both on ``device``.
 
     The uint8 images are moved to ``device`` once; each batch is gathered, optionally augmented
     (``random_crop_flip`` with ``padding``) and normalized there. Epoch ``e`` draws its order and augmentation from
     a generator seeded with ``(seed, e)`` (reproducible, resumable via ``set_epoch``), unless ``generator`` is given,
-    which is then used as is. ``mean``/``std`` None means inputs are just scaled to [0, 1].
+    which is then used as is. ``mean``/``std`` None means inputs are just scaled to [0, 1]. ``shard`` = (rank,
+    processes): each batch is drawn whole and process ``rank`` gets its contiguous equal share (data parallelism).
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 128,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None, *,
                  shuffle: bool = False, augment: bool = False, drop_last: bool = False, seed: int = 0,
                  generator: torch.Generator | None = None, device: str | torch.device | None = None,
-                 padding: int = 4) -> None:
+                 padding: int = 4, shard: tuple[int, int] = (0, 1)) -> None:
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
         if batch_size < 1:
@@ -44,7 +55,7 @@ class TensorLoader:
         self.mean = tuple(mean) if mean is not None else (0.0,) * channels
         self.std = tuple(std) if std is not None else (1.0,) * channels
         self.batch_size, self.shuffle, self.augment, self.drop_last = batch_size, shuffle, augment, drop_last
-        self.seed, self.generator, self.padding = seed, generator, padding
+        self.seed, self.generator, self.padding, self.shard = seed, generator, padding, shard
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -69,4 +80,5 @@ class TensorLoader:
                 xb, yb = self.x[idx], self.y[idx]
             if self.augment:
                 xb = random_crop_flip(xb, self.padding, gen)
-            yield normalize(xb, self.mean, self.std), yb
+            part = shard_slice(len(yb), self.shard)
+            yield normalize(xb[part], self.mean, self.std), yb[part]

@@ -5,12 +5,15 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from legr.errors import LegrError
 from legr.registry import Registry
+
+if TYPE_CHECKING:
+    from legr.data.stream import ImageFiles
 
 # CIFAR checkpoints in the wild (e.g. akamaster's ResNet-20/56) were trained with ImageNet statistics.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -19,14 +22,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True, eq=False)
 class ImageData:
-    """A small image dataset held in memory: uint8 NCHW images, int64 labels, and the normalization to apply.
+    """An image dataset: uint8 NCHW images (in memory, or `ImageFiles` streamed from disk), int64 labels, and the
+    normalization to apply.
 
     ``mean``/``std`` are per channel, for images scaled to [0, 1] floats (see ``legr.data.normalize``).
     """
 
-    train_x: torch.Tensor
+    train_x: torch.Tensor | ImageFiles
     train_y: torch.Tensor
-    test_x: torch.Tensor
+    test_x: torch.Tensor | ImageFiles
     test_y: torch.Tensor
     classes: tuple[str, ...]
     mean: tuple[float, ...]

@@ -6,6 +6,8 @@ Everything decoded from files is cached as .npz in ``legr.paths.cache_dir()`` (s
 from __future__ import annotations
 
 import gzip
+import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from legr.data.cache import cache_path, cached_arrays
 from legr.data.folder import read_image_folders
 from legr.data.registry import IMAGENET_MEAN, IMAGENET_STD, ImageData, register_dataset
 from legr.data.split import split_train_val
+from legr.data.stream import LARGE, open_image_folders, random_access
 from legr.errors import DatasetError
 from legr.paths import data_dir
 
@@ -74,11 +77,17 @@ def load_cifar10_jpeg(root: Path | None) -> ImageData:
 
 @register_dataset("imagefolder")
 def load_imagefolder(root: Path | None, image_size: int | tuple[int, int] | None = None,
-                     mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None) -> ImageData:
+                     mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
+                     stream: bool | None = None, workers: int | None = None) -> ImageData:
     """Any directory or .tar(.gz)/.zip archive with ``train/<class>/*`` and ``test/`` (or ``val/``) subfolders.
 
-    Images must share one size unless ``image_size`` (int or (H, W)) is given. ``mean``/``std`` default to the
-    per-channel statistics of the training images.
+    ``stream``: read the images from disk batch by batch (`legr.data.stream`: a directory, .zip or uncompressed
+    .tar), with ``workers`` DataLoader processes (default: the CPUs, at most 8); false: decode everything into memory
+    once (cached); null (default): stream when the images are ImageNet-size (``image_size`` >= 96 px: their
+    RandomResizedCrop needs the originals) or would fill over a quarter of this machine's memory, if the source can
+    be read at random. In memory, images must share one size unless ``image_size`` (int or (H, W)) is given, then
+    they are resized to it; streamed, every image is transformed to ``image_size`` (default: the first one's).
+    ``mean``/``std`` default to the per-channel statistics of the training images (streamed: of 1,000 of them).
     """
     if root is None:
         raise DatasetError("imagefolder: give a root (a directory or archive with train/ and test/ subfolders)")
@@ -86,8 +95,27 @@ def load_imagefolder(root: Path | None, image_size: int | tuple[int, int] | None
         raise DatasetError(f"imagefolder: {root}: no such file or directory")
     size = (image_size, image_size) if isinstance(image_size, int) else image_size
     size = None if size is None else tuple(size)
+    if stream or (stream is None and random_access(root)):
+        train_x, train_y, test_x, test_y, classes = open_image_folders(root, size, _workers(workers))
+        decoded = (len(train_x) + len(test_x)) * math.prod(train_x.shape[1:])
+        if stream or min(train_x.size) >= LARGE or decoded > _memory_bytes() // 4:
+            if mean is None or std is None:
+                sample = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0))[:1000]
+                mean, std = channel_stats(train_x[sample.sort().values])
+            return ImageData(name="imagefolder", train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
+                             classes=tuple(classes), mean=tuple(mean), std=tuple(std))
     path = cache_path("imagefolder", root, image_size=size)
     return _image_data("imagefolder", cached_arrays(path, lambda: read_image_folders(root, size)), mean, std)
+
+
+def _workers(workers: int | None) -> int:
+    if workers is not None and workers < 0:
+        raise DatasetError(f"imagefolder: workers must be >= 0, got {workers}")
+    return min(8, len(os.sched_getaffinity(0))) if workers is None else workers
+
+
+def _memory_bytes() -> int:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _torchvision_cifar(name: str, root: Path | None, download: bool) -> ImageData:

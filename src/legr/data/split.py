@@ -6,16 +6,19 @@ from dataclasses import dataclass
 
 import torch
 
+from legr.data.stream import ImageFiles
 from legr.errors import DatasetError
 
 
 @dataclass(frozen=True)
 class Splits:
-    """A run's data: train / validation / test (images, labels), normalization, input size and classes."""
+    """A run's data: train / validation / test (images, labels), normalization, input size and classes. Training
+    and test images may be streamed from disk (`ImageFiles`); validation images, which the search scores every
+    candidate on, are always in memory."""
 
-    train: tuple[torch.Tensor, torch.Tensor]
+    train: tuple[torch.Tensor | ImageFiles, torch.Tensor]
     val: tuple[torch.Tensor, torch.Tensor]
-    test: tuple[torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor | ImageFiles, torch.Tensor]
     mean: tuple[float, ...]
     std: tuple[float, ...]
     input_size: tuple[int, int, int]
@@ -47,12 +50,15 @@ def split_indices(y: torch.Tensor, val_size: int, seed: int = 0) -> tuple[torch.
     return (~is_val).nonzero().squeeze(1), is_val.nonzero().squeeze(1)
 
 
-def split_train_val(x: torch.Tensor, y: torch.Tensor, val_size: int,
-                    seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Split (x, y) into disjoint (train_x, train_y, val_x, val_y), stratified by label (see ``split_indices``)."""
+def split_train_val(x: torch.Tensor | ImageFiles, y: torch.Tensor, val_size: int, seed: int = 0
+                    ) -> tuple[torch.Tensor | ImageFiles, torch.Tensor, torch.Tensor | ImageFiles, torch.Tensor]:
+    """Split (x, y) into disjoint (train_x, train_y, val_x, val_y), stratified by label (see ``split_indices``).
+    Images on disk (`ImageFiles`) are split without decoding them."""
     if len(x) != len(y):
         raise DatasetError(f"x has {len(x)} samples but y has {len(y)}")
     train_idx, val_idx = split_indices(y, val_size, seed)
-    tx, vx = train_idx.to(x.device), val_idx.to(x.device)
-    ty, vy = train_idx.to(y.device), val_idx.to(y.device)
-    return x[tx], y[ty], x[vx], y[vy]
+
+    def take(idx: torch.Tensor) -> torch.Tensor | ImageFiles:
+        return x.subset(idx) if isinstance(x, ImageFiles) else x[idx.to(x.device)]
+
+    return take(train_idx), y[train_idx.to(y.device)], take(val_idx), y[val_idx.to(y.device)]

@@ -99,6 +99,8 @@ class DataConfig(_Strict):
     root: str | None = Field(None, description="dataset folder/archive; default under $LEGR_DATA")
     val_size: int = Field(5000, ge=0, description="images carved from the training data for search fitness")
     split_seed: int = 0
+    options: dict[str, Any] = Field({}, description="the dataset's own options, e.g. imagefolder's image_size, "
+                                                    "stream, workers")
 
 
 class LatencyBudget(_Strict):

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from legr.data import TensorLoader
+from legr.data import make_loader
 from legr.engine.latency import measure_latency
 from legr.engine.latency_model import latency_model_path
 from legr.methods import METHODS, STAGES
@@ -169,8 +169,8 @@ class _Units:
             src = self.source
             net = self._network(fraction)
             x, y = src.data.train
-            loader = TensorLoader(x, y, batch_size, src.data.mean, src.data.std, shuffle=True, augment=augment,
-                                  drop_last=len(x) > batch_size, device=src.device)
+            loader = make_loader(x, y, batch_size, src.data.mean, src.data.std, shuffle=True, augment=augment,
+                                 drop_last=len(x) > batch_size, device=src.device)
             sgd = make_sgd(net, 0.01)
             train_steps(net, loader, 1, sgd)  # warm-up
             start = self.now()

@@ -25,7 +25,7 @@ import torch
 import yaml
 from torch import nn
 
-from legr.data import Splits, load_dataset, split_train_val
+from legr.data import Splits, in_memory, load_dataset, split_train_val
 from legr.engine.cost import CostModel
 from legr.engine.int8 import OnnxModule
 from legr.engine.latency_model import LatencyModel, build_latency_model
@@ -104,11 +104,12 @@ class Pipeline:
     @cached_property
     def data(self) -> Splits:
         d = self.cfg.data
-        ds = load_dataset(d.name, d.root)
+        ds = load_dataset(d.name, d.root, **d.options)
         if d.val_size >= len(ds.train_x):
             raise ConfigError(f"data.val_size ({d.val_size}) must be smaller than the training set ({len(ds.train_x)})")
         tx, ty, vx, vy = split_train_val(ds.train_x, ds.train_y, d.val_size, seed=d.split_seed)
-        return Splits((tx, ty), (vx, vy), (ds.test_x, ds.test_y), ds.mean, ds.std, ds.input_size, ds.num_classes)
+        val = (in_memory(vx, self.progress), vy)  # streamed images: decoded once (cached), scored many times
+        return Splits((tx, ty), val, (ds.test_x, ds.test_y), ds.mean, ds.std, ds.input_size, ds.num_classes)
 
     @cached_property
     def _network(self) -> nn.Module:

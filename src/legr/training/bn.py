@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from legr.data.loader import TensorLoader
+from legr.data.stream import make_loader
 from legr.training.evaluate import Device
 from legr.training.loops import cycle_batches
 
@@ -55,6 +55,6 @@ def bn_batches(x: torch.Tensor, y: torch.Tensor, mean: Sequence[float] | None, s
                device: Device = None) -> list[torch.Tensor]:
     """``count`` fixed, shuffled (and, by default, augmented as in training) input batches for `recalibrate_bn`,
     drawn once so that every network recalibrated with them sees the same images."""
-    loader = TensorLoader(x, y, batch_size, mean, std, shuffle=True, augment=augment, drop_last=len(x) >= batch_size,
-                          seed=seed, device=device)
+    loader = make_loader(x, y, batch_size, mean, std, shuffle=True, augment=augment, drop_last=len(x) >= batch_size,
+                         seed=seed, device=device)
     return [xb for _, (xb, _) in zip(range(count), cycle_batches(loader))]

@@ -1,8 +1,9 @@
 """Data-parallel fine-tuning with torch.distributed (issue 17): launched by ``torchrun``, one process per device.
 
-Every process holds the whole in-memory training split and the same loader (same seed: same order, same
-augmentation), so the ranks agree on each step's global batch without exchanging data; each takes one contiguous
-equal shard of it (`shard`), and DDP averages the gradients. A step therefore equals one process's step on the
+Every process holds the whole training split (in memory, or streamed from disk, where each decodes only its
+share) and the same loader (same seed: same order, same augmentation), so the ranks agree on each step's global
+batch without exchanging data; each takes one contiguous equal shard of it (the loader's ``shard``), and DDP
+averages the gradients. A step therefore equals one process's step on the
 whole batch: same weights within float tolerance (the test: two gloo processes on CPU against one). BatchNorm is
 the exception on CPUs: torch's SyncBatchNorm runs on GPUs only, so there each rank normalizes its shard with the
 shard's statistics (and DDP copies rank 0's running statistics to every rank at each forward); on GPUs `wrap`
@@ -85,17 +86,6 @@ def check_batch(batch_size: int, w: World) -> None:
     if batch_size % w.size:
         raise ConfigError(f"finetune.batch_size ({batch_size}) must be a multiple of the {w.size} data-parallel "
                           "processes: each takes an equal share of every batch")
-
-
-def shard(xb: torch.Tensor, yb: torch.Tensor, w: World) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's contiguous equal share of a global batch."""
-    if w.size == 1:
-        return xb, yb
-    if len(xb) % w.size:
-        raise ConfigError(f"a batch of {len(xb)} images cannot be split equally over {w.size} processes (fewer "
-                          "training images than finetune.batch_size?)")
-    n = len(xb) // w.size
-    return xb[w.rank * n:(w.rank + 1) * n], yb[w.rank * n:(w.rank + 1) * n]
 
 
 def all_sum(t: torch.Tensor, w: World) -> torch.Tensor:

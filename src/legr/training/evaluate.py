@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from legr.data.loader import TensorLoader
+from legr.data.stream import make_loader
 
 Device = str | torch.device | None
 
@@ -60,7 +60,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: Sequence[
     if len(x) == 0:
         raise ValueError("evaluate needs at least one sample")
     device = torch.device(device) if device is not None else model_device(model)
-    loader = TensorLoader(x, y, batch_size, mean, std, device=device)
+    loader = make_loader(x, y, batch_size, mean, std, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     top1 = torch.zeros((), dtype=torch.int64, device=device)
     topk = torch.zeros((), dtype=torch.int64, device=device)
@@ -85,6 +85,6 @@ def predict_logits(model: nn.Module, x: torch.Tensor, mean: Sequence[float] | No
     labels = torch.zeros(len(x), dtype=torch.long)  # the loader wants labels; none are read
     outputs = []
     with _eval_mode(model), torch.inference_mode():
-        for xb, _ in TensorLoader(x, labels, batch_size, mean, std, device=device):
+        for xb, _ in make_loader(x, labels, batch_size, mean, std, device=device):
             outputs.append(model(xb).float().cpu())
     return torch.cat(outputs) if outputs else torch.zeros(0, 0)

@@ -20,14 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from legr.data.loader import TensorLoader
+from legr.data.stream import Loader, make_loader
 from legr.errors import CheckpointError
 from legr.models.checkpoint import load_state_dict
 from legr.paths import atomic_file
 from legr.progress import progress_bar
 from legr.training.config import FinetuneConfig
 from legr.training.distill import DistillConfig, Teacher, distill_loss
-from legr.training.distributed import World, all_sum, barrier, check_batch, shard, world, wrap
+from legr.training.distributed import World, all_sum, barrier, check_batch, world, wrap
 from legr.training.evaluate import Device, evaluate, model_device
 
 CHECKPOINT_VERSION = 1
@@ -43,7 +43,7 @@ def make_sgd(model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: f
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
 
 
-def cycle_batches(loader: TensorLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def cycle_batches(loader: Loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The loader's batches forever: each exhaustion starts its next epoch."""
     if len(loader) == 0:
         raise ValueError("the loader yields no batches (fewer samples than batch_size with drop_last?)")
@@ -70,7 +70,7 @@ def _step(model: nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Tensor, 
     return loss.detach() * len(yb), correct
 
 
-def train_steps(model: nn.Module, loader: TensorLoader, steps: int, optimizer: torch.optim.Optimizer) -> float:
+def train_steps(model: nn.Module, loader: Loader, steps: int, optimizer: torch.optim.Optimizer) -> float:
     """Train ``model`` (in train mode) for exactly ``steps`` optimizer steps; returns the mean batch loss.
 
     The loader is cycled across epochs when ``steps > len(loader)``; each new pass is its next epoch. This is
@@ -135,8 +135,8 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: Sequence[
     w = world()
     check_batch(cfg.batch_size, w)
     net = wrap(model, device, w)
-    loader = TensorLoader(x, y, cfg.batch_size, mean, std, shuffle=True, augment=cfg.augment,
-                          drop_last=len(x) > cfg.batch_size, seed=cfg.seed, device=device)
+    loader = make_loader(x, y, cfg.batch_size, mean, std, shuffle=True, augment=cfg.augment,
+                         drop_last=len(x) > cfg.batch_size, seed=cfg.seed, device=device, shard=(w.rank, w.size))
     optimizer = make_sgd(model, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.milestone_epochs(), cfg.gamma)
     history: list[dict[str, Any]] = []
@@ -166,7 +166,7 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean: Sequence[
     return history
 
 
-def _train_epoch(model: nn.Module, loader: TensorLoader, optimizer: torch.optim.Optimizer, epoch: int, steps: int,
+def _train_epoch(model: nn.Module, loader: Loader, optimizer: torch.optim.Optimizer, epoch: int, steps: int,
                  seed: int, device: torch.device, teacher: Teacher | None = None,
                  distill: DistillConfig | None = None,
                  before_step: Callable[[int], None] | None = None,
@@ -185,7 +185,6 @@ def _train_epoch(model: nn.Module, loader: TensorLoader, optimizer: torch.optim.
             if before_step is not None:
                 before_step(epoch * steps + i)
                 model.train()
-            xb, yb = shard(xb, yb, w)
             batch_loss, batch_correct = _step(model, optimizer, xb, yb, teacher, distill, extra_loss)
             loss_sum += batch_loss.double()
             correct += batch_correct

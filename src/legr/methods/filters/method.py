@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from legr.data import TensorLoader
+from legr.data import make_loader
 from legr.engine.artifacts import load_pruned
 from legr.engine.cost import BUDGET_UNITS, CostModel, count_params, format_cost
 from legr.engine.plan import Plan
@@ -184,8 +184,8 @@ class FilterPruning(Method):
         x, y = run.data.train
 
         def batches():
-            loader = TensorLoader(x, y, cfg.finetune.batch_size, run.data.mean, run.data.std, shuffle=True,
-                                  seed=cfg.seed, device=run.device)
+            loader = make_loader(x, y, cfg.finetune.batch_size, run.data.mean, run.data.std, shuffle=True,
+                                 seed=cfg.seed, device=run.device)
             return itertools.islice(loader, cfg.criterion_batches)
 
         return CriterionContext(seed=cfg.seed, batches=batches)
@@ -245,8 +245,8 @@ class FilterPruning(Method):
         x, y = run.data.train
         return CandidateFitness(
             lambda net: run.accuracy(net, run.data.val), bn=run.bn_batches(s.bn_batches), tau=s.tau,
-            train_loader=lambda i: TensorLoader(x, y, s.batch_size, run.data.mean, run.data.std, shuffle=True,
-                                                augment=True, seed=cfg.seed * 100_003 + i, device=run.device),
+            train_loader=lambda i: make_loader(x, y, s.batch_size, run.data.mean, run.data.std, shuffle=True,
+                                               augment=True, seed=cfg.seed * 100_003 + i, device=run.device),
             sgd=(s.lr, s.momentum, s.weight_decay), metric=s.fitness)
 
     def _objective(self) -> FamilyObjective:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from legr.data import TensorLoader
+from legr.data import make_loader
 from legr.engine.artifacts import load_pruned
 from legr.engine.cost import count_params
 from legr.engine.surgery import prune
@@ -127,9 +127,9 @@ class GlobalDynamicPruning(Method):
 
         def score(net: nn.Module, decision: int) -> dict[str, Any]:
             def batches():
-                loader = TensorLoader(x, y, cfg.finetune.batch_size, run.data.mean, run.data.std, shuffle=True,
-                                      augment=cfg.finetune.augment, seed=cfg.seed * 1_000_003 + decision,
-                                      device=run.device)
+                loader = make_loader(x, y, cfg.finetune.batch_size, run.data.mean, run.data.std, shuffle=True,
+                                     augment=cfg.finetune.augment, seed=cfg.seed * 1_000_003 + decision,
+                                     device=run.device)
                 return itertools.islice(loader, self.section.scoring_batches)
 
             return taylor_saliency(run.graph, net, CriterionContext(seed=cfg.seed, batches=batches), "taylor_abs",

@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from legr.data.loader import TensorLoader
+from legr.data.stream import Loader
 from legr.training import EvalResult, make_sgd, recalibrate_bn, train_steps
 
 
@@ -30,7 +30,7 @@ class CandidateFitness:
     evaluate: Callable[[nn.Module], EvalResult]
     bn: Sequence[torch.Tensor] = ()
     tau: int = 0
-    train_loader: Callable[[int], TensorLoader] | None = None
+    train_loader: Callable[[int], Loader] | None = None
     sgd: tuple[float, float, float] = (0.01, 0.9, 5e-4)
     metric: Literal["accuracy", "loss"] = "accuracy"
 
