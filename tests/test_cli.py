@@ -340,7 +340,7 @@ def test_ctrl_c_exits_130_with_the_resume_hint(monkeypatch, capsys):
     def interrupted(*args, **kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_pipeline", interrupted)  # `legr rank` interrupted while it runs
+    monkeypatch.setattr(cli, "open_pipeline", interrupted)  # `legr rank` interrupted while it runs
     monkeypatch.setattr(sys, "argv", ["legr", "rank", "tiny.yaml"])
     with pytest.raises(SystemExit) as info:
         cli.main()

@@ -14,8 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from legr.cli_options import (ConfigArg, InputSizeOpt, KwargsOpt, ModelArg, NumClassesOpt, OutOpt, QuietOpt, SetOpt,
-                              console)
+from legr.cli_options import (ConfigArg, InputSizeOpt, KwargsOpt, ModelArg, NumClassesOpt, OutOpt, QuietOpt, RayOpt,
+                              SetOpt, console, finetune_family, open_pipeline, overrides)
 from legr.cli_stream import stream
 from legr.errors import LegrError
 
@@ -38,21 +38,6 @@ def _print_version(value: bool) -> None:
 def _options(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                                    help="print the version and exit")] = False) -> None:
     pass
-
-
-def _overrides(items: list[str] | None) -> dict:
-    from legr.pipeline.config_files import parse_set_options
-
-    return parse_set_options(items or [])
-
-
-def _pipeline(config: Path, out: Path | None, overrides: list[str] | None, quiet: bool, *, main: bool = True):
-    # main False: a data-parallel rank other than 0, which prints nothing
-    from legr.pipeline.config_files import load_config
-    from legr.pipeline.steps import Pipeline
-
-    return Pipeline(load_config(config, _overrides(overrides)), out or Path("runs") / config.stem,
-                    progress=main and not quiet, log=(lambda m: console.print(m)) if main else (lambda m: None))
 
 
 @app.command()
@@ -160,7 +145,7 @@ def latency(
 @app.command()
 def rank(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Learn the global ranking, or the method's one-time work (resumable: rerun the same command to go on)."""
-    pipeline = _pipeline(config, out, set_, quiet)
+    pipeline = open_pipeline(config, out, set_, quiet)
     console.print(pipeline.method.describe(pipeline.rank()))
 
 
@@ -168,24 +153,26 @@ def rank(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: Quie
 def prune(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Cut the learned ranking at every target: one pruned network (plan + weights) per target (method magnitude:
     each member's prune -> retrain rounds)."""
-    for directory in _pipeline(config, out, set_, quiet).prune():
+    for directory in open_pipeline(config, out, set_, quiet).prune():
         console.print(str(directory))
 
 
 @app.command()
-def finetune(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+def finetune(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: QuietOpt = False,
+             ray: RayOpt = None) -> None:
     """Fine-tune every pruned network (each resumes from its last finished epoch); data-parallel on N GPUs or CPU
-    processes: `torchrun --nproc-per-node N -m legr finetune CONFIG` (1/N of every batch each; rank 0 writes)."""
+    processes: `torchrun --nproc-per-node N -m legr finetune CONFIG` (1/N of every batch each; rank 0 writes);
+    or each member as a Ray task: --ray local (or a cluster's address)."""
     from legr.training.distributed import data_parallel
 
     with data_parallel() as w:
-        _pipeline(config, out, set_, quiet, main=w.main).finetune()
+        finetune_family(open_pipeline(config, out, set_, quiet, main=w.main), ray)
 
 
 @app.command("eval")
 def eval_(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Evaluate the baseline and every family member on the test set; write results.json/.csv."""
-    _pipeline(config, out, set_, quiet).evaluate()
+    open_pipeline(config, out, set_, quiet).evaluate()
 
 
 @app.command()
@@ -201,9 +188,10 @@ def report(run: Annotated[Path, typer.Argument(help="run folder (results.json) o
 
 
 @app.command()
-def run(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
-    """All steps: (train base) -> rank -> prune -> finetune -> eval -> report."""
-    pipeline = _pipeline(config, out, set_, quiet)
+def run(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: QuietOpt = False,
+        ray: RayOpt = None) -> None:
+    """All steps: (train base) -> rank -> prune -> finetune (--ray: each member a Ray task) -> eval -> report."""
+    pipeline = finetune_family(open_pipeline(config, out, set_, quiet), ray)
     typer.echo(pipeline.run())
     console.print(f"results: {pipeline.out / 'results.csv'}  report: {pipeline.out / 'report.html'}")
 
@@ -233,7 +221,7 @@ def compare(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: Q
     from legr.pipeline.compare_config import CompareConfig
     from legr.pipeline.config_files import load_config
 
-    cfg = load_config(config, _overrides(set_), schema=CompareConfig)
+    cfg = load_config(config, overrides(set_), schema=CompareConfig)
     folder = out or Path("runs") / config.stem
     Comparison(cfg, folder, progress=not quiet, log=lambda m: console.print(m, highlight=False)).run()
     typer.echo((folder / "summary.md").read_text())
@@ -246,7 +234,7 @@ def demo(out: OutOpt = None, set_: SetOpt = None, quiet: QuietOpt = False) -> No
     budgets, fine-tune, then print the table and draw the plot (about a minute on 2 idle CPU cores)."""
     config = resources.files("legr") / "configs" / "demo.yaml"
     with resources.as_file(config) as path:
-        pipeline = _pipeline(Path(path), out or Path("runs/demo"), set_, quiet)
+        pipeline = open_pipeline(Path(path), out or Path("runs/demo"), set_, quiet)
     typer.echo(pipeline.run())
     console.print(f"results: {pipeline.out / 'results.csv'}  report: {pipeline.out / 'report.html'}")
 
@@ -328,6 +316,8 @@ def main() -> None:
     try:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and sys.argv[1:2] != ["finetune"]:
             raise LegrError("only `legr finetune` runs data-parallel under torchrun; run this command as one process")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and any(a.split("=")[0] == "--ray" for a in sys.argv):
+            raise LegrError("--ray runs each member as a Ray task: launch it as one process, not under torchrun")
         code = app(standalone_mode=False)
     except LegrError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)

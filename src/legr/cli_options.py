@@ -1,5 +1,6 @@
-"""What every `legr` command shares: the argument and option types, and the console that errors and progress go to
-(stderr). Separate from `legr.cli` so that a command in its own module (`legr.cli_stream`) uses them too."""
+"""What every `legr` command shares: the argument and option types, the console that errors and progress go to
+(stderr), and opening a run from a config file (+ ``--set`` overrides). Separate from `legr.cli` so that a command in
+its own module (`legr.cli_stream`) uses them too."""
 
 from __future__ import annotations
 
@@ -23,3 +24,31 @@ InputSizeOpt = Annotated[Optional[str], typer.Option(help="input size CxHxW, e.g
 KwargsOpt = Annotated[Optional[str], typer.Option("--kwargs", help="a factory's keyword arguments, a JSON object: "
                                                                    "'{\"width\": 64}'")]
 NumClassesOpt = Annotated[Optional[int], typer.Option(help="classifier width")]
+RayOpt = Annotated[Optional[str], typer.Option("--ray", help="fine-tune each member as a Ray task: 'local' starts a "
+                                                      "local Ray, 'auto' or host:port joins a cluster")]
+
+
+def overrides(items: list[str] | None) -> dict:
+    from legr.pipeline.config_files import parse_set_options
+
+    return parse_set_options(items or [])
+
+
+def open_pipeline(config: Path, out: Path | None, items: list[str] | None, quiet: bool, *, main: bool = True):
+    # main False: a data-parallel rank other than 0, which prints nothing
+    from legr.pipeline.config_files import load_config
+    from legr.pipeline.steps import Pipeline
+
+    return Pipeline(load_config(config, overrides(items)), out or Path("runs") / config.stem,
+                    progress=main and not quiet, log=(lambda m: console.print(m)) if main else (lambda m: None))
+
+
+def finetune_family(pipeline, ray: str | None):
+    """``pipeline`` after fine-tuning its family: in this process (or data-parallel), or as Ray tasks (``ray``)."""
+    if ray is None:
+        pipeline.finetune()
+    else:
+        from legr.pipeline.ray_dispatch import RaySettings, finetune_on_ray
+
+        finetune_on_ray(pipeline, RaySettings(address=None if ray == "local" else ray))
+    return pipeline

@@ -54,7 +54,7 @@ from legr.reporting import (
     write_results,
 )
 from legr.training import EvalResult, TrainConfig, bn_batches, evaluate, finetune
-from legr.training.distributed import barrier, world
+from legr.training.distributed import World, barrier, world
 
 
 def resolve_device(name: str) -> torch.device:
@@ -238,13 +238,23 @@ class Pipeline:
         if w.main:
             self.prune()
         barrier(w)
-        before = not self.stages or self.stages[0].finetune_before(self.cfg)
         for member in self.members():
-            if before and not member.finetuned.exists():
-                self.method.finetune(member)
-                barrier(w)  # rank 0's files are on disk before any rank reads them
-            if self.stages:
-                self.load(member)
+            self.finetune_member(member, w)
+
+    def needs_finetune(self, member: MemberFolder) -> bool:
+        """Whether ``member`` (already cut) is still to be fine-tuned (never, when the chain's first stage takes it as
+        cut)."""
+        before = not self.stages or self.stages[0].finetune_before(self.cfg)
+        return before and not member.finetuned.exists()
+
+    def finetune_member(self, member: MemberFolder, w: World = World()) -> None:
+        """Fine-tune one member already cut (resuming) and apply the chain's stages (a Ray task's work:
+        `legr.pipeline.ray_dispatch`)."""
+        if self.needs_finetune(member):
+            self.method.finetune(member)
+            barrier(w)  # rank 0's files are on disk before any rank reads them
+        if self.stages:
+            self.load(member)
 
     def load(self, member: MemberFolder) -> tuple[Member, MemberFolder]:
         """A member as the run's chain leaves it (the method's, after every stage) and the folder holding it."""

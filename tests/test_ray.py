@@ -1,0 +1,90 @@
+"""The family's fine-tunes as Ray tasks (issue 17): on a local 2-CPU Ray, with one worker killed mid-task, the
+members end with the weights of the sequential fine-tune."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from legr.pipeline.config import parse_config
+from legr.pipeline.steps import Pipeline
+
+pytest.importorskip("ray")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+RUN = """
+model: {name: digits_cnn, weights: null}
+data: {name: digits, val_size: 300}
+base_training: {epochs: 2, lr: 0.05, batch_size: 64, augment: false}
+search: {population: 4, sample: 2, evaluations: 6, restarts: 1, bn_batches: 2}
+targets: [0.3, 0.6]
+finetune: {epochs: 8, lr: 0.01, batch_size: 64}
+eval: {latency: false}
+seed: 0
+"""
+
+
+def _kill_once_after_an_epoch(out: Path, killed: list[int], stop: threading.Event) -> None:
+    """SIGKILL the first Ray worker seen fine-tuning a member once that member has a checkpoint (>= 1 epoch done)."""
+    while not stop.is_set() and not killed:
+        if any(out.glob("members/*/finetune.pt")):
+            for proc in Path("/proc").iterdir():
+                try:
+                    if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::finetune_member"):
+                        os.kill(int(proc.name), signal.SIGKILL)
+                        killed.append(int(proc.name))
+                        return
+                except OSError:
+                    continue
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the Ray worker in /proc")
+def test_ray_finetunes_equal_the_sequential_ones_even_when_a_worker_dies(tmp_path):
+    config, alone, spread = tmp_path / "run.yaml", tmp_path / "alone", tmp_path / "ray"
+    config.write_text(RUN)
+    Pipeline(parse_config(yaml.safe_load(RUN)), alone, progress=False, log=lambda _: None).prune()
+    shutil.copytree(alone, spread)  # the same cut family, fine-tuned two ways
+    Pipeline(parse_config(yaml.safe_load(RUN)), alone, progress=False, log=lambda _: None).finetune()
+
+    killed: list[int] = []
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_once_after_an_epoch, args=(spread, killed, stop), daemon=True)
+    killer.start()
+    try:
+        done = subprocess.run([sys.executable, "-m", "legr", "finetune", str(config), "--out", str(spread), "--quiet",
+                               "--ray", "local"], capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    finally:
+        stop.set()
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert killed, "no Ray worker was seen fine-tuning"
+    out = done.stdout + done.stderr
+    assert "fine-tuning 2 members as Ray tasks" in out and "legr-30 fine-tuned" in out and "legr-60 fine-tuned" in out
+    for member in ("legr-30", "legr-60"):
+        ours, theirs = (load_file(run / "members" / member / "model.safetensors") for run in (spread, alone))
+        assert ours.keys() == theirs.keys()
+        assert all(ours[k].equal(theirs[k]) for k in ours), member  # bit for bit, resumed after the kill included
+        assert not (spread / "members" / member / "finetune.pt").exists()
+    # a finished write leaves no temporary; the killed worker may have left the one it was writing (never read)
+    assert not [p for p in spread.rglob(".*.tmp") if not p.name.startswith(".finetune.pt.")]
+
+
+def test_ray_and_torchrun_do_not_combine(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(RUN)
+    done = subprocess.run([sys.executable, "-m", "legr", "finetune", str(config), "--out", str(tmp_path / "r"),
+                           "--ray", "local"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"})
+    assert done.returncode == 2
+    assert "launch it as one process, not under torchrun" in done.stdout + done.stderr
