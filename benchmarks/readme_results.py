@@ -195,6 +195,14 @@ def analysis() -> list[str]:
         + _table(["model", "input", "params", "groups", "analysis", "/ target"], rows)
 
 
+def scale() -> list[str]:
+    path = RESULTS / "scale.md"
+    if not path.exists():
+        return ["Not run yet: `python benchmarks/scale.py`."]
+    return ["Streaming vs in-memory loading, data-parallel SGD and Ray fine-tunes on this machine "
+            "(`benchmarks/results/scale.json`):", "", *path.read_text().strip().splitlines()]
+
+
 def legr_run(folder: str, title: str) -> Callable[[], list[str]]:
     def block() -> list[str]:
         rows = _load(f"{folder}/results.json")
@@ -482,6 +490,7 @@ SECTIONS: list[tuple[str, Callable[[], list[str]]]] = [
     ("Accuracy at equal measured latency (`benchmarks/latency_accuracy.py`)", latency_accuracy),
     ("Distillation and int8 (`benchmarks/distill_quantize.py`)", distill_quantize),
     ("Budget solver speed (`benchmarks/solver_speed.py`)", solver),
+    ("Scale-out: streamed data, data-parallel SGD, Ray (`benchmarks/scale.py`)", scale),
     ("LeGR on ResNet-56, CIFAR-10-JPEG (`benchmarks/legr_resnet56_cifar10jpeg.py`)",
      lambda: legr_run("legr_resnet56_cifar10jpeg", "2-core CPU budget")()
      + [""] + legr_run("legr_resnet56_cifar10jpeg_gpu", "GPU budget (training on one H100)")()),
