@@ -15,6 +15,7 @@ random, so it is decoded into memory instead).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -106,6 +107,7 @@ def random_access(source: Path) -> bool:
     return source.is_dir() or zipfile.is_zipfile(source) or is_plain_tar(source)
 
 
+@functools.lru_cache(maxsize=16)
 def image_transform(size: tuple[int, int], train: bool) -> Callable[[torch.Tensor], torch.Tensor]:
     """The per-image transform of a (C, H, W) uint8 tensor to ``size`` (see the module's doc); random draws from
     torch's global generator (`ImageFiles.image` seeds it per image)."""
