@@ -194,3 +194,33 @@ def test_the_imagenet_configs_run_once_root_and_weights_point_at_real_files(cifa
     pipe = Pipeline(parse_config(raw), tmp_path / "run", progress=False, log=lambda _: None)
     assert isinstance(pipe.data.train[0], ImageFiles) and pipe.data.input_size == (3, 224, 224)
     assert pipe.data.mean == (0.485, 0.456, 0.406) and len(pipe.graph.groups) > 10
+
+
+def test_a_streamed_finetune_killed_midway_resumes_bit_identical(digits_root, tmp_path, monkeypatch):
+    from legr.training import FinetuneConfig, finetune
+
+    data = load_dataset("imagefolder", digits_root, stream=True, workers=2)
+    cfg = FinetuneConfig(epochs=3, lr=0.05, batch_size=32, steps_per_epoch=4, augment=True)
+
+    def fit(**kw):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                  torch.nn.Flatten(), torch.nn.Linear(8, 5))
+        history = finetune(net, data.train_x, data.train_y, data.mean, data.std, cfg, progress=False, **kw)
+        return net, [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+    whole, rows = fit()
+    original = StreamLoader.set_epoch
+
+    def killed(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        original(self, epoch)
+
+    monkeypatch.setattr(StreamLoader, "set_epoch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        fit(checkpoint=tmp_path / "ft.pt")
+    monkeypatch.setattr(StreamLoader, "set_epoch", original)
+    resumed, again = fit(checkpoint=tmp_path / "ft.pt")
+    assert again == rows
+    assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), whole.state_dict().values()))
