@@ -70,6 +70,7 @@ def test_streamed_batches_equal_the_in_memory_ones(digits_root, kind):
     assert streamed.classes == memory.classes and streamed.input_size == memory.input_size == (1, 8, 8)
     assert torch.equal(streamed.train_y, memory.train_y) and torch.equal(streamed.test_y, memory.test_y)
     assert torch.equal(streamed.test_x[torch.arange(7, 19)], memory.test_x[7:19])  # indexing decodes
+    assert torch.equal(streamed.test_x[np.int64(3)], memory.test_x[3]) and streamed.test_x[torch.tensor(3)].dim() == 3
     for epoch in (0, 3):
         a = TensorLoader(memory.train_x, memory.train_y, 32, (0.3,), (0.2,), shuffle=True, seed=5, drop_last=True)
         b = make_loader(streamed.train_x, streamed.train_y, 32, (0.3,), (0.2,), shuffle=True, seed=5, drop_last=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import operator
 import os
 import tarfile
 import zipfile
@@ -165,8 +166,8 @@ class ImageFiles:
             return image_transform(self.size, train)(img)
 
     def __getitem__(self, index: int | slice | torch.Tensor | Sequence[int]) -> torch.Tensor:
-        if isinstance(index, int):
-            return self.image(index)
+        if not isinstance(index, slice) and (isinstance(index, int) or getattr(index, "ndim", 1) == 0):
+            return self.image(operator.index(index))  # one image, (C, H, W), as a tensor's x[i]
         part = self.subset(index)
         if len(part) == 0:
             return torch.empty((0, self.channels, *self.size), dtype=torch.uint8)
