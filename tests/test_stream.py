@@ -135,6 +135,7 @@ def test_in_memory_decodes_once_then_reads_the_cache(digits_root, monkeypatch):
     files = load_dataset("imagefolder", digits_root, stream=True, workers=0).train_x.subset(torch.arange(50, 90))
     decoded = in_memory(files)
     assert decoded.dtype == torch.uint8 and torch.equal(decoded, files[:])
+    assert in_memory(files.subset([])).shape == (0, 1, 8, 8)  # data.val_size 0: an empty validation split
     monkeypatch.setattr(ImageFiles, "image", lambda *a, **k: pytest.fail("decoded again"))
     assert torch.equal(in_memory(files), decoded)
 

@@ -203,6 +203,8 @@ def in_memory(x: torch.Tensor | ImageFiles, progress: bool = False) -> torch.Ten
     and cached in ``legr.paths.cache_dir()`` (e.g. a validation split the search scores every candidate on)."""
     if isinstance(x, torch.Tensor):
         return x
+    if len(x) == 0:
+        return x[:]
     key = f"stream|{x.size}|{x.channels}|{x.fingerprint()}"
     path = cache_dir() / f"stream-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
 
@@ -237,7 +239,7 @@ class StreamLoader:
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None, *,
                  shuffle: bool = False, augment: bool = False, drop_last: bool = False, seed: int = 0,
                  generator: torch.Generator | None = None, device: str | torch.device | None = None,
-                 padding: int = 4, shard: tuple[int, int] = (0, 1)) -> None:
+                 shard: tuple[int, int] = (0, 1)) -> None:
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
         if batch_size < 1:
