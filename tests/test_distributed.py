@@ -139,3 +139,17 @@ def test_torchrun_finetunes_a_family_that_rank0_writes(tmp_path):
     assert not list(out.rglob(".*.tmp"))
     shown = _legr("eval", str(config), "--out", str(out), env={"WORLD_SIZE": "2"})  # only finetune runs data-parallel
     assert shown.returncode == 2 and "only `legr finetune` runs data-parallel" in shown.stdout + shown.stderr
+
+
+@pytest.mark.skipif(not Path(sys.executable).with_name("torchrun").exists(), reason="torchrun is not installed")
+def test_torchrun_trains_the_source_network_data_parallel_then_rank0_cuts(tmp_path):
+    """No `legr prune` first: both processes train the source network together (base_training, each on half of
+    every batch), then rank 0 searches and cuts while rank 1 waits, then both fine-tune."""
+    config, out = tmp_path / "run.yaml", tmp_path / "run"
+    config.write_text(RUN.replace("finetune: {epochs: 2", "finetune: {epochs: 1"))
+    done = _legr("finetune", str(config), "--out", str(out), torchrun=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = done.stdout + done.stderr
+    assert log.count("training the source network for 2 epochs") == 1  # rank 0 speaks for both
+    assert (out / "base" / "model.safetensors").exists()  # (rank 0 alone, inside its cut, would hang in DDP)
+    assert len(list(out.glob("members/*/finetuned.json"))) == 2

@@ -18,7 +18,7 @@ from sklearn.datasets import load_digits
 from legr.data import ImageFiles, StreamLoader, TensorLoader, in_memory, load_dataset, make_loader
 from legr.data import sources
 from legr.errors import DatasetError, LegrError
-from tests.conftest import shared_path
+from conftest import shared_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -232,9 +232,13 @@ class Pipeline:
     def finetune(self) -> None:
         """Fine-tune every member (unless the chain's first stage takes it as cut), then apply the chain's stages
         to it (work already on disk is kept). Data-parallel (launched by torchrun, `legr.training.distributed`):
-        rank 0 cuts the members the others then read (run `legr prune` first: a search leaves every other process
-        waiting), every rank trains each member on its share of the batches, and rank 0 writes."""
+        the ranks train the source network together (when base_training asks for it), rank 0 cuts the members the
+        others then read (run `legr prune` first: a search leaves every other process waiting), every rank trains
+        each member on its share of the batches, and rank 0 writes."""
         w = world()
+        if w.size > 1:  # every rank trains the source network (base_training) together, its channel groups found
+            self.graph  # noqa: B018  first, on the network as built (DDP on GPUs turns its BatchNorms into SyncBN)
+            self.base  # noqa: B018
         if w.main:
             self.prune()
         barrier(w)
