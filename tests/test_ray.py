@@ -88,3 +88,14 @@ def test_ray_and_torchrun_do_not_combine(tmp_path):
                           env={**os.environ, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"})
     assert done.returncode == 2
     assert "launch it as one process, not under torchrun" in done.stdout + done.stderr
+
+
+def test_a_cluster_that_is_not_there_is_one_line(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(RUN.replace("evaluations: 6", "evaluations: 4").replace("epochs: 8", "epochs: 1"))
+    done = subprocess.run([sys.executable, "-m", "legr", "finetune", str(config), "--out", str(tmp_path / "r"),
+                           "--quiet", "--ray", "127.0.0.1:9"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "cannot join the Ray cluster at '127.0.0.1:9': nothing answers there" in done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr

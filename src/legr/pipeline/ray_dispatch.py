@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,18 @@ def _ray() -> Any:
     return ray
 
 
+def _check_reachable(address: str | None) -> None:
+    """A ``host:port`` (or ``ray://host:port``) that accepts no connection within 5 s is a one-line error (Ray itself
+    retries for minutes)."""
+    host, _, port = (address or "").split("://")[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return  # None (a local Ray), "auto", or a form Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise LegrError(f"cannot join the Ray cluster at {address!r}: nothing answers there ({exc})") from None
+
+
 def finetune_on_ray(pipe: Pipeline, settings: RaySettings = RaySettings()) -> None:
     """Cut ``pipe``'s family here, fine-tune its members as Ray tasks, then finish what is left here (the chain's
     stages on members fine-tuned before). Work already on disk is kept, as in `Pipeline.finetune`."""
@@ -57,8 +70,14 @@ def finetune_on_ray(pipe: Pipeline, settings: RaySettings = RaySettings()) -> No
             # a local Ray starts its workers at nice 15, starved by anything else running; the sequential fine-tune
             # runs at the caller's priority, and so do these (RAY_worker_niceness set by the user wins)
             os.environ.setdefault("RAY_worker_niceness", "0")
-            ray.init(address=settings.address, include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.ERROR, **local)
+            _check_reachable(settings.address)
+            try:
+                ray.init(address=settings.address, include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.ERROR, **local)
+            except Exception as exc:  # no cluster at that address, a bad one, no room for a local Ray ...
+                where = (f"join the Ray cluster at {settings.address!r}" if settings.address is not None
+                         else "start a local Ray")
+                raise LegrError(f"cannot {where}: {' '.join(str(exc).split())[:300]}") from None
         try:
             _dispatch(ray, pipe, todo, settings.retries)
         finally:
