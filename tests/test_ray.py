@@ -16,22 +16,16 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
+from test_distributed import RUN as DISTRIBUTED_RUN
+
 from legr.pipeline.config import parse_config
 from legr.pipeline.steps import Pipeline
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-RUN = """
-model: {name: digits_cnn, weights: null}
-data: {name: digits, val_size: 300}
-base_training: {epochs: 2, lr: 0.05, batch_size: 64, augment: false}
-search: {population: 4, sample: 2, evaluations: 6, restarts: 1, bn_batches: 2}
-targets: [0.3, 0.6]
-finetune: {epochs: 8, lr: 0.01, batch_size: 64}
-eval: {latency: false}
-seed: 0
-"""
+RUN = DISTRIBUTED_RUN.replace("finetune: {epochs: 2, lr: 0.01, batch_size: 64, augment: false}",
+                              "finetune: {epochs: 8, lr: 0.01, batch_size: 64}")  # long enough to kill a worker midway
 
 
 def _kill_once_after_an_epoch(out: Path, killed: list[int], stop: threading.Event) -> None:

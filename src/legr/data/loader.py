@@ -30,7 +30,25 @@ def shard_slice(n: int, shard: tuple[int, int]) -> slice:
     return slice(rank * n // size, (rank + 1) * n // size)
 
 
-class TensorLoader:
+class EpochBatches:
+    """What both loaders share: ``len`` (batches per epoch) and ``set_epoch`` (the epoch the next ``iter()`` draws:
+    its order and augmentation, from a generator seeded with (seed, epoch))."""
+
+    x: object
+    batch_size: int
+    drop_last: bool
+    epoch: int
+
+    def __len__(self) -> int:
+        n = len(self.x)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The next ``iter()`` produces epoch ``epoch`` (its order and augmentation)."""
+        self.epoch = epoch
+
+
+class TensorLoader(EpochBatches):
     """Iterate ``(inputs, labels)`` batches: inputs float32 normalized NCHW, labels int64, both on ``device``.
 
     The uint8 images are moved to ``device`` once; each batch is gathered, optionally augmented
@@ -57,14 +75,6 @@ class TensorLoader:
         self.batch_size, self.shuffle, self.augment, self.drop_last = batch_size, shuffle, augment, drop_last
         self.seed, self.generator, self.padding, self.shard = seed, generator, padding, shard
         self.epoch = 0
-
-    def __len__(self) -> int:
-        n = len(self.x)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        """The next ``iter()`` produces epoch ``epoch`` (its order and augmentation)."""
-        self.epoch = epoch
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = self.generator or torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import math
 import operator
 import os
 import tarfile
@@ -32,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from legr.data.cache import cached_arrays, source_fingerprint
 from legr.data.folder import _decode_batch, _decode_pil, group_image_folders, image_parts
-from legr.data.loader import TensorLoader, normalize, shard_slice
+from legr.data.loader import EpochBatches, TensorLoader, normalize, shard_slice
 from legr.errors import DatasetError
 from legr.paths import cache_dir
 from legr.progress import progress_bar
@@ -231,7 +230,7 @@ def _collate(items: list[tuple[int, torch.Tensor]]) -> tuple[torch.Tensor, torch
     return torch.tensor([i for i, _ in items]), torch.stack([img for _, img in items])
 
 
-class StreamLoader:
+class StreamLoader(EpochBatches):
     """`TensorLoader` for `ImageFiles`: the same arguments and batches (order from the same seeded permutation;
     ``augment``: the files' training transform, drawn per image), decoded by ``files.workers`` processes."""
 
@@ -251,13 +250,6 @@ class StreamLoader:
         self.batch_size, self.shuffle, self.augment, self.drop_last = batch_size, shuffle, augment, drop_last
         self.seed, self.generator, self.shard = seed, generator, shard
         self.epoch = 0
-
-    def __len__(self) -> int:
-        n = len(self.x)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def _plan(self) -> list[list[tuple[int, int]]]:
         """Per batch, this shard's (image index, transform seed) pairs: the epoch's draws, as TensorLoader's."""
