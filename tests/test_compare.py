@@ -17,7 +17,7 @@ CONFIG = """
 model: {name: digits_cnn, weights: null}
 data: {name: digits, val_size: 200}
 base_training: {epochs: 10, lr: 0.05, batch_size: 64, augment: false}
-search: {population: 3, sample: 2, evaluations: 5, tau: 0, batch_size: 64}
+search: {population: 3, sample: 2, evaluations: 5, restarts: 3, tau: 0, batch_size: 64}
 targets: [0.4, 0.7]
 finetune: {epochs: 1, batch_size: 64, augment: false}
 criterion_batches: 2
@@ -148,7 +148,7 @@ def test_every_search_reports_its_restarts(comparison):
     assert sorted(searches) == ["lcp", "lcp-one"] and all(sorted(s) == ["0", "1"] for s in searches.values())
     for per_seed in searches.values():
         for s in per_seed.values():
-            assert len(s["restart_best"]) == 3 and s["best_fitness"] == max(s["restart_best"])  # default: 3 searches
+            assert len(s["restart_best"]) == 3 and s["best_fitness"] == max(s["restart_best"])  # 3 searches
             assert 0 <= min(s["winner"]) and max(s["winner"]) <= 1  # the winner's validation top-1 per search target
     assert len(searches["lcp"]["0"]["winner"]) == 2 and len(searches["lcp-one"]["0"]["winner"]) == 1
 

@@ -8,7 +8,7 @@ import yaml
 from legr.errors import ConfigError
 from legr.pipeline.compare_config import CompareConfig
 from legr.pipeline.config import RunConfig, parse_config
-from legr.pipeline.config_files import artifact_config, dump_config, load_config
+from legr.pipeline.config_files import artifact_config, dump_config, held_config, load_config
 from legr.training import FinetuneConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -16,9 +16,10 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BASE = {"model": {"name": "digits_cnn"}}
 
 
-def test_defaults_are_the_papers_except_the_fitness_and_the_floor():
-    cfg = parse_config(BASE)
-    assert (cfg.search.population, cfg.search.sample, cfg.search.evaluations) == (64, 16, 400)
+def test_defaults_are_the_papers_except_the_search_the_fitness_and_the_floor():
+    cfg = parse_config(BASE)  # the search: CMA-ES over score quantiles, soft guard, the paper's 3 x 400 candidates
+    assert (cfg.search.optimizer, cfg.search.normalize, cfg.search.guard_weight) == ("cma", "rank", 1.0)
+    assert (cfg.search.population, cfg.search.evaluations, cfg.search.restarts) == (16, 1200, 1)
     s = cfg.search  # the fitness: adaptive BN + validation top-1, seeded with the baselines (the fitness study's pick)
     assert (s.bn_batches, s.tau, s.fitness, s.seed_uniform, cfg.bn_batches) == (20, 0, "accuracy", True, 20)
     assert (cfg.finetune.lr, cfg.finetune.momentum, cfg.finetune.weight_decay, cfg.finetune.nesterov) == (0.01, 0.9, 5e-4, True)
@@ -44,6 +45,16 @@ def test_a_run_folder_is_the_same_run_whether_its_search_targets_are_written_or_
     written = parse_config({**BASE, "targets": [0.3, 0.47, 0.7], "search": {"targets": [0.3, 0.47, 0.7]}})
     single = parse_config({**BASE, "targets": [0.3, 0.47, 0.7], "search": {"target": 0.3}})
     assert artifact_config(default) == artifact_config(written) != artifact_config(single)
+
+
+def test_a_folder_from_before_the_cma_default_is_read_as_the_search_it_ran():
+    written = yaml.safe_load(dump_config(parse_config(BASE)))
+    for key in ("optimizer", "normalize", "guard_weight", "restarts"):
+        del written["search"][key]
+    old = held_config(written)  # a config.yaml written before these keys existed: the search of that time
+    assert (old.search.optimizer, old.search.normalize, old.search.guard_weight, old.search.restarts) == (
+        "evolution", "none", None, 1)
+    assert artifact_config(old) != artifact_config(parse_config(BASE))  # not silently reused by today's default
 
 
 def test_rounded_widths_are_another_run_and_the_default_keeps_old_folders():

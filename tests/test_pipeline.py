@@ -19,7 +19,7 @@ CONFIG = """
 model: {name: digits_cnn, weights: null}
 data: {name: digits, val_size: 200}
 base_training: {epochs: 4, lr: 0.05, batch_size: 64, augment: false}
-search: {population: 4, sample: 2, evaluations: 6, batch_size: 64, bn_batches: 3}
+search: {population: 4, sample: 2, evaluations: 6, restarts: 2, batch_size: 64, bn_batches: 3}
 bn_batches: 3
 targets: [0.35, 0.7]
 finetune: {epochs: 1, batch_size: 64, augment: false}
@@ -43,9 +43,10 @@ def test_a_run_writes_the_family_and_its_figures_are_the_saved_members(run):
     data = load_dataset("digits")
     ranking = json.loads((out / "ranking.json").read_text())
     assert ranking["search"]["targets"] == [0.35, 0.7]  # the default family fitness: every target of the run
-    assert ranking["search"]["restarts"] == 3 and len(ranking["search"]["restart_best"]) == 3  # default: 3 searches
+    assert ranking["search"]["restarts"] == 2 and len(ranking["search"]["restart_best"]) == 2  # two searches
     assert ranking["search"]["best_fitness"] == max(ranking["search"]["restart_best"])
-    assert len((out / "search_log.jsonl").read_text().splitlines()) == 18
+    assert ranking["search"]["optimizer"] == "cma" and ranking["search"]["normalize"] == "rank"  # the defaults
+    assert len((out / "search_log.jsonl").read_text().splitlines()) == 12
     base_macs = rows[0]["macs"]
     for row in rows[1:]:
         net, plan = load_pruned(out / row["path"])
@@ -95,7 +96,7 @@ def test_folders_from_before_restarts(run, tmp_path):
     cfg, out, _ = run
     searched = tmp_path / "searched"
     shutil.copytree(out, searched)
-    strip_restarts(searched)  # it ran one search, the default now runs three: refused, not silently reused
+    strip_restarts(searched)  # read as one search (written before the key), it ran two: refused, not silently reused
     with pytest.raises(ConfigError, match="holds a run with a different config"):
         Pipeline(cfg, searched, progress=False, log=lambda m: None).run()
     uniform = tmp_path / "uniform"  # a run that searches nothing does not depend on search settings: reused
@@ -256,7 +257,7 @@ def test_a_member_is_never_below_the_uniform_allocation_on_validation(run, monke
     assert np.array_equal(uniform, own_uniform) == (fallback_criterion is None)  # l1 keeps other filters than l2sq
     for ranking_score, chosen in ((0.5, "uniform"), (0.9, "ranking"), (0.8 - 0.01, "ranking")):
         fit = {REFERENCE_INDEX: ranking_score, REFERENCE_INDEX + 1: 0.8}  # uniform scores 0.8 on 200 images
-        monkeypatch.setattr(type(method), "_fitness", lambda self: (lambda net, i: fit[i]))
+        monkeypatch.setattr("legr.methods.filters.method.search_fitness", lambda run, cfg: (lambda net, i: fit[i]))
         got, record = method._guard_member(ranking, keep, target, member)
         assert record["chosen"] == chosen and record["tolerance"] == pytest.approx(np.sqrt(0.8 * 0.2 / 200))
         assert record["uniform_criterion"] == (fallback_criterion or "l2sq")

@@ -3,6 +3,7 @@ members end with the weights of the sequential fine-tune."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -72,6 +73,35 @@ def test_ray_finetunes_equal_the_sequential_ones_even_when_a_worker_dies(tmp_pat
         assert not (spread / "members" / member / "finetune.pt").exists()
     # a finished write leaves no temporary; the killed worker may have left the one it was writing (never read)
     assert not [p for p in spread.rglob(".*.tmp") if not p.name.startswith(".finetune.pt.")]
+
+
+SEARCHED = DISTRIBUTED_RUN.replace("evaluations: 6", "evaluations: 11")  # identity + 2 uniform, 2 generations of 4
+
+
+def _search_log(run: Path) -> list[dict]:
+    """The search log without its timings (the only field allowed to differ)."""
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+            for line in (run / "search_log.jsonl").read_text().splitlines()]
+
+
+def test_ray_scores_the_search_candidates_and_ends_with_the_sequential_ranking(tmp_path):
+    """CMA-ES generations scored by Ray workers (each opens the run from its folder): the same candidates, scores,
+    ranking and members as the search scoring them one by one in this process."""
+    config, alone, spread = tmp_path / "run.yaml", tmp_path / "alone", tmp_path / "ray"
+    config.write_text(SEARCHED)
+    Pipeline(parse_config(yaml.safe_load(SEARCHED)), alone, progress=False, log=lambda _: None).finetune()
+    done = subprocess.run([sys.executable, "-m", "legr", "finetune", str(config), "--out", str(spread), "--quiet",
+                           "--ray", "local"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "scoring candidates as Ray tasks" in done.stdout + done.stderr
+    ours, theirs = _search_log(spread), _search_log(alone)
+    assert len(ours) == 11 and ours == theirs  # every candidate and its fitness, in the same order
+    ranked = [json.loads((run / "ranking.json").read_text()) for run in (spread, alone)]
+    assert ranked[0]["layers"] == ranked[1]["layers"]  # every layer's alpha, kappa and scores
+    for member in ("legr-30", "legr-60"):
+        a, b = (load_file(run / "members" / member / "model.safetensors") for run in (spread, alone))
+        assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a), member
 
 
 def test_ray_and_torchrun_do_not_combine(tmp_path):

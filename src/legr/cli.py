@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from legr.cli_options import (ConfigArg, InputSizeOpt, KwargsOpt, ModelArg, NumClassesOpt, OutOpt, QuietOpt, RayOpt,
-                              SetOpt, console, finetune_family, open_pipeline, overrides)
+                              SetOpt, console, finetune_family, open_pipeline, overrides,
+                              rank_family)
 from legr.cli_stream import stream
 from legr.errors import LegrError
 
@@ -143,10 +144,12 @@ def latency(
 
 
 @app.command()
-def rank(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
-    """Learn the global ranking, or the method's one-time work (resumable: rerun the same command to go on)."""
+def rank(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: QuietOpt = False,
+         ray: RayOpt = None) -> None:
+    """Learn the global ranking, or the method's one-time work (resumable: rerun the same command to go on; --ray
+    local or a cluster's address: each CMA-ES generation's candidates scored as Ray tasks)."""
     pipeline = open_pipeline(config, out, set_, quiet)
-    console.print(pipeline.method.describe(pipeline.rank()))
+    console.print(pipeline.method.describe(rank_family(pipeline, ray)))
 
 
 @app.command()

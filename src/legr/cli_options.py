@@ -24,7 +24,8 @@ InputSizeOpt = Annotated[Optional[str], typer.Option(help="input size CxHxW, e.g
 KwargsOpt = Annotated[Optional[str], typer.Option("--kwargs", help="a factory's keyword arguments, a JSON object: "
                                                                    "'{\"width\": 64}'")]
 NumClassesOpt = Annotated[Optional[int], typer.Option(help="classifier width")]
-RayOpt = Annotated[Optional[str], typer.Option("--ray", help="fine-tune each member as a Ray task: 'local' starts a "
+RayOpt = Annotated[Optional[str], typer.Option("--ray", help="score the search's candidates and fine-tune each member "
+                                                      "as Ray tasks: 'local' starts a "
                                                       "local Ray, 'auto' or host:port joins a cluster")]
 
 
@@ -41,6 +42,16 @@ def open_pipeline(config: Path, out: Path | None, items: list[str] | None, quiet
 
     return Pipeline(load_config(config, overrides(items)), out or Path("runs") / config.stem,
                     progress=main and not quiet, log=(lambda m: console.print(m)) if main else (lambda m: None))
+
+
+def rank_family(pipeline, ray: str | None):
+    """``pipeline``'s one-time work (the ranking), its search candidates scored as Ray tasks with ``ray``."""
+    if ray is None:
+        return pipeline.rank()
+    from legr.pipeline.ray_dispatch import RaySettings, on_ray
+
+    with on_ray(pipeline, RaySettings(address=None if ray == "local" else ray)):
+        return pipeline.rank()
 
 
 def finetune_family(pipeline, ray: str | None):

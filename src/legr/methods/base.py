@@ -34,7 +34,7 @@ from torch import nn
 
 from legr.data import Splits
 from legr.engine.cost import BudgetUnit
-from legr.errors import ConfigError
+from legr.errors import ConfigError, LegrError
 from legr.methods.folders import MemberFolder, MethodFolder
 from legr.models import save_state_dict
 from legr.paths import atomic_write_text
@@ -58,6 +58,9 @@ class RunContext(Protocol):
     base: nn.Module  # the source network (trained or adapted first when the run asks), eval mode
     graph: ChannelGraph
     cost: CostModel
+    # runs a method's units of work in other processes: parallel(kind, items) returns what the method's own
+    # `Method.work(kind, items)` returns, computed by workers that open the run from its folder (Ray); None: here
+    parallel: Callable[[str, list[Any]], list[Any]] | None
 
     def log(self, message: str) -> None: ...
 
@@ -201,6 +204,11 @@ class Method(ABC):
     @abstractmethod
     def prepare(self) -> Any:
         """The one-time work every member shares (resumable); returns it."""
+
+    def work(self, kind: str, items: list[Any]) -> list[Any]:
+        """Units of ``prepare``'s work a worker computes for the run (``RunContext.parallel``), one result per item
+        (filters: ``candidates``, search candidates scored). Default: the method has none."""
+        raise LegrError(f"method {self.name} has no work '{kind}' to hand to other processes")
 
     def describe(self, prepared: Any) -> str:
         """One line on what `prepare` produced (`legr rank` prints it)."""

@@ -62,10 +62,13 @@ def artifact_config(cfg: RunConfig) -> dict[str, Any]:
 
 def held_config(raw: Any) -> RunConfig:
     """A run folder's stored config.yaml, read as written by the version that ran it: a search block from before
-    ``search.restarts`` existed ran one search, and one from before ``search.fallback_criterion`` fell back to the
-    uniform allocation of the ranking's own criterion."""
+    ``search.restarts`` existed ran one search, one from before ``search.fallback_criterion`` fell back to the
+    uniform allocation of the ranking's own criterion, and one from before ``optimizer``, ``normalize`` or
+    ``guard_weight`` existed searched by aging evolution over raw scores with the hard guard."""
     if isinstance(raw, dict) and isinstance(raw.get("search"), dict):
-        raw = {**raw, "search": {"restarts": 1, "fallback_criterion": None, **raw["search"]}}
+        legacy = {"restarts": 1, "fallback_criterion": None, "optimizer": "evolution", "normalize": "none",
+                  "guard_weight": None}
+        raw = {**raw, "search": {**legacy, **raw["search"]}}
     return parse_config(raw)
 
 

@@ -73,6 +73,7 @@ class Pipeline:
         self.folder = RunFolder(self.out)
         self.device = resolve_device(cfg.device)
         self._bn: dict[int, list[torch.Tensor]] = {}
+        self.parallel: Callable[[str, list[Any]], list[Any]] | None = None  # set by legr.pipeline.ray_dispatch
         self.stages = [STAGES[name](self) for name in cfg.chain[1:]]
         targets = tuple(method_target(cfg, t) for t in cfg.targets)
         self.method_cfg = cfg if targets == tuple(cfg.targets) else cfg.model_copy(update={"targets": targets})

@@ -1,13 +1,11 @@
 """Structured filter pruning: a criterion scores every filter, an allocator turns the scores into per-layer widths
 (uniform, global, LCP's offsets, LeGR's affine transforms, AMC's agent per target: `legr.methods.filters.criteria`,
 `.allocate`), surgery removes the filters. ``prepare`` computes the ranking (``ranking.json``: lcp/legr's resumable
-evolutionary search, amc's per-target searches), ``cut`` solves each budget on it and removes the channels (BN
+search (CMA-ES or aging evolution), amc's per-target searches), ``cut`` solves each budget on it and removes the channels (BN
 statistics re-estimated before the member is saved), ``finetune`` is the run's SGD recipe."""
 
 from __future__ import annotations
 
-import itertools
-import math
 import shutil
 from collections.abc import Mapping
 from dataclasses import replace
@@ -18,7 +16,6 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from legr.data import make_loader
 from legr.engine.artifacts import load_pruned
 from legr.engine.cost import BUDGET_UNITS, CostModel, count_params, format_cost
 from legr.engine.plan import Plan
@@ -36,12 +33,12 @@ from legr.methods.filters.allocate import (
 from legr.methods.base import Method, WorkUnits, register_method
 from legr.methods.filters.latency import measured_cut
 from legr.methods.filters.member import save_member
-from legr.methods.filters.criteria import CRITERIA, CriterionContext, compute_scores, group_scores, normalized_scores
+from legr.methods.filters.criteria import CRITERIA, compute_scores, group_scores, normalized_scores
 from legr.methods.filters.config import FILTERS_CONFIG
 from legr.methods.folders import MemberFolder, MethodFolder
-from legr.methods.filters.legr.family import FamilyObjective
-from legr.methods.filters.legr.fitness import CandidateFitness
 from legr.methods.filters.legr.refine import refinements_left
+from legr.methods.filters.legr.scorer import CandidateScorer
+from legr.methods.filters.run_search import criterion_context, log_margins, search_fitness, search_objective
 from legr.methods.filters.legr.ranking import (
     REFERENCE_INDEX,
     Ranking,
@@ -178,46 +175,56 @@ class FilterPruning(Method):
                               f"searches at {', '.join(f'{t:.0%}' for t in wanted)}: set search.targets to match "
                               "or use another output folder")
 
-    def _criterion_context(self) -> CriterionContext:
-        """Seed + a fixed sample of ``criterion_batches`` training batches (never validation or test images)."""
-        run, cfg = self.run, self.cfg
-        x, y = run.data.train
+    @cached_property
+    def _criterion_scores(self) -> dict[str, np.ndarray]:
+        return compute_scores(self.cfg.criterion, self.run.graph, self.run.base, criterion_context(self.run, self.cfg))
 
-        def batches():
-            loader = make_loader(x, y, cfg.finetune.batch_size, run.data.mean, run.data.std, shuffle=True,
-                                 seed=cfg.seed, device=run.device)
-            return itertools.islice(loader, cfg.criterion_batches)
+    @cached_property
+    def _search_scores(self) -> dict[str, np.ndarray]:
+        """What a learned transform applies to (stored in the ranking: every cut uses them)."""
+        return normalized_scores(self.cfg.search.normalize, self.run.graph, self._criterion_scores)
 
-        return CriterionContext(seed=cfg.seed, batches=batches)
+    def work(self, kind: str, items: list[Any]) -> list[Any]:
+        """``candidates``: (transform, fitness index, budgets) -> its scores there, as the search scores them here."""
+        if kind != "candidates":
+            return super().work(kind, items)
+        return [self._scorer(c, i, budgets) for c, i, budgets in items]
+
+    @cached_property
+    def _scorer(self) -> CandidateScorer:
+        run = self.run
+        return CandidateScorer(run.graph, run.cost, self._search_scores, ranked_layers(run.graph), search_fitness(self.run, self.cfg),
+                               self.floors, self.budget, self.cfg.allocator)
 
     def _make_ranking(self, fingerprint: str) -> Ranking:
         run, cfg = self.run, self.cfg
-        scores = compute_scores(cfg.criterion, run.graph, run.base, self._criterion_context())
+        scores = self._criterion_scores
         if self.allocator.search is None:  # the raw criterion, or searched per target (amc) on it
             layers, per_target = ranked_layers(run.graph), self.allocator.per_target
             searched = {} if per_target is None else per_target.rank(
-                run, group_scores(run.graph, scores), self.floors, self.budget, self._fitness())
+                run, group_scores(run.graph, scores), self.floors, self.budget, search_fitness(self.run, self.cfg))
             return Ranking.identity(layers, criterion=cfg.criterion, fingerprint=fingerprint, search=searched,
                                     source=run.source_info(), allocator=cfg.allocator,
                                     scores=stored_scores(scores, layers))
         s = cfg.search
         targets = cfg.search_targets
-        scores = normalized_scores(s.normalize, run.graph, scores)  # stored in the ranking: every cut uses them
+        scores = self._search_scores
         runs = f" x {s.restarts} independent searches" if s.restarts > 1 else ""
-        run.log(f"learning the ranking ({cfg.allocator}, {cfg.criterion}, {s.evaluations} candidates{runs}, "
+        run.log(f"learning the ranking ({cfg.allocator}, {cfg.criterion}, {s.optimizer}, {s.evaluations} candidates{runs}, "
                 f"BN batches {s.bn_batches}, tau {s.tau}, val {s.fitness}) at "
                 f"{', '.join(f'{t:.0%}' for t in targets)} of {format_cost(run.cost.base(self.budget), self.budget)}")
         base = run.cost.base(self.budget)
         learned = learn_ranking(
-            run.base, run.graph, self._fitness(), [t * base for t in targets], unit=self.budget, cost=run.cost,
-            objective=self._objective(), criterion=cfg.criterion, scores=scores, allocator=cfg.allocator, floors=self.floors,
+            run.base, run.graph, search_fitness(self.run, self.cfg), [t * base for t in targets], unit=self.budget, cost=run.cost,
+            objective=search_objective(self.run, self.cfg), criterion=cfg.criterion, scores=scores, allocator=cfg.allocator, floors=self.floors,
             mutate_fraction=s.mutate_fraction, mutation_scale=s.mutation_scale, seed_uniform=s.seed_uniform,
             refine=s.refine, refine_at=[t * base for t in sorted(cfg.targets)],
             fallback=False, search=s.evolution(cfg.seed),
             state_path=run.folder.search_state, log_path=run.folder.search_log, progress=run.progress,
+            score_many=None if run.parallel is None else lambda items: run.parallel("candidates", list(items)),
         )
         margins = [{**m, "target": t} for m, t in zip(learned.search["margins"], targets)]
-        self._log_margins(margins)
+        log_margins(self.run, self.cfg, margins)
         for r in learned.search.get("refined", ()):
             run.log(f"refined at {r['target'] / base:.0%}: fitness {r['fitness']:.4f} after {r['evaluations']} candidates (the shared "
                     f"winner's {r['shared_fitness']:.4f})")
@@ -239,29 +246,6 @@ class FilterPruning(Method):
                        search={**learned.search, **s.model_dump(mode="json"), "target": targets[0],
                                "targets": list(targets), "margins": margins})
 
-    def _fitness(self) -> CandidateFitness:
-        """The search's score of one pruned network: adaptive BN, tau SGD steps, the validation metric."""
-        run, cfg, s = self.run, self.cfg, self.cfg.search
-        x, y = run.data.train
-        return CandidateFitness(
-            lambda net: run.accuracy(net, run.data.val), bn=run.bn_batches(s.bn_batches), tau=s.tau,
-            train_loader=lambda i: make_loader(x, y, s.batch_size, run.data.mean, run.data.std, shuffle=True,
-                                               augment=True, seed=cfg.seed * 100_003 + i, device=run.device),
-            sgd=(s.lr, s.momentum, s.weight_decay), metric=s.fitness)
-
-    def _objective(self) -> FamilyObjective:
-        s, classes = self.cfg.search, self.run.data.num_classes
-        return FamilyObjective(
-            s.aggregate, s.guard, chance=1 / classes if s.fitness == "accuracy" else -math.log(classes),
-            val_images=len(self.run.data.val[1]) if s.fitness == "accuracy" else 0, guard_weight=s.guard_weight)
-
-    def _log_margins(self, margins: list[dict[str, Any]]) -> None:
-        metric = "top-1" if self.cfg.search.fitness == "accuracy" else "-loss"
-        pct = (lambda v: f"{100 * v:.1f}%") if metric == "top-1" else (lambda v: f"{v:.3f}")  # noqa: E731
-        for m in margins:
-            self.run.log(f"search winner at {m['target']:.0%}: validation {metric} {pct(m['score'])} vs uniform "
-                         f"{pct(m['uniform'])} (margin {m['margin']:+.4f}, tolerance {m['tolerance']:.4f})")
-
     def _fallback_criterion(self, ranking: Ranking) -> str:
         return self.cfg.search.fallback_criterion or ranking.criterion
 
@@ -275,7 +259,7 @@ class FilterPruning(Method):
     @cached_property
     def _configured_fallback_scores(self) -> dict[str, np.ndarray]:
         return compute_scores(self.cfg.search.fallback_criterion, self.run.graph, self.run.base,
-                              self._criterion_context())
+                              criterion_context(self.run, self.cfg))
 
     def describe(self, ranking: Ranking) -> str:
         fallback = f" (fallback: {ranking.search['fallback']})" if ranking.search.get("fallback") else ""
@@ -330,9 +314,9 @@ class FilterPruning(Method):
                                    unit=self.budget)
         if np.array_equal(uniform, keep):
             return keep, None
-        fitness = self._fitness()
+        fitness = search_fitness(self.run, self.cfg)
         mine, ref = (fitness(prune(run.graph, k), REFERENCE_INDEX + i) for i, k in enumerate((keep, uniform)))
-        tolerance = float(self._objective().tolerance([ref])[0])
+        tolerance = float(search_objective(self.run, self.cfg).tolerance([ref])[0])
         chosen = "ranking" if mine >= ref - tolerance else "uniform"
         if chosen == "uniform":
             run.log(f"{member.name}: the ranking's cut scores {mine:.4f} on validation, below "

@@ -40,6 +40,26 @@ def test_unit_coordinates_round_trip_and_random_members_are_standard_normal():
     assert np.all(t.alpha == 1.0) and np.allclose(lcp.to_vector(t), x[:L])
 
 
+def test_candidates_scored_together_end_the_search_as_one_at_a_time():
+    """``evaluate_many`` (Ray workers in a run) gets the identity and the initial candidates, then each generation
+    (the last one cut to the evaluations left); the history and the winner are the sequential search's."""
+    s, initial = space(), [space().from_vector(np.full(2 * L, 0.5))]
+    alone = cma_es(s, fitness, CFG.model_copy(update={"evaluations": 30}), initial=initial, progress=False)
+    batches: list[list[int]] = []
+
+    def many(pairs):
+        batches.append([i for _, i in pairs])
+        return [fitness(c, i) for c, i in pairs]
+
+    together = run_search(s, lambda c, i: pytest.fail("scored alone"), CFG.model_copy(update={"evaluations": 30}),
+                          initial=initial, progress=False, evaluate_many=many)
+    assert together.history == alone.history and together.best_index == alone.best_index
+    assert batches == [[0, 1]] + [list(range(k, min(k + 8, 30))) for k in range(2, 30, 8)]  # 2, then 8 per generation
+    evolution = run_search(s, fitness, CFG.model_copy(update={"evaluations": 12, "optimizer": "evolution"}),
+                           progress=False, evaluate_many=lambda pairs: pytest.fail("bred one at a time"))
+    assert evolution.evaluations == 12
+
+
 def test_first_candidates_are_the_identity_and_initial_then_steps_around_the_fittest():
     s = space()
     best = s.from_vector(TARGET)  # the optimum as an initial candidate: CMA-ES must start there

@@ -109,8 +109,8 @@ def test_a_run_stores_the_quantiles_and_cuts_its_members_from_them(tmp_path):
             np.testing.assert_array_equal(plan.keep_vector(graph), keep)
 
 
-def test_normalize_is_off_by_default_and_refuses_other_values():
-    assert SearchConfig().normalize == "none"
+def test_normalize_is_rank_by_default_and_refuses_other_values():
+    assert SearchConfig().normalize == "rank"  # the default since issue 38 (README: LeGR on any family)
     with pytest.raises(ConfigError, match="normalize.*none.*rank"):
         SearchConfig(normalize="zscore")
     with pytest.raises(LegrError, match="unknown score normalization"):

@@ -1,9 +1,9 @@
 """LeGR (Chin et al., CVPR 2020): learn one global filter ranking, cut it at any budget.
 
 The core in reading order: a criterion scores every filter (`legr.methods.filters.criteria`); each layer's scores pass
-through an affine transform ``alpha_l * score + kappa_l`` (`affine`); aging evolution (`evolution`) or CMA-ES
-(`cmaes`) searches the transforms (`searchers`; their shared resumable loop: `search_loop`), scoring each candidate by
-its pruned network's fitness (the fitness recipe: adaptive BN + validation top-1, `fitness`; the scores at several
+through an affine transform ``alpha_l * score + kappa_l`` (`affine`); CMA-ES (`cmaes`, the default) or the paper's
+aging evolution (`evolution`) searches the transforms (`searchers`; their shared resumable loop: `search_loop`),
+scoring each candidate by its pruned network's fitness (the fitness recipe: adaptive BN + validation top-1, `fitness`; the scores at several
 targets combined against the uniform allocation's, `family`); the best transform is the learned `Ranking`, whose
 global cut (`legr.methods.filters.allocate`) gives a network for any MACs budget (`ranking`).
 """

@@ -30,7 +30,8 @@ import numpy as np
 
 from legr.errors import ConfigError
 from legr.methods.filters.legr.evolution import EvolutionConfig
-from legr.methods.filters.legr.search_loop import C, SearchResult, SearchSpace, _canonical, _Member, _State, drive
+from legr.methods.filters.legr.search_loop import (C, EvaluateMany, SearchResult, SearchSpace, _canonical, _Member,
+                                                  _State, drive)
 
 WORST = 1e12  # what CMA minimizes for a candidate of fitness -inf (a diverged network)
 
@@ -71,6 +72,16 @@ class _Restart:
             self.asked = [np.asarray(x) for x in self.es.ask()]
         return self.space.from_vector(self.asked[len(self.told)]), None
 
+    def ready(self) -> list[Any]:
+        """The candidates proposed next that need no result first: the identity and the initial candidates not
+        scored yet, or the rest of the current generation."""
+        index = len(self.state.history)
+        if index <= len(self.initial):
+            first = [self.space.identity()] if index == 0 else []
+            return first + [self.space.from_json(c) for c in self.initial[max(index - 1, 0):]]
+        self()  # asks the generation when none is open
+        return [self.space.from_vector(x) for x in self.asked[len(self.told):]]
+
     def learn(self, member: _Member) -> None:
         if member.index <= len(self.initial):
             return
@@ -84,9 +95,10 @@ class _Restart:
 
 def cma_es(space: SearchSpace[C], evaluate: Callable[[C, int], float | tuple[float, Any]], cfg: EvolutionConfig, *,
            initial: Sequence[C] = (), state_path: Path | None = None, log_path: Path | None = None,
-           progress: bool = True) -> SearchResult[C]:
+           progress: bool = True, evaluate_many: EvaluateMany | None = None) -> SearchResult[C]:
     """Run (or resume from ``state_path``) CMA-ES ``cfg.restarts`` times (module docstring); the arguments, state and
-    log files and the result are `aging_evolution`'s."""
+    log files and the result are `aging_evolution`'s. With ``evaluate_many``, each generation (and the first
+    candidates) is scored by one call of it: the candidates, their order and the result are the same."""
     if not (hasattr(space, "to_vector") and hasattr(space, "from_vector")):
         raise ConfigError(f"{type(space).__name__} has no unit coordinates (to_vector/from_vector): CMA-ES cannot "
                           "search it; use optimizer evolution")
@@ -101,4 +113,4 @@ def cma_es(space: SearchSpace[C], evaluate: Callable[[C, int], float | tuple[flo
         return restarts[state.restart]
 
     return drive(space, evaluate, cfg, initial_json, state_path, log_path, progress, "cma-es", proposer, tag="cma",
-                 recorded=lambda state: restarts[state.restart].learn(state.history[-1]))
+                 recorded=lambda state: restarts[state.restart].learn(state.history[-1]), evaluate_many=evaluate_many)

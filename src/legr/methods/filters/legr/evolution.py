@@ -24,7 +24,7 @@ from typing import Any, Callable, Literal, Sequence
 from pydantic import Field, model_validator
 
 from legr.errors import ConfigError
-from legr.methods.filters.legr.search_loop import C, SearchResult, SearchSpace, _canonical, _State, drive
+from legr.methods.filters.legr.search_loop import C, EvaluateMany, SearchResult, SearchSpace, _canonical, _State, drive
 from legr.settings import Settings
 
 
@@ -72,17 +72,18 @@ class EvolutionConfig(Settings):
 def aging_evolution(space: SearchSpace[C], evaluate: Callable[[C, int], float | tuple[float, Any]],
                     cfg: EvolutionConfig, *,
                     initial: Sequence[C] = (), state_path: Path | None = None, log_path: Path | None = None,
-                    progress: bool = True) -> SearchResult[C]:
+                    progress: bool = True, evaluate_many: EvaluateMany | None = None) -> SearchResult[C]:
     """Run (or resume from ``state_path``) aging evolution, ``cfg.restarts`` independent times; ``evaluate(candidate,
     index)`` returns fitness (higher is better). ``initial`` candidates join every restart's first population right
     after the identity (at most ``population - 1`` of them). KeyboardInterrupt propagates after the last finished
-    candidate is on disk: rerun to resume."""
+    candidate is on disk: rerun to resume. ``evaluate_many`` changes nothing here: each child is bred from the
+    population its predecessor left, so candidates are scored one at a time."""
     initial_json = [_canonical(space, c)[1] for c in initial]
     if len(initial_json) >= cfg.population:
         raise ConfigError(f"{len(initial_json)} initial candidates need a population of at least "
                           f"{len(initial_json) + 1}, got {cfg.population}")
     return drive(space, evaluate, cfg, initial_json, state_path, log_path, progress, "evolution",
-                 lambda state: lambda: _propose(space, cfg, state, initial_json))
+                 lambda state: lambda: _propose(space, cfg, state, initial_json), evaluate_many=evaluate_many)
 
 
 def _propose(space: SearchSpace[C], cfg: EvolutionConfig, state: _State,

@@ -14,7 +14,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +29,8 @@ from legr.methods.filters.criteria import compute_scores, group_scores
 from legr.methods.filters.legr.affine import AffineSpace, AffineTransform
 from legr.methods.filters.legr.evolution import EvolutionConfig
 from legr.methods.filters.legr.family import FamilyObjective
-from legr.methods.filters.legr.refine import refine_targets, refined_transform
+from legr.methods.filters.legr.refine import best_at, distinct, refine_targets, refined_transform
+from legr.methods.filters.legr.scorer import CandidateScorer, NetworkFitness, ScoreMany
 from legr.methods.filters.legr.searchers import run_search
 from legr.paths import atomic_write_text
 
@@ -196,7 +197,6 @@ def uniform_transform(graph: ChannelGraph, cost: CostModel, scores: Mapping[str,
     return np.ones(len(layers)), kappa
 
 
-NetworkFitness = Callable[[nn.Module, int], float]
 REFERENCE_INDEX = 10**9  # fitness index of the uniform references (candidates count from 0)
 
 
@@ -223,8 +223,9 @@ def learn_ranking(
     state_path: Path | None = None,
     log_path: Path | None = None,
     progress: bool = True,
+    score_many: ScoreMany | None = None,
 ) -> Ranking:
-    """Learn LeGR's per-layer affine transform by aging evolution (or CMA-ES: ``search.optimizer``).
+    """Learn LeGR's per-layer affine transform by CMA-ES or aging evolution (``search.optimizer``).
 
     Each candidate ranking prunes ``model`` (weights restored from memory) to each of ``target_macs`` (costs in
     ``unit``: MACs, parameters with ``unit="params"``, predicted ms with ``unit="latency"`` and a ``cost`` model that
@@ -244,7 +245,9 @@ def learn_ranking(
     80% MACs). With ``refine`` > 0, the search then continues at each of ``refine_at`` (costs; default: the search
     targets) alone for ``refine`` candidates from the winner (`refine`; a target the search did not score gets its
     uniform reference scored first): ``search["refined"]`` holds each one's transform, which `Ranking.at` gives a
-    member cut there. Resumable through ``state_path``.
+    member cut there. Resumable through ``state_path``. ``score_many`` scores several candidates at once elsewhere
+    (`scorer.ScoreMany`, e.g. Ray workers each holding this search's `CandidateScorer`): CMA-ES hands it each
+    generation, and the search ends as it would here.
     """
     spec = ALLOCATORS[allocator]
     if spec.search is None:
@@ -257,7 +260,6 @@ def learn_ranking(
     scores = dict(scores) if scores is not None else compute_scores(criterion, graph, model)
     space = AffineSpace(layers, layer_score_std(scores, layers), mutate_fraction=mutate_fraction,
                         learn_alpha=spec.search == "affine", mutation_scale=mutation_scale)
-    index = {name: i for i, name in enumerate(layers)}
     raw = group_scores(graph, scores)
     raw_solver = spec.solver(graph, cost, raw, floors, unit)
     for t in targets:
@@ -267,18 +269,19 @@ def learn_ranking(
 
     reference = [uniform_score(t, k) for k, t in enumerate(targets)]
     uniform = [AffineTransform(*uniform_transform(graph, cost, scores, t, floors, unit)) for t in targets]
-    initial = _distinct(uniform)[: search.population - 1] if seed_uniform else []
+    initial = distinct(uniform)[: search.population - 1] if seed_uniform else []
+
+    scorer = CandidateScorer(graph, cost, scores, layers, fitness, floors, unit, allocator)
 
     def per_target(candidate, i: int, at: Sequence[float] = targets) -> list[float]:
-        transformed = group_scores(graph, scores, lambda name, v: candidate.apply(index[name], v))
-        solver = spec.solver(graph, cost, transformed, floors, unit)
-        return [float(fitness(prune(graph, solver.solve(t)), i)) for t in at]
+        return scorer(candidate, i, at)
 
     def scored(scores: list[float]) -> tuple[float, list[float]]:  # the per-target scores kept: refinement seeds
         return objective(scores, reference), scores
 
+    many = None if score_many is None else (lambda cs: [scored(s) for s in score_many([(c, i, targets) for c, i in cs])])
     result = run_search(space, lambda c, i: scored(per_target(c, i)), search, initial=initial,
-                        state_path=state_path, log_path=log_path, progress=progress)
+                        state_path=state_path, log_path=log_path, progress=progress, evaluate_many=many)
     chosen, chosen_index = result.best, result.best_index
     pick = objective.choose(result.details, reference) if objective.guard_weight is not None else None
     if objective.guard and pick is not None:  # a soft guard steered the search; the choice is the hard guard's
@@ -300,7 +303,9 @@ def learn_ranking(
             space, lambda c, k, i: per_target(c, i, [at[k]])[0], chosen, [known[t][1] for t in at], at,
             [known[t][0] for t in at], objective, refine, search, search.evaluations,
             best_at=[best_at(space, result.details, targets.index(t)) if t in targets else [] for t in at],
-            state_path=state_path, log_path=log_path, progress=progress)
+            state_path=state_path, log_path=log_path, progress=progress,
+            score_many=None if score_many is None else lambda cs: [s[0] for s in score_many(
+                [(c, i, [at[k]]) for c, k, i in cs])])
         summary["refine_references"] = len(extra)
     ranking = Ranking(
         tuple(layers), tuple(float(a) for a in chosen.alpha), tuple(float(k) for k in chosen.kappa),
@@ -314,20 +319,6 @@ def learn_ranking(
                                         allocator="uniform", scores=ranking.scores),
                        search={**summary, "fallback": "uniform"})
     return ranking
-
-
-def best_at(space: AffineSpace, details: Sequence[tuple[int, Any, Any]], k: int) -> list[AffineTransform]:
-    """The search's candidates by their score at its ``k``-th target, best first (ties: earliest), distinct."""
-    ranked = sorted((d for d in details if d[2] is not None), key=lambda d: (-float(d[2][k]), d[0]))
-    return _distinct([space.from_json(c) for _, c, _ in ranked])
-
-
-def _distinct(transforms: Sequence[AffineTransform]) -> list[AffineTransform]:
-    out: list[AffineTransform] = []
-    for t in transforms:
-        if not any(np.array_equal(t.alpha, o.alpha) and np.array_equal(t.kappa, o.kappa) for o in out):
-            out.append(t)
-    return out
 
 
 def stored_scores(scores: Mapping[str, np.ndarray], layers: Sequence[str]) -> dict[str, tuple[float, ...]]:

@@ -95,13 +95,15 @@ def refine_targets(space: AffineSpace, score: Callable[[AffineTransform, int, in
                    winner: AffineTransform, uniform: Sequence[AffineTransform], targets: Sequence[float],
                    reference: Sequence[float], objective: FamilyObjective, evaluations: int, search: EvolutionConfig,
                    offset: int, *, best_at: Sequence[Sequence[AffineTransform]] | None = None,
-                   state_path: Path | None = None, log_path: Path | None = None,
-                   progress: bool = True) -> list[dict[str, Any]]:
+                   state_path: Path | None = None, log_path: Path | None = None, progress: bool = True,
+                   score_many: Callable[[Sequence[tuple[AffineTransform, int, int]]], list[float]] | None = None,
+                   ) -> list[dict[str, Any]]:
     """Refine ``winner`` at each of ``targets`` (costs) in turn; ``score(candidate, k, index)`` is the candidate's
     fitness at target ``k``, ``uniform[k]`` the transform reproducing the uniform allocation there. The fitness of
     a candidate is ``objective`` at that one target against ``reference[k]`` (so the guard still applies);
     ``best_at[k]`` are the shared search's candidates best at target ``k`` first (none: mutations only). Returns one
-    record per target: its cost, the refined transform, its fitness and the shared winner's in the same search."""
+    record per target: its cost, the refined transform, its fitness and the shared winner's in the same search.
+    ``score_many([(candidate, k, index)])`` scores several at once elsewhere (`learn_ranking`'s ``score_many``)."""
     records = []
     for k, target in enumerate(targets):
         cfg = refine_config(evaluations, search, seed=search.seed * 1_000_003 + 7919 * (k + 1))
@@ -111,16 +113,33 @@ def refine_targets(space: AffineSpace, score: Callable[[AffineTransform, int, in
         room = max(0, min(cfg.population // 2, cfg.population - 1 - len(seeds)))
         seeds += [t for t in (best_at[k] if best_at else ()) if t != winner and t != uniform[k]][:room]
         seeds += [late.mutate(winner, rng, 0, evaluations) for _ in range(cfg.population - 1 - len(seeds))]
+        many = None if score_many is None else lambda cs, k=k: [
+            objective([s], [reference[k]]) for s in score_many([(c, k, refine_index(k, i)) for c, i in cs])]
         result = run_search(
             late, lambda c, i, k=k: objective([score(c, k, refine_index(k, i))], [reference[k]]), cfg,
             initial=seeds, state_path=refine_path(state_path, k), log_path=refine_path(log_path, k),
-            progress=progress)
+            progress=progress, evaluate_many=many)
         winner_fitness = dict(result.history)[1]  # the shared winner is the first candidate after the identity
         records.append({"target": float(target), **space.to_json(result.best), "fitness": result.best_fitness,
                         "shared_fitness": winner_fitness, "best_index": result.best_index,
                         "evaluations": result.evaluations, "population": cfg.population,
                         "seconds": round(result.seconds, 3)})
     return records
+
+
+def best_at(space: AffineSpace, details: Sequence[tuple[int, Any, Any]], k: int) -> list[AffineTransform]:
+    """The search's candidates by their score at its ``k``-th target, best first (ties: earliest), distinct."""
+    ranked = sorted((d for d in details if d[2] is not None), key=lambda d: (-float(d[2][k]), d[0]))
+    return distinct([space.from_json(c) for _, c, _ in ranked])
+
+
+def distinct(transforms: Sequence[AffineTransform]) -> list[AffineTransform]:
+    """``transforms`` without repeats, in their order."""
+    out: list[AffineTransform] = []
+    for t in transforms:
+        if not any(np.array_equal(t.alpha, o.alpha) and np.array_equal(t.kappa, o.kappa) for o in out):
+            out.append(t)
+    return out
 
 
 def refined_transform(records: Sequence[dict[str, Any]], target: float) -> AffineTransform | None:

@@ -1,7 +1,10 @@
 """The loop every LeGR searcher shares (aging evolution, CMA-ES): one candidate at a time, each restart's state
 written atomically after every evaluated candidate and its log rebuilt on resume, so that a run killed at any moment
 and restarted with the same arguments ends exactly like an uninterrupted one; the result is the fittest candidate
-of all restarts. A searcher supplies a *proposer* per restart: the next candidate (and its parent's index)."""
+of all restarts. A searcher supplies a *proposer* per restart: the next candidate (and its parent's index); a
+proposer that knows several next candidates before their results (CMA-ES: the rest of a generation) lists them with
+``ready()``, and with ``evaluate_many`` the loop scores those together (e.g. on Ray workers), then records them one by
+one exactly as if each had been scored alone."""
 
 from __future__ import annotations
 
@@ -212,14 +215,19 @@ def restart_state_path(state_path: Path, restart: int) -> Path:
 Proposer = Callable[[], tuple[Any, "int | None"]]  # the restart's next candidate and its parent's index
 
 
+EvaluateMany = Callable[[Sequence[tuple[Any, int]]], list[Any]]  # [(candidate, index)] -> what evaluate returns
+
+
 def drive(space: SearchSpace[C], evaluate: Callable[[C, int], Any], cfg: LoopConfig, initial: Sequence[Any],
           state_path: Path | None, log_path: Path | None, progress: bool, label: str,
           proposer: Callable[[_State], Proposer], tag: str = "",
-          recorded: Callable[[_State], None] | None = None) -> SearchResult[C]:
+          recorded: Callable[[_State], None] | None = None,
+          evaluate_many: EvaluateMany | None = None) -> SearchResult[C]:
     """The loop every searcher shares: load or start each restart's state (``initial``: canonical JSON candidates,
     digested into the state's fingerprint with ``tag``, so a state is only resumed by the same search), then until
     each restart holds ``cfg.evaluations`` candidates ask its ``proposer(state)`` for the next candidate, evaluate,
-    record, tell ``recorded(state)``, save the state, log and advance the progress bar."""
+    record, tell ``recorded(state)``, save the state, log and advance the progress bar. With ``evaluate_many``, the
+    candidates the proposer has ``ready()`` are scored together first (module docstring)."""
     fingerprint = space_fingerprint(space)
     if (initial or tag) and fingerprint is not None:
         digest = hashlib.sha256(json.dumps(initial, sort_keys=True).encode()).hexdigest()[:16] if initial else ""
@@ -237,9 +245,12 @@ def drive(space: SearchSpace[C], evaluate: Callable[[C, int], Any], cfg: LoopCon
         for state, path in zip(states, paths):
             offset = state.restart * cfg.evaluations
             propose = proposer(state)
+            ahead: dict[int, tuple[Any, Any, float]] = {}
             while len(state.history) < cfg.evaluations:
+                if evaluate_many is not None and not ahead:
+                    ahead = _score_ahead(space, propose, state, offset, evaluate_many)
                 candidate, parent = propose()
-                record(space, state, candidate, parent, lambda c, i: evaluate(c, offset + i))
+                record(space, state, candidate, parent, lambda c, i: evaluate(c, offset + i), ahead)
                 if recorded is not None:
                     recorded(state)
                 state.save(path)
@@ -251,16 +262,34 @@ def drive(space: SearchSpace[C], evaluate: Callable[[C, int], Any], cfg: LoopCon
     return _result(space, states)
 
 
+def _score_ahead(space: SearchSpace[C], propose: Proposer, state: _State, offset: int,
+                 evaluate_many: EvaluateMany) -> dict[int, tuple[Any, Any, float]]:
+    """{index: (canonical JSON, value, seconds each)} of the candidates ``propose`` has ready (at least two), scored
+    together; empty when it has fewer."""
+    ready = list(getattr(propose, "ready", lambda: [])())[: state.cfg.evaluations - len(state.history)]
+    if len(ready) < 2:
+        return {}
+    start, first = time.perf_counter(), len(state.history)
+    values = evaluate_many([(c, offset + first + j) for j, c in enumerate(ready)])
+    each = (time.perf_counter() - start) / len(ready)
+    return {first + j: (_canonical(space, c)[1], v, each) for j, (c, v) in enumerate(zip(ready, values))}
+
+
 def record(space: SearchSpace[C], state: _State, candidate: C, parent: int | None,
-           evaluate: Callable[[C, int], Any]) -> None:
-    """Evaluate ``candidate`` as the restart's next member and insert it (the oldest member dies past
-    ``population``)."""
+           evaluate: Callable[[C, int], Any], ahead: dict[int, tuple[Any, Any, float]] | None = None) -> None:
+    """Evaluate ``candidate`` as the restart's next member (or take its value from ``ahead``, scored before, when
+    it is the candidate scored there) and insert it (the oldest member dies past ``population``)."""
     index = len(state.history)
     candidate, obj = _canonical(space, candidate)
-    start = time.perf_counter()
-    value = evaluate(candidate, index)
+    known = (ahead or {}).pop(index, None)
+    if known is not None and known[0] == obj:
+        value, seconds = known[1], known[2]
+    else:
+        start = time.perf_counter()
+        value = evaluate(candidate, index)
+        seconds = time.perf_counter() - start
     value, details = value if isinstance(value, tuple) else (value, None)
-    member = _Member(index, _fitness(value), obj, parent, time.perf_counter() - start,
+    member = _Member(index, _fitness(value), obj, parent, seconds,
                      None if details is None else json.loads(json.dumps(details)))  # as a resumed state holds them
     state.history.append(member)
     state.population.append(member)
