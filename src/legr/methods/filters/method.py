@@ -193,8 +193,8 @@ class FilterPruning(Method):
     @cached_property
     def _scorer(self) -> CandidateScorer:
         run = self.run
-        return CandidateScorer(run.graph, run.cost, self._search_scores, ranked_layers(run.graph), search_fitness(self.run, self.cfg),
-                               self.floors, self.budget, self.cfg.allocator)
+        return CandidateScorer(run.graph, run.cost, self._search_scores, ranked_layers(run.graph),
+                               search_fitness(run, self.cfg), self.floors, self.budget, self.cfg.allocator)
 
     def _make_ranking(self, fingerprint: str) -> Ranking:
         run, cfg = self.run, self.cfg
@@ -202,7 +202,7 @@ class FilterPruning(Method):
         if self.allocator.search is None:  # the raw criterion, or searched per target (amc) on it
             layers, per_target = ranked_layers(run.graph), self.allocator.per_target
             searched = {} if per_target is None else per_target.rank(
-                run, group_scores(run.graph, scores), self.floors, self.budget, search_fitness(self.run, self.cfg))
+                run, group_scores(run.graph, scores), self.floors, self.budget, search_fitness(run, cfg))
             return Ranking.identity(layers, criterion=cfg.criterion, fingerprint=fingerprint, search=searched,
                                     source=run.source_info(), allocator=cfg.allocator,
                                     scores=stored_scores(scores, layers))
@@ -214,17 +214,19 @@ class FilterPruning(Method):
                 f"BN batches {s.bn_batches}, tau {s.tau}, val {s.fitness}) at "
                 f"{', '.join(f'{t:.0%}' for t in targets)} of {format_cost(run.cost.base(self.budget), self.budget)}")
         base = run.cost.base(self.budget)
+        parallel = getattr(run, "parallel", None)  # e.g. Ray workers (`legr.pipeline.ray_dispatch`)
         learned = learn_ranking(
-            run.base, run.graph, search_fitness(self.run, self.cfg), [t * base for t in targets], unit=self.budget, cost=run.cost,
-            objective=search_objective(self.run, self.cfg), criterion=cfg.criterion, scores=scores, allocator=cfg.allocator, floors=self.floors,
+            run.base, run.graph, search_fitness(run, cfg), [t * base for t in targets], unit=self.budget, cost=run.cost,
+            objective=search_objective(run, cfg), criterion=cfg.criterion, scores=scores, allocator=cfg.allocator,
+            floors=self.floors,
             mutate_fraction=s.mutate_fraction, mutation_scale=s.mutation_scale, seed_uniform=s.seed_uniform,
             refine=s.refine, refine_at=[t * base for t in sorted(cfg.targets)],
             fallback=False, search=s.evolution(cfg.seed),
             state_path=run.folder.search_state, log_path=run.folder.search_log, progress=run.progress,
-            score_many=None if run.parallel is None else lambda items: run.parallel("candidates", list(items)),
+            score_many=None if parallel is None else lambda items: parallel("candidates", list(items)),
         )
         margins = [{**m, "target": t} for m, t in zip(learned.search["margins"], targets)]
-        log_margins(self.run, self.cfg, margins)
+        log_margins(run, cfg, margins)
         for r in learned.search.get("refined", ()):
             run.log(f"refined at {r['target'] / base:.0%}: fitness {r['fitness']:.4f} after {r['evaluations']} candidates (the shared "
                     f"winner's {r['shared_fitness']:.4f})")
