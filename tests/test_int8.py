@@ -60,8 +60,13 @@ def test_int8_kernels_agree_with_the_qdq_reference(onnx_pair):
     fused = int8.session(q8).run(None, {"input": x})[0]
     full = int8.session(fp32).run(None, {"input": x})[0]
     # integer kernels = the graph's arithmetic, up to the rounding of intermediate requantizations
-    assert np.abs(fused - reference).max() <= 0.02 * np.abs(reference).max()
-    assert (fused.argmax(1) == reference.argmax(1)).mean() >= 0.9
+    err = np.abs(fused - reference).max()
+    assert err <= 0.02 * np.abs(reference).max()
+    # the same class wherever the reference's top-2 margin exceeds that rounding (this untrained network's logits
+    # nearly tie: on a third of the images the margin is below it, and there rounding decides the argmax)
+    top2 = np.sort(reference, 1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 2 * err
+    assert clear.sum() >= 8 and (fused.argmax(1) == reference.argmax(1))[clear].all()
     assert np.abs(fused - full).max() < 0.1 * np.abs(full).max()  # and close to the float network
     assert np.abs(reference - full).max() > 0  # really quantized
     # weights stored as int8 initializers, every conv/linear quantized; the file is much smaller; the classifier's
