@@ -104,6 +104,28 @@ def test_ray_scores_the_search_candidates_and_ends_with_the_sequential_ranking(t
         assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a), member
 
 
+ASYNC = DISTRIBUTED_RUN.replace(  # aging evolution, 3 children always out: 3 asynchronous workers
+    "search: {population: 4, sample: 2, evaluations: 6,",
+    "search: {optimizer: evolution, normalize: none, in_flight: 3, population: 4, sample: 2, evaluations: 14,")
+
+
+def test_ray_workers_breed_aging_evolution_asynchronously_and_end_with_the_sequential_ranking(tmp_path):
+    """`legr rank --ray`: aging evolution with 3 children in flight, each a Ray task; the same candidates, scores and
+    ranking as the same search scored one by one in this process."""
+    config, alone, spread = tmp_path / "run.yaml", tmp_path / "alone", tmp_path / "ray"
+    config.write_text(ASYNC)
+    Pipeline(parse_config(yaml.safe_load(ASYNC)), alone, progress=False, log=lambda _: None).rank()
+    done = subprocess.run([sys.executable, "-m", "legr", "rank", str(config), "--out", str(spread), "--quiet",
+                           "--ray", "local"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "scoring candidates as Ray tasks" in done.stdout + done.stderr
+    ours, theirs = _search_log(spread), _search_log(alone)
+    assert len(ours) == 14 and ours == theirs and [r["parent"] for r in ours[4:]] != [None] * 10
+    ranked = [json.loads((run / "ranking.json").read_text()) for run in (spread, alone)]
+    assert ranked[0]["layers"] == ranked[1]["layers"]
+
+
 def test_ray_and_torchrun_do_not_combine(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(RUN)

@@ -147,7 +147,7 @@ def latency(
 def rank(config: ConfigArg, out: OutOpt = None, set_: SetOpt = None, quiet: QuietOpt = False,
          ray: RayOpt = None) -> None:
     """Learn the global ranking, or the method's one-time work (resumable: rerun the same command to go on; --ray
-    local or a cluster's address: each CMA-ES generation's candidates scored as Ray tasks)."""
+    local or a cluster's address: each CMA-ES generation, or aging evolution's in_flight children, as Ray tasks)."""
     pipeline = open_pipeline(config, out, set_, quiet)
     console.print(pipeline.method.describe(rank_family(pipeline, ray)))
 

@@ -2,7 +2,8 @@
 
 The driver runs the search; each of its CMA-ES generations (and its first candidates) is scored by Ray tasks, one
 per candidate, in workers that open the run from its folder once and score exactly as the driver would (the search
-ends with the same ranking; aging evolution breeds one child at a time and stays in the driver). The driver cuts the
+ends with the same ranking); aging evolution keeps ``search.in_flight`` children out at once, each a Ray task, as
+asynchronous workers. The driver cuts the
 family, then sends every member that is not fine-tuned yet to a Ray task of its own: one CPU each (candidates and
 members alike), and one GPU each where the cluster has GPUs. A local Ray is started by default; ``address`` joins a
 cluster (``"auto"`` or ``"host:port"``: every node needs legr installed and the run folder and
@@ -19,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,25 +71,27 @@ class _Session:
         self.settings, self.started = settings, False
         self.ray: Any = None
         self.announced: set[str] = set()
+        self.lock = threading.Lock()  # a search's candidates in flight send their tasks from threads of their own
 
     def get(self) -> Any:
-        if self.ray is None:
-            ray = _ray()
-            if not ray.is_initialized():
-                local = {"num_cpus": self.settings.workers} if self.settings.address is None else {}
-                # a local Ray starts its workers at nice 15, starved by anything else running; the sequential work
-                # runs at the caller's priority, and so do these (RAY_worker_niceness set by the user wins)
-                os.environ.setdefault("RAY_worker_niceness", "0")
-                try:
-                    ray.init(address=self.settings.address, include_dashboard=False, log_to_driver=False,
-                             logging_level=logging.ERROR, **local)
-                except Exception as exc:  # no cluster at that address, a bad one, no room for a local Ray ...
-                    where = (f"join the Ray cluster at {self.settings.address!r}" if self.settings.address is not None
-                             else "start a local Ray")
-                    raise LegrError(f"cannot {where}: {' '.join(str(exc).split())[:300]}") from None
-                self.started = True
-            self.ray = ray
-        return self.ray
+        with self.lock:
+            if self.ray is None:
+                ray = _ray()
+                if not ray.is_initialized():
+                    local = {"num_cpus": self.settings.workers} if self.settings.address is None else {}
+                    # a local Ray starts its workers at nice 15, starved by anything else running; the sequential work
+                    # runs at the caller's priority, and so do these (RAY_worker_niceness set by the user wins)
+                    os.environ.setdefault("RAY_worker_niceness", "0")
+                    try:
+                        ray.init(address=self.settings.address, include_dashboard=False, log_to_driver=False,
+                                 logging_level=logging.ERROR, **local)
+                    except Exception as exc:  # no cluster at that address, a bad one, no room for a local Ray ...
+                        address = self.settings.address
+                        where = f"join the Ray cluster at {address!r}" if address is not None else "start a local Ray"
+                        raise LegrError(f"cannot {where}: {' '.join(str(exc).split())[:300]}") from None
+                    self.started = True
+                self.ray = ray
+            return self.ray
 
     def close(self) -> None:
         if self.started:
@@ -142,8 +146,9 @@ def _get(ray: Any, ref: Any, others: list[Any], what: str) -> Any:
 def _map(session: _Session, pipe: Pipeline, kind: str, items: list[Any], retries: int) -> list[Any]:
     """``pipe.parallel`` on Ray: each item one task (`method_work`), the results in the items' order."""
     ray = session.get()
-    if kind not in session.announced:
-        session.announced.add(kind)
+    with session.lock:
+        first, _ = kind not in session.announced, session.announced.add(kind)
+    if first:
         pipe.log(f"scoring {kind} as Ray tasks ({int(ray.cluster_resources().get('CPU', 0))} CPUs, {_gpus(ray)} GPU "
                  "per task)")
     task = ray.remote(num_cpus=1, num_gpus=_gpus(ray), max_retries=retries)(method_work)

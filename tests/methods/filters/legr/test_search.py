@@ -8,6 +8,7 @@ import runpy
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -434,3 +435,53 @@ def test_details_returned_with_the_fitness_are_kept_across_an_interrupt(tmp_path
     state.write_text(json.dumps(data))
     old = aging_evolution(space, detailed, EvolutionConfig(4, 2, 12, seed=3), state_path=state, progress=False)
     assert old.details == [] and old.best == resumed.best
+
+
+# ---------------------------------------------------------------- asynchronous workers (in_flight)
+
+
+def test_children_in_flight_are_bred_before_their_elders_results_and_scored_concurrently():
+    """``in_flight`` N: child i is bred from the population as child i - N left it (its parent scored at least N
+    candidates earlier), the same search whether ``evaluate_many`` scores the N in flight concurrently, in threads
+    finishing in any order, or the loop scores them here one by one; N = 1 is the sequential search."""
+    space, cfg = make_space(), EvolutionConfig(population=8, sample=3, evaluations=60, seed=5, in_flight=3)
+    here = aging_evolution(space, toy_fitness, cfg, progress=False)
+    sequential = aging_evolution(space, toy_fitness, cfg.model_copy(update={"in_flight": 1}), progress=False)
+    assert here.history[:8] == sequential.history[:8] and here.history != sequential.history
+    same_result(sequential, aging_evolution(space, toy_fitness, EvolutionConfig(8, 3, 60, seed=5), progress=False))
+
+    rng, lock, live, most = np.random.default_rng(0), threading.Lock(), [0], [0]
+
+    def many(pairs):
+        (candidate, index), = pairs  # one call per candidate in flight
+        with lock:
+            live[0] += 1
+            most[0] = max(most[0], live[0])
+            pause = float(rng.uniform(0, 0.004))
+        time.sleep(pause)
+        with lock:
+            live[0] -= 1
+        return [toy_fitness(candidate, index)]
+
+    together = aging_evolution(space, lambda c, i: pytest.fail("scored in the loop"), cfg, progress=False,
+                               evaluate_many=many)
+    same_result(together, here)
+    assert most[0] == 3
+
+
+def test_children_in_flight_resume_after_an_interrupt_without_breeding_twice(tmp_path):
+    """The state holds the children bred but not yet recorded; a run killed with children in flight resumes with
+    exactly those and ends as an uninterrupted one. A state of another ``in_flight`` is refused."""
+    space, state = make_space(), tmp_path / "state.json"
+    cfg = EvolutionConfig(population=6, sample=2, evaluations=30, seed=1, in_flight=4)
+    with pytest.raises(KeyboardInterrupt):
+        aging_evolution(space, interrupt_at(17, toy_fitness), cfg, state_path=state, progress=False)
+    data = json.loads(state.read_text())
+    assert len(data["history"]) == 17 and len(data["pending"]) == 3 and data["config"]["in_flight"] == 4
+    assert [p["parent"] <= 17 + k - 4 for k, p in enumerate(data["pending"])] == [True] * 3  # bred, not scored
+    resumed = aging_evolution(space, toy_fitness, cfg, state_path=state, progress=False)
+    same_result(resumed, aging_evolution(space, toy_fitness, cfg, progress=False))
+    with pytest.raises(ConfigError, match="in_flight"):
+        aging_evolution(space, toy_fitness, cfg.model_copy(update={"in_flight": 2}), state_path=state, progress=False)
+    with pytest.raises(ConfigError, match="in_flight"):
+        EvolutionConfig(population=4, evaluations=10, in_flight=5)

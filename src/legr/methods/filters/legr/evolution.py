@@ -48,6 +48,14 @@ class EvolutionConfig(Settings):
                                  "unused; legr.methods.filters.legr.cmaes)")
     sigma0: float = Field(0.3, gt=0, description="cma: the first step size, in units of a random member's spread "
                                                   "(log alpha, kappa over the layer's score std)")
+    in_flight: int = Field(1, ge=1, strict=True, description="evolution: children bred before the earlier ones' "
+                                                             "fitness is known, as Real et al.'s asynchronous workers "
+                                                             "(scored at once on Ray: set it to the workers); child i "
+                                                             "is bred from the population as it stood when child "
+                                                             "i - in_flight was recorded, so the search is the same "
+                                                             "wherever and however fast it runs (1: the paper's "
+                                                             "sequential search). cma: unused (a generation is "
+                                                             "scored at once)")
 
     def __init__(self, *args: int, **kwargs: Any) -> None:
         names = ("population", "sample", "evaluations", "seed", "restarts")
@@ -61,12 +69,16 @@ class EvolutionConfig(Settings):
     def _enough_evaluations(self) -> "EvolutionConfig":
         if self.evaluations < self.population:
             raise ValueError(f"evaluations ({self.evaluations}) must be >= population ({self.population})")
+        if self.in_flight > self.population:
+            raise ValueError(f"in_flight ({self.in_flight}) must be <= population ({self.population}): a child is "
+                             "bred from members already scored")
         return self
 
     def evolution(self, seed: int) -> "EvolutionConfig":
         """The plain aging-evolution settings of this (possibly larger) section, seeded with ``seed``."""
         return EvolutionConfig(population=self.population, sample=self.sample, evaluations=self.evaluations,
-                               restarts=self.restarts, seed=seed, optimizer=self.optimizer, sigma0=self.sigma0)
+                               restarts=self.restarts, seed=seed, optimizer=self.optimizer, sigma0=self.sigma0,
+                               in_flight=self.in_flight)
 
 
 def aging_evolution(space: SearchSpace[C], evaluate: Callable[[C, int], float | tuple[float, Any]],
@@ -76,20 +88,28 @@ def aging_evolution(space: SearchSpace[C], evaluate: Callable[[C, int], float | 
     """Run (or resume from ``state_path``) aging evolution, ``cfg.restarts`` independent times; ``evaluate(candidate,
     index)`` returns fitness (higher is better). ``initial`` candidates join every restart's first population right
     after the identity (at most ``population - 1`` of them). KeyboardInterrupt propagates after the last finished
-    candidate is on disk: rerun to resume. ``evaluate_many`` changes nothing here: each child is bred from the
-    population its predecessor left, so candidates are scored one at a time."""
+    candidate is on disk: rerun to resume. With ``cfg.in_flight`` = N > 1, N candidates are always bred ahead of
+    their results (the state file holds those not recorded yet, so a resumed run breeds nothing twice), and with
+    ``evaluate_many`` they are scored concurrently, each by one call of it, as N asynchronous workers would (Real et
+    al. 2019): the history is the same whether they are scored there or here one by one."""
     initial_json = [_canonical(space, c)[1] for c in initial]
     if len(initial_json) >= cfg.population:
         raise ConfigError(f"{len(initial_json)} initial candidates need a population of at least "
                           f"{len(initial_json) + 1}, got {cfg.population}")
-    return drive(space, evaluate, cfg, initial_json, state_path, log_path, progress, "evolution",
-                 lambda state: lambda: _propose(space, cfg, state, initial_json), evaluate_many=evaluate_many)
+    def proposer(state: _State) -> Callable[[], tuple[C, int | None]]:
+        propose = lambda: _propose(space, cfg, state, initial_json)  # noqa: E731
+        propose.in_flight = cfg.in_flight  # type: ignore[attr-defined]
+        return propose
+
+    return drive(space, evaluate, cfg, initial_json, state_path, log_path, progress, "evolution", proposer,
+                 evaluate_many=evaluate_many)
 
 
 def _propose(space: SearchSpace[C], cfg: EvolutionConfig, state: _State,
              initial: Sequence[Any]) -> tuple[C, int | None]:
-    """Aging evolution's next candidate (all RNG use happens here, before evaluation)."""
-    index = len(state.history)
+    """Aging evolution's next candidate (all RNG use happens here, before evaluation), bred after the candidates
+    still pending."""
+    index = len(state.history) + len(state.pending)
     if index == 0:
         return space.identity(), None
     if index <= len(initial):

@@ -49,7 +49,8 @@ def refine_config(evaluations: int, search: EvolutionConfig, seed: int) -> Evolu
     winner, the uniform transform) sampled as the shared one; ``evaluations`` >= 3."""
     population = max(3, min(search.population, evaluations // 4))
     return EvolutionConfig(population=population, sample=min(search.sample, population), evaluations=evaluations,
-                           restarts=1, seed=seed, optimizer=search.optimizer, sigma0=search.sigma0)
+                           restarts=1, seed=seed, optimizer=search.optimizer, sigma0=search.sigma0,
+                           in_flight=min(search.in_flight, population))
 
 
 def refinements_left(log_path: Path, evaluations: int, targets: Sequence[float]) -> list[tuple[float, int]]:

@@ -4,7 +4,9 @@ and restarted with the same arguments ends exactly like an uninterrupted one; th
 of all restarts. A searcher supplies a *proposer* per restart: the next candidate (and its parent's index); a
 proposer that knows several next candidates before their results (CMA-ES: the rest of a generation) lists them with
 ``ready()``, and with ``evaluate_many`` the loop scores those together (e.g. on Ray workers), then records them one by
-one exactly as if each had been scored alone."""
+one exactly as if each had been scored alone. A proposer with ``in_flight`` = N > 1 (aging evolution as
+asynchronous workers) is always asked for N candidates ahead of their results; with ``evaluate_many`` those are
+scored concurrently, one call each, and recorded in their order."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar
 import numpy as np
 
 from legr.errors import ConfigError
+from legr.methods.filters.legr.flight import Flight
 from legr.paths import atomic_write_text
 from legr.progress import progress_bar
 
@@ -34,6 +37,7 @@ class LoopConfig(Protocol):
     evaluations: int
     restarts: int
     seed: int
+    in_flight: int
 
 class SearchSpace(Protocol[C]):
     """What a searcher needs from a candidate space. May also carry a ``fingerprint: str`` attribute (checked on
@@ -121,6 +125,7 @@ class _State:
         self.rng = np.random.Generator(np.random.PCG64(cfg.seed if restart == 0 else [cfg.seed, restart]))
         self.population: list[_Member] = []  # oldest first
         self.history: list[_Member] = []
+        self.pending: list[tuple[Any, int | None]] = []  # bred, not recorded yet: (canonical JSON, parent index)
 
     def to_json(self) -> str:
         members = lambda ms, full: [  # noqa: E731
@@ -131,13 +136,15 @@ class _State:
             "version": STATE_VERSION, "config": self.config_json(), "space": self.fingerprint,
             "rng": self.rng.bit_generator.state,
             "population": members(self.population, False), "history": members(self.history, True),
+            **({"pending": [{"candidate": c, "parent": p} for c, p in self.pending]} if self.pending else {}),
         })
 
     def config_json(self) -> dict[str, int]:
         """What the state file records of the config: one restart's settings (as before restarts existed, so a
         one-restart state of an earlier version still resumes), plus the restart number after the first."""
         c = self.cfg
-        out = {"population": c.population, "sample": c.sample, "evaluations": c.evaluations, "seed": c.seed}
+        out = {"population": c.population, "sample": c.sample, "evaluations": c.evaluations, "seed": c.seed,
+               **({"in_flight": c.in_flight} if getattr(c, "in_flight", 1) != 1 else {})}
         return {**out, "restart": self.restart} if self.restart else out
 
     def save(self, path: Path | None) -> None:
@@ -164,6 +171,7 @@ class _State:
                                  float(h.get("seconds", 0.0)), h.get("details")) for h in data["history"]]
         by_index = {m.index: m for m in state.history}
         state.population = [by_index[int(p["index"])] for p in data["population"]]
+        state.pending = [(p["candidate"], p.get("parent")) for p in data.get("pending", [])]
         return state
 
 
@@ -227,7 +235,8 @@ def drive(space: SearchSpace[C], evaluate: Callable[[C, int], Any], cfg: LoopCon
     digested into the state's fingerprint with ``tag``, so a state is only resumed by the same search), then until
     each restart holds ``cfg.evaluations`` candidates ask its ``proposer(state)`` for the next candidate, evaluate,
     record, tell ``recorded(state)``, save the state, log and advance the progress bar. With ``evaluate_many``, the
-    candidates the proposer has ``ready()`` are scored together first (module docstring)."""
+    candidates the proposer has ``ready()`` are scored together first, or those in flight concurrently (module
+    docstring)."""
     fingerprint = space_fingerprint(space)
     if (initial or tag) and fingerprint is not None:
         digest = hashlib.sha256(json.dumps(initial, sort_keys=True).encode()).hexdigest()[:16] if initial else ""
@@ -241,16 +250,23 @@ def drive(space: SearchSpace[C], evaluate: Callable[[C, int], Any], cfg: LoopCon
         _rewrite_log(log_path, states)
     total = cfg.evaluations * cfg.restarts
     with progress_bar(label, total, done=sum(len(s.history) for s in states), text=_best_text(_best(states)),
-                      enabled=progress) as advance:
+                      enabled=progress) as advance, Flight(space, evaluate_many) as flight:
         for state, path in zip(states, paths):
             offset = state.restart * cfg.evaluations
             propose = proposer(state)
+            lag = getattr(propose, "in_flight", 1)
             ahead: dict[int, tuple[Any, Any, float]] = {}
             while len(state.history) < cfg.evaluations:
-                if evaluate_many is not None and not ahead:
+                if evaluate_many is not None and lag == 1 and not ahead:
                     ahead = _score_ahead(space, propose, state, offset, evaluate_many)
-                candidate, parent = propose()
-                record(space, state, candidate, parent, lambda c, i: evaluate(c, offset + i), ahead)
+                while len(state.pending) < lag and len(state.history) + len(state.pending) < cfg.evaluations:
+                    candidate, parent = propose()
+                    state.pending.append((_canonical(space, candidate)[1], parent))
+                index = len(state.history)
+                if lag > 1 and evaluate_many is not None:
+                    ahead = {index: flight.take(state.pending, offset + index)}
+                obj, parent = state.pending.pop(0)
+                record(space, state, space.from_json(obj), parent, lambda c, i: evaluate(c, offset + i), ahead)
                 if recorded is not None:
                     recorded(state)
                 state.save(path)
