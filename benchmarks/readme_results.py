@@ -151,9 +151,10 @@ def conv_widths() -> list[str]:
 def latency_accuracy() -> list[str]:
     path = RESULTS / "latency_accuracy" / "latency_accuracy.md"
     if not path.is_file():
-        return ["Not run yet: in pieces of ~1 h on one core each, `python benchmarks/latency_accuracy.py --seeds 0 "
-                "--methods uniform-l1 legr` and `--seeds 0 --methods legr-macs`, the same for seed 1, then `--merge` "
-                "(issue 29; `benchmarks/README.md`, \"Long runs\")."]
+        return ["Not run yet: in pieces of ~1 h each on an otherwise idle machine (a piece refuses to start beside "
+                "other jobs: they move the latency cuts), `python benchmarks/latency_accuracy.py --seeds 0 --methods "
+                "uniform-l1 legr` and `--seeds 0 --methods legr-macs`, the same for seed 1, then `--merge` (issue 29; "
+                "`benchmarks/README.md`, \"Long runs\")."]
     return path.read_text().split("\n", 2)[2].strip().splitlines() + ["",
             "![accuracy vs latency](benchmarks/results/latency_accuracy/accuracy_vs_latency.png)"]
 
