@@ -215,6 +215,9 @@ class FilterPruning(Method):
                 f"{', '.join(f'{t:.0%}' for t in targets)} of {format_cost(run.cost.base(self.budget), self.budget)}")
         base = run.cost.base(self.budget)
         parallel = getattr(run, "parallel", None)  # e.g. Ray workers (`legr.pipeline.ray_dispatch`)
+        if parallel is not None and s.optimizer == "evolution" and s.in_flight == 1:
+            run.log("aging evolution with search.in_flight 1 breeds one child at a time: its candidates are scored "
+                    "here, one by one (set search.in_flight to the workers to score that many at once)")
         learned = learn_ranking(
             run.base, run.graph, search_fitness(run, cfg), [t * base for t in targets], unit=self.budget, cost=run.cost,
             objective=search_objective(run, cfg), criterion=cfg.criterion, scores=scores, allocator=cfg.allocator,
