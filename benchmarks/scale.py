@@ -1,7 +1,8 @@
 """Scale-out figures (issue 17): data-loader throughput streamed from disk vs in memory, the efficiency of
-2-process data-parallel training on CPU, and a 3-member family fine-tuned sequentially vs as Ray tasks.
+2-process data-parallel training on CPU, a 3-member family fine-tuned sequentially vs as Ray tasks, and LeGR's search
+scored in this process vs by Ray tasks (CMA-ES generations; aging evolution with ``--workers`` children in flight).
 
-    python benchmarks/scale.py [--images 5000] [--steps 40] [--workers 2]
+    python benchmarks/scale.py [--images 5000] [--steps 40] [--workers 2] [--candidates 32]
 
 Data: CIFAR-10-JPEG (``$LEGR_DATA/cifar10-jpeg.tar.gz``): its first ``--images`` training JPEGs written as an image
 folder (32 px, the archive's own bytes), and 1,000 of them upscaled to 256 px JPEGs (ImageNet-size decoding and
@@ -157,11 +158,53 @@ def family(steps: int, workers: int) -> dict:
         start = time.perf_counter()
         finetune_on_ray(Pipeline(cfg, spread, progress=False, log=lambda _: None), RaySettings(workers=workers))
         ray = time.perf_counter() - start
-    row = {"members": 3, "steps_per_member": 2 * steps, "sequential_s": sequential, "ray_s": ray, "ray_workers": workers,
-           "speedup": sequential / ray}
+    row = {"members": 3, "steps_per_member": 2 * steps, "sequential_s": sequential, "ray_s": ray,
+           "ray_workers": workers, "speedup": sequential / ray}
     print(f"family fine-tune: sequential {sequential:.0f} s, Ray with {workers} workers {ray:.0f} s "
           f"(x{row['speedup']:.2f}, Ray's start and each worker's opening of the run included)")
     return row
+
+
+SEARCH = """
+model: {name: cifar_resnet20, weights: pretrained}
+data: {name: cifar10-jpeg, val_size: 1000}
+search: {optimizer: OPT, normalize: NORM, population: 8, evaluations: EVALS, in_flight: FLIGHT, target: 0.5}
+targets: [0.3, 0.5, 0.7]
+eval: {latency: false}
+seed: 0
+"""
+
+
+def search(evaluations: int, workers: int) -> list[dict]:
+    """LeGR's search (one target, 50% MACs) scored here vs by Ray tasks on ``workers`` CPUs: CMA-ES (a generation of
+    8 at once) and aging evolution with ``workers`` children in flight; both must end with the same ranking."""
+    import yaml
+
+    from legr.pipeline.config import parse_config
+    from legr.pipeline.ray_dispatch import RaySettings, on_ray
+    from legr.pipeline.steps import Pipeline
+
+    rows = []
+    for optimizer, norm in (("cma", "rank"), ("evolution", "none")):
+        text = SEARCH.replace("OPT", optimizer).replace("NORM", norm).replace("EVALS", str(evaluations))
+        cfg = parse_config(yaml.safe_load(text.replace("FLIGHT", str(workers if optimizer == "evolution" else 1))))
+        with tempfile.TemporaryDirectory() as root:
+            alone, spread = Path(root) / "alone", Path(root) / "ray"
+            start = time.perf_counter()
+            Pipeline(cfg, alone, progress=False, log=lambda _: None).rank()
+            sequential = time.perf_counter() - start
+            pipe = Pipeline(cfg, spread, progress=False, log=lambda _: None)
+            start = time.perf_counter()
+            with on_ray(pipe, RaySettings(workers=workers)):
+                pipe.rank()
+            ray = time.perf_counter() - start
+            same = [json.loads((run / "ranking.json").read_text())["layers"] for run in (alone, spread)]
+        rows.append({"optimizer": optimizer, "in_flight": cfg.search.in_flight, "candidates": evaluations,
+                     "sequential_s": sequential, "ray_s": ray, "ray_workers": workers, "speedup": sequential / ray,
+                     "same_ranking": same[0] == same[1]})
+        print(f"search ({optimizer}, {evaluations} candidates): sequential {sequential:.0f} s, Ray with {workers} "
+              f"workers {ray:.0f} s (x{sequential / ray:.2f}), same ranking: {same[0] == same[1]}")
+    return rows
 
 
 def markdown(result: dict) -> str:
@@ -177,6 +220,13 @@ def markdown(result: dict) -> str:
               f"Family fine-tune (3 members x {f['steps_per_member']} SGD steps): sequential {f['sequential_s']:.0f} s, "
               f"Ray with {f['ray_workers']} workers {f['ray_s']:.0f} s (x{f['speedup']:.2f}; Ray's start and each "
               "worker's opening of the run included)."]
+    lines += ["", "LeGR's search, one target (50% MACs), scored in this process vs by Ray tasks (the run's setup and "
+              "Ray's start included; the two must end with the same ranking):", "",
+              "| optimizer | children in flight | candidates | sequential s | Ray s | workers | speedup | "
+              "same ranking |", "|:---|---:|---:|---:|---:|---:|---:|:---|"]
+    lines += [f"| {r['optimizer']} | {r['in_flight'] if r['optimizer'] == 'evolution' else '-'} | {r['candidates']} | "
+              f"{r['sequential_s']:.0f} | {r['ray_s']:.0f} | {r['ray_workers']} | {r['speedup']:.2f}x | "
+              f"{'yes' if r['same_ranking'] else 'NO'} |" for r in result["search"]]
     return "\n".join(lines) + "\n"
 
 
@@ -185,15 +235,19 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=5000, help="training images of the 32-px tree")
     parser.add_argument("--steps", type=int, default=40, help="SGD steps timed (data-parallel) and per member epoch")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers, and Ray's CPUs")
+    parser.add_argument("--candidates", type=int, default=32, help="search candidates timed per optimizer")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as root:
         small, big = write_trees(Path(root), args.images)
         rows = loaders(small, big, args.workers)
-    result = {"command": f"benchmarks/scale.py --images {args.images} --steps {args.steps} --workers {args.workers}",
+    command = (f"benchmarks/scale.py --images {args.images} --steps {args.steps} --workers {args.workers} "
+               f"--candidates {args.candidates}")
+    result = {"command": command,
               "hardware": hardware_label(), "hardware_info": hardware_info(), "git": git_revision(),
-              "loaders": rows, "data_parallel": data_parallel(args.steps), "family": family(args.steps, args.workers)}
+              "loaders": rows, "data_parallel": data_parallel(args.steps), "family": family(args.steps, args.workers),
+              "search": search(args.candidates, args.workers)}
     RESULTS.mkdir(exist_ok=True)
     atomic_write_text(RESULTS / "scale.json", json.dumps(result, indent=1) + "\n")
     atomic_write_text(RESULTS / "scale.md", markdown(result))
