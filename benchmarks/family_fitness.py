@@ -184,12 +184,43 @@ def markdown(result: dict) -> str:
                   f"{' / '.join(f'{100 * v:.2f}' for v in uniform['truth'])}. Spearman correlation of the validation "
                   "score with the fine-tuned top-1 over the pool: "
                   + ", ".join(f"{x:.0%}: {r:+.2f}" for x, r in zip(t, rho)) + ".", "", *probe_markdown(result),
-              "## The pool", "",
+              *noise_markdown(result), "## The pool", "",
               "| ranking | " + " | ".join(f"val {x:.0%}" for x in t) + " | "
               + " | ".join(f"FT top-1 {x:.0%}" for x in t) + " |", "|:---|" + "---:|" * (2 * len(t))]
     for r in rows:
         lines.append(f"| {r['name']} | {pct(r['scores'])} | {pct(r['truth'])} |")
     return "\n".join(lines) + "\n"
+
+
+def noise_table(result: dict) -> list[dict]:
+    """Per target: how much of the pool's spread in validation top-1 is the sampling error of the validation images
+    (binomial, averaged over the pool), and the correlation with the fine-tuned top-1 as measured and as unlimited
+    validation images would give it (Pearson's r over the square root of the score's reliability: Spearman 1904)."""
+    rows, n, out = result["pool"], result["val_images"], []
+    for k, target in enumerate(result["targets"]):
+        score, truth = (np.array([r[key][k] for r in rows]) for key in ("scores", "truth"))
+        spread, error = float(score.var(ddof=1)), float(np.mean(score * (1 - score) / n))
+        reliability = max(spread - error, 0.0) / spread if spread > 0 else 0.0
+        r = float(stats.pearsonr(score, truth)[0])
+        out.append({"target": target, "pool_sd": spread ** 0.5, "sampling_se": error ** 0.5,
+                    "reliability": reliability, "pearson": r,
+                    "pearson_unlimited": r / reliability ** 0.5 if reliability > 0 else None})
+    return out
+
+
+def noise_markdown(result: dict) -> list[str]:
+    lines = ["## Noise or signal? The validation images' sampling error against the pool's spread", "",
+             "*pool sd*: the spread of the pool's validation top-1 at each target; *sampling se*: the binomial "
+             f"standard error of a top-1 measured on {result['val_images']} images (mean over the pool); "
+             "*reliability*: the share of the spread that is not sampling error; Pearson r with the fine-tuned top-1 "
+             "as measured, and corrected for that error (what unlimited validation images would give).", "",
+             "| target | pool sd (points) | sampling se (points) | reliability | Pearson r | r, unlimited images |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for row in noise_table(result):
+        unlimited = "-" if row["pearson_unlimited"] is None else f"{row['pearson_unlimited']:+.2f}"
+        lines.append(f"| {row['target']:.0%} | {100 * row['pool_sd']:.2f} | {100 * row['sampling_se']:.2f} | "
+                     f"{row['reliability']:.2f} | {row['pearson']:+.2f} | {unlimited} |")
+    return lines + [""]
 
 
 def probe_table(rows: list[dict], t: list[float], target: float) -> list[dict]:
@@ -244,7 +275,12 @@ def main() -> None:
     parser.add_argument("--ft-steps", type=int, default=100, help="ground-truth fine-tune SGD steps (even)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="tiny end-to-end check (batches of 8, 2 FT steps)")
+    parser.add_argument("--report", action="store_true", help="rewrite summary.md from <results>/family_fitness.json")
     args = parser.parse_args()
+    if args.report:
+        result = json.loads((args.results / "family_fitness.json").read_text())
+        atomic_write_text(args.results / "summary.md", markdown(result))
+        return
     torch.set_num_threads(1)
     work = args.work or ROOT / "runs" / "family_study"
     try:
