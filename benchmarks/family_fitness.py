@@ -29,7 +29,7 @@ import torch
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fitness_correlation import BN_MID, ROOT, Recipe, Study  # noqa: E402
+from fitness_correlation import BN_KS, BN_MID, ROOT, Recipe, Study  # noqa: E402
 
 from legr.engine.surgery import prune  # noqa: E402
 from legr.errors import LegrError  # noqa: E402
@@ -47,6 +47,7 @@ from legr.data import TensorLoader  # noqa: E402
 from legr.training import evaluate, make_sgd, recalibrate_bn, train_steps  # noqa: E402
 
 PROBE_STEPS = (25, 50)  # tau of the probes
+PROBES = [(BN_MID, 0), *((BN_MID, steps) for steps in PROBE_STEPS), (max(BN_KS), 0)]  # (BN batches, SGD steps)
 SEARCHES = {"mean": FamilyObjective("mean", guard=False), "mean+guard": FamilyObjective("mean", guard=True),
             "relative+guard": FamilyObjective("relative", guard=True)}
 
@@ -119,23 +120,26 @@ class FamilyStudy:
         """Cheaper or sharper signals than the product's fitness, at ``targets``: after the same adaptive BN, minus the
         validation loss, then top-1 and loss after each of ``PROBE_STEPS`` SGD steps (lr/momentum/wd of the recipe's
         tau steps, the same seeded batches for every ranking): LeGR's tau-step fitness, as a search candidate's or
-        a member guard's signal. Saved under the record's ``probes``."""
+        a member guard's signal; and both after adaptive BN on more batches (``PROBES``). Saved under the record's
+        ``probes``; a probe already there is not measured again."""
         s, d, row = self.s, self.s.p.data, self.records[name]
         probes = row.setdefault("probes", {})
         for target, keep in zip(self.targets, keeps):
             key = f"{target:g}"
-            if target not in targets or key in probes:
+            todo = [(k, steps) for k, steps in PROBES if f"bn{k}" + (f"-tau{steps}" if steps else "") + "-top1"
+                    not in probes.get(key, {})]
+            if target not in targets or not todo:
                 continue
-            values = {}
-            for steps in (0, *PROBE_STEPS):  # each from the adapted network: the same first batches for every one
+            values = dict(probes.get(key, {}))
+            for k, steps in todo:  # each from the adapted network: the same first batches for every one
                 net = prune(s.graph, keep)
-                recalibrate_bn(net, s.batches[True][:BN_MID])
+                recalibrate_bn(net, s.batches[True][:k])
                 loader = TensorLoader(*d.train, s.r.batch_size, d.mean, d.std, shuffle=True, augment=True,
                                       seed=s.r.seed, device=s.p.device)
                 step_start = time.perf_counter()
                 train_steps(net, loader, steps, make_sgd(net, *s.r.sgd))
                 r = evaluate(net, *s.val, d.mean, d.std, batch_size=s.p.cfg.eval.batch_size, device=s.p.device)
-                prefix = f"bn{BN_MID}" + (f"-tau{steps}" if steps else "")
+                prefix = f"bn{k}" + (f"-tau{steps}" if steps else "")
                 values |= {f"{prefix}-top1": r.top1, f"{prefix}-loss": -r.loss,
                            f"{prefix}-step-seconds": time.perf_counter() - step_start}
             probes[key] = values
@@ -248,12 +252,13 @@ def probe_markdown(result: dict) -> list[str]:
     lines = []
     for target, table in result.get("probes", {}).items():
         lines += [f"## Sharper signals at {float(target):.0%} MACs", "",
-                  f"Each pool ranking cut at {float(target):.0%}, adaptive BN ({BN_MID} batches), then scored on "
-                  "validation as is (bn20) or after tau SGD steps on the same seeded training batches (lr/momentum/wd "
+                  f"Each pool ranking cut at {float(target):.0%}, adaptive BN ({BN_MID} batches; bn{max(BN_KS)}: "
+                  f"{max(BN_KS)}), then scored on validation as is (bn{BN_MID}, bn{max(BN_KS)}) or after tau SGD "
+                  "steps on the same seeded training batches (lr/momentum/wd "
                   f"{'/'.join(map(str, result['recipe']['sgd']))}); loss variants score minus the validation loss. "
                   "*agrees vs uniform*: the share of the other rankings that the variant puts on the same side of the "
-                  "uniform allocation as the fine-tuned top-1 does (the member guard's decision). *s*: seconds per network "
-                  "of the tau steps and the validation pass (adaptive BN, ~6 s here, comes on top).", "",
+                  "uniform allocation as the fine-tuned top-1 does (the member guard's decision). *s*: seconds per "
+                  "network of the tau steps and the validation pass (adaptive BN, ~6 s here, comes on top).", "",
                   "| variant | Spearman | Kendall | agrees vs uniform | its pick | pick's FT top-1 | s |",
                   "|:---|---:|---:|---:|:---|---:|---:|"]
         lines += [f"| {r['variant']} | {r['spearman']:+.2f} | {r['kendall']:+.2f} | {r['agree_vs_uniform']:.0%} | "
@@ -276,6 +281,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="tiny end-to-end check (batches of 8, 2 FT steps)")
     parser.add_argument("--report", action="store_true", help="rewrite summary.md from <results>/family_fitness.json")
+    parser.add_argument("--reuse-results", action="store_true", help="start from <results>/family_fitness.json's pool "
+                        "(scores and fine-tuned truth kept; the pool is rebuilt and checked to score the same) and "
+                        "measure only the probes it lacks")
     args = parser.parse_args()
     if args.report:
         result = json.loads((args.results / "family_fitness.json").read_text())
@@ -292,9 +300,17 @@ def main() -> None:
                             seed=args.seed, search=(4, 2, 5), ft_steps=2)
         folder = work / ("family_smoke" if args.smoke else "family_study")
         folder.mkdir(parents=True, exist_ok=True)
+        if args.reuse_results and not (folder / "records.json").exists():
+            kept = json.loads((args.results / "family_fitness.json").read_text())["pool"]
+            atomic_write_text(folder / "records.json", json.dumps({r["name"]: r for r in kept}, indent=1))
         study = FamilyStudy(Study(Pipeline(source, folder / "pipeline"), recipe, folder), sorted(args.targets), folder)
         entries = study.pool(recipe.random)
         pool = [study.record(*entry) for entry in entries]
+        if args.reuse_results:  # the rebuilt networks must be the recorded ones: each scores as recorded
+            for (name, _, keeps, _), row in zip(entries, pool):
+                if study.score(keeps[0]) != row["scores"][0]:
+                    raise LegrError(f"the rebuilt pool is not the recorded one: {name} scores "
+                                    f"{study.score(keeps[0])} at {study.targets[0]:.0%}, recorded {row['scores'][0]}")
         probed = study.targets[:1] if args.probe is None else sorted(args.probe)
         for name, _, keeps, _ in entries:
             study.probe(name, keeps, probed)
