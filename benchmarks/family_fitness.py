@@ -281,9 +281,6 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="tiny end-to-end check (batches of 8, 2 FT steps)")
     parser.add_argument("--report", action="store_true", help="rewrite summary.md from <results>/family_fitness.json")
-    parser.add_argument("--reuse-results", action="store_true", help="start from <results>/family_fitness.json's pool "
-                        "(scores and fine-tuned truth kept; the pool is rebuilt and checked to score the same) and "
-                        "measure only the probes it lacks")
     args = parser.parse_args()
     if args.report:
         result = json.loads((args.results / "family_fitness.json").read_text())
@@ -300,17 +297,9 @@ def main() -> None:
                             seed=args.seed, search=(4, 2, 5), ft_steps=2)
         folder = work / ("family_smoke" if args.smoke else "family_study")
         folder.mkdir(parents=True, exist_ok=True)
-        if args.reuse_results and not (folder / "records.json").exists():
-            kept = json.loads((args.results / "family_fitness.json").read_text())["pool"]
-            atomic_write_text(folder / "records.json", json.dumps({r["name"]: r for r in kept}, indent=1))
         study = FamilyStudy(Study(Pipeline(source, folder / "pipeline"), recipe, folder), sorted(args.targets), folder)
         entries = study.pool(recipe.random)
         pool = [study.record(*entry) for entry in entries]
-        if args.reuse_results:  # the rebuilt networks must be the recorded ones: each scores as recorded
-            for (name, _, keeps, _), row in zip(entries, pool):
-                if study.score(keeps[0]) != row["scores"][0]:
-                    raise LegrError(f"the rebuilt pool is not the recorded one: {name} scores "
-                                    f"{study.score(keeps[0])} at {study.targets[0]:.0%}, recorded {row['scores'][0]}")
         probed = study.targets[:1] if args.probe is None else sorted(args.probe)
         for name, _, keeps, _ in entries:
             study.probe(name, keeps, probed)
