@@ -96,6 +96,7 @@ def aging_evolution(space: SearchSpace[C], evaluate: Callable[[C, int], float | 
     if len(initial_json) >= cfg.population:
         raise ConfigError(f"{len(initial_json)} initial candidates need a population of at least "
                           f"{len(initial_json) + 1}, got {cfg.population}")
+
     def proposer(state: _State) -> Callable[[], tuple[C, int | None]]:
         propose = lambda: _propose(space, cfg, state, initial_json)  # noqa: E731
         propose.in_flight = cfg.in_flight  # type: ignore[attr-defined]
