@@ -84,17 +84,24 @@ def _search_log(run: Path) -> list[dict]:
             for line in (run / "search_log.jsonl").read_text().splitlines()]
 
 
-def test_ray_scores_the_search_candidates_and_ends_with_the_sequential_ranking(tmp_path):
-    """CMA-ES generations scored by Ray workers (each opens the run from its folder): the same candidates, scores,
-    ranking and members as the search scoring them one by one in this process."""
+def _alone_and_on_ray(tmp_path: Path, text: str, step: str) -> tuple[Path, Path]:
+    """Run ``step`` (finetune or rank) of the run ``text`` in this process and as `legr STEP --ray local`; the Ray run
+    must succeed and say it scored candidates as Ray tasks. Returns (alone, on Ray) run folders."""
     config, alone, spread = tmp_path / "run.yaml", tmp_path / "alone", tmp_path / "ray"
-    config.write_text(SEARCHED)
-    Pipeline(parse_config(yaml.safe_load(SEARCHED)), alone, progress=False, log=lambda _: None).finetune()
-    done = subprocess.run([sys.executable, "-m", "legr", "finetune", str(config), "--out", str(spread), "--quiet",
+    config.write_text(text)
+    getattr(Pipeline(parse_config(yaml.safe_load(text)), alone, progress=False, log=lambda _: None), step)()
+    done = subprocess.run([sys.executable, "-m", "legr", step, str(config), "--out", str(spread), "--quiet",
                            "--ray", "local"], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "scoring candidates as Ray tasks" in done.stdout + done.stderr
+    return alone, spread
+
+
+def test_ray_scores_the_search_candidates_and_ends_with_the_sequential_ranking(tmp_path):
+    """CMA-ES generations scored by Ray workers (each opens the run from its folder): the same candidates, scores,
+    ranking and members as the search scoring them one by one in this process."""
+    alone, spread = _alone_and_on_ray(tmp_path, SEARCHED, "finetune")
     ours, theirs = _search_log(spread), _search_log(alone)
     assert len(ours) == 11 and ours == theirs  # every candidate and its fitness, in the same order
     ranked = [json.loads((run / "ranking.json").read_text()) for run in (spread, alone)]
@@ -112,14 +119,7 @@ ASYNC = DISTRIBUTED_RUN.replace(  # aging evolution, 3 children always out: 3 as
 def test_ray_workers_breed_aging_evolution_asynchronously_and_end_with_the_sequential_ranking(tmp_path):
     """`legr rank --ray`: aging evolution with 3 children in flight, each a Ray task; the same candidates, scores and
     ranking as the same search scored one by one in this process."""
-    config, alone, spread = tmp_path / "run.yaml", tmp_path / "alone", tmp_path / "ray"
-    config.write_text(ASYNC)
-    Pipeline(parse_config(yaml.safe_load(ASYNC)), alone, progress=False, log=lambda _: None).rank()
-    done = subprocess.run([sys.executable, "-m", "legr", "rank", str(config), "--out", str(spread), "--quiet",
-                           "--ray", "local"], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "scoring candidates as Ray tasks" in done.stdout + done.stderr
+    alone, spread = _alone_and_on_ray(tmp_path, ASYNC, "rank")
     ours, theirs = _search_log(spread), _search_log(alone)
     assert len(ours) == 14 and ours == theirs and [r["parent"] for r in ours[4:]] != [None] * 10
     ranked = [json.loads((run / "ranking.json").read_text()) for run in (spread, alone)]
